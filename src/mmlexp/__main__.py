@@ -1,0 +1,25 @@
+"""``python -m mmlexp loss=mml dataset=gowalla``: the one training entrypoint (a thin Hydra main)."""
+
+import os
+import sys
+from pathlib import Path
+
+import hydra
+from omegaconf import DictConfig
+
+CONFIG_DIR = os.environ.get("MMLEXP_CONFIG_DIR", str(Path(__file__).resolve().parents[2] / "conf"))
+
+
+@hydra.main(config_path=CONFIG_DIR, config_name="config")
+def main(cfg: DictConfig) -> float:
+    from mmlexp.run import ConfigError, DataError, train
+
+    try:
+        return train(cfg)
+    except (ConfigError, DataError) as err:
+        print(f"mmlexp: error: {err}", file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

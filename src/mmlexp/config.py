@@ -1,0 +1,89 @@
+"""Validation of the composed config before anything runs.
+
+Each rule names its key, the bad value and what is allowed, e.g.
+``trainer.lr=-1.0: must be a number > 0``.  Hyper-parameters of losses, samplers and encoders
+are checked by their own constructors (the error is prefixed with the group name).
+"""
+
+import math
+import re
+from collections.abc import Callable
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+METRICS = ("recall", "ndcg", "precision", "hit")
+
+
+class ConfigError(ValueError):
+    """A config value is of the wrong type or outside its allowed range."""
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_num(v: Any) -> bool:
+    return (isinstance(v, (int, float)) and not isinstance(v, bool)) and math.isfinite(v)
+
+
+def int_at_least(lo: int) -> tuple[Callable[[Any], bool], str]:
+    return (lambda v: _is_int(v) and v >= lo), f"an integer >= {lo}"
+
+
+def optional(rule: tuple[Callable[[Any], bool], str]) -> tuple[Callable[[Any], bool], str]:
+    check, text = rule
+    return (lambda v: v is None or check(v)), f"null or {text}"
+
+
+POSITIVE = (lambda v: _is_num(v) and v > 0), "a number > 0"
+NON_NEGATIVE = (lambda v: _is_num(v) and v >= 0), "a number >= 0"
+BOOL = (lambda v: isinstance(v, bool)), "true or false"
+DEVICE = (lambda v: isinstance(v, str) and re.fullmatch(r"auto|cpu|cuda(:\d+)?|mps", v) is not None,
+          "auto, cpu, cuda, cuda:N or mps")
+KS = (lambda v: isinstance(v, (list, tuple)) and len(v) > 0 and all(_is_int(k) and k >= 1 for k in v),
+      "a non-empty list of integers >= 1")
+TARGETS = (lambda v: isinstance(v, (list, tuple)) and all(isinstance(t, str) and t for t in v),
+           "a list of module prefixes such as 'mylab.losses.*'")
+
+RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "seed": int_at_least(0),
+    "device": DEVICE,
+    "allowed_targets": TARGETS,
+    "trainer.epochs": int_at_least(1),
+    "trainer.max_steps": optional(int_at_least(1)),
+    "trainer.batch_size": int_at_least(1),
+    "trainer.lr": POSITIVE,
+    "trainer.l2": NON_NEGATIVE,
+    "trainer.clip_grad_norm": optional(POSITIVE),
+    "trainer.eval_every": int_at_least(1),
+    "trainer.patience": optional(int_at_least(1)),
+    "trainer.progress": BOOL,
+    "trainer.log_every": int_at_least(1),
+    "trainer.num_threads": optional(int_at_least(1)),
+    "eval.ks": KS,
+    "eval.chunk_size": optional(int_at_least(1)),
+    "num_negatives": int_at_least(1),
+    "sampler.num_negatives": int_at_least(1),
+    "tracking.enabled": BOOL,
+}
+
+
+def metric_names(ks) -> list[str]:
+    return [f"{m}@{k}" for k in ks for m in METRICS]
+
+
+def validate(cfg: DictConfig) -> None:
+    """Raise ConfigError on the first value that breaks a rule."""
+    for key, (check, allowed) in RULES.items():
+        if OmegaConf.select(cfg, key, default="<absent>") == "<absent>":
+            continue  # optional parts (e.g. a sampler without num_negatives)
+        value = OmegaConf.select(cfg, key)
+        if isinstance(value, (DictConfig,)) or OmegaConf.is_list(value):
+            value = OmegaConf.to_container(value)
+        if not check(value):
+            raise ConfigError(f"{key}={value!r}: must be {allowed}")
+    monitor = cfg.trainer.monitor
+    allowed = metric_names(cfg.eval.ks)
+    if monitor not in allowed:
+        raise ConfigError(f"trainer.monitor={monitor!r}: must be one of {allowed} (metrics at eval.ks)")

@@ -1,0 +1,298 @@
+"""Interaction datasets in the LightGCN text format: parsing, download, validation, cache.
+
+Datasets:
+- ``sample``: a small Gowalla subset shipped inside the package (no download).
+- ``gowalla`` / ``yelp2018``: the LightGCN split, read from ``data_dir/<name>/``,
+  downloaded with pooch if missing, checked against a fingerprint, cached parsed.
+- ``custom``: any directory holding ``train.txt`` and ``test.txt``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import tempfile
+import warnings
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+import numpy as np
+import platformdirs
+import scipy.sparse as sp
+
+DEFAULT_URL = "https://raw.githubusercontent.com/kuandeng/LightGCN/master/Data"
+FILES = ("train.txt", "test.txt")
+MAX_ID = 2**31 - 2  # indices are stored as int32
+CACHE_VERSION = 1
+
+KNOWN_DATASETS: dict[str, dict] = {
+    "gowalla": {
+        "fingerprint": {"users": 29858, "items": 40981, "train": 810128, "test": 217242},
+        "sha256": {
+            "train.txt": "0f086326b28a56c2e6dcb81d86ee72d4ccb7eed3a8d26788392356d8f51111cc",
+            "test.txt": "099a2a73924e4b754dc6efd730d764f492321b53c38eb93298850c83acf57be3",
+        },
+        "url": DEFAULT_URL,
+    },
+    "yelp2018": {
+        "fingerprint": {"users": 31668, "items": 38048, "train": 1237259, "test": 324147},
+        "sha256": {
+            "train.txt": "5588ebbcbf9ab10cdf7a70aa300f2ef781030daa2a94ef0685598ed051a398da",
+            "test.txt": "9cd9b37926cd1447a06625ffa7914527573fb097c10cb0bbdb1d1b8ded3742fe",
+        },
+        "url": DEFAULT_URL,
+    },
+}
+DATASET_NAMES = ("sample", *KNOWN_DATASETS, "custom")
+
+
+class DataError(ValueError):
+    """Bad dataset name, missing/invalid files, or data that fails validation."""
+
+
+@dataclass(frozen=True, eq=False)
+class InteractionData:
+    """Binary user-item interactions split into train and test CSR matrices."""
+
+    name: str
+    train: sp.csr_matrix
+    test: sp.csr_matrix
+
+    @property
+    def n_users(self) -> int:
+        return self.train.shape[0]
+
+    @property
+    def n_items(self) -> int:
+        return self.train.shape[1]
+
+    def fingerprint(self) -> dict:
+        """Counts that identify the dataset: users, items, train and test nnz."""
+        return {"users": self.n_users, "items": self.n_items,
+                "train": int(self.train.nnz), "test": int(self.test.nnz)}
+
+    def train_pairs(self) -> tuple[np.ndarray, np.ndarray]:
+        """(users, items) int64 arrays, one entry per train interaction, row-major."""
+        counts = np.diff(self.train.indptr)
+        users = np.repeat(np.arange(self.n_users, dtype=np.int64), counts)
+        return users, self.train.indices.astype(np.int64)
+
+
+# ---------------------------------------------------------------- parsing
+
+def _line_of(data: bytes, pos: int) -> int:
+    """1-based line number of byte offset ``pos``."""
+    return data.count(b"\n", 0, pos) + 1
+
+
+def _bad_token(data: bytes, source: str) -> DataError:
+    """Locate the first token that is not a non-negative decimal integer."""
+    for m in re.finditer(rb"\S+", data):
+        tok = m.group()
+        if not tok.isdigit():
+            line = _line_of(data, m.start())
+            what = "negative id" if re.fullmatch(rb"-[0-9]+", tok) else "non-integer token"
+            return DataError(f"{source}, line {line}: {what} {tok.decode(errors='replace')!r}; "
+                             "expected 'user item item ...' with non-negative integer ids")
+    return DataError(f"{source}: unreadable content")
+
+
+def _parse_bytes(data: bytes, source: str, n_users: int | None = None,
+                 n_items: int | None = None) -> tuple[np.ndarray, np.ndarray, int]:
+    """Parse LightGCN text. Returns (users, items, 1 + largest user id seen)."""
+    if re.fullmatch(rb"[0-9\s]*", data) is None:
+        raise _bad_token(data, source)
+    toks = [ln.split() for ln in data.splitlines()]
+    counts = np.fromiter(map(len, toks), np.int64, len(toks))
+    lineno = np.flatnonzero(counts) + 1  # 1-based numbers of non-blank lines
+    counts = counts[counts > 0]
+    if counts.size == 0:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64), 0
+    flat = np.array([t for row in toks for t in row])
+    if flat.dtype.itemsize > 10:  # cannot fit in int32
+        big = next(i for i, t in enumerate(flat) if len(t) > 10)
+        line = lineno[np.searchsorted(np.cumsum(counts), big, side="right")]
+        raise DataError(f"{source}, line {line}: id {flat[big].decode()} too large "
+                        f"(ids must be <= {MAX_ID})")
+    flat = flat.astype(np.int64)
+    starts = np.cumsum(counts) - counts
+    row_users = flat[starts]
+    is_item = np.ones(flat.size, bool)
+    is_item[starts] = False
+    users = np.repeat(row_users, counts - 1)
+    items = flat[is_item]
+    item_line = np.repeat(lineno, counts - 1)
+    for kind, ids, lines_of, limit in (("user", row_users, lineno, n_users),
+                                      ("item", items, item_line, n_items)):
+        top = MAX_ID + 1 if limit is None else limit
+        bad = np.flatnonzero(ids >= top)
+        if bad.size:
+            i = bad[0]
+            allowed = f"0..{top - 1}" + ("" if limit is None else f" ({limit} {kind}s expected)")
+            raise DataError(f"{source}, line {lines_of[i]}: {kind} id {ids[i]} out of range; "
+                            f"allowed {allowed}")
+    return users, items, int(row_users.max()) + 1
+
+
+def parse_lightgcn(path: Path, n_items: int | None = None,
+                   n_users: int | None = None) -> tuple[np.ndarray, np.ndarray, int]:
+    """Parse a LightGCN file into (users, items) int64 arrays and 1 + max user id.
+
+    A line is ``user item item ...``; a line with only a user id is allowed.
+    Ids >= ``n_users``/``n_items`` (when given) raise :class:`DataError`.
+    """
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        raise DataError(f"cannot read {path}: {e}") from e
+    return _parse_bytes(data, str(path), n_users, n_items)
+
+
+def _to_csr(users: np.ndarray, items: np.ndarray, shape: tuple[int, int]) -> sp.csr_matrix:
+    """Canonical binary CSR (sorted indices, duplicates collapsed, float32 ones)."""
+    key = np.sort(users * shape[1] + items)
+    if key.size:  # drop duplicates (faster than np.unique)
+        key = key[np.r_[True, key[1:] != key[:-1]]]
+    indptr = np.zeros(shape[0] + 1, np.int64)
+    np.cumsum(np.bincount(key // shape[1], minlength=shape[0]), out=indptr[1:])
+    indices = (key % shape[1]).astype(np.int32)
+    return sp.csr_matrix((np.ones(key.size, np.float32), indices, indptr.astype(np.int32)),
+                         shape=shape)
+
+
+def _build(name: str, raw: dict[str, bytes], sources: dict[str, str],
+           expected: dict | None = None) -> InteractionData:
+    """Parse train/test bytes into validated InteractionData."""
+    lim_u = expected["users"] if expected else None
+    lim_i = expected["items"] if expected else None
+    parsed = {f: _parse_bytes(raw[f], sources[f], lim_u, lim_i) for f in FILES}
+    if parsed["train.txt"][1].size == 0:
+        raise DataError(f"{name}: {sources['train.txt']} holds no interactions")
+    n_users = max(p[2] for p in parsed.values())
+    n_items = max(int(p[1].max()) + 1 for p in parsed.values() if p[1].size)
+    shape = (n_users, n_items)
+    tr, te = (_to_csr(*parsed[f][:2], shape) for f in FILES)
+    overlap = tr.multiply(te).nnz
+    if overlap:
+        raise DataError(f"{name}: {overlap} interactions appear in both "
+                        f"{sources['train.txt']} and {sources['test.txt']}; train and "
+                        "test must be disjoint")
+    data = InteractionData(name, tr, te)
+    if expected is not None and data.fingerprint() != expected:
+        raise DataError(f"{name}: data does not match the known fingerprint; expected "
+                        f"{expected}, got {data.fingerprint()} (files: {sources['train.txt']}, "
+                        f"{sources['test.txt']}). Delete them to re-download.")
+    return data
+
+
+# ---------------------------------------------------------------- files, download, cache
+
+def _data_dir(data_dir) -> Path:
+    return Path(data_dir or os.environ.get("MMLEXP_DATA_DIR")
+                or platformdirs.user_data_dir("mmlexp"))
+
+
+def _cache_dir(cache_dir) -> Path:
+    return Path(cache_dir or os.environ.get("MMLEXP_CACHE_DIR")
+                or platformdirs.user_cache_dir("mmlexp"))
+
+
+def _fetch(name: str, folder: Path, base_url: str | None, download: bool) -> None:
+    """Make sure ``folder/{train,test}.txt`` exist, downloading them if allowed."""
+    for fname in FILES:
+        target = folder / fname
+        if target.is_file():
+            continue
+        if not download:
+            raise DataError(f"{name}: missing file {target}; set MMLEXP_DATA_DIR (or data_dir=) "
+                            "to a folder holding <name>/train.txt and test.txt, or allow "
+                            "download=True")
+        import pooch
+
+        base = (base_url or os.environ.get("MMLEXP_DATA_URL") or KNOWN_DATASETS[name]["url"])
+        url = f"{base.rstrip('/')}/{name}/{fname}"
+        try:
+            pooch.retrieve(url, known_hash="sha256:" + KNOWN_DATASETS[name]["sha256"][fname],
+                           fname=fname, path=folder, progressbar=True)
+        except Exception as e:  # hash mismatch (ValueError), HTTP/connection errors, OSError
+            raise DataError(f"{name}: download of {url} into {target} failed: {e}") from e
+
+
+def _load_cache(name: str, file: Path, expected: dict) -> InteractionData | None:
+    """Cached matrices, or None if the cache file is absent, unreadable or inconsistent."""
+    try:
+        with np.load(file, allow_pickle=False) as z:
+            arr = {k: z[k] for k in z.files}
+        shape = tuple(int(s) for s in arr["shape"])
+        mats = [sp.csr_matrix((np.ones(arr[f"{k}_indices"].size, np.float32),
+                               arr[f"{k}_indices"], arr[f"{k}_indptr"]), shape=shape)
+                for k in ("train", "test")]
+        data = InteractionData(name, *mats)
+        return data if data.fingerprint() == expected else None
+    except Exception:
+        return None
+
+
+def _save_cache(file: Path, data: InteractionData) -> None:
+    """Atomically write the parsed matrices (temp file + os.replace); warn on failure."""
+    try:
+        file.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=file.parent, prefix=file.name, suffix=".tmp")
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                np.savez(fh, shape=np.array(data.train.shape),
+                         train_indptr=data.train.indptr, train_indices=data.train.indices,
+                         test_indptr=data.test.indptr, test_indices=data.test.indices)
+            os.replace(tmp, file)
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+    except OSError as e:
+        warnings.warn(f"could not write dataset cache {file}: {e}")
+
+
+def _load_known(name, data_dir, cache_dir, base_url, download) -> InteractionData:
+    folder = _data_dir(data_dir) / name
+    _fetch(name, folder, base_url, download)
+    raw = {f: (folder / f).read_bytes() for f in FILES}
+    digest = hashlib.sha256(raw["train.txt"] + b"\0" + raw["test.txt"]).hexdigest()[:20]
+    cache = _cache_dir(cache_dir) / f"{name}-v{CACHE_VERSION}-{digest}.npz"
+    expected = KNOWN_DATASETS[name]["fingerprint"]
+    data = _load_cache(name, cache, expected)
+    if data is None:
+        data = _build(name, raw, {f: str(folder / f) for f in FILES}, expected)
+        _save_cache(cache, data)
+    return data
+
+
+def load_dataset(name: str, *, path: str | Path | None = None, data_dir=None, cache_dir=None,
+                 base_url: str | None = None, download: bool = True) -> InteractionData:
+    """Load a dataset by name: ``sample``, ``gowalla``, ``yelp2018`` or ``custom`` (needs ``path``).
+
+    ``data_dir`` defaults to $MMLEXP_DATA_DIR, else the user data dir; ``cache_dir`` to
+    $MMLEXP_CACHE_DIR, else the user cache dir; ``base_url`` to $MMLEXP_DATA_URL, else
+    the LightGCN repository.
+    """
+    if name not in DATASET_NAMES:
+        raise DataError(f"unknown dataset {name!r}; allowed: {', '.join(DATASET_NAMES)}")
+    if path is not None and name != "custom":
+        raise DataError(f"path= is only used with name='custom' (got name={name!r})")
+    if name in KNOWN_DATASETS:
+        return _load_known(name, data_dir, cache_dir, base_url, download)
+    if name == "sample":
+        folder = resources.files("mmlexp") / "resources" / "sample"
+        raw = {f: (folder / f).read_bytes() for f in FILES}
+        return _build(name, raw, {f: f"<mmlexp sample>/{f}" for f in FILES})
+    if path is None:
+        raise DataError("name='custom' needs path= a directory with train.txt and test.txt")
+    folder = Path(path)
+    if not folder.is_dir():
+        raise DataError(f"custom dataset directory {folder} does not exist")
+    for f in FILES:
+        if not (folder / f).is_file():
+            raise DataError(f"custom dataset file {folder / f} is missing")
+    raw = {f: (folder / f).read_bytes() for f in FILES}
+    return _build(name, raw, {f: str(folder / f) for f in FILES})

@@ -1,0 +1,59 @@
+"""Matrix factorisation with cosine scores (RecZoo MF; paper-reference §4).
+
+    u = dropout(normalize(P[user]))     (dropout only in training, after normalisation)
+    v = normalize(Q[item])
+    s(u, i) = <u, v>
+
+Tables are initialised from Normal(0, init_std); L2 applies to the full tables (``embedding_tables``).
+"""
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from mmlexp.ops import cosine_gather_scores
+
+
+class MatrixFactorization(nn.Module):
+    def __init__(self, n_users: int, n_items: int, dim: int = 64, dropout: float = 0.1, init_std: float = 1e-4):
+        super().__init__()
+        if dim < 1:
+            raise ValueError(f"dim={dim}: must be an integer >= 1")
+        if not 0.0 <= dropout < 1.0:
+            raise ValueError(f"dropout={dropout}: must lie in [0, 1)")
+        if init_std <= 0:
+            raise ValueError(f"init_std={init_std}: must be > 0")
+        self.user_table = nn.Parameter(torch.randn(n_users, dim) * init_std)
+        self.item_table = nn.Parameter(torch.randn(n_items, dim) * init_std)
+        self.dropout = nn.Dropout(dropout)
+
+    def embedding_tables(self) -> list[nn.Parameter]:
+        """The tables the L2 term covers (whole tables, every step: paper-reference §3)."""
+        return [self.user_table, self.item_table]
+
+    def user_vectors(self, users: torch.Tensor) -> torch.Tensor:
+        return self.dropout(F.normalize(self.user_table[users], dim=-1))
+
+    def item_vectors(self, items: torch.Tensor) -> torch.Tensor:
+        return F.normalize(self.item_table[items], dim=-1)
+
+    def forward(self, users: torch.Tensor, pos_items: torch.Tensor, negatives: torch.Tensor) -> torch.Tensor:
+        """Score matrix ``[B, 1+N]``: column 0 ``pos_items[B]``, then ``negatives`` ``[B, N]`` (or ``[1, N]``
+        shared by every row).  One user vector per row (one dropout mask for the whole row)."""
+        u = self.user_vectors(users)
+        pos = cosine_gather_scores(u, self.item_table, pos_items.unsqueeze(1))
+        return torch.cat([pos, cosine_gather_scores(u, self.item_table, negatives)], dim=1)
+
+    @torch.no_grad()
+    def score(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
+        """Eval-mode scores ``[B, C]`` of ``users[B]`` against ``items[B, C]`` (no dropout, no graph).
+        Large candidate sets (B*C > n_items, e.g. a hard-negative pool) score the whole catalogue once."""
+        u = F.normalize(self.user_table[users], dim=-1)
+        if items.numel() > self.item_table.shape[0]:
+            return (u @ F.normalize(self.item_table, dim=-1).T).gather(1, items)
+        return cosine_gather_scores(u, self.item_table, items)
+
+    @torch.no_grad()
+    def all_embeddings(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Eval-mode (dropout off) user and item vectors for full ranking by dot product."""
+        return F.normalize(self.user_table, dim=-1), F.normalize(self.item_table, dim=-1)

@@ -1,0 +1,161 @@
+"""The one reader of the config: build data, encoder, loss and sampler, train, evaluate, track.
+
+``train(cfg)`` is a plain function (the Hydra entrypoint and notebooks both call it) and returns
+the selection metric of the best epoch, the objective of sweeps.
+"""
+
+import contextlib
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from hydra.errors import InstantiationException
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from mmlexp.config import ConfigError, validate
+from mmlexp.data import DataError, InteractionData, load_dataset
+from mmlexp.evaluation import evaluate_embeddings
+from mmlexp.tracking import Tracker, flatten, git_commit
+from mmlexp.train import TrainSettings, fit, make_optimizer
+
+OWN_TARGETS = ["mmlexp.*"]
+
+
+def build(group: str, node: DictConfig, allowed: list[str], **kwargs: Any) -> Any:
+    """``instantiate`` on the execution allow-list; constructor errors name the config key."""
+    try:
+        return instantiate(node, _execution_whitelist_=allowed, **kwargs)
+    except InstantiationException as err:
+        if isinstance(err.__cause__, (ValueError, TypeError)):
+            raise ConfigError(f"{group}.{err.__cause__}") from err
+        raise ConfigError(
+            f"{group}._target_={node.get('_target_')!r}: {err}\n"
+            f"Allowed targets: {allowed} (extend with allowed_targets=['mypkg.*'])") from err
+    except (ValueError, TypeError) as err:  # the constructor refused a value (Hydra re-raises it as is)
+        raise ConfigError(f"{group}.{err}") from err
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device={name!r}: CUDA is not available here; use device=auto or device=cpu")
+    return device
+
+
+def group_choices(cfg: DictConfig) -> dict[str, str]:
+    """The option picked in each group (Hydra's runtime choices, else derived from the config)."""
+    with contextlib.suppress(Exception):
+        from hydra.core.hydra_config import HydraConfig
+        return {k: str(v) for k, v in HydraConfig.get().runtime.choices.items() if v is not None}
+    target = lambda node: str(node.get("_target_", "?")).rsplit(".", 1)[-1].lower()  # noqa: E731
+    return {"dataset": cfg.dataset.name, "encoder": target(cfg.encoder), "loss": target(cfg.loss),
+            "sampler": target(cfg.sampler)}
+
+
+def run_directory(cfg: DictConfig) -> Path:
+    with contextlib.suppress(Exception):
+        from hydra.core.hydra_config import HydraConfig
+        return Path(HydraConfig.get().runtime.output_dir)
+    path = Path("outputs") / time.strftime("%Y-%m-%d/%H-%M-%S")
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+@contextlib.contextmanager
+def sigterm_as_interrupt():
+    """A ``kill`` (SIGTERM) ends the run like Ctrl-C, so the tracked run is marked KILLED."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum, frame):
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def load_data(cfg: DictConfig) -> InteractionData:
+    if OmegaConf.is_missing(cfg.dataset, "path"):
+        raise ConfigError(f"dataset.path is required for dataset={cfg.dataset.name}: "
+                          "a directory with LightGCN-format train.txt and test.txt")
+    return load_dataset(cfg.dataset.name, path=cfg.dataset.get("path"), download=cfg.dataset.get("download", True))
+
+
+def train(cfg: DictConfig) -> float:
+    """Train one model as configured, track it, and return the best value of ``trainer.monitor``."""
+    validate(cfg)
+    if cfg.trainer.num_threads:
+        torch.set_num_threads(cfg.trainer.num_threads)
+    torch.manual_seed(cfg.seed)
+    device = resolve_device(cfg.device)
+    allowed = OWN_TARGETS + list(cfg.allowed_targets)
+    data = load_data(cfg)
+
+    model = build("encoder", cfg.encoder, allowed, n_users=data.n_users, n_items=data.n_items).to(device)
+    loss_fn = build("loss", cfg.loss, allowed).to(device)
+    generator = torch.Generator(device=device).manual_seed(cfg.seed)
+    sampler = build("sampler", cfg.sampler, allowed, n_items=data.n_items, train=data.train,
+                    generator=generator, device=device)
+    optimizer = make_optimizer(model, cfg.trainer.lr)
+    settings = TrainSettings(**{k: cfg.trainer[k] for k in TrainSettings.__dataclass_fields__})
+    users, items = (torch.from_numpy(a).to(device) for a in data.train_pairs())
+    ks = list(cfg.eval.ks)
+
+    def evaluate() -> dict[str, float]:
+        user_emb, item_emb = model.all_embeddings()
+        return evaluate_embeddings(user_emb, item_emb, data.train, data.test, ks=ks, chunk_size=cfg.eval.chunk_size)
+
+    choices = group_choices(cfg)
+    run_name = cfg.tracking.run_name or "-".join(
+        [choices.get("encoder", "?"), choices.get("loss", "?"), data.name, f"N{cfg.sampler.get('num_negatives', '-')}"])
+    tracker = Tracker(cfg.tracking.uri, cfg.tracking.experiment, cfg.tracking.artifact_location, cfg.tracking.enabled)
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+    tags = {f"choice.{k}": v for k, v in choices.items()} | {
+        "dataset": data.name, "device": str(device), "git_commit": git_commit(),
+        "mlflow.source.git.commit": git_commit(), "torch": torch.__version__,
+        **{f"dataset.{k}": v for k, v in data.fingerprint().items()}}
+    tracker.start(run_name, flatten(resolved), tags)
+    out_dir = run_directory(cfg)
+    status = "FAILED"
+    try:
+        with sigterm_as_interrupt():
+            tracker.log_text(OmegaConf.to_yaml(resolved), "config.yaml")
+            result = fit(model, loss_fn, sampler, optimizer, users, items, evaluate, settings, generator,
+                         on_epoch_end=lambda epoch, record: tracker.log_metrics(record, step=epoch))
+            best = {f"best/{k}": v for k, v in result.best_metrics.items()}
+            tracker.log_metrics(best | {"best_epoch": result.best_epoch, "steps": result.steps}, step=result.best_epoch)
+            if cfg.tracking.save_checkpoint:
+                path = out_dir / "best.pt"
+                torch.save({"state_dict": result.best_state, "config": OmegaConf.to_yaml(resolved),
+                            "best_epoch": result.best_epoch, "metrics": result.best_metrics}, path)
+                tracker.log_artifact(path)
+        status = "FINISHED"
+    except KeyboardInterrupt:
+        status = "KILLED"
+        raise
+    finally:
+        tracker.finish(status)
+
+    shown = "  ".join(f"{k} {v:.4f}" for k, v in result.best_metrics.items())
+    print(f"best epoch {result.best_epoch}: {shown}")
+    print(f"logged to {tracker.where}; run dir {out_dir}")
+    return float(result.best_metrics[settings.monitor])
+
+
+def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
+    """Read a ``best.pt`` written by ``train`` (tensors and plain values only: ``weights_only=True``)."""
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+__all__ = ["train", "build", "load_checkpoint", "ConfigError", "DataError"]

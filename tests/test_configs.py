@@ -1,0 +1,127 @@
+"""The composed config: every group option instantiates, paper settings are picked, bad values are named."""
+
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+import torch
+from hydra.utils import instantiate
+
+from mmlexp.config import ConfigError, validate
+from mmlexp.encoders import MatrixFactorization
+from mmlexp.run import OWN_TARGETS, build
+from tests.conftest import CONF
+
+GROUPS = {g: sorted(p.stem for p in (CONF / g).glob("*.yaml")) for g in ("loss", "sampler", "encoder")}
+
+
+@pytest.mark.parametrize("loss", GROUPS["loss"])
+def test_every_loss_follows_the_contract(make_cfg, loss):
+    cfg = make_cfg(f"loss={loss}")
+    module = instantiate(cfg.loss, _execution_whitelist_=OWN_TARGETS)
+    assert isinstance(module, torch.nn.Module)
+    scores = (torch.rand(6, 11) * 2 - 1).requires_grad_()
+    value = module(scores, users=torch.arange(6))
+    assert value.dim() == 0 and torch.isfinite(value)
+    value.backward()
+    assert torch.isfinite(scores.grad).all()
+
+
+@pytest.mark.parametrize("sampler", GROUPS["sampler"])
+def test_every_sampler_instantiates(make_cfg, sampler):
+    cfg = make_cfg(f"sampler={sampler}", "num_negatives=17")
+    train = sp.random(4, 50, density=0.2, format="csr", random_state=0, dtype=np.float32)
+    train.data[:] = 1
+    s = build("sampler", cfg.sampler, OWN_TARGETS, n_items=50, train=train, generator=torch.Generator(), device="cpu")
+    negatives = s.sample(torch.arange(4), torch.arange(4), MatrixFactorization(4, 50))
+    assert negatives.shape == {"in_batch": (4, 3), "shared": (1, 17)}.get(sampler, (4, 17))
+
+
+@pytest.mark.parametrize("encoder", GROUPS["encoder"])
+def test_every_encoder_instantiates(make_cfg, encoder):
+    cfg = make_cfg(f"encoder={encoder}")
+    model = build("encoder", cfg.encoder, OWN_TARGETS, n_users=5, n_items=9)
+    assert model(torch.arange(3), torch.zeros(3, dtype=torch.long), torch.zeros(3, 4, dtype=torch.long)).shape == (3, 5)
+
+
+def test_gowalla_mml_picks_the_paper_setting(make_cfg):
+    cfg = make_cfg("loss=mml", "dataset=gowalla")
+    assert list(cfg.loss.margins) == [0.7, 0.8, 0.9]
+    assert list(cfg.loss.weights) == [0.10, 0.15, 0.75]
+    assert cfg.loss.neg_weight == 700 and cfg.trainer.batch_size == 256 and cfg.trainer.l2 == 1e-8
+
+
+def test_yelp_mml_picks_the_paper_setting_and_overrides_win(make_cfg):
+    cfg = make_cfg("loss=mml", "dataset=yelp2018")
+    assert list(cfg.loss.margins) == [0.6, 0.7, 0.8, 0.9]
+    assert list(cfg.loss.weights) == [0.05, 0.15, 0.20, 0.60]
+    assert cfg.loss.neg_weight == 400 and cfg.trainer.batch_size == 512 and cfg.trainer.l2 == 1e-9
+    cfg = make_cfg("loss=mml", "dataset=yelp2018", "loss.neg_weight=5", "trainer.batch_size=64")
+    assert cfg.loss.neg_weight == 5 and cfg.trainer.batch_size == 64
+
+
+def test_num_negatives_reaches_the_sampler(make_cfg):
+    for n in (10, 800, 123):
+        assert make_cfg(f"num_negatives={n}").sampler.num_negatives == n
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("trainer.lr=0", "trainer.lr=0: must be a number > 0"),
+        ("trainer.lr=-1e-3", "trainer.lr=-0.001: must be a number > 0"),
+        ("trainer.batch_size=0", "trainer.batch_size=0: must be an integer >= 1"),
+        ("trainer.batch_size=abc", "trainer.batch_size='abc': must be an integer >= 1"),
+        ("num_negatives=0", "num_negatives=0: must be an integer >= 1"),
+        ("trainer.epochs=2.5", "trainer.epochs=2.5: must be an integer >= 1"),
+        ("eval.ks=[]", "eval.ks=[]: must be a non-empty list of integers >= 1"),
+        ("trainer.monitor=recall@10", "trainer.monitor='recall@10': must be one of"),
+        ("device=gpu", "device='gpu': must be auto, cpu, cuda, cuda:N or mps"),
+    ],
+)
+def test_bad_values_name_key_value_and_allowed(make_cfg, override, message):
+    with pytest.raises(ConfigError) as err:
+        validate(make_cfg(override))
+    assert message in str(err.value)
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("loss.margins=[0.9,0.8,0.7]", "loss.margins=[0.9, 0.8, 0.7]: margins must be strictly increasing"),
+        ("loss.margins=[0.7,0.8,1.9]", "loss.margins=[0.7, 0.8, 1.9]: every margin must lie in [-1, 1]"),
+        ("loss.weights=[0.1,-0.2,0.5]", "loss.weights=-0.2: must be a finite number >= 0"),
+        ("loss.weights=[0.1,nan,0.5]", "loss.weights=nan"),
+    ],
+)
+def test_bad_loss_values_are_named_with_their_group(make_cfg, override, message):
+    cfg = make_cfg(override)
+    with pytest.raises(ConfigError) as err:
+        build("loss", cfg.loss, OWN_TARGETS)
+    assert message in str(err.value)
+
+
+def test_targets_outside_the_allow_list_are_refused(make_cfg):
+    cfg = make_cfg("loss._target_=os.system")
+    with pytest.raises(ConfigError, match="Allowed targets"):
+        build("loss", cfg.loss, OWN_TARGETS)
+
+
+def test_own_loss_plugs_in_through_allowed_targets(make_cfg, tmp_path, monkeypatch):
+    (tmp_path / "mylab_losses.py").write_text(textwrap.dedent("""
+        import torch
+        class SquaredHinge(torch.nn.Module):
+            def __init__(self, margin=0.5):
+                super().__init__(); self.margin = margin
+            def forward(self, scores, users=None):
+                return (torch.relu(scores[:, 1:] - self.margin) ** 2).mean() + (1 - scores[:, 0]).mean()
+    """))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    cfg = make_cfg("loss._target_=mylab_losses.SquaredHinge", "~loss.margins", "~loss.weights",
+                   "~loss.neg_weight", "~loss.pos_weight", "+loss.margin=0.3", "allowed_targets=[mylab_losses.*]")
+    validate(cfg)
+    loss = build("loss", cfg.loss, OWN_TARGETS + list(cfg.allowed_targets))
+    assert loss(torch.tensor([[1.0, 0.5]])).item() == pytest.approx(0.04)
+    sys.modules.pop("mylab_losses", None)
