@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 # Tests and benchmarks read the offline copies of Gowalla/Yelp2018 beside the repo.
 export MMLEXP_DATA_DIR ?= $(abspath ../shared/data)
 
-.PHONY: install run test test-slow bench ui clean
+.PHONY: install run test test-slow test-postgres bench ui dashboard clean
 
 $(STAMP): pyproject.toml constraints.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -31,6 +31,12 @@ bench: install  ## speed benchmarks on Gowalla, side by side with a plain PyTorc
 
 ui: install  ## MLflow UI on http://127.0.0.1:5000 (loopback only)
 	$(VENV)/bin/mlflow ui --backend-store-uri sqlite:///mlflow.db --host 127.0.0.1 --port $${PORT:-5000}
+
+dashboard: install  ## optuna-dashboard on http://127.0.0.1:8080 for the studies in STORAGE (loopback only)
+	$(VENV)/bin/optuna-dashboard $${STORAGE:-sqlite:///optuna.db} --host 127.0.0.1 --port $${PORT:-8080}
+
+test-postgres: install  ## a two-worker Optuna sweep against a throwaway PostgreSQL server + MLflow server
+	$(PY) scripts/test_postgres.py
 
 clean:
 	rm -rf outputs .pytest_cache .benchmarks

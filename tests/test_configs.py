@@ -42,8 +42,20 @@ def test_every_sampler_instantiates(make_cfg, sampler):
 @pytest.mark.parametrize("encoder", GROUPS["encoder"])
 def test_every_encoder_instantiates(make_cfg, encoder):
     cfg = make_cfg(f"encoder={encoder}")
-    model = build("encoder", cfg.encoder, OWN_TARGETS, n_users=5, n_items=9)
-    assert model(torch.arange(3), torch.zeros(3, dtype=torch.long), torch.zeros(3, 4, dtype=torch.long)).shape == (3, 5)
+    train = sp.random(5, 9, density=0.4, format="csr", random_state=0, dtype=np.float32)
+    train.data[:] = 1
+    model = build("encoder", cfg.encoder, OWN_TARGETS, n_users=5, n_items=9, train=train)
+    scores = model(torch.arange(3), torch.zeros(3, dtype=torch.long), torch.zeros(3, 4, dtype=torch.long))
+    assert scores.shape == (3, 5)
+
+
+def test_simplex_paper_settings_are_picked_by_dataset(make_cfg):
+    cfg = make_cfg("encoder=simplex", "dataset=gowalla")
+    assert cfg.encoder.aggregator == "user_attention" and cfg.encoder.gamma == 0.8 and cfg.trainer.l2 == 1e-7
+    cfg = make_cfg("encoder=simplex", "dataset=yelp2018", "encoder.gamma=0.5")
+    assert cfg.encoder.aggregator == "mean" and cfg.encoder.gamma == 0.5 and cfg.encoder.max_history == 500
+    assert cfg.encoder.share_history_table is True and cfg.trainer.l2 == 1e-8
+    assert make_cfg("encoder=simplex", "dataset=gowalla", "trainer.l2=0.5").trainer.l2 == 0.5
 
 
 def test_gowalla_mml_picks_the_paper_setting(make_cfg):

@@ -20,6 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 from mmlexp.config import ConfigError, validate
 from mmlexp.data import DataError, InteractionData, load_dataset
 from mmlexp.evaluation import evaluate_embeddings
+from mmlexp.sweep import job_tags
 from mmlexp.tracking import Tracker, flatten, git_commit
 from mmlexp.train import TrainSettings, fit, make_optimizer
 
@@ -54,7 +55,8 @@ def group_choices(cfg: DictConfig) -> dict[str, str]:
     with contextlib.suppress(Exception):
         from hydra.core.hydra_config import HydraConfig
         return {k: str(v) for k, v in HydraConfig.get().runtime.choices.items() if v is not None}
-    target = lambda node: str(node.get("_target_", "?")).rsplit(".", 1)[-1].lower()  # noqa: E731
+    # option, module and file share one name: mmlexp.losses.mml.MultiMarginLoss -> "mml"
+    target = lambda node: str(node.get("_target_", "?")).split(".")[-2:][0]  # noqa: E731
     return {"dataset": cfg.dataset.name, "encoder": target(cfg.encoder), "loss": target(cfg.loss),
             "sampler": target(cfg.sampler)}
 
@@ -94,6 +96,11 @@ def load_data(cfg: DictConfig) -> InteractionData:
 
 def train(cfg: DictConfig) -> float:
     """Train one model as configured, track it, and return the best value of ``trainer.monitor``."""
+    with sigterm_as_interrupt():
+        return _train(cfg)
+
+
+def _train(cfg: DictConfig) -> float:
     validate(cfg)
     if cfg.trainer.num_threads:
         torch.set_num_threads(cfg.trainer.num_threads)
@@ -102,7 +109,8 @@ def train(cfg: DictConfig) -> float:
     allowed = OWN_TARGETS + list(cfg.allowed_targets)
     data = load_data(cfg)
 
-    model = build("encoder", cfg.encoder, allowed, n_users=data.n_users, n_items=data.n_items).to(device)
+    model = build("encoder", cfg.encoder, allowed, n_users=data.n_users, n_items=data.n_items,
+                  train=data.train).to(device)
     loss_fn = build("loss", cfg.loss, allowed).to(device)
     generator = torch.Generator(device=device).manual_seed(cfg.seed)
     sampler = build("sampler", cfg.sampler, allowed, n_items=data.n_items, train=data.train,
@@ -125,21 +133,21 @@ def train(cfg: DictConfig) -> float:
         "dataset": data.name, "device": str(device), "git_commit": git_commit(),
         "mlflow.source.git.commit": git_commit(), "torch": torch.__version__,
         **{f"dataset.{k}": v for k, v in data.fingerprint().items()}}
-    tracker.start(run_name, flatten(resolved), tags)
+    tags |= job_tags(cfg.tracking.uri)  # in a sweep: mlflow.parentRunId, sweep.id, sweep.job_num, overrides
     out_dir = run_directory(cfg)
+    tracker.start(run_name, flatten(resolved), tags)
     status = "FAILED"
     try:
-        with sigterm_as_interrupt():
-            tracker.log_text(OmegaConf.to_yaml(resolved), "config.yaml")
-            result = fit(model, loss_fn, sampler, optimizer, users, items, evaluate, settings, generator,
-                         on_epoch_end=lambda epoch, record: tracker.log_metrics(record, step=epoch))
-            best = {f"best/{k}": v for k, v in result.best_metrics.items()}
-            tracker.log_metrics(best | {"best_epoch": result.best_epoch, "steps": result.steps}, step=result.best_epoch)
-            if cfg.tracking.save_checkpoint:
-                path = out_dir / "best.pt"
-                torch.save({"state_dict": result.best_state, "config": OmegaConf.to_yaml(resolved),
-                            "best_epoch": result.best_epoch, "metrics": result.best_metrics}, path)
-                tracker.log_artifact(path)
+        tracker.log_text(OmegaConf.to_yaml(resolved), "config.yaml")
+        result = fit(model, loss_fn, sampler, optimizer, users, items, evaluate, settings, generator,
+                     on_epoch_end=lambda epoch, record: tracker.log_metrics(record, step=epoch))
+        best = {f"best/{k}": v for k, v in result.best_metrics.items()}
+        tracker.log_metrics(best | {"best_epoch": result.best_epoch, "steps": result.steps}, step=result.best_epoch)
+        if cfg.tracking.save_checkpoint:
+            path = out_dir / "best.pt"
+            torch.save({"state_dict": result.best_state, "config": OmegaConf.to_yaml(resolved),
+                        "best_epoch": result.best_epoch, "metrics": result.best_metrics}, path)
+            tracker.log_artifact(path)
         status = "FINISHED"
     except KeyboardInterrupt:
         status = "KILLED"

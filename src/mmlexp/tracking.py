@@ -80,6 +80,21 @@ class Tracker:
             self.client.log_batch(self.run_id, params=items[i:i + 100], synchronous=True)
         return self.run_id
 
+    def reopen(self, run_id: str) -> bool:
+        """Continue an existing run of this experiment (a resumed sweep's parent): RUNNING again.
+        False when the run is not in this store and experiment."""
+        if not self.enabled:
+            return False
+        try:
+            run = self.client.get_run(run_id)
+        except Exception:
+            return False
+        if run.info.experiment_id != self.experiment_id or run.info.lifecycle_stage != "active":
+            return False
+        self.client.update_run(run_id, status="RUNNING")
+        self.run_id = run_id
+        return True
+
     def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
         if not self.enabled:
             return

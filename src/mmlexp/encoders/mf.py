@@ -5,18 +5,21 @@
     s(u, i) = <u, v>
 
 Tables are initialised from Normal(0, init_std); L2 applies to the full tables (``embedding_tables``).
+``similarity="dot"`` scores by plain dot products (nothing normalised; dropout on the raw user vector).
+``train`` (the training matrix every encoder is handed by the runner) is accepted and not used.
 """
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from mmlexp.ops import cosine_gather_scores
+from mmlexp.encoders._scoring import check_similarity, eval_scores, finish, pair_scores
 
 
 class MatrixFactorization(nn.Module):
-    def __init__(self, n_users: int, n_items: int, dim: int = 64, dropout: float = 0.1, init_std: float = 1e-4):
+    def __init__(self, n_users: int, n_items: int, dim: int = 64, dropout: float = 0.1, init_std: float = 1e-4,
+                 similarity: str = "cosine", train=None):
         super().__init__()
+        self.similarity = check_similarity(similarity)
         if dim < 1:
             raise ValueError(f"dim={dim}: must be an integer >= 1")
         if not 0.0 <= dropout < 1.0:
@@ -32,28 +35,23 @@ class MatrixFactorization(nn.Module):
         return [self.user_table, self.item_table]
 
     def user_vectors(self, users: torch.Tensor) -> torch.Tensor:
-        return self.dropout(F.normalize(self.user_table[users], dim=-1))
+        return self.dropout(finish(self.user_table[users], self.similarity))
 
     def item_vectors(self, items: torch.Tensor) -> torch.Tensor:
-        return F.normalize(self.item_table[items], dim=-1)
+        return finish(self.item_table[items], self.similarity)
 
     def forward(self, users: torch.Tensor, pos_items: torch.Tensor, negatives: torch.Tensor) -> torch.Tensor:
         """Score matrix ``[B, 1+N]``: column 0 ``pos_items[B]``, then ``negatives`` ``[B, N]`` (or ``[1, N]``
         shared by every row).  One user vector per row (one dropout mask for the whole row)."""
-        u = self.user_vectors(users)
-        pos = cosine_gather_scores(u, self.item_table, pos_items.unsqueeze(1))
-        return torch.cat([pos, cosine_gather_scores(u, self.item_table, negatives)], dim=1)
+        return pair_scores(self.user_vectors(users), self.item_table, pos_items, negatives, self.similarity)
 
     @torch.no_grad()
     def score(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
         """Eval-mode scores ``[B, C]`` of ``users[B]`` against ``items[B, C]`` (no dropout, no graph).
         Large candidate sets (B*C > n_items, e.g. a hard-negative pool) score the whole catalogue once."""
-        u = F.normalize(self.user_table[users], dim=-1)
-        if items.numel() > self.item_table.shape[0]:
-            return (u @ F.normalize(self.item_table, dim=-1).T).gather(1, items)
-        return cosine_gather_scores(u, self.item_table, items)
+        return eval_scores(finish(self.user_table[users], self.similarity), self.item_table, items, self.similarity)
 
     @torch.no_grad()
     def all_embeddings(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Eval-mode (dropout off) user and item vectors for full ranking by dot product."""
-        return F.normalize(self.user_table, dim=-1), F.normalize(self.item_table, dim=-1)
+        return finish(self.user_table, self.similarity), finish(self.item_table, self.similarity)

@@ -1,0 +1,214 @@
+"""`make test-postgres`: a multi-machine sweep against a throwaway PostgreSQL server.
+
+1. Starts PostgreSQL from the system's binaries (installs the `postgresql` package with apt-get when they are
+   missing and we are root; as root the server runs as the `postgres` user) in a temp dir, on a free loopback port.
+2. Starts an MLflow tracking server on a free loopback port whose backend store is PostgreSQL.
+3. Runs two sweep processes of the same Optuna study (`hparams_search=mml_optuna`, storage
+   `postgresql+psycopg2://...`, tracking `http://127.0.0.1:<port>`), the second one started once the first is
+   running trials: two workers, as on two machines.
+4. Checks the study: exactly n_trials COMPLETE trials, none RUNNING, both workers ran trials, and every complete
+   trial has exactly one FINISHED MLflow run under the study's parent run. Stops both servers.
+
+Exit status 0: passed; 1: a check failed; 77: skipped (no PostgreSQL binaries and they cannot be installed).
+"""
+
+import contextlib
+import glob
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+N_TRIALS = 6
+SKIP = 77
+
+
+def log(message: str) -> None:
+    print(f"[test-postgres] {message}", flush=True)
+
+
+def free_port() -> int:
+    with contextlib.closing(socket.socket()) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def pg_bindir() -> Path | None:
+    candidates = sorted(glob.glob("/usr/lib/postgresql/*/bin"), key=lambda p: int(p.split("/")[-2]))
+    if shutil.which("pg_config"):
+        out = subprocess.run(["pg_config", "--bindir"], capture_output=True, text=True)
+        candidates.append(out.stdout.strip())
+    for path in reversed(candidates):
+        if path and (Path(path) / "initdb").exists() and (Path(path) / "pg_ctl").exists():
+            return Path(path)
+    return None
+
+
+def ensure_postgres() -> Path | None:
+    bindir = pg_bindir()
+    if bindir is None and os.geteuid() == 0 and shutil.which("apt-get"):
+        log("installing the postgresql package (apt-get)")
+        env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+        subprocess.run(["apt-get", "update", "-qq"], check=True, env=env)
+        subprocess.run(["apt-get", "install", "-y", "-qq", "postgresql"], check=True, env=env)
+        bindir = pg_bindir()
+    return bindir
+
+
+def as_server_user(cmd: list[str]) -> list[str]:
+    """PostgreSQL refuses to run as root: use the `postgres` user there."""
+    if os.geteuid() != 0:
+        return cmd
+    return ["runuser", "-u", "postgres", "--", *cmd]
+
+
+@contextlib.contextmanager
+def postgres(bindir: Path, tmp: Path):
+    data, port = tmp / "pgdata", free_port()
+    if os.geteuid() == 0:
+        shutil.chown(tmp, user="postgres")
+    subprocess.run(as_server_user([str(bindir / "initdb"), "-D", str(data), "-U", "mmlexp", "--auth=trust",
+                                   "-E", "UTF8"]), check=True, stdout=subprocess.DEVNULL)
+    subprocess.run(as_server_user([str(bindir / "pg_ctl"), "-D", str(data), "-l", str(tmp / "postgres.log"),
+                                   "-o", f"-h 127.0.0.1 -p {port} -k {tmp}", "-w", "start"]), check=True,
+                   stdout=subprocess.DEVNULL)
+    log(f"PostgreSQL {bindir.parent.name} on 127.0.0.1:{port}")
+    try:
+        for db in ("optuna", "mlflow"):
+            subprocess.run([str(bindir / "createdb"), "-h", "127.0.0.1", "-p", str(port), "-U", "mmlexp", db],
+                           check=True)
+        yield f"postgresql+psycopg2://mmlexp@127.0.0.1:{port}"
+    finally:
+        subprocess.run(as_server_user([str(bindir / "pg_ctl"), "-D", str(data), "-m", "fast", "stop"]),
+                       stdout=subprocess.DEVNULL, check=False)
+        log("PostgreSQL stopped")
+
+
+@contextlib.contextmanager
+def mlflow_server(backend: str, tmp: Path):
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    with open(tmp / "mlflow-server.log", "w") as out:
+        server = subprocess.Popen([str(Path(sys.executable).with_name("mlflow")), "server", "--backend-store-uri",
+                                   backend, "--artifacts-destination", str(tmp / "mlartifacts"), "--host",
+                                   "127.0.0.1", "--port", str(port), "--workers", "1"],
+                                  stdout=out, stderr=subprocess.STDOUT, start_new_session=True, cwd=tmp)
+    try:
+        deadline = time.time() + 300
+        while True:
+            with contextlib.suppress(OSError):
+                with urllib.request.urlopen(url + "/health", timeout=5) as response:
+                    if response.status == 200:
+                        break
+            if server.poll() is not None or time.time() > deadline:
+                raise RuntimeError("mlflow server did not start:\n" + (tmp / "mlflow-server.log").read_text()[-3000:])
+            time.sleep(1)
+        log(f"MLflow tracking server on {url} (backend: PostgreSQL)")
+        yield url
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(server.pid, signal.SIGTERM)
+        try:
+            server.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(server.pid, signal.SIGKILL)
+        log("MLflow server stopped")
+
+
+def sweep_worker(name: str, storage: str, tracking: str, tmp: Path) -> subprocess.Popen:
+    cwd = tmp / name  # each worker its own working dir, as on its own machine
+    cwd.mkdir()
+    cmd = [sys.executable, "-m", "mmlexp", "-m", "hparams_search=mml_optuna", f"hydra.sweeper.storage={storage}",
+           f"hydra.sweeper.n_trials={N_TRIALS}", "hydra.sweeper.heartbeat_interval=5", f"tracking.uri={tracking}",
+           "tracking.artifact_location=null", "trainer.epochs=1", "trainer.max_steps=5", "trainer.progress=false",
+           "num_negatives=10"]
+    out = open(cwd / "sweep.log", "w")
+    return subprocess.Popen(cmd, cwd=cwd, stdout=out, stderr=subprocess.STDOUT,
+                            env=dict(os.environ, PYTHONUNBUFFERED="1"))
+
+
+def count_trials(url: str) -> int:
+    """Read-only peek (opening the storage through Optuna would race the worker creating its tables)."""
+    from sqlalchemy import create_engine, text
+
+    engine = create_engine(url)
+    try:
+        with engine.connect() as db:
+            return db.execute(text("SELECT count(*) FROM trials")).scalar() or 0
+    except Exception:
+        return 0
+    finally:
+        engine.dispose()
+
+
+def main() -> int:
+    bindir = ensure_postgres()
+    if bindir is None:
+        log("skipped: no PostgreSQL binaries (initdb, pg_ctl), and not root with apt-get to install them")
+        return SKIP
+    import optuna
+    from mlflow.tracking import MlflowClient
+    from optuna.trial import TrialState
+
+    tmp = Path(tempfile.mkdtemp(prefix="mmlexp-pg-"))
+    tmp.chmod(0o755)
+    failures: list[str] = []
+    try:
+        with postgres(bindir, tmp) as pg, mlflow_server(f"{pg}/mlflow", tmp) as tracking:
+            storage = f"{pg}/optuna"
+            first = sweep_worker("worker1", storage, tracking, tmp)
+            deadline = time.time() + 300
+            while time.time() < deadline and first.poll() is None:  # the second starts once trials run
+                if count_trials(storage):
+                    break
+                time.sleep(1)
+            second = sweep_worker("worker2", storage, tracking, tmp)
+            log(f"two sweep workers running (pids {first.pid}, {second.pid}), study mml_sample, "
+                f"n_trials={N_TRIALS}")
+            for name, proc in (("worker1", first), ("worker2", second)):
+                if proc.wait(timeout=900) != 0:
+                    failures.append(f"{name} exited {proc.returncode}:\n"
+                                    + (tmp / name / "sweep.log").read_text()[-3000:])
+
+            study = optuna.load_study(study_name="mml_sample", storage=storage)
+            complete = [t for t in study.trials if t.state == TrialState.COMPLETE]
+            running = [t for t in study.trials if t.state == TrialState.RUNNING]
+            skipped = [t for t in study.trials if t.user_attrs.get("skipped")]
+            pids = {t.user_attrs.get("worker", {}).get("pid") for t in complete}
+            log(f"study: {len(complete)} complete, {len(running)} running, {len(skipped)} surplus asks refused, "
+                f"{len(study.trials)} trials; complete trials run by {len(pids)} workers")
+            if len(complete) != N_TRIALS:
+                failures.append(f"{len(complete)} complete trials, expected {N_TRIALS}")
+            if running:
+                failures.append(f"trials left RUNNING: {[t.number for t in running]}")
+            if len(pids) != 2:
+                failures.append(f"complete trials were run by {len(pids)} worker(s), expected 2")
+
+            client = MlflowClient(tracking)
+            exp = client.get_experiment_by_name("mmlexp")
+            runs = client.search_runs([exp.experiment_id])
+            parent_id = study.user_attrs.get("mlflow_parent_run_id")
+            finished = [r for r in runs if r.info.status == "FINISHED" and "optuna.trial_number" in r.data.tags]
+            numbers = sorted(int(r.data.tags["optuna.trial_number"]) for r in finished)
+            if numbers != sorted(t.number for t in complete):
+                failures.append(f"MLflow runs of trials {numbers} != complete trials {[t.number for t in complete]}")
+            if any(r.data.tags.get("mlflow.parentRunId") != parent_id for r in finished):
+                failures.append("a trial's MLflow run is not a child of the study's parent run")
+            log(f"MLflow: {len(finished)} finished trial runs under parent {parent_id}, {len(runs)} runs in all")
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    for failure in failures:
+        log(f"FAILED: {failure}")
+    log("passed" if not failures else "failed")
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,45 @@
+"""Every `loss=`, `sampler=` and `encoder=` option trains through the real `train(cfg)` on the sample dataset."""
+
+import math
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from mmlexp.run import train
+from tests.conftest import CONF
+
+LOSSES = sorted(p.stem for p in (CONF / "loss").glob("*.yaml"))
+SAMPLERS = sorted(p.stem for p in (CONF / "sampler").glob("*.yaml"))
+ENCODERS = sorted(p.stem for p in (CONF / "encoder").glob("*.yaml"))
+TINY = ["trainer.epochs=1", "trainer.max_steps=3", "num_negatives=8", "trainer.batch_size=64",
+        "tracking.save_checkpoint=false"]
+
+
+def finished_runs(cfg):
+    client = MlflowClient(cfg.tracking.uri)
+    exp = client.get_experiment_by_name(cfg.tracking.experiment)
+    return [r for r in client.search_runs([exp.experiment_id]) if r.info.status == "FINISHED"]
+
+
+@pytest.mark.parametrize("loss", LOSSES)
+def test_every_loss_trains_on_sample(make_cfg, loss):
+    cfg = make_cfg(f"loss={loss}", *TINY)
+    value = train(cfg)
+    assert math.isfinite(value) and 0 <= value <= 1
+    (run,) = finished_runs(cfg)
+    assert run.data.tags["choice.loss"] == loss and math.isfinite(run.data.metrics["train_loss"])
+
+
+@pytest.mark.parametrize("sampler", SAMPLERS)
+def test_every_sampler_trains_on_sample(make_cfg, sampler):
+    cfg = make_cfg(f"sampler={sampler}", *TINY)
+    assert 0 <= train(cfg) <= 1
+    assert len(finished_runs(cfg)) == 1
+
+
+@pytest.mark.parametrize("encoder", ENCODERS)
+def test_every_encoder_trains_on_sample(make_cfg, encoder):
+    cfg = make_cfg(f"encoder={encoder}", *TINY)
+    assert 0 <= train(cfg) <= 1
+    (run,) = finished_runs(cfg)
+    assert run.data.tags["choice.encoder"] == encoder
