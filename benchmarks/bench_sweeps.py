@@ -7,8 +7,8 @@
    the sweep) - (its training + evaluation time, ``epoch_time_s + eval_time_s`` from its MLflow run): Hydra job
    setup, config, data, model, MLflow run and artifacts, Optuna ask/tell. The process start (imports, store
    creation) is reported apart, once per sweep.
-2. The 6-point negatives grid ``num_negatives=10,50,100,200,400,800`` with 1 worker (basic launcher) and
-   2 workers (joblib, one torch thread each), wall time of the whole command.
+2. The 6-point negatives grid ``num_negatives=10,50,100,200,400,800`` with 1 worker (basic launcher; torch's
+   default threads, then one thread) and 2 workers (joblib, one torch thread each): wall time of the command.
 
 Everything runs in a temporary directory; numbers depend on the machine's load (report the cores).
 """
@@ -86,8 +86,10 @@ def overhead(trials: int) -> None:
 
 def grid(epochs: int) -> None:
     grid_args = ["num_negatives=10,50,100,200,400,800", f"trainer.epochs={epochs}"]
-    for label, extra in (("1 worker (basic launcher)", []),
-                         ("2 workers (joblib, n_jobs=2)", ["hydra/launcher=joblib", "hydra.launcher.n_jobs=2"])):
+    for label, extra in (("1 worker (basic launcher, torch's default threads)", []),
+                         ("1 worker (basic launcher, trainer.num_threads=1)", ["trainer.num_threads=1"]),
+                         ("2 workers (joblib, n_jobs=2: 1 thread each)",
+                          ["hydra/launcher=joblib", "hydra.launcher.n_jobs=2"])):
         with tempfile.TemporaryDirectory() as tmp:
             wall, _ = run(Path(tmp), *grid_args, *extra)
             client, runs = children(Path(tmp))

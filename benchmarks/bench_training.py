@@ -52,7 +52,10 @@ def main():
     parser.add_argument("--negatives", type=int, nargs="+", default=[100, 800])
     parser.add_argument("--batch", type=int, nargs="+", default=[256])
     parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     data = load_dataset("gowalla")
     users, items = (torch.from_numpy(a) for a in data.train_pairs())
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} cpus; "

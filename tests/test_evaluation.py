@@ -100,29 +100,52 @@ def reference(user_emb, item_emb, train, test, ks):
     return {key: float(np.mean(v)) for key, v in sums.items()}
 
 
-def random_case(n_users=50, n_items=200, d=16, seed=0, dtype=torch.float64):
+def random_case(n_users=50, n_items=200, d=16, seed=0, dtype=torch.float64, exact=False):
+    """Random train/test rows (disjoint; every 5th user without test items) and embeddings with a
+    popularity direction (so that there are hits). ``exact``: small-integer embeddings plus a
+    tie-break column i / 4096 for item i, so every score is a distinct multiple of 2^-12 below
+    2^11, computed exactly in fp32 whatever the summation order: rankings are unambiguous."""
     rng = np.random.default_rng(seed)
     train_rows, test_rows = [], []
     for u in range(n_users):
         items = rng.permutation(n_items)[:rng.integers(0, 40)]
-        cut = rng.integers(0, len(items) + 1) if u % 5 else len(items)  # every 5th user: no test
+        cut = rng.integers(0, len(items) + 1) if u % 5 else len(items)
         train_rows.append(sorted(items[:cut].tolist()))
         test_rows.append(sorted(items[cut:].tolist()))
-    g = torch.Generator().manual_seed(seed)
-    user_emb = torch.randn(n_users, d, generator=g, dtype=torch.float64).to(dtype)
-    # a popularity direction so that test items get hits (recall well above random)
-    item_emb = torch.randn(n_items, d, generator=g, dtype=torch.float64)
     pop = np.bincount(np.concatenate([np.array(r, dtype=np.int64) for r in train_rows + test_rows]),
                       minlength=n_items)
-    item_emb[:, 0] += torch.from_numpy(pop).double() * 0.5
+    g = torch.Generator().manual_seed(seed)
+    if exact:
+        assert n_items <= 4096
+        user_emb = torch.randint(-3, 4, (n_users, d), generator=g).double()
+        item_emb = torch.randint(-3, 4, (n_items, d), generator=g).double()
+        item_emb[:, -1] = torch.arange(n_items) / 4096
+        user_emb[:, -1] = 1.0
+        item_emb[:, 0] += torch.from_numpy(pop).double()
+    else:
+        user_emb = torch.randn(n_users, d, generator=g, dtype=torch.float64)
+        item_emb = torch.randn(n_items, d, generator=g, dtype=torch.float64)
+        item_emb[:, 0] += torch.from_numpy(pop).double() * 0.5
     user_emb[:, 0] = 3.0
-    return user_emb, item_emb.to(dtype), csr(train_rows, n_items), csr(test_rows, n_items)
+    return user_emb.to(dtype), item_emb.to(dtype), csr(train_rows, n_items), csr(test_rows, n_items)
+
+
+def assert_no_near_ties(user_emb, item_emb, train, k, gap=1e-4):
+    """Guard for float cases: the top k+1 scores of every user are >= gap apart, so fp32 and fp64
+    (and any summation order) rank them alike."""
+    scores = user_emb.double() @ item_emb.double().T
+    coo = train.tocoo()
+    scores[torch.from_numpy(coo.row).long(), torch.from_numpy(coo.col).long()] = -math.inf
+    top = torch.topk(scores, k + 1, dim=1).values
+    diff = top[:, :-1] - top[:, 1:]
+    assert float(diff[torch.isfinite(diff)].min()) > gap, "near ties: pick another seed"
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 def test_random_case_matches_reference(method, small_blocks, dtype):
     user_emb, item_emb, train, test = random_case(dtype=dtype)
     ks = (1, 5, 20)
+    assert_no_near_ties(user_emb, item_emb, train, max(ks))
     want = reference(user_emb, item_emb, train, test, ks)
     assert want["recall@20"] > 0.1  # the case has real hits
     got = evaluate_embeddings(user_emb, item_emb, train, test, ks=ks, chunk_size=7)
@@ -133,7 +156,7 @@ def test_random_case_matches_reference(method, small_blocks, dtype):
 
 def test_random_case_default_blocks_and_chunks(method):
     # 3000 items: default block/group sizes, several groups per user, default chunk size
-    user_emb, item_emb, train, test = random_case(n_users=120, n_items=3000, d=32, seed=1)
+    user_emb, item_emb, train, test = random_case(n_users=120, n_items=3000, d=32, seed=1, exact=True)
     ks = (10, 50)
     want = reference(user_emb, item_emb, train, test, ks)
     got = evaluate_embeddings(user_emb, item_emb, train, test, ks=ks)
@@ -142,7 +165,8 @@ def test_random_case_default_blocks_and_chunks(method):
 
 
 def test_methods_return_the_same_ranking():
-    user_emb, item_emb, train, _ = random_case(n_users=64, n_items=1000, d=32, seed=2, dtype=torch.float32)
+    user_emb, item_emb, train, _ = random_case(n_users=64, n_items=1000, d=32, seed=2, dtype=torch.float32,
+                                               exact=True)
     scores = user_emb.double() @ item_emb.double().T
     scores[torch.from_numpy(train.tocoo().row).long(), torch.from_numpy(train.tocoo().col).long()] = -math.inf
     want = torch.topk(scores, 30, dim=1).indices
@@ -153,8 +177,10 @@ def test_methods_return_the_same_ranking():
 
 def test_low_precision_inputs():
     user_emb, item_emb, train, test = random_case(seed=3)
-    want = evaluate_embeddings(user_emb.bfloat16().double(), item_emb.bfloat16().double(), train, test, ks=(5,))
-    got = evaluate_embeddings(user_emb.bfloat16(), item_emb.bfloat16(), train, test, ks=(5,))
+    user_emb, item_emb = user_emb.bfloat16(), item_emb.bfloat16()
+    assert_no_near_ties(user_emb, item_emb, train, 5)
+    want = evaluate_embeddings(user_emb.double(), item_emb.double(), train, test, ks=(5,))
+    got = evaluate_embeddings(user_emb, item_emb, train, test, ks=(5,))
     assert got == pytest.approx(want, abs=1e-6)
 
 
@@ -230,9 +256,48 @@ def test_bf16_prefilter_is_exact_where_bf16_cannot_rank(small_blocks):
     assert torch.equal(got, want)
 
 
+def test_bf16_candidate_window_is_wide_enough(monkeypatch):
+    # Bypass bf16 arithmetic: set the coarse (bf16) item matrix by hand, each coarse score within
+    # 0.55-0.91 delta of the exact one, the true top-5 pushed down, all others up. Then the true
+    # top-5 sit 1.04-1.82 delta below the coarse 5th best: a window of 2 delta must keep them
+    monkeypatch.setattr(ev, "_BLOCK", 1)
+    monkeypatch.setattr(ev, "_GROUP", 1)
+    n_items, k = 64, 5
+    exact = 0.9 - 1e-5 * torch.arange(n_items, dtype=torch.float64)  # distinct, descending
+    item_emb = torch.zeros(n_items, 4)
+    item_emb[:, 0] = exact.float()
+    user_emb = torch.zeros(3, 4)
+    user_emb[:, 0] = 1.0
+    ranker = ev._BlockedTopK(item_emb, k, bf16=True)
+    delta = ranker.delta_scale  # |u| = 1
+    grid = 2.0**-8  # bf16 spacing in [0.5, 1)
+    down = [math.floor((s - 0.55 * delta) / grid) * grid for s in exact[:k].tolist()]
+    up = [math.ceil((s + 0.55 * delta) / grid) * grid for s in exact[k:].tolist()]
+    coarse = torch.tensor(down + up, dtype=torch.float64)
+    assert ((coarse - exact).abs() < 0.91 * delta).all()
+    ranker.vc[:n_items, 0] = coarse.bfloat16()
+    assert torch.equal(ranker.vc[:n_items, 0].double(), coarse)  # on the bf16 grid
+    got = ranker(user_emb, ev._ChunkMask(sp.csr_matrix((3, n_items)), "cpu"), 0, 3)
+    assert ranker.exact_fallback is None
+    assert got.tolist() == [list(range(k))] * 3
+
+
+def test_blocked_selection_keeps_few_candidates():
+    # the threshold is tight: on random unit vectors about k + a few candidates per user
+    g = torch.Generator().manual_seed(12)
+    user_emb = torch.nn.functional.normalize(torch.randn(64, 32, generator=g), dim=1)
+    item_emb = torch.nn.functional.normalize(torch.randn(4000, 32, generator=g), dim=1)
+    mask = ev._ChunkMask(sp.csr_matrix((64, 4000)), "cpu")
+    for bf16, most in ((False, 2.0), (True, 5.0)):
+        ranker = ev._BlockedTopK(item_emb, 20, bf16=bf16)
+        ranker(user_emb, mask, 0, 64)
+        assert 20 * 64 <= ranker.n_candidates < most * 20 * 64, (bf16, ranker.n_candidates / 64)
+
+
 def test_bf16_falls_back_to_exact_when_candidates_explode(monkeypatch, small_blocks):
-    monkeypatch.setattr(ev, "_MAX_CANDIDATES_PER_K", 0)
-    user_emb, item_emb, train, test = random_case(dtype=torch.float32, seed=7)
+    monkeypatch.setattr(ev, "_BF16_MAX_CAND_PER_K", 0)
+    monkeypatch.setattr(ev, "_BF16_MAX_CAND_EXTRA", 0)
+    user_emb, item_emb, train, test = random_case(dtype=torch.float32, seed=7, exact=True)
     want = rank_top_k(user_emb, item_emb, train, 20, method="topk")
     assert torch.equal(rank_top_k(user_emb, item_emb, train, 20, chunk_size=8, method="bf16"), want)
 
@@ -248,7 +313,7 @@ def test_bf16_falls_back_when_its_error_bound_is_broken(monkeypatch, small_block
         real(self, v, k, bf16)
 
     monkeypatch.setattr(ev._BlockedTopK, "__init__", spy)
-    user_emb, item_emb, train, test = random_case(dtype=torch.float32, seed=8)
+    user_emb, item_emb, train, test = random_case(dtype=torch.float32, seed=8, exact=True)
     want = rank_top_k(user_emb, item_emb, train, 20, method="topk")
     assert torch.equal(rank_top_k(user_emb, item_emb, train, 20, chunk_size=8, method="bf16"), want)
     assert calls == [True, False]
@@ -350,7 +415,8 @@ def test_metric_key_for_mlflow():
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_cuda_matches_cpu():
-    user_emb, item_emb, train, test = random_case(n_users=200, n_items=3000, d=32, seed=10, dtype=torch.float32)
+    user_emb, item_emb, train, test = random_case(n_users=200, n_items=3000, d=32, seed=10, dtype=torch.float32,
+                                                  exact=True)
     cpu = evaluate_embeddings(user_emb, item_emb, train, test, ks=(20, 50))
     gpu = evaluate_embeddings(user_emb.cuda(), item_emb.cuda(), train, test, ks=(20, 50))
     assert gpu == pytest.approx(cpu, abs=1e-6)

@@ -12,33 +12,36 @@ the user's test set is never excluded). With ``T_u`` the test set and ``R_u`` th
 
 each averaged (unweighted) over the evaluated users.
 
-Speed (CPU). A dense ``[users, items]`` score matrix followed by ``torch.topk`` costs about as
-much in the top-k (≈1.7 ns per score per thread) as in the matrix product. Here users are
+Speed (CPU). A dense ``[users, items]`` score matrix followed by ``torch.topk`` spends about as
+much time in the top-k (~1.7 ns per score and thread) as in the matrix product. Here users are
 processed in chunks whose scores are laid out item-major (``items @ users_chunk.T``, the faster
-GEMM shape), and the top-k is found without sorting every row:
+GEMM shape for d ~ 64), and the top-k is found without sorting whole rows (``method="blocked"``):
 
 1. block maxima over ``_BLOCK`` consecutive items (one vectorised pass), then group maxima over
    ``_GROUP`` blocks; the k-th largest group maximum ``t`` is a lower bound of the k-th largest
-   score (there are k disjoint groups whose maximum is >= t);
+   score (k disjoint groups have their maximum >= t);
 2. only blocks whose maximum is >= t can hold a top-k item: those few are gathered, their items
-   >= t kept (about k+few per user), and a small padded ``topk`` picks the exact top-k.
+   >= t kept (about k + a few per user), and a small padded ``topk`` picks the exact top-k.
 
-On CPUs where oneDNN runs bf16 matrix products (``method="bf16"``, the default there), step 1
-runs on a bf16 score matrix (about 3x cheaper than fp32) and the result is still exact: with
-``|s_bf16 - s| <= delta_u = _BF16_REL_ERR * ||u|| * max_i ||v_i||`` (a worst-case rounding
-bound), every item whose bf16 score is below ``t - 2 delta_u`` scores below k other items, so the
-candidates are the items at or above that line; they are re-scored in fp32 (fp64 for fp64
-embeddings) and the top-k is taken on those exact scores. The bound is also checked on the
-candidates at run time; a chunk that breaks it, or that yields too many candidates, is redone
-with exact scores.
+On CPUs where oneDNN runs bf16 matrix products (``method="bf16"``, the default there), the
+selection runs on bf16 scores (the product is ~3x cheaper than fp32) and the result is still
+exact: with ``|s_bf16 - s| <= delta_u = _BF16_REL_ERR * ||u|| * max_i ||v_i||`` (a worst-case
+rounding bound, checked by an adversarial test), an item whose bf16 score is below
+``t - 2 delta_u`` scores below k other items, so the candidates are the items at or above that
+line; they are re-scored in fp32 (fp64 for fp64 embeddings) and the top-k is taken on those
+scores. The bound is also checked on the candidates at run time. A chunk that breaks it, or
+whose candidates are too many to pay off (wide score ties relative to delta), is redone by the
+exact fp32 path, and so are all later chunks.
 
 Ties are broken arbitrarily (whatever the selection does); results are exact otherwise.
 """
 
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import scipy.sparse as sp
@@ -57,14 +60,20 @@ _GROUP = 8
 # rounded to bf16 (2^-8 * (1 + 2^-7)); the fp32 accumulation terms (2 * d * 2^-24) are added per d.
 _BF16_REL_ERR = 2.0**-7 + 2.0**-16 + 2.0**-8 * (1 + 2.0**-7)
 _BF16_SAFETY = 1.05
-# A bf16 chunk with more than this many candidates per user and per k is redone exactly.
-_MAX_CANDIDATES_PER_K = 16
+# A bf16 chunk with more than (k * _BF16_MAX_CAND_PER_K + _BF16_MAX_CAND_EXTRA) candidates per
+# user is redone, with all later chunks, by the exact path: past that, gathering and re-scoring
+# them costs more than the fp32 product saves (measured on Gowalla-sized data, 1 thread: random
+# unit vectors give ~120 per user at k=50; popularity-heavy or clustered embeddings 200-400).
+_BF16_MAX_CAND_PER_K = 1
+_BF16_MAX_CAND_EXTRA = 192
+# CPU: run chunks in parallel threads (one intra-op thread each) instead of splitting each op.
+_CHUNK_THREADS = True
 # Bytes of score buffer per chunk when chunk_size is None.
 _CHUNK_BYTES = {"bf16": 2**24, "blocked": 2**24, "topk": 2**26, "device": 2**28}
 
 
 def metric_key_for_mlflow(key: str) -> str:
-    """``"recall@20"`` -> ``"recall_at_20"`` (MLflow metric names cannot hold ``@``)."""
+    """``"recall@20"`` -> ``"recall_at_20"`` (MLflow rejects ``@`` in metric names)."""
     name, sep, k = str(key).partition("@")
     if not sep or not name or not k:
         raise ValueError(f"metric key must look like 'name@K' (e.g. 'recall@20'), got {key!r}")
@@ -220,19 +229,35 @@ def _rank(user_emb, item_emb, exclude: sp.csr_matrix, k: int, users: np.ndarray,
     chunk_size = min(int(chunk_size), n_eval)
 
     out = torch.empty(n_eval, k, dtype=torch.long)
-    starts = range(0, n_eval, chunk_size)
+    n_chunks = -(-n_eval // chunk_size)
+    # CPU: chunks spread over worker threads, each running its ops on one thread. Many small
+    # ops each split over all threads stall whenever one thread is descheduled (another process
+    # on the cores): 15x slower on a 2-core machine with one core busy, vs ~1x this way.
+    n_workers = min(torch.get_num_threads(), n_chunks) if device.type == "cpu" and _CHUNK_THREADS else 1
+    rankers = [ranker] + [ranker.sibling() for _ in range(n_workers - 1)]
     bar = None
     if progress:
         from tqdm.auto import tqdm
         bar = tqdm(total=n_eval, desc="evaluate", unit="user", leave=False)
-    try:
+
+    def work(w: int) -> None:
         with torch.no_grad():
-            for s in starts:
-                e = min(s + chunk_size, n_eval)
-                out[s:e] = ranker(u[s:e], mask, s, e).cpu()
+            for i in range(w, n_chunks, n_workers):
+                s, e = i * chunk_size, min((i + 1) * chunk_size, n_eval)
+                out[s:e] = rankers[w](u[s:e], mask, s, e).cpu()
                 if bar is not None:
                     bar.update(e - s)
+
+    threads = torch.get_num_threads()
+    try:
+        if n_workers == 1:
+            work(0)
+        else:
+            torch.set_num_threads(1)
+            with ThreadPoolExecutor(n_workers) as pool:
+                list(pool.map(work, range(n_workers)))
     finally:
+        torch.set_num_threads(threads)
         if bar is not None:
             bar.close()
     return out
@@ -264,6 +289,12 @@ class _DenseTopK:
     def default_chunk(self, budget: int) -> int:
         return _pow2_chunk(budget // (self.v.shape[0] * self.v.element_size()))
 
+    def sibling(self) -> _DenseTopK:
+        """Same items, own buffer (for another worker thread)."""
+        twin = copy.copy(self)
+        twin.buf = None
+        return twin
+
     def __call__(self, u: torch.Tensor, mask: _ChunkMask, s: int, e: int) -> torch.Tensor:
         n, n_items = u.shape[0], self.v.shape[0]
         scores = _buffer(self, "buf", n * n_items, u.dtype, u.device).view(n, n_items)
@@ -289,11 +320,19 @@ class _BlockedTopK:
             rel = (_BF16_REL_ERR + 2 * d * 2.0**-24) * _BF16_SAFETY
             self.delta_scale = rel * float(v.norm(dim=1).max())
             self.delta_abs = d * 2.0**-120  # bf16 products flushed to zero (denormals)
-        self.buf = self.bm_buf = None
+        self.buf = self.bm_buf = self.v_buf = None
         self.offsets = {}
+        self.n_candidates = 0  # diagnostics: candidates selected so far (summed over chunks)
 
     def default_chunk(self, budget: int) -> int:
         return _pow2_chunk(budget // (self.n_pad * self.vc.element_size()))
+
+    def sibling(self) -> _BlockedTopK:
+        """Same items, own buffers and fallback state (for another worker thread)."""
+        twin = copy.copy(self)
+        twin.buf = twin.bm_buf = twin.v_buf = twin.exact_fallback = None
+        twin.offsets, twin.n_candidates = {}, 0
+        return twin
 
     def __call__(self, u: torch.Tensor, mask: _ChunkMask, s: int, e: int) -> torch.Tensor:
         if self.bf16 and self.exact_fallback is None:
@@ -323,30 +362,32 @@ class _BlockedTopK:
         torch.amax(scores.view(nb, bs, n), dim=1, out=bmax)
         gmax = bmax.view(nb // g, g, n).amax(dim=1) if g > 1 else bmax
         thr = torch.topk(gmax.T, k, dim=1, sorted=False).values.amin(dim=1).to(u.dtype)
-        if self.bf16:
+        if self.bf16:  # compared in u.dtype: no rounding of the line itself
             delta = u.norm(dim=1) * self.delta_scale + self.delta_abs
             lower = thr - 2 * delta
-            # round down to bf16 (never up), so no candidate is lost to the comparison
-            lower_c = (lower - lower.abs() * 2.0**-7).to(self.coarse_dtype)
         else:
-            lower = lower_c = thr
+            lower = thr
 
         # 2. candidate blocks -> candidate items, rows ascending
-        r, blk = (bmax.T >= lower_c[:, None]).nonzero(as_tuple=True)
+        r, blk = (bmax.T.to(u.dtype) >= lower[:, None]).nonzero(as_tuple=True)
+        limit = (_BF16_MAX_CAND_PER_K * k + _BF16_MAX_CAND_EXTRA) * n if self.bf16 else None
+        if limit is not None and r.numel() > limit:
+            return None
         offs = self._offsets(n, dev)
-        vals = flat.index_select(0, ((blk * (bs * n) + r)[:, None] + offs).view(-1)).view(-1, bs)
-        p, off = (vals >= lower_c.index_select(0, r)[:, None]).nonzero(as_tuple=True)
+        vals = flat.index_select(0, ((blk * (bs * n) + r)[:, None] + offs).view(-1)).view(-1, bs).to(u.dtype)
+        p, off = (vals >= lower.index_select(0, r)[:, None]).nonzero(as_tuple=True)
         row = r.index_select(0, p)
         item = blk.index_select(0, p) * bs + off
-        cval = vals.view(-1).index_select(0, p * bs + off).to(u.dtype)
-        if bool((lower_c == -math.inf).any()):  # all items are candidates there: drop padding
+        cval = vals.view(-1).index_select(0, p * bs + off)
+        if bool((lower == -math.inf).any()):  # all items are candidates there: drop padding
             keep = (item < self.n_items).nonzero().view(-1)
             row, item, cval = row.index_select(0, keep), item.index_select(0, keep), cval.index_select(0, keep)
-        if self.bf16 and row.numel() > _MAX_CANDIDATES_PER_K * k * n:
+        self.n_candidates += row.numel()
+        if limit is not None and row.numel() > limit:
             return None
 
         # 3. candidates padded to [n, width] (every row has >= k): -inf marks empty slots, the
-        #    lowest finite value marks excluded items (only there when a row has < k others)
+        #    lowest finite value excluded items (candidates only where a row has < k others)
         counts = torch.bincount(row, minlength=n)
         width = int(counts.max())
         pos = row * width + torch.arange(row.numel(), device=dev) - (torch.cumsum(counts, 0) - counts)[row]
@@ -355,12 +396,16 @@ class _BlockedTopK:
         cand = cand.index_copy_(0, pos, cval.masked_fill_(cval == -math.inf, lowest)).view(n, width)
         items = torch.zeros(n * width, dtype=torch.long, device=dev).index_copy_(0, pos, item).view(n, width)
         if self.bf16:  # exact scores of the candidates; check the bound on them
-            cand_v = self.v.index_select(0, items.view(-1)).view(n, width, -1)
-            exact = torch.bmm(u[:, None, :], cand_v.transpose(1, 2))[:, 0, :]
+            d = u.shape[1]
+            cand_v = _buffer(self, "v_buf", n * width * d, u.dtype, dev).view(n * width, d)
+            torch.index_select(self.v, 0, items.view(-1), out=cand_v)
+            exact = torch.bmm(u[:, None, :], cand_v.view(n, width, d).transpose(1, 2))[:, 0, :]
             real = cand > lowest
-            if bool(((cand - exact).abs() > delta[:, None]).logical_and_(real).any()):
+            if bool(((cand - exact).abs_() > delta[:, None]).logical_and_(real).any()):
                 return None
             cand = torch.where(real, exact, cand)
+
+        # 4. exact top-k among each row's candidates
         best = torch.topk(cand, k, dim=1, sorted=True).indices
         return items.gather(1, best)
 

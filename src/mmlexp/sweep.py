@@ -142,9 +142,9 @@ def open_parent(config: DictConfig, sweep_dir: Path, *, name: str, sweep_id: str
         return None
     tracker = Tracker(tracking["uri"], tracking["experiment"], tracking["artifact_location"])
     if not (reuse and tracker.reopen(reuse)):
-        tags = {"sweep.role": "parent", "sweep.kind": kind, "sweep.id": sweep_id, "sweep.dir": str(sweep_dir),
-                "sweep.command": _command()[:MAX_TAG], "host": socket.gethostname(),
-                "git_commit": git_commit()}
+        tags = {"sweep.role": "parent", "sweep.kind": kind, "sweep.id": sweep_id,
+                "sweep.dir": str(sweep_dir.resolve()), "sweep.command": _command()[:MAX_TAG],
+                "host": socket.gethostname(), "git_commit": git_commit()}
         tracker.start(name, {k: str(v)[:MAX_TAG] for k, v in params.items()}, tags)
     write_sweep_file(sweep_dir, {"parent_run_id": tracker.run_id, "sweep_id": sweep_id,
                                  "tracking_uri": tracking["uri"], **info})
