@@ -11,7 +11,8 @@ embeddings normalised to unit length, fp32, K = 20 and 50 (one top-50 ranking).
 After a warm-up of each, the two are timed in interleaved rounds (fast, naive, fast, naive, ...) so
 that load from other processes hits both alike; the median (and min) over rounds is printed, with
 the ratio. Both must give the same metrics (checked). Peak RSS is read after the fast runs (before
-any naive run) and at the end. ``--methods`` also times ``rank_top_k`` alone with each method.
+any naive run) and at the end. ``--methods`` also times ``rank_top_k`` alone with each method, and
+with torch's intra-op threads instead of one worker thread per chunk.
 
     python benchmarks/bench_evaluation.py [--rounds 3] [--methods] [--threads N]
 
@@ -158,11 +159,20 @@ def main() -> None:
     print(f"peak RSS: {rss_fast:.0f} MiB after the fast runs, {peak_rss_mib():.0f} MiB after the naive ones")
 
     if args.methods:
-        for method in ("bf16", "blocked", "topk"):
-            rank_top_k(user_emb, item_emb, train, max(KS), method=method)
-            ts = [timed(lambda: rank_top_k(user_emb, item_emb, train, max(KS), method=method))[0]
-                  for _ in range(args.rounds)]
-            print(f"rank_top_k(method={method!r}): median {statistics.median(ts):.3f} s  min {min(ts):.3f} s")
+        from mmlexp import evaluation
+
+        def rank(method):
+            return lambda: rank_top_k(user_emb, item_emb, train, max(KS), method=method)
+
+        print(f"rank_top_k alone (top-{max(KS)}), median / min of {args.rounds} after a warm-up:")
+        for label, method, chunk_threads in [("bf16", "bf16", True), ("blocked", "blocked", True),
+                                             ("topk", "topk", True), ("bf16, intra-op threads", "bf16", False),
+                                             ("topk, intra-op threads", "topk", False)]:
+            evaluation._CHUNK_THREADS = chunk_threads
+            rank(method)()
+            ts = [timed(rank(method))[0] for _ in range(args.rounds)]
+            print(f"  {label:24s}: {statistics.median(ts):.3f} s / {min(ts):.3f} s")
+        evaluation._CHUNK_THREADS = True
     print(f"load average at end {os.getloadavg()[0]:.1f}")
 
 

@@ -230,10 +230,12 @@ def _rank(user_emb, item_emb, exclude: sp.csr_matrix, k: int, users: np.ndarray,
 
     out = torch.empty(n_eval, k, dtype=torch.long)
     n_chunks = -(-n_eval // chunk_size)
-    # CPU: chunks spread over worker threads, each running its ops on one thread. Many small
-    # ops each split over all threads stall whenever one thread is descheduled (another process
-    # on the cores): 15x slower on a 2-core machine with one core busy, vs ~1x this way.
-    n_workers = min(torch.get_num_threads(), n_chunks) if device.type == "cpu" and _CHUNK_THREADS else 1
+    # CPU: the chunks are spread over worker threads that run their ops on one thread each,
+    # rather than each op being split over all threads: many small ops that each wait for all
+    # threads stall whenever one is descheduled (another busy process): 15x slower on 2 cores
+    # with one busy, against ~1x this way; as fast on idle cores.
+    threads = torch.get_num_threads()
+    n_workers = min(threads, n_chunks) if device.type == "cpu" and _CHUNK_THREADS else 1
     rankers = [ranker] + [ranker.sibling() for _ in range(n_workers - 1)]
     bar = None
     if progress:
@@ -248,16 +250,17 @@ def _rank(user_emb, item_emb, exclude: sp.csr_matrix, k: int, users: np.ndarray,
                 if bar is not None:
                     bar.update(e - s)
 
-    threads = torch.get_num_threads()
     try:
         if n_workers == 1:
             work(0)
         else:
-            torch.set_num_threads(1)
-            with ThreadPoolExecutor(n_workers) as pool:
-                list(pool.map(work, range(n_workers)))
+            torch.set_num_threads(1)  # process-wide: restored below
+            try:
+                with ThreadPoolExecutor(n_workers) as pool:
+                    list(pool.map(work, range(n_workers)))
+            finally:
+                torch.set_num_threads(threads)
     finally:
-        torch.set_num_threads(threads)
         if bar is not None:
             bar.close()
     return out
