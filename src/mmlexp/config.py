@@ -12,7 +12,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-METRICS = ("recall", "ndcg", "precision", "hit")
+from mmlexp.evaluation import METRICS
 
 
 class ConfigError(ValueError):

@@ -1,28 +1,11 @@
 """LightGCN: 0 layers == MF on the same weights; layer mean == a dense computation; bad input."""
 
-import numpy as np
 import pytest
-import scipy.sparse as sp
 import torch
 import torch.nn.functional as F
 
 from mmlexp.encoders import LightGCN, MatrixFactorization
-
-TRAIN = sp.csr_matrix(np.array([[1, 1, 0, 0, 1],
-                                [0, 1, 0, 0, 0],
-                                [1, 0, 1, 0, 0],
-                                [0, 0, 1, 0, 1]], dtype=np.float32))
-USERS, POS = torch.tensor([0, 1, 2, 3, 0]), torch.tensor([0, 1, 2, 4, 4])
-NEG = torch.tensor([[3, 1], [0, 0], [4, 3], [1, 2], [2, 3]])
-
-
-def dense_adjacency() -> torch.Tensor:
-    r = torch.from_numpy(TRAIN.toarray())
-    a = torch.zeros(9, 9)
-    a[:4, 4:], a[4:, :4] = r, r.T
-    deg = a.sum(1)
-    inv = torch.where(deg > 0, deg.rsqrt(), torch.zeros_like(deg))
-    return inv[:, None] * a * inv[None, :]
+from tests.encoders.toy_graph import NEG, POS, TRAIN, USERS, dense_adjacency
 
 
 def test_zero_layers_is_mf_on_the_same_weights():
