@@ -7,7 +7,8 @@ STAMP := $(VENV)/.installed
 # Tests and benchmarks read the offline copies of Gowalla/Yelp2018 beside the repo.
 export MMLEXP_DATA_DIR ?= $(abspath ../shared/data)
 
-.PHONY: install run test test-slow test-postgres bench ui dashboard clean
+.PHONY: install run test test-slow test-postgres bench ui dashboard clean \
+	reproduce-table2 reproduce-table3 reproduce-fig3 reproduce-quick report notebooks bench-variants
 
 $(STAMP): pyproject.toml constraints.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -26,8 +27,15 @@ test-slow: install  ## real-data checks on Gowalla (minutes)
 	$(PY) -m pytest -m slow $(PYTEST_ARGS)
 
 bench: install  ## speed benchmarks on Gowalla, side by side with a plain PyTorch loop
-	$(PY) benchmarks/bench_training.py
+	$(PY) benchmarks/bench_training.py --batch 256 1024 --variants shared sparse_adam bf16
 	$(PY) benchmarks/bench_evaluation.py
+
+bench-variants: install  ## accuracy of the named fast variants against the default path (3 Gowalla epochs each)
+	$(PY) benchmarks/bench_variants.py
+
+notebooks: install  ## execute both notebooks into reports/notebooks/ (after syncing each .ipynb with its .py)
+	$(PY) notebooks/execute.py --sync
+	$(PY) notebooks/execute.py
 
 ui: install  ## MLflow UI on http://127.0.0.1:5000 (loopback only)
 	$(VENV)/bin/mlflow ui --backend-store-uri sqlite:///mlflow.db --host 127.0.0.1 --port $${PORT:-5000}
@@ -37,6 +45,44 @@ dashboard: install  ## optuna-dashboard on http://127.0.0.1:8080 for the studies
 
 test-postgres: install  ## a two-worker Optuna sweep against a throwaway PostgreSQL server + MLflow server
 	$(PY) scripts/test_postgres.py
+
+# Reproduce the MML paper: tracked Hydra sweeps defined in conf/experiment/ (MLflow experiment `reproduce`),
+# each printing its estimated run time first, then `make report`. SEEDS=1,2,3 for several seeds per cell;
+# ARGS= extra overrides (device=cuda, 'hydra.sweeper.params.loss="mml,ccl"', hydra/launcher=joblib, ...).
+SEEDS ?= 1
+QUICK_SEEDS ?= 1,2
+ESTIMATE := $(PY) scripts/estimate_runtime.py
+SWEEP := $(PY) -m mmlexp -m
+REPORT_EXPERIMENT ?= reproduce
+REPORT_NAME ?= paper
+
+reproduce-table2: install  ## Table 2: {MF, SimpleX} x {CCL, MML} x early stop Y/N, 100 negatives, 100 epochs, both datasets
+	$(ESTIMATE) +experiment=table2 seed=$(SEEDS) $(ARGS)
+	$(SWEEP) +experiment=table2 seed=$(SEEDS) $(ARGS)
+	$(MAKE) --no-print-directory report
+
+reproduce-table3: install  ## Table 3: 7 losses with MF, 100 negatives, 100 epochs, both datasets
+	$(ESTIMATE) +experiment=table3 seed=$(SEEDS) $(ARGS)
+	$(SWEEP) +experiment=table3 seed=$(SEEDS) $(ARGS)
+	$(MAKE) --no-print-directory report
+
+reproduce-fig3: install  ## Figure 3: MML / CCL / BSL with MF at 10 ... 800 negatives, 100 epochs, both datasets
+	$(ESTIMATE) +experiment=fig3 seed=$(SEEDS) $(ARGS)
+	$(SWEEP) +experiment=fig3 seed=$(SEEDS) $(ARGS)
+	$(MAKE) --no-print-directory report
+
+# The same pipeline on the CPU in about 20 minutes (Gowalla, 200 steps per run; MLflow experiment reproduce-quick).
+reproduce-quick: install  ## every table and figure from short Gowalla runs (~20 min on 2 cores; not converged)
+	$(ESTIMATE) --sweep "+experiment=quick_fig3 seed=$(QUICK_SEEDS) $(ARGS)" --sweep "+experiment=quick_table2 seed=1 $(ARGS)" \
+		--sweep "+experiment=quick_table3 seed=1 $(ARGS)" --sweep "+experiment=quick_tta seed=1 $(ARGS)"
+	$(SWEEP) +experiment=quick_fig3 seed=$(QUICK_SEEDS) $(ARGS)
+	$(SWEEP) +experiment=quick_table2 seed=1 $(ARGS)
+	$(SWEEP) +experiment=quick_table3 seed=1 $(ARGS)
+	$(SWEEP) +experiment=quick_tta seed=1 $(ARGS)
+	$(MAKE) --no-print-directory report REPORT_EXPERIMENT=reproduce-quick REPORT_NAME=quick
+
+report: install  ## reports/$(REPORT_NAME)/report.md: our tracked numbers beside the paper's, figures, paired tests
+	$(PY) -m mmlexp.report --experiment $(REPORT_EXPERIMENT) --name $(REPORT_NAME) $(REPORT_ARGS)
 
 clean:
 	rm -rf outputs .pytest_cache .benchmarks

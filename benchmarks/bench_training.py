@@ -1,35 +1,50 @@
-"""Training throughput (interactions/s) of MF + MML on Gowalla: mmlexp's loop vs a plain eager loop.
+"""Training throughput (interactions/s) and peak memory of MF + MML on Gowalla: mmlexp vs a plain loop.
 
-Both run side by side in this one process, alternating, on the same data, model, loss and sampler
-(``python benchmarks/bench_training.py [--steps 200] [--negatives 100 800] [--batch 256 1024]``).
+Each measurement runs in a fresh subprocess (so every loop starts from the same process state and
+its peak resident memory is its own); the loops alternate, ``--repeats`` times, so load from other
+processes hits them alike; the best of the repeats is reported.  Loops:
+
+  plain         benchmarks/plain_loop.py: nn.Embedding, DataLoader, autograd, Adam, as usually written
+  plain+malloc  the same with ``mmlexp.runtime.keep_freed_memory()`` (shows what the allocator alone gives)
+  mmlexp        ``mmlexp.train.train_step`` with its defaults (the paper's semantics)
+  mmlexp:<variant>  a named fast variant (``--variants shared sparse_adam bf16``), semantics changed
+
+    python benchmarks/bench_training.py [--steps 100] [--negatives 100 800] [--batch 256 1024]
+                                        [--threads 1] [--repeats 3] [--variants ...]
 """
 
 import argparse
+import json
 import os
 import resource
+import subprocess
 import sys
 import time
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from plain_loop import plain_training  # noqa: E402
-
-from mmlexp.data import load_dataset  # noqa: E402
-from mmlexp.encoders import MatrixFactorization  # noqa: E402
-from mmlexp.losses import MultiMarginLoss  # noqa: E402
-from mmlexp.samplers import UniformSampler  # noqa: E402
-from mmlexp.train import TrainSettings, make_optimizer, train_step  # noqa: E402
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
 
 
-def mmlexp_training(users, items, n_users, n_items, num_negatives, batch_size, max_steps):
+def mmlexp_training(users, items, n_users, n_items, num_negatives, batch_size, max_steps, variant=""):
+    from mmlexp.encoders import MatrixFactorization
+    from mmlexp.losses import MultiMarginLoss
+    from mmlexp.runtime import keep_freed_memory
+    from mmlexp.samplers import SharedSampler, UniformSampler
+    from mmlexp.train import TrainSettings, make_optimizer, train_step
+
+    keep_freed_memory()
     model = MatrixFactorization(n_users, n_items).train()
     loss_fn = MultiMarginLoss()
     gen = torch.Generator().manual_seed(0)
-    sampler = UniformSampler(num_negatives, n_items, generator=gen)
-    optimizer = make_optimizer(model, 1e-4)
-    settings = TrainSettings(batch_size=batch_size, l2=1e-8)
+    sampler_cls = SharedSampler if variant == "shared" else UniformSampler
+    sampler = sampler_cls(num_negatives, n_items, generator=gen)
+    optimizer_name = "sparse_adam" if variant == "sparse_adam" else "adam"
+    optimizer = make_optimizer(model, 1e-4, optimizer_name)
+    settings = TrainSettings(batch_size=batch_size, l2=1e-8, optimizer=optimizer_name,
+                             precision="bf16" if variant == "bf16" else "fp32")
     order = torch.randperm(users.shape[0], generator=gen)
     seen = 0
     for step in range(max_steps):
@@ -40,38 +55,67 @@ def mmlexp_training(users, items, n_users, n_items, num_negatives, batch_size, m
     return seen
 
 
-def timed(fn, *args):
-    start = time.perf_counter()
-    seen = fn(*args)
-    return seen / (time.perf_counter() - start)
+def worker(args) -> None:
+    """One measurement in this (fresh) process: warm-up, timed steps, peak RSS; prints one JSON line."""
+    from mmlexp.data import load_dataset
+    from plain_loop import plain_training
 
-
-def main():
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--steps", type=int, default=200)
-    parser.add_argument("--negatives", type=int, nargs="+", default=[100, 800])
-    parser.add_argument("--batch", type=int, nargs="+", default=[256])
-    parser.add_argument("--repeats", type=int, default=2)
-    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
-    args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     data = load_dataset("gowalla")
     users, items = (torch.from_numpy(a) for a in data.train_pairs())
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} cpus; "
-          f"Gowalla {data.n_users} users x {data.n_items} items; {args.steps} steps per measurement")
-    print(f"{'B':>5} {'N':>5} {'plain int/s':>12} {'mmlexp int/s':>13} {'ratio':>6}")
+    common = (users, items, data.n_users, data.n_items, args.negatives[0], args.batch[0])
+    loop, _, variant = args.worker.partition(":")
+    if loop == "plain+malloc":
+        from mmlexp.runtime import keep_freed_memory
+        keep_freed_memory()
+    run = (lambda steps: plain_training(*common, steps)) if loop.startswith("plain") else \
+        (lambda steps: mmlexp_training(*common, steps, variant=variant))
+    run(5)  # warm-up
+    start = time.perf_counter()
+    seen = run(args.steps)
+    rate = seen / (time.perf_counter() - start)
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(json.dumps({"rate": rate, "rss_mib": rss}))
+
+
+def measure(loop: str, batch: int, n: int, args) -> dict:
+    cmd = [sys.executable, __file__, "--worker", loop, "--batch", str(batch), "--negatives", str(n),
+           "--steps", str(args.steps)] + (["--threads", str(args.threads)] if args.threads else [])
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--steps", type=int, default=100)
+    parser.add_argument("--negatives", type=int, nargs="+", default=[100, 800])
+    parser.add_argument("--batch", type=int, nargs="+", default=[256])
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    parser.add_argument("--variants", nargs="*", default=[], choices=["shared", "sparse_adam", "bf16"])
+    parser.add_argument("--no-malloc-column", action="store_true", help="skip the plain+malloc loop")
+    parser.add_argument("--worker", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker:
+        return worker(args)
+    loops = ["plain"] + ([] if args.no_malloc_column else ["plain+malloc"]) + ["mmlexp"] + \
+        [f"mmlexp:{v}" for v in args.variants]
+    threads = args.threads or torch.get_num_threads()
+    print(f"torch {torch.__version__}, {threads} threads, {os.cpu_count()} cpus, load {os.getloadavg()[0]:.1f}; "
+          f"MF + MML on Gowalla, {args.steps} steps per measurement, best of {args.repeats}")
+    print(f"{'B':>5} {'N':>5} " + " ".join(f"{loop:>17}" for loop in loops) + "   ratio   peak RSS MiB (per loop)")
     for batch in args.batch:
         for n in args.negatives:
-            common = (users, items, data.n_users, data.n_items, n, batch, args.steps)
-            mmlexp_training(*common[:-1], 5), plain_training(*common[:-1], 5)  # warm-up
-            plain, fast = [], []
-            for _ in range(args.repeats):  # alternate so machine noise hits both
-                plain.append(timed(plain_training, *common))
-                fast.append(timed(mmlexp_training, *common))
-            p, f = max(plain), max(fast)
-            print(f"{batch:>5} {n:>5} {p:>12,.0f} {f:>13,.0f} {f / p:>5.2f}x")
-    print(f"peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB")
+            results = {loop: [] for loop in loops}
+            for r in range(args.repeats):
+                for loop in (loops if r % 2 == 0 else loops[::-1]):
+                    results[loop].append(measure(loop, batch, n, args))
+            best = {loop: max(x["rate"] for x in results[loop]) for loop in loops}
+            rss = {loop: max(x["rss_mib"] for x in results[loop]) for loop in loops}
+            print(f"{batch:>5} {n:>5} " + " ".join(f"{best[loop]:>13,.0f} i/s" for loop in loops)
+                  + f"  {best['mmlexp'] / best['plain']:>5.2f}x   " + " ".join(f"{rss[loop]:.0f}" for loop in loops),
+                  flush=True)
 
 
 if __name__ == "__main__":

@@ -41,3 +41,36 @@ def test_gradcheck():
     users = torch.randn(2, 3, dtype=torch.float64, requires_grad=True)
     items = torch.tensor([[0, 5, 5], [1, 2, 0]])
     assert torch.autograd.gradcheck(lambda u, t: cosine_gather_scores(u, t, items), (users, table))
+
+
+def test_bf16_autocast_scores_close_and_gradients_fp32():
+    g = torch.Generator().manual_seed(3)
+    table = torch.randn(50, 16, generator=g).requires_grad_()
+    users = F.normalize(torch.randn(4, 16, generator=g), dim=-1).requires_grad_()
+    items = torch.randint(50, (4, 9), generator=g)
+    exact = cosine_gather_scores(users, table, items)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        low = cosine_gather_scores(users, table, items)
+    assert low.dtype == torch.float32
+    torch.testing.assert_close(low, exact.detach(), rtol=0, atol=2e-2)  # bf16: 8 bits of mantissa
+    low.sum().backward()
+    assert table.grad.dtype == torch.float32 and users.grad.dtype == torch.float32
+    ref_users, ref_table = torch.autograd.grad(exact.sum(), (users, table))
+    torch.testing.assert_close(table.grad, ref_table, rtol=0.05, atol=0.05)
+    torch.testing.assert_close(users.grad, ref_users, rtol=0.05, atol=0.05)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_scatter_rows_accumulates_like_index_add(dtype):
+    from mmlexp.ops import scatter_rows_
+
+    g = torch.Generator().manual_seed(5)
+    items = torch.randint(7, (4, 6), generator=g)
+    items[1, :4] = 2  # repeated rows accumulate
+    weights, vecs = torch.randn(4, 6, generator=g, dtype=dtype), torch.randn(4, 3, generator=g, dtype=dtype)
+    start = torch.randn(7, 3, generator=g, dtype=dtype)
+    expected = start.clone()
+    for b in range(4):
+        for c in range(6):
+            expected[items[b, c]] += weights[b, c] * vecs[b]
+    torch.testing.assert_close(scatter_rows_(start.clone(), items, weights, vecs), expected)

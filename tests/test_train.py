@@ -5,7 +5,7 @@ import torch
 
 from mmlexp.encoders import MatrixFactorization
 from mmlexp.losses import MultiMarginLoss
-from mmlexp.train import TrainSettings, add_l2_gradient_, fit, make_optimizer, train_step
+from mmlexp.train import TrainSettings, fit, make_optimizer, start_gradients_, train_step
 
 
 class FixedSampler:
@@ -40,10 +40,41 @@ def test_step_equals_reference_loss_with_l2_in_the_graph():
         torch.testing.assert_close(pa, pb)
 
 
-def test_l2_gradient_on_tables_without_grad():
-    table = torch.nn.Parameter(torch.ones(2, 2))
-    add_l2_gradient_([table], 0.5)
-    torch.testing.assert_close(table.grad, torch.full((2, 2), 0.5))
+def test_start_gradients_sets_the_l2_gradient_and_reuses_buffers():
+    model = MatrixFactorization(3, 4, dim=2, init_std=1.0)
+    model.extra = torch.nn.Parameter(torch.ones(2))  # not an embedding table: starts at zero
+    start_gradients_(model, 0.5)
+    torch.testing.assert_close(model.user_table.grad, 0.5 * model.user_table.detach())
+    assert torch.equal(model.extra.grad, torch.zeros(2))
+    buffer = model.item_table.grad
+    start_gradients_(model, 0.0)
+    assert model.item_table.grad is buffer and torch.equal(buffer, torch.zeros(4, 2))
+
+
+@pytest.mark.parametrize("clip", [0.05, 1e6])  # acting and idle
+def test_fused_adam_steps_equal_reference_adam_on_loss_plus_l2(clip):
+    """Several steps (repeated users: sparse rows accumulate) with fused Adam and its grad_scale
+    clipping == plain Adam on autograd of loss + (l2/2)||E||^2 with clip_grad_norm_."""
+    torch.manual_seed(1)
+    a = MatrixFactorization(6, 9, dim=4, dropout=0.0, init_std=0.5)
+    b = MatrixFactorization(6, 9, dim=4, dropout=0.0, init_std=0.5)
+    b.load_state_dict(a.state_dict())
+    loss_fn, l2 = MultiMarginLoss(neg_weight=3.0), 0.3
+    opt_a = make_optimizer(a, 0.05)
+    assert opt_a.defaults.get("fused")
+    opt_b = torch.optim.Adam(b.parameters(), lr=0.05, foreach=False)
+    settings = TrainSettings(l2=l2, clip_grad_norm=clip)
+    for step in range(4):
+        users, items = torch.tensor([0, 1, 1, 5]), torch.tensor([2, 3, 8, step])
+        negatives = torch.randint(9, (4, 3))
+        train_step(a, loss_fn, FixedSampler(negatives), opt_a, users, items, settings)
+        opt_b.zero_grad()
+        total = loss_fn(b(users, items, negatives)) + l2 / 2 * sum(t.pow(2).sum() for t in b.embedding_tables())
+        total.backward()
+        torch.nn.utils.clip_grad_norm_(b.parameters(), clip)
+        opt_b.step()
+        for pa, pb in zip(a.parameters(), b.parameters()):
+            torch.testing.assert_close(pa, pb, rtol=1e-5, atol=1e-6)
 
 
 def tiny_fit(evaluate, **overrides):

@@ -12,7 +12,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from mmlexp.evaluation import METRICS
+from mmlexp.evaluation import LONGTAIL_SPLITS, METRICS, SELECTIONS
 
 
 class ConfigError(ValueError):
@@ -43,6 +43,11 @@ DEVICE = (lambda v: isinstance(v, str) and re.fullmatch(r"auto|cpu|cuda(:\d+)?|m
           "auto, cpu, cuda, cuda:N or mps")
 KS = (lambda v: isinstance(v, (list, tuple)) and len(v) > 0 and all(_is_int(k) and k >= 1 for k in v),
       "a non-empty list of integers >= 1")
+def one_of(*options: str) -> tuple[Callable[[Any], bool], str]:
+    return (lambda v: isinstance(v, str) and v in options), f"one of {', '.join(options)}"
+
+
+OPEN_UNIT = (lambda v: _is_num(v) and 0 < v < 1), "a number in (0, 1) (exclusive)"
 TARGETS = (lambda v: isinstance(v, (list, tuple)) and all(isinstance(t, str) and t for t in v),
            "a list of module prefixes such as 'mylab.losses.*'")
 
@@ -52,6 +57,9 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "allowed_targets": TARGETS,
     "trainer.epochs": int_at_least(1),
     "trainer.max_steps": optional(int_at_least(1)),
+    "trainer.max_minutes": optional(POSITIVE),
+    "trainer.optimizer": one_of("adam", "sparse_adam"),
+    "trainer.precision": one_of("fp32", "bf16"),
     "trainer.batch_size": int_at_least(1),
     "trainer.lr": POSITIVE,
     "trainer.l2": NON_NEGATIVE,
@@ -63,6 +71,12 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "trainer.num_threads": optional(int_at_least(1)),
     "eval.ks": KS,
     "eval.chunk_size": optional(int_at_least(1)),
+    "eval.selection": one_of(*SELECTIONS),
+    "eval.valid_fraction": OPEN_UNIT,
+    "eval.valid_seed": int_at_least(0),
+    "eval.longtail.enabled": BOOL,
+    "eval.longtail.groups": int_at_least(1),
+    "eval.longtail.split": one_of(*LONGTAIL_SPLITS),
     "num_negatives": int_at_least(1),
     "sampler.num_negatives": int_at_least(1),
     "tracking.enabled": BOOL,

@@ -34,6 +34,24 @@ whose candidates are too many to pay off (wide score ties relative to delta), is
 exact fp32 path, and so are all later chunks.
 
 Ties are broken arbitrarily (whatever the selection does); results are exact otherwise.
+
+Long-tail metrics (``longtail=LongTail.from_train(train, n_groups, split)``; the SSM paper's,
+Wu et al. TOIS'24, Eq. 29). Items are sorted by training popularity ``p_i`` (the number of training
+interactions of item i; ties by item id) and cut into ``G`` groups, ``g = 0`` the least popular:
+``equal_items`` gives every group the same number of items (sizes differ by at most one),
+``equal_interactions`` (the SSM paper's) about the same share of training interactions (item i, with
+``c_i`` the interactions of the items sorted before it and ``P`` the total, goes to group
+``min(G-1, floor(G * (c_i + p_i / 2) / P))``; an item more popular than ``P / G`` can leave a group
+empty). With ``I_g`` the items of group g, for every K in ``ks``:
+
+- ``tail_recall@K_g{g} = |R_u ∩ T_u ∩ I_g| / |T_u|`` (same denominator as Recall), so that
+  ``sum_g tail_recall@K_g{g} = recall@K``;
+- ``avg_popularity@K = mean_u (1/K) sum_{i in R_u} p_i``: the mean RAW training-interaction count of
+  the recommended items (not normalised), averaged over the evaluated users;
+- ``coverage@K = |union_u R_u| / n_items``: the share of the whole catalogue that appears in at least
+  one evaluated user's top-K.
+
+They reuse the top-K lists of the ranking (one gather of ``p`` and of the groups on them).
 """
 
 from __future__ import annotations
@@ -41,16 +59,22 @@ from __future__ import annotations
 import copy
 import math
 from collections.abc import Iterable
+from dataclasses import dataclass
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import scipy.sparse as sp
 import torch
 
-__all__ = ["METRICS", "METHODS", "evaluate_embeddings", "rank_top_k", "metric_key_for_mlflow"]
+__all__ = ["METRICS", "METHODS", "LONGTAIL_SPLITS", "SELECTIONS", "LongTail", "popularity_groups",
+           "evaluate_embeddings", "rank_top_k", "metric_key_for_mlflow"]
 
 METRICS = ("recall", "ndcg", "precision", "hit")
 METHODS = ("auto", "bf16", "blocked", "topk")
+LONGTAIL_SPLITS = ("equal_interactions", "equal_items")
+# Best-epoch selection protocols (eval.selection): on the test split (the paper's), or on a
+# validation slice held out of train (mmlexp.splits.holdout), reporting the test metrics there.
+SELECTIONS = ("paper", "valid")
 
 # Selection layout (CPU paths): items per block, blocks per threshold group. Tests shrink them.
 _BLOCK = 16
@@ -449,20 +473,79 @@ def _buffer(owner, name: str, numel: int, dtype, device) -> torch.Tensor:
 # metrics
 
 
+@dataclass(frozen=True, eq=False)
+class LongTail:
+    """Item popularity groups for the long-tail metrics (see module docstring).
+
+    ``groups`` [n_items] int64 in 0..n_groups-1 (0: least popular), ``popularity`` [n_items] int64
+    training-interaction counts (numpy arrays). Build with :meth:`from_train`.
+    """
+
+    groups: np.ndarray
+    popularity: np.ndarray
+    n_groups: int
+    split: str = "equal_interactions"
+
+    @classmethod
+    def from_train(cls, train: sp.spmatrix, n_groups: int = 5, split: str = "equal_interactions") -> LongTail:
+        if not _is_int(n_groups) or n_groups < 1:
+            raise ValueError(f"n_groups={n_groups!r}: must be an integer >= 1")
+        if split not in LONGTAIL_SPLITS:
+            raise ValueError(f"split={split!r}: must be one of {', '.join(LONGTAIL_SPLITS)}")
+        if not sp.issparse(train):
+            raise TypeError(f"train must be a scipy.sparse matrix, got {type(train).__name__}")
+        csr = _as_csr(train, "train", train.shape)
+        pop = np.bincount(csr.indices, minlength=csr.shape[1]).astype(np.int64)
+        groups = popularity_groups(pop, int(n_groups), split)
+        return cls(groups, pop, int(n_groups), split)
+
+
+def popularity_groups(popularity: np.ndarray, n_groups: int, split: str) -> np.ndarray:
+    """Group of each item (0: least popular) from its training popularity (module docstring)."""
+    pop = np.asarray(popularity, dtype=np.int64)
+    n_items = pop.size
+    order = np.lexsort((np.arange(n_items), pop))  # ascending popularity, ties by item id
+    sorted_group = np.empty(n_items, dtype=np.int64)
+    if split == "equal_items":
+        sorted_group[:] = np.arange(n_items) * n_groups // max(n_items, 1)
+    elif split == "equal_interactions":
+        p = pop[order]
+        total = int(p.sum())
+        if total == 0:
+            sorted_group[:] = 0
+        else:
+            mid2 = 2 * (np.cumsum(p) - p) + p  # 2 * (interactions before + half the item's own)
+            sorted_group[:] = np.minimum(n_groups - 1, (mid2 * n_groups) // (2 * total))
+    else:
+        raise ValueError(f"split={split!r}: must be one of {', '.join(LONGTAIL_SPLITS)}")
+    groups = np.empty(n_items, dtype=np.int64)
+    groups[order] = sorted_group
+    return groups
+
+
 def evaluate_embeddings(user_emb: torch.Tensor, item_emb: torch.Tensor, train: sp.csr_matrix,
                         test: sp.csr_matrix, ks=(20,), *, chunk_size: int | None = None,
-                        progress: bool = False) -> dict[str, float]:
+                        progress: bool = False, longtail: LongTail | None = None) -> dict[str, float]:
     """Recall/NDCG/Precision/HitRate@K for every K in ``ks`` (see module docstring).
 
     ``user_emb`` [n_users, d], ``item_emb`` [n_items, d]: any float dtype, any (common) device;
     scores are computed there, metrics on CPU. ``train``/``test``: [n_users, n_items] sparse
     interaction matrices (nonzero = interaction). Users without test items are skipped.
-    Returns ``{"recall@K", "ndcg@K", "precision@K", "hit@K"}`` floats, K in the order of ``ks``.
+    Returns ``{"recall@K", "ndcg@K", "precision@K", "hit@K"}`` floats, K in the order of ``ks``;
+    with ``longtail`` (a :class:`LongTail` over the same items) also, for every K,
+    ``tail_recall@K_g{g}`` (g = 0..G-1, 0 the least popular group), ``avg_popularity@K`` and
+    ``coverage@K``.
     """
     n_users, n_items = _check_embeddings(user_emb, item_emb)
     ks = _check_ks(ks, n_items)
     train = _as_csr(train, "train", (n_users, n_items))
     test = _as_csr(test, "test", (n_users, n_items))
+    if longtail is not None:
+        if not isinstance(longtail, LongTail):
+            raise TypeError(f"longtail must be a LongTail (LongTail.from_train), got {type(longtail).__name__}")
+        if longtail.groups.shape != (n_items,) or longtail.popularity.shape != (n_items,):
+            raise ValueError(f"longtail covers {longtail.groups.shape[0]} items, but the embeddings "
+                             f"have n_items={n_items}; build it from this dataset's train matrix")
     n_test = np.diff(test.indptr)
     users = np.flatnonzero(n_test)
     if users.size == 0:
@@ -470,7 +553,38 @@ def evaluate_embeddings(user_emb: torch.Tensor, item_emb: torch.Tensor, train: s
     exclude = _without(train, test)
     top = _rank(user_emb, item_emb, exclude, max(ks), users, chunk_size, "auto", progress)
     hits = _hits(top, test[users])
-    return _metrics(hits, torch.from_numpy(n_test[users]).double(), ks)
+    n_test_t = torch.from_numpy(n_test[users]).double()
+    out = _metrics(hits, n_test_t, ks)
+    if longtail is not None:
+        out |= _longtail_metrics(top, hits, n_test_t, ks, longtail, n_items)
+    return out
+
+
+def _longtail_metrics(top: torch.Tensor, hits: torch.Tensor, n_test: torch.Tensor, ks: Iterable[int],
+                      lt: LongTail, n_items: int) -> dict[str, float]:
+    """tail_recall@K_g*, avg_popularity@K, coverage@K from the top-K lists (module docstring).
+
+    numpy on the CPU tensors (~10 ms on Gowalla at K=20, 50; torch's scatter/index ops cost ~10x):
+    group recalls from the hits only (each hit adds 1/|T_u| to its item's group), popularity as
+    exact int64 sums (every user has K items, so the mean of means is the total over n*K).
+    """
+    top_np, hits_np, n_test_np = top.numpy(), hits.numpy(), n_test.numpy()
+    n = top_np.shape[0]
+    row, pos = np.nonzero(hits_np)
+    weight = 1.0 / n_test_np[row]
+    hit_group = lt.groups[top_np[row, pos]]
+    pop_sum = np.cumsum(lt.popularity[top_np], axis=1, dtype=np.int64)
+    out: dict[str, float] = {}
+    for k in ks:
+        within = pos < k
+        recall_g = np.bincount(hit_group[within], weights=weight[within], minlength=lt.n_groups) / n
+        for g in range(lt.n_groups):
+            out[f"tail_recall@{k}_g{g}"] = float(recall_g[g])
+        out[f"avg_popularity@{k}"] = float(pop_sum[:, k - 1].sum()) / (n * k)
+        seen = np.zeros(n_items, dtype=bool)
+        seen[top_np[:, :k]] = True
+        out[f"coverage@{k}"] = float(seen.sum()) / n_items
+    return out
 
 
 def _without(train: sp.csr_matrix, test: sp.csr_matrix) -> sp.csr_matrix:

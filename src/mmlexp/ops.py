@@ -1,39 +1,81 @@
 """Fused kernels of the hot path, each checked against plain autograd in tests/test_ops.py."""
 
+import numpy as np
+import scipy.sparse
 import torch
+import torch.nn.functional as F
+
+
+try:  # scipy's compiled kernel of ``Y += A @ X`` for a CSC matrix A, accumulating into Y in place
+    from scipy.sparse._sparsetools import csc_matvecs as _csc_matvecs
+except ImportError:  # pragma: no cover - a scipy without it: the public (allocating) product below
+    _csc_matvecs = None
+
+
+def scatter_rows_(out: torch.Tensor, items: torch.Tensor, weights: torch.Tensor, vecs: torch.Tensor) -> torch.Tensor:
+    """``out[r] += sum over (b, c) with items[b, c] = r of weights[b, c] * vecs[b]``, in place.
+
+    The gradient of gathered rows that all share their batch row's vector, without building the
+    ``[B, C, d]`` products: on the CPU, ``items`` read as a sparse ``[n_rows, B]`` CSC matrix (its
+    rows are the columns, already in order) times ``vecs``, in scipy's compiled kernel; elsewhere
+    one ``index_add_``.
+    """
+    batch, cols = items.shape
+    dim = vecs.shape[1]
+    if out.device.type == "cpu" and out.dtype in (torch.float32, torch.float64) and out.is_contiguous():
+        indptr = np.arange(0, batch * cols + 1, cols, dtype=np.int64)
+        values = weights.detach().reshape(-1).to(out.dtype).numpy()
+        x = vecs.detach().to(out.dtype).contiguous().numpy()
+        flat = items.reshape(-1).to(torch.int64).contiguous().numpy()
+        if _csc_matvecs is not None:
+            _csc_matvecs(out.shape[0], batch, dim, indptr, flat, values, x.ravel(),
+                         out.numpy().ravel())
+        else:
+            csc = scipy.sparse.csc_matrix((values, flat, indptr), shape=(out.shape[0], batch))
+            out += torch.from_numpy(np.ascontiguousarray(csc @ x))
+        return out
+    return out.index_add_(0, items.reshape(-1), (weights.unsqueeze(-1) * vecs.unsqueeze(1)).view(-1, dim).to(out.dtype))
 
 
 class _CosineGatherScores(torch.autograd.Function):
     """s[b, c] = <u[b], r[b, c]> / max(||r[b, c]||, eps) with r[b, c] = table[items[b, c]].
 
     Gathers only the rows the batch needs; the row norms come from one pass over the table (cheaper
-    than over the gathered rows once B*C > n_items).  The backward reuses the gathered rows
-    (d s / d r = (u - s * r / ||r||) / ||r||) and scatters them into a dense table gradient with one
-    ``index_add_``: about five passes over the [B, C, d] rows instead of the ~ten autograd makes.
+    than over the gathered rows once B*C > n_items).  With g = grad * inv_norm the row gradient is
+    d L / d r = g * u - (g * s * inv_norm) * r, and as every r[b, c] is the table row it came from,
+    the table gradient is ``table[i] * sum of -(g * s * inv_norm)`` over the entries of row i (a scalar
+    scatter), plus ``scatter_rows_(..., items, g, u)`` (no ``[B, C, d]`` buffer).
     """
 
     @staticmethod
     def forward(ctx, user_vecs: torch.Tensor, table: torch.Tensor, items: torch.Tensor, eps: float):
         batch, cols = items.shape
         flat = items.reshape(-1)
-        rows = table.index_select(0, flat).view(batch, cols, -1)
+        device = user_vecs.device.type
+        # Under autocast (trainer.precision=bf16) the gathered rows and their dot products are bf16;
+        # norms, scores and every gradient stay fp32.
+        low = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else None
+        source = table.detach() if low is None else table.detach().to(low)
+        rows = F.embedding(flat, source).view(batch, cols, -1)
         inv_norm = table.detach().norm(dim=1).clamp_min_(eps).reciprocal_()[flat].view(batch, cols)
-        scores = torch.bmm(rows, user_vecs.unsqueeze(-1)).squeeze(-1).mul_(inv_norm)
-        ctx.save_for_backward(user_vecs, items, rows, inv_norm, scores)
-        ctx.table_shape = table.shape
+        with torch.autocast(device, enabled=False):
+            dots = torch.bmm(rows, user_vecs.to(rows.dtype).unsqueeze(-1)).squeeze(-1)
+        scores = dots.to(table.dtype).mul_(inv_norm)
+        ctx.save_for_backward(user_vecs, table, items, rows, inv_norm, scores)
         return scores
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
-        user_vecs, items, rows, inv_norm, scores = ctx.saved_tensors
+        user_vecs, table, items, rows, inv_norm, scores = ctx.saved_tensors
         g = grad * inv_norm                                          # [B, C]
-        grad_user = torch.bmm(g.unsqueeze(1), rows).squeeze(1) if ctx.needs_input_grad[0] else None
+        grad_user = None
+        if ctx.needs_input_grad[0]:
+            grad_user = torch.bmm(g.to(rows.dtype).unsqueeze(1), rows).squeeze(1).to(user_vecs.dtype)
         grad_table = None
         if ctx.needs_input_grad[1]:
-            # g * u - (g * s / ||r||) * r, in two passes over one new [B, C, d] buffer
-            grad_rows = (rows * (-g * scores * inv_norm).unsqueeze(-1)).add_(g.unsqueeze(-1) * user_vecs.unsqueeze(1))
-            grad_table = rows.new_zeros(ctx.table_shape)
-            grad_table.index_add_(0, items.reshape(-1), grad_rows.view(-1, rows.shape[-1]))
+            row_scale = torch.zeros(table.shape[0], dtype=g.dtype, device=g.device)
+            row_scale.index_add_(0, items.reshape(-1), (-g * scores * inv_norm).reshape(-1))
+            grad_table = scatter_rows_(table.detach() * row_scale.unsqueeze(1), items, g, user_vecs)
         return grad_user, grad_table, None, None
 
 

@@ -9,6 +9,7 @@ import os
 import signal
 import threading
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +20,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from mmlexp.config import ConfigError, validate
 from mmlexp.data import DataError, InteractionData, load_dataset
-from mmlexp.evaluation import evaluate_embeddings
+from mmlexp.evaluation import LongTail, evaluate_embeddings
+from mmlexp.splits import holdout
 from mmlexp.sweep import job_tags
 from mmlexp.tracking import Tracker, flatten, git_commit
 from mmlexp.train import TrainSettings, fit, make_optimizer
@@ -108,21 +110,42 @@ def _train(cfg: DictConfig) -> float:
     device = resolve_device(cfg.device)
     allowed = OWN_TARGETS + list(cfg.allowed_targets)
     data = load_data(cfg)
+    # eval.selection=valid: train on train minus a held-out slice, pick the epoch on that slice
+    selection = str(cfg.eval.get("selection", "paper"))
+    fit_train, valid = data.train, None
+    if selection == "valid":
+        fit_train, valid = holdout(data.train, cfg.eval.valid_fraction, cfg.eval.valid_seed)
+        if valid.nnz == 0:
+            raise ConfigError(f"eval.valid_fraction={cfg.eval.valid_fraction!r}: holds out no interaction of "
+                              f"{data.name} (a user keeps round(fraction * n) of its n train items, at least one "
+                              "in train); use a larger fraction or eval.selection=paper")
 
     model = build("encoder", cfg.encoder, allowed, n_users=data.n_users, n_items=data.n_items,
-                  train=data.train).to(device)
+                  train=fit_train).to(device)
     loss_fn = build("loss", cfg.loss, allowed).to(device)
     generator = torch.Generator(device=device).manual_seed(cfg.seed)
-    sampler = build("sampler", cfg.sampler, allowed, n_items=data.n_items, train=data.train,
+    sampler = build("sampler", cfg.sampler, allowed, n_items=data.n_items, train=fit_train,
                     generator=generator, device=device)
-    optimizer = make_optimizer(model, cfg.trainer.lr)
+    optimizer = make_optimizer(model, cfg.trainer.lr, cfg.trainer.optimizer, cfg.trainer.l2)
     settings = TrainSettings(**{k: cfg.trainer[k] for k in TrainSettings.__dataclass_fields__})
-    users, items = (torch.from_numpy(a).to(device) for a in data.train_pairs())
+    users, items = (torch.from_numpy(a).to(device) for a in replace(data, train=fit_train).train_pairs())
     ks = list(cfg.eval.ks)
+    longtail_cfg = cfg.eval.get("longtail") or {}
+    longtail = LongTail.from_train(data.train, longtail_cfg.get("groups", 5),
+                                   longtail_cfg.get("split", "equal_interactions")) \
+        if longtail_cfg.get("enabled", False) else None
+    if valid is not None:
+        settings.monitor = f"valid/{settings.monitor}"  # select on the slice; best/ holds the test metrics there
 
     def evaluate() -> dict[str, float]:
+        """Test metrics (all train items masked), plus ``valid/`` metrics on the held-out slice."""
         user_emb, item_emb = model.all_embeddings()
-        return evaluate_embeddings(user_emb, item_emb, data.train, data.test, ks=ks, chunk_size=cfg.eval.chunk_size)
+        metrics = evaluate_embeddings(user_emb, item_emb, data.train, data.test, ks=ks,
+                                      chunk_size=cfg.eval.chunk_size, longtail=longtail)
+        if valid is not None:
+            on_valid = evaluate_embeddings(user_emb, item_emb, fit_train, valid, ks=ks, chunk_size=cfg.eval.chunk_size)
+            metrics |= {f"valid/{k}": v for k, v in on_valid.items()}
+        return metrics
 
     choices = group_choices(cfg)
     run_name = cfg.tracking.run_name or "-".join(
@@ -132,7 +155,9 @@ def _train(cfg: DictConfig) -> float:
     tags = {f"choice.{k}": v for k, v in choices.items()} | {
         "dataset": data.name, "device": str(device), "git_commit": git_commit(),
         "mlflow.source.git.commit": git_commit(), "torch": torch.__version__,
-        **{f"dataset.{k}": v for k, v in data.fingerprint().items()}}
+        **{f"dataset.{k}": v for k, v in data.fingerprint().items()}, "selection": selection}
+    if valid is not None:
+        tags |= {"valid.interactions": int(valid.nnz), "valid.users": int((valid.getnnz(axis=1) > 0).sum())}
     tags |= job_tags(cfg.tracking.uri)  # in a sweep: mlflow.parentRunId, sweep.id, sweep.job_num, overrides
     out_dir = run_directory(cfg)
     tracker.start(run_name, flatten(resolved), tags)

@@ -203,7 +203,9 @@ class SweepCallback(Callback):
     def _summarise(self, config: DictConfig) -> None:
         from mmlexp.tracking import mlflow_key
 
-        client, metric = self.parent.client, f"best/{mlflow_key(str(config.trainer.monitor))}"
+        # the selection metric: on the validation slice under eval.selection=valid (never tune on test)
+        prefix = "valid/" if OmegaConf.select(config, "eval.selection") == "valid" else ""
+        client, metric = self.parent.client, f"best/{prefix}{mlflow_key(str(config.trainer.monitor))}"
         jobs = client.search_runs([self.parent.experiment_id],
                                   filter_string=f"tags.`mlflow.parentRunId` = '{self.parent.run_id}'")
         done = [r for r in jobs if r.info.status == "FINISHED" and metric in r.data.metrics]

@@ -18,6 +18,7 @@ from tqdm.auto import tqdm
 class TrainSettings:
     epochs: int = 100
     max_steps: int | None = None
+    max_minutes: float | None = None
     batch_size: int = 256
     lr: float = 1e-4
     l2: float = 1e-8
@@ -25,6 +26,8 @@ class TrainSettings:
     eval_every: int = 1
     patience: int | None = None
     monitor: str = "recall@20"
+    optimizer: str = "adam"
+    precision: str = "fp32"
     progress: bool = True
     log_every: int = 100
 
@@ -39,23 +42,74 @@ class FitResult:
     stopped_early: bool = False
 
 
-def make_optimizer(model: nn.Module, lr: float) -> torch.optim.Optimizer:
-    """Dense Adam with torch defaults (paper-reference §3), fused kernel where available."""
+OPTIMIZERS = ("adam", "sparse_adam")
+
+
+def make_optimizer(model: nn.Module, lr: float, name: str = "adam", l2: float = 0.0) -> torch.optim.Optimizer:
+    """``adam``: dense Adam with torch defaults (paper-reference §3), fused kernel where available
+    (its L2 is added to the gradients by ``train_step``).  ``sparse_adam``: ``mmlexp.optim.LazyAdam``,
+    a faster variant that changes the semantics (only touched rows move; ``l2`` on those rows only)."""
     params = [p for p in model.parameters() if p.requires_grad]
+    if name == "sparse_adam":
+        from mmlexp.optim import LazyAdam
+        return LazyAdam(params, lr=lr, weight_decay=l2)
+    if name != "adam":
+        raise ValueError(f"optimizer={name!r}: must be one of {', '.join(OPTIMIZERS)}")
     try:
         return torch.optim.Adam(params, lr=lr, fused=True)
     except (RuntimeError, TypeError):
         return torch.optim.Adam(params, lr=lr)
 
 
-def add_l2_gradient_(tables: list[torch.Tensor], l2: float) -> None:
-    """grad += l2 * E: the gradient of (l2/2)*||E||^2 on the FULL tables, added before clipping
-    exactly as if the term were part of the loss (paper-reference §3)."""
-    for table in tables:
-        if table.grad is None:
-            table.grad = table.detach() * l2
+def start_gradients_(model: nn.Module, l2: float) -> None:
+    """Set every gradient to that of the L2 term before the forward: ``grad = l2 * E`` on the FULL
+    embedding tables (the gradient of (l2/2)*||E||^2, paper-reference §3), zero elsewhere.
+
+    The buffers are reused from step to step (no allocation, no zero-fill pass of its own), and the
+    backward adds the data gradient into them: a sparse gradient (MF's user rows) scatters into its
+    few rows in place.  Together it equals autograd on ``loss + (l2/2)*||E||^2``.
+    """
+    tables = {id(t) for t in model.embedding_tables()} if l2 else set()
+    for p in model.parameters():
+        if not p.requires_grad:
+            continue
+        if p.grad is None or p.grad.is_sparse:
+            p.grad = torch.empty_like(p)
+        if id(p) in tables:
+            torch.mul(p.detach(), l2, out=p.grad)
         else:
-            table.grad.add_(table.detach(), alpha=l2)
+            p.grad.zero_()
+
+
+def clipped_step(optimizer: torch.optim.Optimizer, max_norm: float | None) -> None:
+    """``clip_grad_norm_(max_norm)`` then ``optimizer.step()``.  A fused optimizer applies the clip
+    factor itself (its ``grad_scale`` divides the gradients inside the update), saving a pass."""
+    if not max_norm:
+        optimizer.step()
+        return
+    grads = [p.grad for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+    if any(g.is_sparse for g in grads):  # lazy Adam: norms of the coalesced rows, scaled in place
+        for group in optimizer.param_groups:
+            for p in group["params"]:
+                if p.grad is not None and p.grad.is_sparse:
+                    p.grad = p.grad.coalesce()
+        grads = [p.grad for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+        values = [g.values() if g.is_sparse else g for g in grads]
+        coef = (max_norm / (torch.nn.utils.get_total_norm(values, foreach=True) + 1e-6)).clamp_(max=1.0)
+        for v in values:
+            v.mul_(coef)
+        optimizer.step()
+        return
+    coef = (max_norm / (torch.nn.utils.get_total_norm(grads, foreach=True) + 1e-6)).clamp_(max=1.0)
+    if not optimizer.defaults.get("fused"):
+        torch._foreach_mul_(grads, coef)
+        optimizer.step()
+        return
+    optimizer.grad_scale = coef.reciprocal_()
+    try:
+        optimizer.step()
+    finally:
+        del optimizer.grad_scale
 
 
 def l2_penalty(tables: list[torch.Tensor], l2: float) -> float:
@@ -63,17 +117,19 @@ def l2_penalty(tables: list[torch.Tensor], l2: float) -> float:
 
 
 def train_step(model, loss_fn, sampler, optimizer, users, items, settings: TrainSettings) -> torch.Tensor:
-    """One optimiser step on a batch of (user, positive item) rows; returns the detached data loss."""
+    """One optimiser step on a batch of (user, positive item) rows; returns the detached data loss.
+    ``settings.optimizer=sparse_adam`` takes its L2 in the optimiser (touched rows only);
+    ``settings.precision=bf16`` scores under bfloat16 autocast."""
+    if settings.optimizer == "sparse_adam":
+        optimizer.zero_grad(set_to_none=True)
+    else:
+        start_gradients_(model, settings.l2)
     negatives = sampler.sample(users, items, model)
-    scores = model(users, items, negatives)
-    loss = loss_fn(scores, users)
-    optimizer.zero_grad(set_to_none=True)
+    with torch.autocast(users.device.type, dtype=torch.bfloat16, enabled=settings.precision == "bf16"):
+        scores = model(users, items, negatives)
+    loss = loss_fn(scores.float(), users)
     loss.backward()
-    if settings.l2:
-        add_l2_gradient_(model.embedding_tables(), settings.l2)
-    if settings.clip_grad_norm:
-        torch.nn.utils.clip_grad_norm_(model.parameters(), settings.clip_grad_norm, foreach=True)
-    optimizer.step()
+    clipped_step(optimizer, settings.clip_grad_norm)
     return loss.detach()
 
 
@@ -89,10 +145,14 @@ def fit(
     generator: torch.Generator | None = None,
     on_epoch_end: Callable[[int, dict[str, float]], None] | None = None,
 ) -> FitResult:
-    """Train for ``settings.epochs`` (or ``max_steps``), keep the best epoch by ``settings.monitor``."""
+    """Train for ``settings.epochs`` (or until ``max_steps`` / ``max_minutes``: the epoch then ends early and
+    is evaluated), keep the best epoch by ``settings.monitor``.  Each record carries ``wall_time_s``, the
+    seconds since the start of training (evaluation included): the time-to-accuracy curve."""
     n_rows, batch = users.shape[0], settings.batch_size
     best = FitResult(best_epoch=-1, best_metrics={}, best_state={})
     best_score, bad_evals, step = float("-inf"), 0, 0
+    fit_start = time.perf_counter()
+    deadline = fit_start + 60 * settings.max_minutes if settings.max_minutes else float("inf")
     for epoch in range(1, settings.epochs + 1):
         model.train()
         start, loss_sum, loss_rows = time.perf_counter(), torch.zeros((), device=users.device), 0
@@ -100,6 +160,7 @@ def fit(
         order = order.to(users.device)
         bar = tqdm(total=n_rows, desc=f"epoch {epoch}", unit="int", unit_scale=True,
                    disable=not settings.progress, leave=False, mininterval=0.5)
+        out_of_budget = False
         for first in range(0, n_rows, batch):
             rows = order[first:first + batch]
             if rows.numel() == 1 and first > 0:
@@ -111,14 +172,16 @@ def fit(
             if step % settings.log_every == 0:
                 bar.set_postfix(loss=f"{loss.item():.4f}", refresh=False)
             bar.update(rows.numel())
-            if settings.max_steps is not None and step >= settings.max_steps:
+            out_of_budget = (settings.max_steps is not None and step >= settings.max_steps) or \
+                time.perf_counter() >= deadline
+            if out_of_budget:
                 break
         bar.close()
         seconds = time.perf_counter() - start
         record = {"epoch": epoch, "train_loss": loss_sum.item() / max(loss_rows, 1),
                   "l2_penalty": l2_penalty(model.embedding_tables(), settings.l2),
                   "epoch_time_s": seconds, "interactions_per_s": loss_rows / seconds, "step": step}
-        done = epoch == settings.epochs or (settings.max_steps is not None and step >= settings.max_steps)
+        done = epoch == settings.epochs or out_of_budget
         if epoch % settings.eval_every == 0 or done:
             model.eval()
             t0 = time.perf_counter()
@@ -134,6 +197,7 @@ def fit(
             if settings.patience is not None and bad_evals >= settings.patience:
                 best.stopped_early = True
                 done = True
+        record["wall_time_s"] = time.perf_counter() - fit_start  # training + evaluation so far
         best.history.append(record)
         if on_epoch_end is not None:
             on_epoch_end(epoch, record)

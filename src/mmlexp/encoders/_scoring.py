@@ -75,7 +75,10 @@ def finish(vecs: torch.Tensor, similarity: str) -> torch.Tensor:
 
 def pair_scores(user_vecs: torch.Tensor, table: torch.Tensor, pos_items: torch.Tensor, negatives: torch.Tensor,
                 similarity: str) -> torch.Tensor:
-    """The training score matrix ``[B, 1+N]``: column 0 the positive, then the negatives."""
+    """The training score matrix ``[B, 1+N]``: column 0 the positive, then the negatives.
+    Per-row negatives are scored in one gather with their positive; shared ``[1, N]`` ones by a matmul."""
+    if negatives.shape[0] == pos_items.shape[0]:
+        return gather_scores(user_vecs, table, torch.cat([pos_items.unsqueeze(1), negatives], dim=1), similarity)
     pos = gather_scores(user_vecs, table, pos_items.unsqueeze(1), similarity)
     return torch.cat([pos, gather_scores(user_vecs, table, negatives, similarity)], dim=1)
 

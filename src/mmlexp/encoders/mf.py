@@ -10,6 +10,7 @@ Tables are initialised from Normal(0, init_std); L2 applies to the full tables (
 """
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from mmlexp.encoders._scoring import check_similarity, eval_scores, finish, pair_scores
@@ -35,7 +36,9 @@ class MatrixFactorization(nn.Module):
         return [self.user_table, self.item_table]
 
     def user_vectors(self, users: torch.Tensor) -> torch.Tensor:
-        return self.dropout(finish(self.user_table[users], self.similarity))
+        # A sparse gradient (B rows) when a dense one is there to take it (the trainer's start_gradients_).
+        rows = F.embedding(users, self.user_table, sparse=self.user_table.grad is not None)
+        return self.dropout(finish(rows, self.similarity))
 
     def item_vectors(self, items: torch.Tensor) -> torch.Tensor:
         return finish(self.item_table[items], self.similarity)

@@ -1,0 +1,360 @@
+"""Assemble ``reports/<name>/``: paper tables side by side with ours, Figure 3, paired tests, time to accuracy,
+long tail, run ids, and ``report.md`` linking them."""
+
+import datetime as dt
+import math
+import shutil
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+
+import pandas as pd
+
+from mmlexp.report import figures
+from mmlexp.report.runs import CELL_KEYS, ReportError, drop_duplicates, fetch_runs, metric_history
+from mmlexp.report.stats import METRICS, aggregate, negative_curves, paired_tests
+
+DASH = "—"
+SELECTION_NOTE = {"paper": "best epoch chosen on the test split, as in the paper and all its reference codebases",
+                  "valid": "best epoch chosen on a held-out validation split, reported on test"}
+TABLES = {  # paper table -> (its row keys, which of our cells belong to it besides the paper's rows)
+    "table2": (("encoder", "loss", "early_stop"), lambda c, paper: (c["num_negatives"] == 100)
+               & c["loss"].isin(paper["loss"].unique())),
+    "table3": (("loss",), lambda c, paper: (c["num_negatives"] == 100) & (c["encoder"] == "mf")
+               & (c["early_stop"] == "N")),
+}
+TITLES = {"table2": "Table 2: MF / SimpleX × CCL / MML × early stop (100 negatives)",
+          "table3": "Table 3: losses with MF, 100 negatives, no early stop"}
+
+
+def paper_numbers(name: str) -> pd.DataFrame:
+    """The paper's numbers (``mmlexp/resources/paper/<name>.csv``), the only copy in the repository."""
+    with resources.files("mmlexp").joinpath(f"resources/paper/{name}.csv").open() as f:
+        df = pd.read_csv(f)
+    if "num_negatives" in df:
+        df["num_negatives"] = df["num_negatives"].astype("Int64")
+    return df
+
+
+@dataclass
+class Options:
+    tracking_uri: str
+    experiments: list[str] | None = None
+    name: str | None = None
+    out: str = "reports"
+    filter_string: str = ""
+    datasets: list[str] | None = None
+    encoders: list[str] | None = None
+    losses: list[str] | None = None
+    selections: list[str] | None = None
+    sweep_ids: list[str] | None = None
+    baseline_loss: str = "ccl"
+    focus_negatives: int | None = None
+    tta_runs: list[str] | None = None
+    keep_duplicates: bool = False
+    confidence: float = 0.95
+    notes: list[str] = field(default_factory=list)
+
+
+def select(df: pd.DataFrame, opts: Options) -> pd.DataFrame:
+    for col, wanted in (("dataset", opts.datasets), ("encoder", opts.encoders), ("loss", opts.losses),
+                        ("selection", opts.selections)):
+        if wanted:
+            df = df[df[col].isin(wanted)]
+    if opts.sweep_ids:
+        df = df[df["sweep_id"].isin(opts.sweep_ids) | df["parent_run_id"].isin(opts.sweep_ids)]
+    return df
+
+
+def fmt(x: float, digits: int = 4, sign: bool = False) -> str:
+    if x is None or (isinstance(x, float) and math.isnan(x)) or x is pd.NA:
+        return DASH
+    return f"{x:+.{digits}f}" if sign else f"{x:.{digits}f}"
+
+
+def fmt_ours(row) -> str:
+    if pd.isna(row.get("mean")):
+        return DASH
+    half = row.get("ci_half")
+    ci = f" ± {row['ci_half']:.4f}" if half is not None and not pd.isna(half) else ""
+    return f"{row['mean']:.4f}{ci} (n={int(row['n'])})"
+
+
+def fmt_p(p: float) -> str:
+    if p is None or pd.isna(p):
+        return DASH
+    return f"{p:.2e}" if p < 1e-3 else f"{p:.3f}"
+
+
+def md_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(str(c) for c in r) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def ordered_columns(datasets) -> list[tuple[str, str]]:
+    return [(d, m) for d in figures.ordered_datasets(datasets) for m in METRICS]
+
+
+def paper_table(name: str, cells: pd.DataFrame, selections: Sequence[str]) -> pd.DataFrame:
+    """Long table: the paper's cells (and ours in the table's scope) with our mean / interval / n / run ids per
+    selection protocol, the paper's value and the difference (ours - paper)."""
+    keys, scope = TABLES[name]
+    paper = paper_numbers(name)
+    ours = cells[cells["metric"].isin(METRICS)]
+    ours = ours[scope(ours, paper)] if len(ours) else ours
+    fixed = [k for k in ("encoder", "early_stop", "num_negatives") if k not in keys and k in paper]
+    frames = []
+    for selection in selections:
+        mine = ours[ours["selection"] == selection]
+        grid = paper.copy()
+        extra = mine[[*keys, *fixed, "dataset", "metric"]].drop_duplicates()
+        grid = pd.concat([grid, extra], ignore_index=True).drop_duplicates([*keys, *fixed, "dataset", "metric"])
+        # every dataset column for every row (a row of ours on a dataset the paper has not, and vice versa)
+        rows = grid[[*keys, *fixed]].drop_duplicates()
+        cols = grid[["dataset", "metric"]].drop_duplicates()
+        full = rows.merge(cols, how="cross").merge(grid, how="left", on=[*keys, *fixed, "dataset", "metric"])
+        full["selection"] = selection
+        stats_cols = ["n", "mean", "std", "ci_low", "ci_high", "ci_half", "seeds", "epochs", "run_ids"]
+        full = full.merge(mine[[*keys, *fixed, "dataset", "metric", *stats_cols]], how="left",
+                          on=[*keys, *fixed, "dataset", "metric"])
+        frames.append(full)
+    out = pd.concat(frames, ignore_index=True)
+    out["diff"] = out["mean"] - out["paper"]
+    out["rel_diff_pct"] = 100 * out["diff"] / out["paper"]
+    out["n"] = out["n"].fillna(0).astype(int)
+    lead = [*keys, *fixed, "selection", "dataset", "metric", "paper"]
+    return out[lead + [c for c in out.columns if c not in lead]]
+
+
+def paper_table_md(name: str, table: pd.DataFrame) -> str:
+    keys, _ = TABLES[name]
+    parts = []
+    for selection, sel in table.groupby("selection", sort=False):
+        cols = ordered_columns(sel["dataset"].unique())
+        header = [*(k.replace("_", " ") for k in keys)]
+        for d, m in cols:
+            label = f"{figures.DATASET_LABELS.get(d, d)} {figures.METRIC_LABELS.get(m, m)}"
+            header += [f"{label} ours", "paper", "Δ"]
+        rows = []
+        row_keys = sel[list(keys)].drop_duplicates()
+        for _, rk in row_keys.iterrows():
+            sub = sel[(sel[list(keys)] == rk.values).all(axis=1)].set_index(["dataset", "metric"])
+            label = [figures.LOSS_LABELS.get(v, v) if k == "loss" else ("SimpleX" if v == "simplex" else
+                     "MF" if v == "mf" else v) for k, v in rk.items()]
+            cells = []
+            for d, m in cols:
+                r = sub.loc[(d, m)] if (d, m) in sub.index else pd.Series(dtype=object)
+                cells += [fmt_ours(r), fmt(r.get("paper")), fmt(r.get("diff"), sign=True)]
+            rows.append([*label, *cells])
+        parts.append(f"Selection `{selection}` ({SELECTION_NOTE.get(selection, selection)}):\n\n"
+                     + md_table(header, rows))
+    return "\n\n".join(parts)
+
+
+def figure3_claims(curves: pd.DataFrame) -> pd.DataFrame:
+    """The paper's Figure 3 prose (MML's relative gain over CCL at 10 negatives) next to ours."""
+    claims = paper_numbers("figure3")
+    rows = []
+    for _, c in claims.iterrows():
+        def mean(loss):
+            hit = curves[(curves["dataset"] == c["dataset"]) & (curves["metric"] == c["metric"])
+                         & (curves["loss"] == loss) & (curves["num_negatives"] == c["num_negatives"])]
+            return float(hit["mean"].iloc[0]) if len(hit) else math.nan
+        ours, base = mean(c["loss"]), mean(c["baseline"])
+        rows.append({**c.to_dict(), "paper_relative_gain_pct": c["relative_gain_pct"],
+                     "ours_relative_gain_pct": 100 * (ours - base) / base if base else math.nan,
+                     "ours_mean": ours, "ours_baseline_mean": base})
+    out = pd.DataFrame(rows).drop(columns="relative_gain_pct")
+    return out
+
+
+def focus_subset(df: pd.DataFrame, opts: Options) -> tuple[pd.DataFrame, str]:
+    """The runs behind the figures: one encoder (mf if present), no early stop if present, one selection
+    (paper if present)."""
+    desc = []
+    for col, prefer in (("encoder", "mf"), ("early_stop", "N"), ("selection", "paper")):
+        values = df[col].dropna().unique()
+        if len(values) == 0:
+            continue
+        pick = prefer if prefer in values else df[col].value_counts().index[0]
+        df = df[df[col] == pick]
+        desc.append(f"{col.replace('_', ' ')} {pick}")
+    return df, ", ".join(desc)
+
+
+def focus_negatives(df: pd.DataFrame, opts: Options) -> int | None:
+    values = df["num_negatives"].dropna()
+    if opts.focus_negatives is not None:
+        return opts.focus_negatives
+    if values.empty:
+        return None
+    return 100 if (values == 100).any() else int(values.value_counts().index[0])
+
+
+def build_report(opts: Options) -> Path:
+    """Fetch, compute and write ``<out>/<name>/``; everything is written to a temporary folder first, so a
+    failure leaves nothing behind (and an earlier report of that name untouched)."""
+    runs = fetch_runs(opts.tracking_uri, opts.experiments, opts.filter_string)
+    runs = select(runs, opts)
+    narrowed = any((opts.datasets, opts.encoders, opts.losses, opts.selections, opts.sweep_ids))
+    if runs.empty:
+        raise ReportError("no FINISHED runs match (experiments "
+                          f"{', '.join(opts.experiments) if opts.experiments else 'all'}"
+                          f"{', filter ' + repr(opts.filter_string) if opts.filter_string else ''}"
+                          f"{', and the --dataset/--encoder/--loss/--selection/--sweep options' if narrowed else ''})")
+    notes = list(opts.notes)
+    if not opts.keep_duplicates:
+        runs, dropped = drop_duplicates(runs)
+        if len(dropped):
+            notes.append(f"{len(dropped)} older run(s) repeating a (cell, seed, epochs) were left out (latest kept; "
+                         f"--keep-duplicates keeps all): {' '.join(dropped['run_id'])}")
+    name = opts.name or ("-".join(opts.experiments) if opts.experiments else "all")
+    final = Path(opts.out) / name
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=final.parent))
+    try:
+        _write(runs, opts, tmp, name, notes)
+        if final.exists():
+            shutil.rmtree(final)
+        tmp.rename(final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return final
+
+
+def _write(runs: pd.DataFrame, opts: Options, out: Path, name: str, notes: list[str]) -> None:
+    metric_cols = [c for c in runs.columns if "@" in c and runs[c].notna().any()]
+    cells = aggregate(runs, CELL_KEYS, metric_cols, opts.confidence)
+    selections = [s for s in ("paper", "valid") if s in set(runs["selection"])] + sorted(
+        set(runs["selection"]) - {"paper", "valid"})
+    md = [f"# Reproduction report: {name}", "",
+          f"Generated {dt.datetime.now().isoformat(timespec='seconds')} from `{opts.tracking_uri}`, "
+          f"experiment(s) {', '.join(f'`{e}`' for e in sorted(runs['experiment'].unique()))}: "
+          f"{len(runs)} finished runs in {len(cells[cells['metric'] == 'recall@20'])} cells "
+          f"(dataset × encoder × loss × negatives × early stop × selection)."
+          + (f" Filter: `{opts.filter_string}`." if opts.filter_string else ""), "",
+          f"Numbers are the best epoch's metrics (`best/…`). Several seeds: mean ± half-width of the "
+          f"{opts.confidence:.0%} t-interval over seeds (n = seeds; a single seed has no interval). "
+          "Δ = ours − paper. Selection protocols present: "
+          + "; ".join(f"`{s}` = {SELECTION_NOTE.get(s, s)}" for s in selections) + ". "
+          "Every run behind a number is in [runs.csv](runs.csv) and in the `run_ids` column of each CSV.", ""]
+    if not runs["epochs"].dropna().eq(100).all():
+        budgets = ", ".join(str(e) for e in sorted(runs["epochs"].dropna().unique()))
+        md += [f"**Epoch budget differs from the paper's 100** (epochs: {budgets}"
+               + (f"; max_steps: {', '.join(str(s) for s in sorted(runs['max_steps'].dropna().unique()))}"
+                  if runs["max_steps"].notna().any() else "") + "): compare with the paper's numbers accordingly.", ""]
+
+    # --- paper tables
+    for tname in ("table2", "table3"):
+        table = paper_table(tname, cells, selections)
+        table.to_csv(out / f"{tname}.csv", index=False)
+        filled = int((table["n"] > 0).sum())
+        md += [f"## {TITLES[tname]}", "", f"[{tname}.csv]({tname}.csv) · {filled} of {len(table)} cells have runs"
+               " (— = no run).", "", paper_table_md(tname, table), ""]
+
+    # --- Figure 3
+    fruns, fdesc = focus_subset(runs, opts)
+    curves = negative_curves(fruns, confidence=opts.confidence)
+    curves.to_csv(out / "figure3_negatives.csv", index=False)
+    fig = figures.plot_negative_curves(fruns)
+    fig.suptitle(f"Recall@20 / NDCG@20 vs number of negatives ({fdesc})", fontsize=10)
+    figures.save(fig, out / "figure3_negatives")
+    claims = figure3_claims(curves)
+    claims.to_csv(out / "figure3_claims.csv", index=False)
+    md += ["## Figure 3: accuracy against the number of negatives", "",
+           f"Runs: {fdesc}; error bars = {opts.confidence:.0%} t-interval where a point has several seeds. "
+           "Data: [figure3_negatives.csv](figure3_negatives.csv).", "",
+           "![Figure 3](figure3_negatives.png)", "", "[SVG](figure3_negatives.svg)", "",
+           "The paper's Figure 3 prose, MML's relative gain over CCL at 10 negatives "
+           "([figure3_claims.csv](figure3_claims.csv)); the paper also states that at 800 negatives "
+           "MML ≥ CCL but < BSL, and that all losses level off by 100 negatives:", "",
+           md_table(["dataset", "metric", "N", "paper gain %", "ours gain %", "ours MML", "ours CCL"],
+                    [[c.dataset, c.metric, c.num_negatives, f"{c.paper_relative_gain_pct:+.1f}",
+                      fmt(c.ours_relative_gain_pct, 1, sign=True), fmt(c.ours_mean), fmt(c.ours_baseline_mean)]
+                     for c in claims.itertuples()]), ""]
+    if len(curves):
+        at800 = curves[curves["num_negatives"] == 800].pivot_table(index=["dataset", "metric"], columns="loss",
+                                                                   values="mean")
+        if {"mml", "ccl", "bsl"} <= set(at800.columns) and len(at800):
+            md += ["At 800 negatives (ours): " + "; ".join(
+                f"{d} {m}: MML {r['mml']:.4f} {'≥' if r['mml'] >= r['ccl'] else '<'} CCL {r['ccl']:.4f}, "
+                f"MML {'<' if r['mml'] < r['bsl'] else '≥'} BSL {r['bsl']:.4f}"
+                for (d, m), r in at800.iterrows()), ""]
+
+    # --- paired tests
+    tests = paired_tests(runs, baseline=opts.baseline_loss, metrics=METRICS)
+    tests.to_csv(out / "paired_tests.csv", index=False)
+    md += [f"## Paired tests against {figures.LOSS_LABELS.get(opts.baseline_loss, opts.baseline_loss)}", "",
+           f"Each loss against `{opts.baseline_loss}` in the same setting, paired by seed: mean difference "
+           "(loss − baseline) and the paired t-test (`scipy.stats.ttest_rel`) over the common seeds (p needs ≥ 2 "
+           "pairs). [paired_tests.csv](paired_tests.csv) has the run ids.", ""]
+    if len(tests):
+        md.append(md_table(
+            ["dataset", "encoder", "N", "early stop", "selection", "loss", "metric", "pairs", "mean", "baseline",
+             "mean diff", "rel %", "t", "p"],
+            [[r.dataset, r.encoder, r.num_negatives, r.early_stop, r.selection,
+              figures.LOSS_LABELS.get(r.loss, r.loss), r.metric, r.n_pairs, fmt(r.mean), fmt(r.baseline_mean),
+              fmt(r.mean_diff, sign=True), fmt(r.rel_diff_pct, 1, sign=True), fmt(r.t, 2), fmt_p(r.p_value)]
+             for r in tests.itertuples()]))
+    else:
+        md.append(f"No setting has both `{opts.baseline_loss}` and another loss on common seeds.")
+    md.append("")
+
+    # --- time to accuracy
+    n_focus = focus_negatives(fruns, opts)
+    if opts.tta_runs:
+        tta = runs[runs["run_id"].isin(opts.tta_runs)]
+        tdesc = "the runs given with --tta-runs"
+    else:
+        pool = fruns[fruns["num_negatives"] == n_focus] if n_focus is not None else fruns
+        tta = pool.sort_values("seed").groupby(["dataset", "loss"], sort=True).head(1)
+        tdesc = f"{fdesc}, {n_focus} negatives, the lowest seed of each loss"
+    history = metric_history(opts.tracking_uri, list(tta["run_id"]))
+    history.to_csv(out / "time_to_accuracy.csv", index=False)
+    figures.save(figures.plot_time_to_accuracy(history, tta), out / "time_to_accuracy")
+    sources = ", ".join(f"`{s}`" for s in history["time_source"].unique()) if len(history) else "none"
+    md += ["## Time to accuracy", "",
+           f"Recall@20 after each epoch against wall-clock seconds since training start, for {tdesc} "
+           f"(time from {sources}; `epoch_time_s+eval_time_s` = cumulative sum of per-epoch train and eval time, "
+           "for runs logged before `wall_time_s` existed). Data: [time_to_accuracy.csv](time_to_accuracy.csv).",
+           "", "![Time to accuracy](time_to_accuracy.png)", ""]
+
+    # --- long tail
+    pool = fruns[fruns["num_negatives"] == n_focus] if n_focus is not None else fruns
+    tail_fig = figures.plot_long_tail(pool)
+    md += ["## Long tail", ""]
+    if tail_fig is None:
+        md += ["No long-tail metrics (`best/tail_recall_at_20_g*`) in these runs.", ""]
+    else:
+        extra = [c for c in pool.columns if c in ("avg_popularity@20", "coverage@20") and pool[c].notna().any()]
+        tail = aggregate(pool, ("dataset", "loss"), figures.tail_columns(pool) + extra, opts.confidence)
+        tail.to_csv(out / "long_tail.csv", index=False)
+        figures.save(tail_fig, out / "long_tail")
+        md += [f"Recall@20 per item-popularity group (g0 = least popular) for {fdesc}, {n_focus} negatives. "
+               "Data (with average popularity and coverage of the top-20): [long_tail.csv](long_tail.csv).", "",
+               "![Long tail](long_tail.png)", ""]
+        if extra:
+            piv = tail[tail["metric"].isin(extra)]
+            md += [md_table(["dataset", "loss", "metric", "ours"],
+                            [[r.dataset, figures.LOSS_LABELS.get(r.loss, r.loss), r.metric, fmt_ours(r._asdict())]
+                             for r in piv.itertuples()]), ""]
+
+    # --- every cell, every run
+    cells.to_csv(out / "cells.csv", index=False)
+    main = cells[cells["metric"].isin(METRICS)]
+    md += ["## All cells", "", "Every setting in the runs ([cells.csv](cells.csv) has every `best/` metric).", "",
+           md_table(["dataset", "encoder", "loss", "N", "early stop", "selection", "metric", "ours", "epochs",
+                     "seeds", "runs"],
+                    [[r.dataset, r.encoder, r.loss, r.num_negatives, r.early_stop, r.selection, r.metric,
+                      fmt_ours(r._asdict()), r.epochs, r.seeds, " ".join(x[:8] for x in r.run_ids.split())]
+                     for r in main.itertuples()]), ""]
+    runs.to_csv(out / "runs.csv", index=False)
+    md += ["## Runs", "", f"[runs.csv](runs.csv): {len(runs)} runs with their MLflow run id, experiment, settings, "
+           "selection protocol and metrics (open one with `mlflow ui`: experiment → run id).", ""]
+    if notes:
+        md += ["## Notes", "", *(f"* {n}" for n in notes), ""]
+    (out / "report.md").write_text("\n".join(md))
