@@ -13,6 +13,8 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from mmlexp.runtime import keep_freed_memory
+
 
 @dataclass
 class TrainSettings:
@@ -87,19 +89,11 @@ def clipped_step(optimizer: torch.optim.Optimizer, max_norm: float | None) -> No
     if not max_norm:
         optimizer.step()
         return
-    grads = [p.grad for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
-    if any(g.is_sparse for g in grads):  # lazy Adam: norms of the coalesced rows, scaled in place
-        for group in optimizer.param_groups:
-            for p in group["params"]:
-                if p.grad is not None and p.grad.is_sparse:
-                    p.grad = p.grad.coalesce()
-        grads = [p.grad for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
-        values = [g.values() if g.is_sparse else g for g in grads]
-        coef = (max_norm / (torch.nn.utils.get_total_norm(values, foreach=True) + 1e-6)).clamp_(max=1.0)
-        for v in values:
-            v.mul_(coef)
-        optimizer.step()
-        return
+    params = [p for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+    for p in params:  # lazy Adam's sparse gradients: the norm and the scaling act on the coalesced rows
+        if p.grad.is_sparse:
+            p.grad = p.grad.coalesce()
+    grads = [p.grad.values() if p.grad.is_sparse else p.grad for p in params]
     coef = (max_norm / (torch.nn.utils.get_total_norm(grads, foreach=True) + 1e-6)).clamp_(max=1.0)
     if not optimizer.defaults.get("fused"):
         torch._foreach_mul_(grads, coef)
@@ -151,6 +145,7 @@ def fit(
     n_rows, batch = users.shape[0], settings.batch_size
     best = FitResult(best_epoch=-1, best_metrics={}, best_state={})
     best_score, bad_evals, step = float("-inf"), 0, 0
+    keep_freed_memory()  # large per-step temporaries reused, not page-faulted in again (mmlexp.runtime)
     fit_start = time.perf_counter()
     deadline = fit_start + 60 * settings.max_minutes if settings.max_minutes else float("inf")
     for epoch in range(1, settings.epochs + 1):
