@@ -26,9 +26,10 @@ class PlainMF(nn.Module):
         return torch.bmm(item, user.unsqueeze(-1)).squeeze(-1)
 
 
-def plain_training(users, items, n_users, n_items, num_negatives, batch_size, max_steps, l2=1e-8, lr=1e-4):
+def plain_training(users, items, n_users, n_items, num_negatives, batch_size, max_steps, l2=1e-8, lr=1e-4,
+                   device="cpu"):
     """Run ``max_steps`` steps; returns the number of interactions processed."""
-    model = PlainMF(n_users, n_items)
+    model = PlainMF(n_users, n_items).to(device)
     loss_fn = MultiMarginLoss()
     opt = torch.optim.Adam(model.parameters(), lr=lr)
     loader = DataLoader(TensorDataset(users, items), batch_size=batch_size, shuffle=True)
@@ -36,7 +37,8 @@ def plain_training(users, items, n_users, n_items, num_negatives, batch_size, ma
     for step, (u, i) in enumerate(loader):
         if step >= max_steps:
             break
-        neg = torch.randint(n_items, (u.shape[0], num_negatives))
+        u, i = u.to(device), i.to(device)
+        neg = torch.randint(n_items, (u.shape[0], num_negatives), device=device)
         scores = model(u, torch.cat([i.unsqueeze(1), neg], dim=1))
         loss = loss_fn(scores) + l2 / 2 * (model.users.weight.pow(2).sum() + model.items.weight.pow(2).sum())
         opt.zero_grad()

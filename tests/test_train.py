@@ -51,13 +51,14 @@ def test_start_gradients_sets_the_l2_gradient_and_reuses_buffers():
     assert model.item_table.grad is buffer and torch.equal(buffer, torch.zeros(4, 2))
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("clip", [0.05, 1e6])  # acting and idle
-def test_fused_adam_steps_equal_reference_adam_on_loss_plus_l2(clip):
+def test_fused_adam_steps_equal_reference_adam_on_loss_plus_l2(clip, dtype):
     """Several steps (repeated users: sparse rows accumulate) with fused Adam and its grad_scale
-    clipping == plain Adam on autograd of loss + (l2/2)||E||^2 with clip_grad_norm_."""
+    clipping == plain Adam on autograd of loss + (l2/2)||E||^2 with clip_grad_norm_ (fp64 too)."""
     torch.manual_seed(1)
-    a = MatrixFactorization(6, 9, dim=4, dropout=0.0, init_std=0.5)
-    b = MatrixFactorization(6, 9, dim=4, dropout=0.0, init_std=0.5)
+    a = MatrixFactorization(6, 9, dim=4, dropout=0.0, init_std=0.5).to(dtype)
+    b = MatrixFactorization(6, 9, dim=4, dropout=0.0, init_std=0.5).to(dtype)
     b.load_state_dict(a.state_dict())
     loss_fn, l2 = MultiMarginLoss(neg_weight=3.0), 0.3
     opt_a = make_optimizer(a, 0.05)

@@ -5,6 +5,7 @@ the selection metric of the best epoch, the objective of sweeps.
 """
 
 import contextlib
+import logging
 import os
 import signal
 import threading
@@ -25,6 +26,8 @@ from mmlexp.splits import holdout
 from mmlexp.sweep import job_tags
 from mmlexp.tracking import Tracker, flatten, git_commit
 from mmlexp.train import TrainSettings, fit, make_optimizer
+
+log = logging.getLogger("mmlexp")
 
 OWN_TARGETS = ["mmlexp.*"]
 
@@ -165,7 +168,8 @@ def _train(cfg: DictConfig) -> float:
     try:
         tracker.log_text(OmegaConf.to_yaml(resolved), "config.yaml")
         result = fit(model, loss_fn, sampler, optimizer, users, items, evaluate, settings, generator,
-                     on_epoch_end=lambda epoch, record: tracker.log_metrics(record, step=epoch))
+                     on_epoch_end=lambda epoch, record: (tracker.log_metrics(record, step=epoch),
+                                                         log.info(epoch_line(record, settings.monitor))))
         best = {f"best/{k}": v for k, v in result.best_metrics.items()}
         tracker.log_metrics(best | {"best_epoch": result.best_epoch, "steps": result.steps}, step=result.best_epoch)
         if cfg.tracking.save_checkpoint:
@@ -184,6 +188,17 @@ def _train(cfg: DictConfig) -> float:
     print(f"best epoch {result.best_epoch}: {shown}")
     print(f"logged to {tracker.where}; run dir {out_dir}")
     return float(result.best_metrics[settings.monitor])
+
+
+def epoch_line(record: dict[str, float], monitor: str) -> str:
+    """One console line per epoch: loss, the monitored metric, and where the time went."""
+    parts = [f"epoch {record['epoch']}", f"loss {record['train_loss']:.4f}"]
+    if monitor in record:
+        parts.append(f"{monitor} {record[monitor]:.4f}")
+    parts.append(f"train {record['epoch_time_s']:.1f} s ({record['interactions_per_s']:,.0f} int/s)")
+    if "eval_time_s" in record:
+        parts.append(f"eval {record['eval_time_s']:.2f} s")
+    return "  ".join(parts)
 
 
 def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:

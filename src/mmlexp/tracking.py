@@ -1,18 +1,16 @@
 """MLflow run lifecycle: one MLflow run per training run, never left RUNNING.
 
-Metric names use ``_at_`` (``recall_at_20``): MLflow rejects ``@``.
+Metric names use ``_at_`` (``recall_at_20``): MLflow rejects ``@``.  MLflow is imported only when
+tracking is on, so ``tracking.enabled=false`` runs where it is not installed (a bare GPU machine).
 """
 
 import math
 import os
 import subprocess
+import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
-
-from mlflow.entities import Metric, Param, RunTag
-from mlflow.tracking import MlflowClient
-from mlflow.utils.time import get_current_time_millis
 
 MAX_PARAM_LENGTH = 6000
 
@@ -56,6 +54,8 @@ class Tracker:
         self.enabled, self.run_id = enabled, None
         if not enabled:
             return
+        from mlflow.tracking import MlflowClient
+
         _sqlite_parent(uri)
         self.uri = uri
         self.client = MlflowClient(tracking_uri=uri)
@@ -75,6 +75,8 @@ class Tracker:
         run = self.client.create_run(self.experiment_id, run_name=run_name,
                                      tags={k: str(v) for k, v in tags.items() if v is not None})
         self.run_id = run.info.run_id
+        from mlflow.entities import Param
+
         items = [Param(k, v) for k, v in params.items()]
         for i in range(0, len(items), 100):
             self.client.log_batch(self.run_id, params=items[i:i + 100], synchronous=True)
@@ -98,13 +100,17 @@ class Tracker:
     def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
         if not self.enabled:
             return
-        now = get_current_time_millis()
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
         batch = [Metric(mlflow_key(k), float(v), now, step) for k, v in metrics.items()
                  if v is not None and math.isfinite(float(v))]
         self.client.log_batch(self.run_id, metrics=batch, synchronous=True)
 
     def set_tags(self, tags: Mapping[str, Any]) -> None:
         if self.enabled:
+            from mlflow.entities import RunTag
+
             self.client.log_batch(self.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
 
     def log_text(self, text: str, name: str) -> None:

@@ -99,7 +99,7 @@ def clipped_step(optimizer: torch.optim.Optimizer, max_norm: float | None) -> No
         torch._foreach_mul_(grads, coef)
         optimizer.step()
         return
-    optimizer.grad_scale = coef.reciprocal_()
+    optimizer.grad_scale = coef.reciprocal_().float()  # the fused kernels take a float32 scale
     try:
         optimizer.step()
     finally:
@@ -121,7 +121,9 @@ def train_step(model, loss_fn, sampler, optimizer, users, items, settings: Train
     negatives = sampler.sample(users, items, model)
     with torch.autocast(users.device.type, dtype=torch.bfloat16, enabled=settings.precision == "bf16"):
         scores = model(users, items, negatives)
-    loss = loss_fn(scores.float(), users)
+    if scores.dtype in (torch.float16, torch.bfloat16):  # a loss always sees fp32 (or the model's fp64) scores
+        scores = scores.float()
+    loss = loss_fn(scores, users)
     loss.backward()
     clipped_step(optimizer, settings.clip_grad_norm)
     return loss.detach()
