@@ -1,11 +1,13 @@
-"""Lazy Adam (trainer.optimizer=sparse_adam) against torch's SparseAdam and a row-by-row reference."""
+"""TableAdam (the default: dense Adam, L2 and clip in one step) against clip + torch Adam; Lazy Adam
+(trainer.optimizer=sparse_adam) against torch's SparseAdam and a row-by-row reference."""
 
 import pytest
 import torch
 
 from mmlexp.encoders import MatrixFactorization
 from mmlexp.losses import BPRLoss
-from mmlexp.optim import LazyAdam
+from mmlexp import cpu_kernels
+from mmlexp.optim import LazyAdam, TableAdam
 from mmlexp.train import TrainSettings, make_optimizer, train_step
 
 
@@ -67,3 +69,53 @@ def test_train_step_with_sparse_adam_leaves_untouched_rows(clip):
     users_moved = (model.user_table.detach() != before["user_table"]).any(dim=1).nonzero().squeeze(1).tolist()
     items_moved = (model.item_table.detach() != before["item_table"]).any(dim=1).nonzero().squeeze(1).tolist()
     assert users_moved == [0, 3] and items_moved == [1, 2, 5, 6, 7]
+
+
+def _grad(kind: str, rows, vals, shape):
+    if kind == "dense":
+        return torch.zeros(shape, dtype=vals.dtype).index_add_(0, rows, vals)
+    if kind == "rows":  # uncoalesced row-sparse (nn.Embedding(sparse=True))
+        return torch.sparse_coo_tensor(rows[None], vals, shape, check_invariants=False)
+    if kind == "elements":  # element-sparse: read as dense
+        return torch.zeros(shape, dtype=vals.dtype).index_add_(0, rows, vals).to_sparse()
+    return None
+
+
+@pytest.mark.parametrize("kernels", [True, False])
+@pytest.mark.parametrize("kind", ["dense", "rows", "elements", "none"])
+@pytest.mark.parametrize("dtype, tol", [(torch.float64, 1e-12), (torch.float32, 2e-6)])
+@pytest.mark.parametrize("clip", [0.05, None])  # acting, off
+def test_table_adam_equals_clip_then_adam_on_grad_plus_l2(kernels, kind, dtype, tol, clip, monkeypatch):
+    """TableAdam.step(l2, max_norm) == clip_grad_norm_ then torch Adam on (G + l2 * E) for the decayed table and
+    G for the rest, for every gradient layout; the parameter changed outside between steps (cached norm) too."""
+    monkeypatch.setattr(cpu_kernels, "AVAILABLE", kernels and cpu_kernels.AVAILABLE)
+    if dtype == torch.float64 and not (kernels and cpu_kernels.AVAILABLE):
+        tol = 1e-8  # torch's fused kernel takes its clip factor (grad_scale) in float32
+    gen = torch.Generator().manual_seed(0)
+    table, other = torch.randn(20, 4, generator=gen, dtype=dtype), torch.randn(3, dtype=dtype)
+    ours = [torch.nn.Parameter(table.clone()), torch.nn.Parameter(other.clone())]
+    ref = [torch.nn.Parameter(table.clone()), torch.nn.Parameter(other.clone())]
+    opt = TableAdam([{"params": [ours[0]]}, {"params": [ours[1]], "decay": False}], lr=0.05)
+    opt_ref = torch.optim.Adam(ref, lr=0.05, foreach=False)
+    l2 = 0.3
+    for step in range(5):
+        rows, vals = torch.tensor([1, 5, 5, 7 + step]), torch.randn(4, 4, generator=gen, dtype=dtype)
+        other_grad = torch.randn(3, generator=gen, dtype=dtype)
+        ours[0].grad, ours[1].grad = _grad(kind, rows, vals, table.shape), other_grad.clone()
+        opt.step(l2=l2, max_norm=clip)
+        dense = torch.zeros_like(table) if kind == "none" else _grad("dense", rows, vals, table.shape)
+        ref[0].grad, ref[1].grad = dense + l2 * ref[0].detach(), other_grad.clone()
+        if clip:
+            torch.nn.utils.clip_grad_norm_(ref, clip)
+        opt_ref.step()
+        for a, b in zip(ours, ref):
+            torch.testing.assert_close(a.detach(), b.detach(), rtol=tol, atol=tol)
+        if step == 2:  # an outside change: the kept ||E||^2 must not be used
+            with torch.no_grad():
+                ours[0].mul_(1.5)
+                ref[0].mul_(1.5)
+
+
+def test_table_adam_refuses_bad_lr():
+    with pytest.raises(ValueError, match="lr=0"):
+        TableAdam([torch.nn.Parameter(torch.zeros(2))], lr=0)

@@ -3,7 +3,9 @@
 import pytest
 import torch
 
+from mmlexp import cpu_kernels
 from mmlexp.encoders import MatrixFactorization
+from mmlexp.optim import TableAdam
 from mmlexp.losses import MultiMarginLoss
 from mmlexp.train import TrainSettings, fit, make_optimizer, start_gradients_, train_step
 
@@ -51,18 +53,20 @@ def test_start_gradients_sets_the_l2_gradient_and_reuses_buffers():
     assert model.item_table.grad is buffer and torch.equal(buffer, torch.zeros(4, 2))
 
 
+@pytest.mark.parametrize("kernels", [True, False])  # numba (sparse rows, implicit L2) / torch fused Adam
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("clip", [0.05, 1e6])  # acting and idle
-def test_fused_adam_steps_equal_reference_adam_on_loss_plus_l2(clip, dtype):
-    """Several steps (repeated users: sparse rows accumulate) with fused Adam and its grad_scale
-    clipping == plain Adam on autograd of loss + (l2/2)||E||^2 with clip_grad_norm_ (fp64 too)."""
+def test_table_adam_steps_equal_reference_adam_on_loss_plus_l2(clip, dtype, kernels, monkeypatch):
+    """Several steps (repeated users and items: rows accumulate) with TableAdam == plain Adam on autograd of
+    loss + (l2/2)||E||^2 with clip_grad_norm_, on both of its paths (fp64 too)."""
+    monkeypatch.setattr(cpu_kernels, "AVAILABLE", kernels and cpu_kernels.AVAILABLE)
     torch.manual_seed(1)
     a = MatrixFactorization(6, 9, dim=4, dropout=0.0, init_std=0.5).to(dtype)
     b = MatrixFactorization(6, 9, dim=4, dropout=0.0, init_std=0.5).to(dtype)
     b.load_state_dict(a.state_dict())
     loss_fn, l2 = MultiMarginLoss(neg_weight=3.0), 0.3
     opt_a = make_optimizer(a, 0.05)
-    assert opt_a.defaults.get("fused")
+    assert isinstance(opt_a, TableAdam) and a.sparse_grad == cpu_kernels.AVAILABLE
     opt_b = torch.optim.Adam(b.parameters(), lr=0.05, foreach=False)
     settings = TrainSettings(l2=l2, clip_grad_norm=clip)
     for step in range(4):
@@ -76,6 +80,8 @@ def test_fused_adam_steps_equal_reference_adam_on_loss_plus_l2(clip, dtype):
         opt_b.step()
         for pa, pb in zip(a.parameters(), b.parameters()):
             torch.testing.assert_close(pa, pb, rtol=1e-5, atol=1e-6)
+        if kernels and cpu_kernels.AVAILABLE:
+            assert a.item_table.grad.is_sparse and a.user_table.grad.is_sparse
 
 
 def tiny_fit(evaluate, **overrides):

@@ -5,6 +5,8 @@ import scipy.sparse
 import torch
 import torch.nn.functional as F
 
+from mmlexp import cpu_kernels
+
 
 try:  # scipy's compiled kernel of ``Y += A @ X`` for a CSC matrix A, accumulating into Y in place
     from scipy.sparse._sparsetools import csc_matvecs as _csc_matvecs
@@ -48,8 +50,19 @@ class _CosineGatherScores(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, user_vecs: torch.Tensor, table: torch.Tensor, items: torch.Tensor, eps: float):
+    def forward(ctx, user_vecs: torch.Tensor, table: torch.Tensor, items: torch.Tensor, eps: float,
+                sparse_grad: bool):
         batch, cols = items.shape
+        ctx.sparse_grad, ctx.kernel = sparse_grad, _on_kernel_path(user_vecs, table)
+        if ctx.kernel:  # CPU: one numba pass, the rows are read once and never copied
+            cpu_kernels.set_threads(torch.get_num_threads())
+            items = items.to(torch.int64).contiguous()
+            scores = torch.empty(batch, cols, dtype=table.dtype)
+            inv_norm = torch.empty(batch, cols, dtype=table.dtype)
+            cpu_kernels.cosine_scores(user_vecs.detach().contiguous().numpy(), table.detach().numpy(), items.numpy(),
+                                      eps, scores.numpy(), inv_norm.numpy())
+            ctx.save_for_backward(user_vecs, table, items, inv_norm, scores)
+            return scores
         flat = items.reshape(-1)
         device = user_vecs.device.type
         # Under autocast (trainer.precision=bf16) the gathered rows and their dot products are bf16;
@@ -66,6 +79,8 @@ class _CosineGatherScores(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
+        if ctx.kernel:
+            return _kernel_backward(ctx, grad)
         user_vecs, table, items, rows, inv_norm, scores = ctx.saved_tensors
         g = grad * inv_norm                                          # [B, C]
         grad_user = None
@@ -76,17 +91,51 @@ class _CosineGatherScores(torch.autograd.Function):
             row_scale = torch.zeros(table.shape[0], dtype=g.dtype, device=g.device)
             row_scale.index_add_(0, items.reshape(-1), (-g * scores * inv_norm).reshape(-1))
             grad_table = scatter_rows_(table.detach() * row_scale.unsqueeze(1), items, g, user_vecs)
-        return grad_user, grad_table, None, None
+            if ctx.sparse_grad:
+                grad_table = grad_table.to_sparse(1)  # row-sparse, as the kernel path returns
+        return grad_user, grad_table, None, None, None
+
+
+def _on_kernel_path(user_vecs: torch.Tensor, table: torch.Tensor) -> bool:
+    return (cpu_kernels.AVAILABLE and table.device.type == "cpu" and table.dtype in (torch.float32, torch.float64)
+            and user_vecs.dtype == table.dtype and table.is_contiguous() and not torch.is_autocast_enabled("cpu"))
+
+
+def _kernel_backward(ctx, grad: torch.Tensor):
+    """The backward above in numba: the user gradient sum_c g[b, c] r[b, c], and the table gradient on the
+    touched rows only (``cpu_kernels.cosine_rows_grad``): sparse (coalesced) or written into a zero table."""
+    user_vecs, table, items, inv_norm, scores = ctx.saved_tensors
+    g = grad.contiguous() * inv_norm
+    grad_user = grad_table = None
+    weights = table.detach().numpy()
+    if ctx.needs_input_grad[0]:
+        grad_user = torch.empty_like(user_vecs, memory_format=torch.contiguous_format)
+        cpu_kernels.gathered_rows_dot(g.numpy(), weights, items.numpy(), grad_user.numpy())
+    if ctx.needs_input_grad[1]:
+        row_coef = -(g * scores * inv_norm)
+        rows, slot = cpu_kernels.touched_rows(items.numpy(), table.shape[0])
+        vals = torch.from_numpy(cpu_kernels.cosine_rows_grad(
+            weights, items.numpy(), g.numpy(), row_coef.numpy(), user_vecs.detach().contiguous().numpy(), rows, slot,
+            cpu_kernels.nb.get_num_threads()))
+        rows = torch.from_numpy(rows)
+        if ctx.sparse_grad:
+            grad_table = torch.sparse_coo_tensor(rows.unsqueeze(0), vals, table.shape, is_coalesced=True,
+                                                 check_invariants=False)
+        else:
+            grad_table = torch.zeros_like(table).index_copy_(0, rows, vals)
+    return grad_user, grad_table, None, None, None
 
 
 def cosine_gather_scores(user_vecs: torch.Tensor, table: torch.Tensor, items: torch.Tensor,
-                         eps: float = 1e-12) -> torch.Tensor:
+                         eps: float = 1e-12, sparse_grad: bool = False) -> torch.Tensor:
     """Scores ``[B, C]`` of ``user_vecs[B, d]`` against the L2-normalised rows ``table[items]``.
 
     ``items`` is ``[B, C]`` (a list per row) or ``[1, C]`` (one list shared by all rows: the C rows
-    are gathered and normalised once and scored with one matrix product).
+    are gathered and normalised once and scored with one matrix product).  ``sparse_grad``: the table's
+    gradient comes back as a sparse (coalesced) tensor of the touched rows, as ``nn.Embedding(sparse=True)``
+    (for an optimiser that reads it without densifying: ``mmlexp.optim.TableAdam`` on the CPU).
     """
     if items.shape[0] == 1 and user_vecs.shape[0] != 1:
         rows = table.index_select(0, items[0])
         return user_vecs @ (rows / rows.norm(dim=-1, keepdim=True).clamp_min(eps)).T
-    return _CosineGatherScores.apply(user_vecs, table, items, eps)
+    return _CosineGatherScores.apply(user_vecs, table, items, eps, sparse_grad)

@@ -1,4 +1,7 @@
-"""Lazy Adam: the ``trainer.optimizer=sparse_adam`` variant (faster, NOT the paper's semantics).
+"""The trainer's optimisers: ``TableAdam`` (the default, the paper's dense Adam with L2 and clipping
+folded into one update) and ``LazyAdam`` (the ``trainer.optimizer=sparse_adam`` variant).
+
+Lazy Adam (faster, NOT the paper's semantics):
 
 Dense Adam (the default, paper-reference §3) moves every row of every table every step: the L2
 gradient and the moments are non-zero everywhere.  Lazy Adam (TensorFlow's LazyAdam, torch's
@@ -14,7 +17,175 @@ whose gradient is exactly zero, e.g. a negative below every margin, counts as un
 parameters that are not 2-D get plain dense Adam.
 """
 
+import math
+from typing import NamedTuple
+
+import numpy as np
 import torch
+from torch.autograd.graph import increment_version
+from torch.optim.adam import adam as functional_adam
+
+from mmlexp import cpu_kernels
+
+
+class TableAdam(torch.optim.Optimizer):
+    """Dense Adam on ``loss + (l2/2) * sum ||E||^2`` with the whole gradient clipped to ``max_norm``
+    (paper-reference §3): the same update as ``clip_grad_norm_(max_norm)`` then ``torch.optim.Adam`` on
+    autograd of that sum, with torch's formulas, but the L2 gradient ``l2 * E`` is never written out:
+
+        G     = the data gradient (dense, sparse rows, or None: zero)
+        g     = coef * (l2 * E + G),   coef = min(1, max_norm / (||l2 * E + G|| + 1e-6))
+        m, v, E  <- Adam(g)            (every row of every table moves, every step)
+
+    ``step(l2=..., max_norm=...)``: ``l2`` acts on the groups with ``decay=True`` (``make_optimizer`` puts the
+    embedding tables there, other parameters in a ``decay=False`` group).  On the CPU (fp32/fp64, numba) it
+    is two passes over each table (``cpu_kernels.grad_sq_norm``, ``cpu_kernels.adam_rows``) with the gradient
+    formed in registers, and a sparse gradient (a batch's rows) is read only on its rows; elsewhere the
+    gradient is materialised and torch's fused Adam runs with the clip as its ``grad_scale``.
+    """
+
+    def __init__(self, params, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8):
+        if not lr > 0:
+            raise ValueError(f"lr={lr}: must be > 0")
+        super().__init__(params, dict(lr=lr, betas=betas, eps=eps, decay=True))
+        self._param_sq: dict[torch.Tensor, tuple[int, float]] = {}  # p -> (p._version, ||p||^2) after our update
+
+    @property
+    def takes_sparse_grads(self) -> bool:
+        """True where every parameter is on the numba path (a sparse gradient is then never densified)."""
+        return all(_on_kernel_path(p) for group in self.param_groups for p in group["params"])
+
+    @torch.no_grad()
+    def step(self, closure=None, l2: float = 0.0, max_norm: float | None = None):
+        loss = closure() if closure is not None else None
+        work = []
+        for group in self.param_groups:
+            decay = float(l2) if group["decay"] else 0.0
+            for p in group["params"]:
+                if p.grad is None and not decay:
+                    continue
+                state = self.state[p]
+                if not state:
+                    state.update(step=torch.zeros((), dtype=torch.float32, device=p.device),
+                                 exp_avg=torch.zeros_like(p), exp_avg_sq=torch.zeros_like(p))
+                work.append((group, p, decay, state))
+        if not work:
+            return loss
+        if all(_on_kernel_path(p) for _, p, _, _ in work):
+            self._kernel_step(work, max_norm)
+        else:
+            self._torch_step(work, max_norm)
+        return loss
+
+    def _kernel_step(self, work, max_norm):
+        cpu_kernels.set_threads(torch.get_num_threads())
+        parts = [_kernel_operands(p, decay) for _, p, decay, _ in work]
+        coef = 1.0
+        if max_norm:
+            total = math.sqrt(sum(self._grad_sq_norm(p, ops) for (_, p, _, _), ops in zip(work, parts)))
+            coef = min(1.0, max_norm / (total + 1e-6))
+        for (group, p, _, state), ops in zip(work, parts):
+            (b1, b2), lr, eps = group["betas"], group["lr"], group["eps"]
+            t = float(state["step"].add_(1))
+            scalar = ops.param.dtype.type
+            sq = cpu_kernels.adam_rows(ops.param, _as_rows(state["exp_avg"]), _as_rows(state["exp_avg_sq"]), ops.slot,
+                                       ops.vals, ops.l2, scalar(coef), scalar(lr / (1 - b1 ** t)), scalar(b1),
+                                       scalar(1 - b1), scalar(b2), scalar(1 - b2), scalar(eps),
+                                       scalar(math.sqrt(1 - b2 ** t)), ops.dense)
+            increment_version(p)
+            self._param_sq[p] = (p._version, sq)
+
+    def _grad_sq_norm(self, p: torch.Tensor, ops: "_Operands") -> float:
+        """||l2 * p + G||^2.  Dense G: one pass.  Sparse or no G: l2^2 ||p||^2 (kept from the last update while
+        ``p._version`` says p is unchanged, else one pass) plus a pass over G's rows only."""
+        if ops.dense:
+            return cpu_kernels.grad_sq_norm(ops.param, ops.slot, ops.vals, ops.l2, True)
+        total = 0.0
+        if ops.l2:
+            version, sq = self._param_sq.get(p, (None, None))
+            if version != p._version:
+                sq = float(torch.linalg.vector_norm(p.detach(), dtype=torch.float64) ** 2)
+            total += float(ops.l2) ** 2 * sq
+        if ops.rows.size:
+            total += cpu_kernels.touched_grad_sq(ops.param, ops.rows, ops.vals, ops.l2)
+        return total
+
+    @staticmethod
+    def _torch_step(work, max_norm):
+        grads = []
+        for _, p, decay, _ in work:
+            grad = torch.zeros_like(p) if p.grad is None else p.grad.to_dense() if p.grad.is_sparse else p.grad
+            grads.append(grad.add(p, alpha=decay) if decay else grad)
+        scale = None
+        if max_norm:
+            total = torch.nn.utils.get_total_norm(grads, foreach=True)
+            scale = ((total + 1e-6) / max_norm).clamp_(min=1.0).float()  # 1 / coef: the fused kernel divides
+        by_group = {}
+        for (group, p, _, state), grad in zip(work, grads):
+            by_group.setdefault(id(group), (group, []))[1].append((p, grad, state))
+        for group, items in by_group.values():
+            (b1, b2), lr, eps = group["betas"], group["lr"], group["eps"]
+            params = [p for p, _, _ in items]
+            fused = all(p.device.type in ("cpu", "cuda") and p.dtype in (torch.float32, torch.float64) for p in params)
+            if not fused and scale is not None:
+                torch._foreach_div_([g for _, g, _ in items], scale)
+            functional_adam(params, [g for _, g, _ in items], [s["exp_avg"] for _, _, s in items],
+                            [s["exp_avg_sq"] for _, _, s in items], [], [s["step"] for _, _, s in items],
+                            fused=fused or None, foreach=None if fused else False,
+                            grad_scale=scale.to(params[0].device) if fused and scale is not None else None,
+                            amsgrad=False, beta1=b1, beta2=b2, lr=lr, weight_decay=0.0, eps=eps, maximize=False)
+
+
+def _on_kernel_path(p: torch.Tensor) -> bool:
+    return (cpu_kernels.AVAILABLE and p.device.type == "cpu" and p.dtype in (torch.float32, torch.float64)
+            and p.is_contiguous())
+
+
+def _as_rows(t: torch.Tensor) -> np.ndarray:
+    """A contiguous tensor as a 2-D numpy view (rows x last dim; 1-D and 0-D as one row)."""
+    return t.detach().reshape(-1, t.shape[-1] if t.dim() else 1).numpy()
+
+
+_NO_ROWS = np.empty(0, dtype=np.int64)
+
+
+class _Operands(NamedTuple):
+    """A parameter and its gradient G as ``cpu_kernels`` read them: ``dense`` (vals = G's rows), or sparse
+    (row ``rows[k]`` has ``vals[k]``; ``slot`` maps a row to k, -1 for the rest), G None being sparse and empty."""
+    param: np.ndarray
+    slot: np.ndarray
+    rows: np.ndarray
+    vals: np.ndarray
+    l2: np.floating
+    dense: bool
+
+
+def _kernel_operands(p: torch.Tensor, decay: float) -> _Operands:
+    param = _as_rows(p)
+    l2, grad = param.dtype.type(decay), p.grad
+    if grad is None:
+        return _Operands(param, np.full(param.shape[0], -1, dtype=np.int64), _NO_ROWS,
+                         np.zeros((1, param.shape[1]), param.dtype), l2, False)
+    if grad.is_sparse and grad.sparse_dim() != 1:  # element-sparse: not rows, read it dense
+        grad = grad.to_dense()
+    if not grad.is_sparse:
+        return _Operands(param, _NO_ROWS, _NO_ROWS, _as_rows(grad.contiguous()), l2, True)
+    rows, values = _distinct_rows(grad)
+    rows = rows.numpy()
+    slot = np.full(param.shape[0], -1, dtype=np.int64)
+    slot[rows] = np.arange(rows.size)
+    return _Operands(param, slot, rows, values.reshape(rows.size, -1).contiguous().numpy(), l2, False)
+
+
+def _distinct_rows(grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(rows, values) of a sparse row gradient with each row once.  Autograd drops the coalesced flag of a
+    gradient that is coalesced already (``ops.cosine_gather_scores``): strictly increasing rows are taken as
+    they are, anything else is coalesced."""
+    rows = grad._indices()[0]
+    if rows.numel() < 2 or bool((rows[1:] > rows[:-1]).all()):
+        return rows, grad._values()
+    grad = grad.coalesce()
+    return grad.indices()[0], grad.values()
 
 
 class LazyAdam(torch.optim.Optimizer):

@@ -13,6 +13,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from mmlexp.optim import TableAdam
 from mmlexp.runtime import keep_freed_memory
 
 
@@ -48,19 +49,24 @@ OPTIMIZERS = ("adam", "sparse_adam")
 
 
 def make_optimizer(model: nn.Module, lr: float, name: str = "adam", l2: float = 0.0) -> torch.optim.Optimizer:
-    """``adam``: dense Adam with torch defaults (paper-reference §3), fused kernel where available
-    (its L2 is added to the gradients by ``train_step``).  ``sparse_adam``: ``mmlexp.optim.LazyAdam``,
-    a faster variant that changes the semantics (only touched rows move; ``l2`` on those rows only)."""
+    """``adam``: dense Adam with torch defaults (paper-reference §3) as ``mmlexp.optim.TableAdam``: the
+    embedding tables in its L2 group, other parameters without L2 (``train_step`` passes ``l2`` and the clip
+    norm to each step).  A model with a ``sparse_grad`` switch gets it on where TableAdam reads sparse
+    gradients without densifying them.  ``sparse_adam``: ``mmlexp.optim.LazyAdam``, a faster variant that
+    changes the semantics (only touched rows move; ``l2`` on those rows only)."""
     params = [p for p in model.parameters() if p.requires_grad]
     if name == "sparse_adam":
         from mmlexp.optim import LazyAdam
         return LazyAdam(params, lr=lr, weight_decay=l2)
     if name != "adam":
         raise ValueError(f"optimizer={name!r}: must be one of {', '.join(OPTIMIZERS)}")
-    try:
-        return torch.optim.Adam(params, lr=lr, fused=True)
-    except (RuntimeError, TypeError):
-        return torch.optim.Adam(params, lr=lr)
+    tables = {id(t) for t in model.embedding_tables()} if hasattr(model, "embedding_tables") else set()
+    groups = [{"params": [p for p in params if id(p) in tables]},
+              {"params": [p for p in params if id(p) not in tables], "decay": False}]
+    optimizer = TableAdam([g for g in groups if g["params"]], lr=lr)
+    if hasattr(model, "sparse_grad"):
+        model.sparse_grad = optimizer.takes_sparse_grads
+    return optimizer
 
 
 def start_gradients_(model: nn.Module, l2: float) -> None:
@@ -112,9 +118,14 @@ def l2_penalty(tables: list[torch.Tensor], l2: float) -> float:
 
 def train_step(model, loss_fn, sampler, optimizer, users, items, settings: TrainSettings) -> torch.Tensor:
     """One optimiser step on a batch of (user, positive item) rows; returns the detached data loss.
+
+    The gradient is that of ``loss + (l2/2) * ||E||^2`` on the full embedding tables, clipped to
+    ``clip_grad_norm``, then Adam: ``TableAdam`` does L2, clip and update in one step; another optimiser
+    gets the L2 gradient written first (``start_gradients_``) and ``clipped_step``.
     ``settings.optimizer=sparse_adam`` takes its L2 in the optimiser (touched rows only);
     ``settings.precision=bf16`` scores under bfloat16 autocast."""
-    if settings.optimizer == "sparse_adam":
+    table_adam = isinstance(optimizer, TableAdam)
+    if table_adam or settings.optimizer == "sparse_adam":
         optimizer.zero_grad(set_to_none=True)
     else:
         start_gradients_(model, settings.l2)
@@ -125,7 +136,10 @@ def train_step(model, loss_fn, sampler, optimizer, users, items, settings: Train
         scores = scores.float()
     loss = loss_fn(scores, users)
     loss.backward()
-    clipped_step(optimizer, settings.clip_grad_norm)
+    if table_adam:
+        optimizer.step(l2=settings.l2, max_norm=settings.clip_grad_norm)
+    else:
+        clipped_step(optimizer, settings.clip_grad_norm)
     return loss.detach()
 
 

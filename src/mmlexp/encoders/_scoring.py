@@ -61,10 +61,12 @@ def dot_gather_scores(user_vecs: torch.Tensor, table: torch.Tensor, items: torch
     return torch.bmm(rows, user_vecs.unsqueeze(-1)).squeeze(-1)
 
 
-def gather_scores(user_vecs: torch.Tensor, table: torch.Tensor, items: torch.Tensor, similarity: str) -> torch.Tensor:
-    """``user_vecs`` already finished (normalised when cosine); ``table`` the raw item matrix."""
+def gather_scores(user_vecs: torch.Tensor, table: torch.Tensor, items: torch.Tensor, similarity: str,
+                  sparse_grad: bool = False) -> torch.Tensor:
+    """``user_vecs`` already finished (normalised when cosine); ``table`` the raw item matrix.
+    ``sparse_grad``: the table's gradient as sparse rows (cosine path; see ``cosine_gather_scores``)."""
     if similarity == "cosine":
-        return cosine_gather_scores(user_vecs, table, items)
+        return cosine_gather_scores(user_vecs, table, items, sparse_grad=sparse_grad)
     return dot_gather_scores(user_vecs, table, items)
 
 
@@ -74,11 +76,12 @@ def finish(vecs: torch.Tensor, similarity: str) -> torch.Tensor:
 
 
 def pair_scores(user_vecs: torch.Tensor, table: torch.Tensor, pos_items: torch.Tensor, negatives: torch.Tensor,
-                similarity: str) -> torch.Tensor:
+                similarity: str, sparse_grad: bool = False) -> torch.Tensor:
     """The training score matrix ``[B, 1+N]``: column 0 the positive, then the negatives.
     Per-row negatives are scored in one gather with their positive; shared ``[1, N]`` ones by a matmul."""
     if negatives.shape[0] == pos_items.shape[0]:
-        return gather_scores(user_vecs, table, torch.cat([pos_items.unsqueeze(1), negatives], dim=1), similarity)
+        return gather_scores(user_vecs, table, torch.cat([pos_items.unsqueeze(1), negatives], dim=1), similarity,
+                             sparse_grad)
     pos = gather_scores(user_vecs, table, pos_items.unsqueeze(1), similarity)
     return torch.cat([pos, gather_scores(user_vecs, table, negatives, similarity)], dim=1)
 

@@ -7,6 +7,8 @@
 Tables are initialised from Normal(0, init_std); L2 applies to the full tables (``embedding_tables``).
 ``similarity="dot"`` scores by plain dot products (nothing normalised; dropout on the raw user vector).
 ``train`` (the training matrix every encoder is handed by the runner) is accepted and not used.
+``sparse_grad`` (as ``nn.Embedding(sparse=True)``): both tables get sparse gradients of the batch's rows;
+``mmlexp.train.make_optimizer`` turns it on where its optimiser reads them without densifying.
 """
 
 import torch
@@ -30,14 +32,15 @@ class MatrixFactorization(nn.Module):
         self.user_table = nn.Parameter(torch.randn(n_users, dim) * init_std)
         self.item_table = nn.Parameter(torch.randn(n_items, dim) * init_std)
         self.dropout = nn.Dropout(dropout)
+        self.sparse_grad = False
 
     def embedding_tables(self) -> list[nn.Parameter]:
         """The tables the L2 term covers (whole tables, every step: paper-reference §3)."""
         return [self.user_table, self.item_table]
 
     def user_vectors(self, users: torch.Tensor) -> torch.Tensor:
-        # A sparse gradient (B rows) when a dense one is there to take it (the trainer's start_gradients_).
-        rows = F.embedding(users, self.user_table, sparse=self.user_table.grad is not None)
+        # Sparse (B rows) also when a dense gradient is there to take it (the trainer's start_gradients_).
+        rows = F.embedding(users, self.user_table, sparse=self.sparse_grad or self.user_table.grad is not None)
         return self.dropout(finish(rows, self.similarity))
 
     def item_vectors(self, items: torch.Tensor) -> torch.Tensor:
@@ -46,7 +49,8 @@ class MatrixFactorization(nn.Module):
     def forward(self, users: torch.Tensor, pos_items: torch.Tensor, negatives: torch.Tensor) -> torch.Tensor:
         """Score matrix ``[B, 1+N]``: column 0 ``pos_items[B]``, then ``negatives`` ``[B, N]`` (or ``[1, N]``
         shared by every row).  One user vector per row (one dropout mask for the whole row)."""
-        return pair_scores(self.user_vectors(users), self.item_table, pos_items, negatives, self.similarity)
+        return pair_scores(self.user_vectors(users), self.item_table, pos_items, negatives, self.similarity,
+                           self.sparse_grad)
 
     @torch.no_grad()
     def score(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
