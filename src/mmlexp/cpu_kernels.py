@@ -9,6 +9,8 @@ import numpy as np
 
 try:
     import numba as nb
+    from llvmlite import ir
+    from numba.extending import intrinsic
     AVAILABLE = True
 except ImportError:  # pragma: no cover - numba is a dependency; the PyTorch paths stay correct without it
     nb, AVAILABLE = None, False
@@ -22,6 +24,37 @@ def _jit(fn):
     return nb.njit(parallel=True, fastmath=_FAST, cache=True, nogil=True)(fn) if AVAILABLE else fn
 
 
+if AVAILABLE:
+    @intrinsic
+    def prefetch_row(typingctx, array, row):
+        """Hint the cache to fetch ``array[row]`` (``llvm.prefetch``; no effect on results).  The gathers below
+        read rows in a random order that no hardware prefetcher predicts: asking a few rows ahead halves
+        their time when the table is not in cache."""
+        def codegen(context, builder, signature, args):
+            ary = context.make_array(signature.args[0])(context, builder, args[0])
+            byte = ir.IntType(8).as_pointer()
+            row = context.cast(builder, args[1], signature.args[1], nb.types.intp)
+            offset = builder.mul(row, builder.extract_value(ary.strides, 0))
+            address = builder.inttoptr(builder.add(builder.ptrtoint(ary.data, ir.IntType(64)), offset), byte)
+            i32 = ir.IntType(32)
+            fn = builder.module.declare_intrinsic("llvm.prefetch", fnty=ir.FunctionType(ir.VoidType(), [byte, i32, i32, i32]))
+            builder.call(fn, [address, ir.Constant(i32, 0), ir.Constant(i32, 3), ir.Constant(i32, 1)])  # read, keep, data
+            return context.get_dummy_value()
+        return nb.types.void(array, row), codegen
+
+_AHEAD = 8  # rows prefetched ahead in the random gathers
+
+
+def applies_to(*tensors) -> bool:
+    """Whether the kernels can take these tensors: numba is there and each is a plain CPU fp32/fp64 tensor
+    (not a ``torch.func`` transform's wrapper, which has no memory of its own to hand to numba)."""
+    import torch  # noqa: PLC0415 - keeps this module importable without torch for its numba-only users
+
+    return AVAILABLE and all(
+        t.device.type == "cpu" and t.dtype in (torch.float32, torch.float64)
+        and not torch._C._functorch.is_functorch_wrapped_tensor(t) for t in tensors)
+
+
 def set_threads(n: int) -> None:
     """Use ``n`` threads (capped at numba's pool), to follow ``torch.get_num_threads()``."""
     if AVAILABLE:
@@ -29,23 +62,17 @@ def set_threads(n: int) -> None:
 
 
 @_jit
-def grad_sq_norm(p, slot, vals, l2, dense):  # pragma: no cover - compiled
-    """sum over rows r of ||l2 * p[r] + G[r]||^2, with G[r] = vals[r] (dense) or vals[slot[r]] (0 if slot < 0)."""
+def grad_sq_norm(p, grad, l2):  # pragma: no cover - compiled
+    """||l2 * p + grad||^2 for a dense gradient."""
     n, d = p.shape
     step = (n + _BLOCKS - 1) // _BLOCKS
     acc = np.zeros(_BLOCKS)
     for blk in nb.prange(_BLOCKS):
-        lanes = np.zeros(d, p.dtype)
+        lanes = np.zeros(d, p.dtype)  # per-column sums in the rows' dtype: vectorised; added up in float64
         for r in range(blk * step, min(n, (blk + 1) * step)):
-            k = r if dense else slot[r]
-            if k >= 0:
-                for j in range(d):
-                    g = l2 * p[r, j] + vals[k, j]
-                    lanes[j] += g * g
-            else:
-                for j in range(d):
-                    g = l2 * p[r, j]
-                    lanes[j] += g * g
+            for j in range(d):
+                g = l2 * p[r, j] + grad[r, j]
+                lanes[j] += g * g
         acc[blk] = lanes.astype(np.float64).sum()
     return acc.sum()
 
@@ -69,27 +96,33 @@ def touched_grad_sq(p, rows, vals, l2):  # pragma: no cover - compiled
 
 
 @_jit
-def adam_rows(p, m, v, slot, vals, l2, coef, step_size, b1, c1, b2, c2, eps, bc2_sqrt, dense):  # pragma: no cover
+def adam_rows(p, m, v, rows, vals, l2, coef, step_size, b1, c1, b2, c2, eps, bc2_sqrt, dense):  # pragma: no cover
     """Dense Adam on every row of ``p`` (torch's formulas) with gradient g = coef * (l2 * p + G):
 
         m <- b1 m + c1 g,  v <- b2 v + c2 g^2,  p <- p - step_size * m / (sqrt(v) / bc2_sqrt + eps)
 
-    G as in ``grad_sq_norm``; c1 = 1 - b1, c2 = 1 - b2, ``step_size = lr / (1 - b1^t)``,
-    ``bc2_sqrt = sqrt(1 - b2^t)``; every scalar in the dtype of ``p`` (no float64 arithmetic on fp32 rows).
-    Returns ||p||^2 after the update (the next step's clip norm needs it; the rows are in registers here).
+    G[r] = vals[r] (``dense``), or vals[k] for r = rows[k] (rows sorted, distinct) and 0 elsewhere;
+    c1 = 1 - b1, c2 = 1 - b2, ``step_size = lr / (1 - b1^t)``, ``bc2_sqrt = sqrt(1 - b2^t)``; every scalar
+    in the dtype of ``p`` (no float64 arithmetic on fp32 rows).  Returns ||p||^2 after the update (the next
+    step's clip norm needs it; the rows are in registers here).
     """
     n, d = p.shape
     step = (n + _BLOCKS - 1) // _BLOCKS
     a = l2 * coef
     acc = np.zeros(_BLOCKS)
     for blk in nb.prange(_BLOCKS):
-        lanes = np.zeros(d, p.dtype)  # per-column sums in the rows' dtype: vectorised; added up in float64
+        lanes = np.zeros(d, p.dtype)
         g = np.empty(d, p.dtype)
-        for r in range(blk * step, min(n, (blk + 1) * step)):
-            k = r if dense else slot[r]
-            if k >= 0:
+        first = blk * step
+        k = 0 if dense else np.searchsorted(rows, first)  # the next sparse row at or after ``first``
+        for r in range(first, min(n, (blk + 1) * step)):
+            if dense:
+                for j in range(d):
+                    g[j] = a * p[r, j] + coef * vals[r, j]
+            elif k < rows.shape[0] and rows[k] == r:
                 for j in range(d):
                     g[j] = a * p[r, j] + coef * vals[k, j]
+                k += 1
             else:
                 for j in range(d):
                     g[j] = a * p[r, j]
@@ -111,8 +144,11 @@ def cosine_scores(user_vecs, table, items, eps, scores, inv_norm):  # pragma: no
     One read of each gathered row (no [B, C, d] copy)."""
     batch, cols = items.shape
     d = table.shape[1]
+    flat = items.ravel()
     for b in nb.prange(batch):
         for c in range(cols):
+            if b * cols + c + _AHEAD < flat.shape[0]:
+                prefetch_row(table, flat[b * cols + c + _AHEAD])
             i = items[b, c]
             dot = table[i, 0] * user_vecs[b, 0]  # sums in the rows' dtype
             sq = table[i, 0] * table[i, 0]
@@ -130,10 +166,13 @@ def gathered_rows_dot(g, table, items, out):  # pragma: no cover - compiled
     """out[b] = sum over c of g[b, c] * table[items[b, c]] (the user-side gradient of gathered rows)."""
     batch, cols = items.shape
     d = table.shape[1]
+    flat = items.ravel()
     for b in nb.prange(batch):
         for j in range(d):
             out[b, j] = 0.0
         for c in range(cols):
+            if b * cols + c + _AHEAD < flat.shape[0]:
+                prefetch_row(table, flat[b * cols + c + _AHEAD])
             i = items[b, c]
             w = g[b, c]
             for j in range(d):
@@ -143,19 +182,17 @@ def gathered_rows_dot(g, table, items, out):  # pragma: no cover - compiled
 @nb.njit(cache=True) if AVAILABLE else (lambda f: f)
 def touched_rows(items, n_rows):  # pragma: no cover - compiled
     """(sorted distinct rows of ``items``, slot: row -> its position there, -1 if untouched)."""
-    slot = np.full(n_rows, -1, dtype=np.int64)
+    slot = np.full(n_rows, -1, dtype=np.int32)
     for i in items.ravel():
         slot[i] = 0
+    rows = np.empty(min(n_rows, items.size), dtype=np.int64)
     count = 0
     for r in range(n_rows):
         if slot[r] == 0:
             slot[r] = count
+            rows[count] = r
             count += 1
-    rows = np.empty(count, dtype=np.int64)
-    for r in range(n_rows):
-        if slot[r] >= 0:
-            rows[slot[r]] = r
-    return rows, slot
+    return rows[:count], slot
 
 
 @_jit
@@ -188,3 +225,37 @@ def cosine_rows_grad(table, items, g, row_coef, user_vecs, rows, slot, parts):  
             for j in range(d):
                 vals[k, j] += scale[k] * table[r, j]
     return vals
+
+
+@nb.njit(cache=True, fastmath=_FAST, nogil=True) if AVAILABLE else (lambda f: f)
+def hinge_family_loss(scores, margins, weights, pos_weight, neg_weight, grad):  # pragma: no cover - compiled
+    """The MML/CCL loss and its gradient in one pass over ``scores`` [B, 1+N] (column 0 the positive):
+
+        L = (1/B) sum_b [ pos_weight * max(0, 1 - s_b0) + neg_weight * (1/N) sum_c sum_k w_k max(0, s_bc - m_k) ]
+
+    ``grad`` receives dL/ds (relu's convention: slope 0 at a kink).  A NaN score makes L NaN."""
+    batch, cols = scores.shape
+    n_neg = cols - 1
+    total = 0.0
+    for b in range(batch):
+        s0 = scores[b, 0]
+        row = 0.0
+        grad[b, 0] = 0.0
+        if s0 < 1:
+            row += pos_weight * (1 - s0)
+            grad[b, 0] = -pos_weight / batch
+        elif s0 != s0:
+            row += s0
+        penalty = 0.0
+        for c in range(1, cols):
+            s = scores[b, c]
+            slope = 0.0
+            for k in range(margins.shape[0]):
+                if s > margins[k]:
+                    penalty += weights[k] * (s - margins[k])
+                    slope += weights[k]
+            if s != s:
+                penalty += s
+            grad[b, c] = neg_weight * slope / (n_neg * batch)
+        total += row + neg_weight * penalty / n_neg
+    return total / batch

@@ -97,8 +97,8 @@ class _CosineGatherScores(torch.autograd.Function):
 
 
 def _on_kernel_path(user_vecs: torch.Tensor, table: torch.Tensor) -> bool:
-    return (cpu_kernels.AVAILABLE and table.device.type == "cpu" and table.dtype in (torch.float32, torch.float64)
-            and user_vecs.dtype == table.dtype and table.is_contiguous() and not torch.is_autocast_enabled("cpu"))
+    return (cpu_kernels.applies_to(user_vecs, table) and user_vecs.dtype == table.dtype and table.is_contiguous()
+            and not torch.is_autocast_enabled("cpu"))
 
 
 def _kernel_backward(ctx, grad: torch.Tensor):

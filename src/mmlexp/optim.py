@@ -88,7 +88,7 @@ class TableAdam(torch.optim.Optimizer):
             (b1, b2), lr, eps = group["betas"], group["lr"], group["eps"]
             t = float(state["step"].add_(1))
             scalar = ops.param.dtype.type
-            sq = cpu_kernels.adam_rows(ops.param, _as_rows(state["exp_avg"]), _as_rows(state["exp_avg_sq"]), ops.slot,
+            sq = cpu_kernels.adam_rows(ops.param, _as_rows(state["exp_avg"]), _as_rows(state["exp_avg_sq"]), ops.rows,
                                        ops.vals, ops.l2, scalar(coef), scalar(lr / (1 - b1 ** t)), scalar(b1),
                                        scalar(1 - b1), scalar(b2), scalar(1 - b2), scalar(eps),
                                        scalar(math.sqrt(1 - b2 ** t)), ops.dense)
@@ -99,7 +99,7 @@ class TableAdam(torch.optim.Optimizer):
         """||l2 * p + G||^2.  Dense G: one pass.  Sparse or no G: l2^2 ||p||^2 (kept from the last update while
         ``p._version`` says p is unchanged, else one pass) plus a pass over G's rows only."""
         if ops.dense:
-            return cpu_kernels.grad_sq_norm(ops.param, ops.slot, ops.vals, ops.l2, True)
+            return cpu_kernels.grad_sq_norm(ops.param, ops.vals, ops.l2)
         total = 0.0
         if ops.l2:
             version, sq = self._param_sq.get(p, (None, None))
@@ -113,9 +113,9 @@ class TableAdam(torch.optim.Optimizer):
     @staticmethod
     def _torch_step(work, max_norm):
         grads = []
-        for _, p, decay, _ in work:
+        for _, p, decay, _ in work:  # the gradients are this step's own (zero_grad(set_to_none)): added to in place
             grad = torch.zeros_like(p) if p.grad is None else p.grad.to_dense() if p.grad.is_sparse else p.grad
-            grads.append(grad.add(p, alpha=decay) if decay else grad)
+            grads.append(grad.add_(p, alpha=decay) if decay else grad)
         scale = None
         if max_norm:
             total = torch.nn.utils.get_total_norm(grads, foreach=True)
@@ -137,8 +137,7 @@ class TableAdam(torch.optim.Optimizer):
 
 
 def _on_kernel_path(p: torch.Tensor) -> bool:
-    return (cpu_kernels.AVAILABLE and p.device.type == "cpu" and p.dtype in (torch.float32, torch.float64)
-            and p.is_contiguous())
+    return cpu_kernels.applies_to(p) and p.is_contiguous()
 
 
 def _as_rows(t: torch.Tensor) -> np.ndarray:
@@ -151,9 +150,8 @@ _NO_ROWS = np.empty(0, dtype=np.int64)
 
 class _Operands(NamedTuple):
     """A parameter and its gradient G as ``cpu_kernels`` read them: ``dense`` (vals = G's rows), or sparse
-    (row ``rows[k]`` has ``vals[k]``; ``slot`` maps a row to k, -1 for the rest), G None being sparse and empty."""
+    (row ``rows[k]`` has ``vals[k]``, rows sorted and distinct), G None being sparse and empty."""
     param: np.ndarray
-    slot: np.ndarray
     rows: np.ndarray
     vals: np.ndarray
     l2: np.floating
@@ -164,17 +162,13 @@ def _kernel_operands(p: torch.Tensor, decay: float) -> _Operands:
     param = _as_rows(p)
     l2, grad = param.dtype.type(decay), p.grad
     if grad is None:
-        return _Operands(param, np.full(param.shape[0], -1, dtype=np.int64), _NO_ROWS,
-                         np.zeros((1, param.shape[1]), param.dtype), l2, False)
+        return _Operands(param, _NO_ROWS, np.zeros((1, param.shape[1]), param.dtype), l2, False)
     if grad.is_sparse and grad.sparse_dim() != 1:  # element-sparse: not rows, read it dense
         grad = grad.to_dense()
     if not grad.is_sparse:
-        return _Operands(param, _NO_ROWS, _NO_ROWS, _as_rows(grad.contiguous()), l2, True)
+        return _Operands(param, _NO_ROWS, _as_rows(grad.contiguous()), l2, True)
     rows, values = _distinct_rows(grad)
-    rows = rows.numpy()
-    slot = np.full(param.shape[0], -1, dtype=np.int64)
-    slot[rows] = np.arange(rows.size)
-    return _Operands(param, slot, rows, values.reshape(rows.size, -1).contiguous().numpy(), l2, False)
+    return _Operands(param, rows.numpy(), values.reshape(rows.numel(), -1).contiguous().numpy(), l2, False)
 
 
 def _distinct_rows(grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -93,3 +93,32 @@ def test_bad_hyper_parameters_are_named(kwargs, fragment):
     with pytest.raises(ValueError) as err:
         MultiMarginLoss(**kwargs)
     assert fragment in str(err.value)
+
+
+@pytest.mark.parametrize("loss_fn", [MultiMarginLoss(), MultiMarginLoss([0.5], [1.0], neg_weight=3.0),
+                                     CosineContrastiveLoss(), CosineContrastiveLoss(neg_weight=None)],
+                         ids=["mml", "mml-one-margin", "ccl", "ccl-sum"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_hand_written_pass_equals_the_torch_expression(loss_fn, dtype, monkeypatch):
+    """The CPU kernel (loss and gradient in one pass) against the PyTorch expression it replaces, with scores
+    exactly on margins and on 1 (relu's zero slope at a kink) and a NaN (it must reach the loss)."""
+    from mmlexp import cpu_kernels
+    if not cpu_kernels.AVAILABLE:
+        pytest.skip("numba is not installed: only the PyTorch expression runs")
+    g = torch.Generator().manual_seed(5)
+    scores = (torch.rand(12, 41, generator=g, dtype=torch.float64) * 2.2 - 1.1).to(dtype)
+    scores[0, :4] = torch.tensor([1.0, 0.7, 0.8, 0.9], dtype=dtype)
+    upstream = 1.7
+    results = []
+    for kernels in (True, False):
+        monkeypatch.setattr(cpu_kernels, "AVAILABLE", kernels)
+        s = scores.clone().requires_grad_()
+        loss = loss_fn(s)
+        (loss * upstream).backward()
+        results.append((loss.detach(), s.grad))
+    tol = 1e-12 if dtype == torch.float64 else 2e-6
+    torch.testing.assert_close(results[0][0], results[1][0], rtol=tol, atol=tol)
+    torch.testing.assert_close(results[0][1], results[1][1], rtol=tol, atol=tol)
+    monkeypatch.setattr(cpu_kernels, "AVAILABLE", True)
+    scores[3, 5] = float("nan")
+    assert torch.isnan(loss_fn(scores))

@@ -4,7 +4,8 @@
     L   = mean_b l_b
 
 Sum over margins, mean over the N negatives, ``w_neg`` outside the mean.  With one margin and
-weight 1 it is exactly CCL.  The penalty of a negative is convex piecewise linear in its score.
+weight 1 it is exactly CCL.  The penalty of a negative is convex piecewise linear in its score; on the
+CPU the loss and its gradient come from one hand-written pass (``losses._hinge``).
 """
 
 from collections.abc import Sequence
@@ -13,6 +14,7 @@ import torch
 from torch import nn
 
 from mmlexp.losses._checks import check_margins, check_weight
+from mmlexp.losses._hinge import hinge_family_loss
 
 
 class MultiMarginLoss(nn.Module):
@@ -35,6 +37,9 @@ class MultiMarginLoss(nn.Module):
         self.pos_weight = check_weight("pos_weight", pos_weight)
 
     def forward(self, scores: torch.Tensor, users: torch.Tensor | None = None) -> torch.Tensor:
+        fused = hinge_family_loss(scores, self.margins, self.weights, self.pos_weight, self.neg_weight)
+        if fused is not None:
+            return fused
         pos, neg = scores[:, 0], scores[:, 1:]
         penalty = sum(w * torch.relu(neg - m) for m, w in zip(self.margins, self.weights))
         per_row = self.pos_weight * torch.relu(1 - pos) + self.neg_weight * penalty.mean(dim=1)
