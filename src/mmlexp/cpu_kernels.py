@@ -259,3 +259,19 @@ def hinge_family_loss(scores, margins, weights, pos_weight, neg_weight, grad):  
             grad[b, c] = neg_weight * slope / (n_neg * batch)
         total += row + neg_weight * penalty / n_neg
     return total / batch
+
+
+@_jit
+def lazy_adam_rows(p, m, v, rows, vals, wd, step_size, b1, c1, b2, c2, eps, bc2_sqrt):  # pragma: no cover
+    """Lazy Adam on the rows ``rows`` only (distinct), gradient g = vals[k] + wd * p[r] there; the update
+    as ``adam_rows``; every other row, its moments included, is left as it is."""
+    d = p.shape[1]
+    for k in nb.prange(rows.shape[0]):
+        r = rows[k]
+        for j in range(d):
+            g = vals[k, j] + wd * p[r, j]
+            mj = b1 * m[r, j] + c1 * g
+            vj = b2 * v[r, j] + c2 * g * g
+            m[r, j] = mj
+            v[r, j] = vj
+            p[r, j] -= step_size * mj / (np.sqrt(vj) / bc2_sqrt + eps)

@@ -171,14 +171,22 @@ def _kernel_operands(p: torch.Tensor, decay: float) -> _Operands:
     return _Operands(param, rows.numpy(), values.reshape(rows.numel(), -1).contiguous().numpy(), l2, False)
 
 
-def _distinct_rows(grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(rows, values) of a sparse row gradient with each row once.  Autograd drops the coalesced flag of a
-    gradient that is coalesced already (``ops.cosine_gather_scores``): strictly increasing rows are taken as
-    they are, anything else is coalesced."""
+def coalesced(grad: torch.Tensor) -> torch.Tensor:
+    """A sparse row gradient with each row once, in order.  Autograd drops the coalesced flag of a gradient
+    that is coalesced already (``ops.cosine_gather_scores``): strictly increasing rows are marked so without
+    the sort of ``coalesce()``; anything else is coalesced."""
+    if grad.is_coalesced():
+        return grad
     rows = grad._indices()[0]
-    if rows.numel() < 2 or bool((rows[1:] > rows[:-1]).all()):
-        return rows, grad._values()
-    grad = grad.coalesce()
+    if grad.sparse_dim() == 1 and (rows.numel() < 2 or bool((rows[1:] > rows[:-1]).all())):
+        return torch.sparse_coo_tensor(grad._indices(), grad._values(), grad.shape, is_coalesced=True,
+                                       check_invariants=False)
+    return grad.coalesce()
+
+
+def _distinct_rows(grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(rows, values) of a sparse row gradient, each row once, in order."""
+    grad = coalesced(grad)
     return grad.indices()[0], grad.values()
 
 
@@ -202,6 +210,15 @@ class LazyAdam(torch.optim.Optimizer):
                 state["step"] += 1
                 t = state["step"]
                 rows, grad = touched_rows(p.grad)
+                if rows is not None and _on_kernel_path(p):  # numba: the touched rows updated in place
+                    cpu_kernels.set_threads(torch.get_num_threads())
+                    scalar = _as_rows(p).dtype.type
+                    cpu_kernels.lazy_adam_rows(
+                        _as_rows(p), _as_rows(state["exp_avg"]), _as_rows(state["exp_avg_sq"]),
+                        rows.numpy(), grad.contiguous().numpy(), scalar(wd), scalar(lr / (1 - b1 ** t)), scalar(b1),
+                        scalar(1 - b1), scalar(b2), scalar(1 - b2), scalar(eps), scalar(math.sqrt(1 - b2 ** t)))
+                    increment_version(p)
+                    continue
                 if rows is None:  # dense update of the whole parameter
                     m, v = state["exp_avg"], state["exp_avg_sq"]
                     grad = grad + wd * p if wd else grad
@@ -223,8 +240,7 @@ class LazyAdam(torch.optim.Optimizer):
 def touched_rows(grad: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor]:
     """(rows, their gradient) of a sparse or dense 2-D gradient; (None, grad) for other shapes."""
     if grad.is_sparse:
-        grad = grad.coalesce()
-        return grad.indices()[0], grad.values()
+        return _distinct_rows(grad)
     if grad.dim() != 2:
         return None, grad
     rows = grad.ne(0).any(dim=1).nonzero().squeeze(1)

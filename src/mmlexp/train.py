@@ -13,7 +13,8 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from mmlexp.optim import TableAdam
+from mmlexp import cpu_kernels
+from mmlexp.optim import LazyAdam, TableAdam, coalesced
 from mmlexp.runtime import keep_freed_memory
 
 
@@ -56,8 +57,10 @@ def make_optimizer(model: nn.Module, lr: float, name: str = "adam", l2: float = 
     changes the semantics (only touched rows move; ``l2`` on those rows only)."""
     params = [p for p in model.parameters() if p.requires_grad]
     if name == "sparse_adam":
-        from mmlexp.optim import LazyAdam
-        return LazyAdam(params, lr=lr, weight_decay=l2)
+        optimizer = LazyAdam(params, lr=lr, weight_decay=l2)
+        if hasattr(model, "sparse_grad"):  # its numba path updates a sparse gradient's rows directly
+            model.sparse_grad = all(cpu_kernels.applies_to(p) for p in params)
+        return optimizer
     if name != "adam":
         raise ValueError(f"optimizer={name!r}: must be one of {', '.join(OPTIMIZERS)}")
     tables = {id(t) for t in model.embedding_tables()} if hasattr(model, "embedding_tables") else set()
@@ -98,7 +101,7 @@ def clipped_step(optimizer: torch.optim.Optimizer, max_norm: float | None) -> No
     params = [p for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
     for p in params:  # lazy Adam's sparse gradients: the norm and the scaling act on the coalesced rows
         if p.grad.is_sparse:
-            p.grad = p.grad.coalesce()
+            p.grad = coalesced(p.grad)
     grads = [p.grad.values() if p.grad.is_sparse else p.grad for p in params]
     coef = (max_norm / (torch.nn.utils.get_total_norm(grads, foreach=True) + 1e-6)).clamp_(max=1.0)
     if not optimizer.defaults.get("fused"):
