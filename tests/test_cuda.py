@@ -14,19 +14,12 @@ from mmlexp.run import train
 from mmlexp.samplers import PopularitySampler, UniformSampler
 from mmlexp.train import TrainSettings, make_optimizer, train_step
 from tests.conftest import CONF
+from tests.reference import FixedSampler, reference_step
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
 TINY = ["trainer.epochs=1", "trainer.max_steps=3", "num_negatives=8", "trainer.batch_size=64",
         "tracking.enabled=false", "tracking.save_checkpoint=false", "device=cuda"]
-
-
-class FixedSampler:
-    def __init__(self, negatives):
-        self.negatives = negatives
-
-    def sample(self, users, items, model=None):
-        return self.negatives
 
 
 @pytest.mark.parametrize("dtype, tol", [(torch.float64, 1e-12), (torch.float32, 1e-5)])
@@ -68,11 +61,7 @@ def test_cuda_train_steps_equal_cpu_reference_adam(clip):
         users, items = torch.randint(60, (16,), generator=gen), torch.randint(90, (16,), generator=gen)
         negatives = torch.randint(90, (16, 5), generator=gen)
         train_step(a, loss_fn, FixedSampler(negatives.cuda()), opt_a, users.cuda(), items.cuda(), settings)
-        opt_b.zero_grad()
-        total = loss_fn(b(users, items, negatives)) + l2 / 2 * sum(t.pow(2).sum() for t in b.embedding_tables())
-        total.backward()
-        torch.nn.utils.clip_grad_norm_(b.parameters(), clip)
-        opt_b.step()
+        reference_step(b, loss_fn, opt_b, users, items, negatives, l2, clip)
     for pa, pb in zip(a.parameters(), b.parameters()):
         torch.testing.assert_close(pa.detach().cpu(), pb.detach(), rtol=1e-7, atol=1e-9)
 

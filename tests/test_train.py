@@ -5,21 +5,15 @@ import torch
 
 from mmlexp import cpu_kernels
 from mmlexp.encoders import MatrixFactorization
-from mmlexp.optim import TableAdam
 from mmlexp.losses import MultiMarginLoss
+from mmlexp.optim import TableAdam
 from mmlexp.train import TrainSettings, fit, make_optimizer, start_gradients_, train_step
-
-
-class FixedSampler:
-    def __init__(self, negatives):
-        self.negatives = negatives
-
-    def sample(self, users, items, model=None):
-        return self.negatives
+from tests.reference import FixedSampler, reference_step
 
 
 def test_step_equals_reference_loss_with_l2_in_the_graph():
-    """Our step (L2 added to the gradient before clipping) == autograd on loss + (l2/2)||E||^2."""
+    """A generic optimiser's step (L2 written into the gradient before clipping) == autograd on
+    loss + (l2/2)||E||^2."""
     torch.manual_seed(0)
     a = MatrixFactorization(6, 9, dim=4, dropout=0.0, init_std=0.5)
     b = MatrixFactorization(6, 9, dim=4, dropout=0.0, init_std=0.5)
@@ -31,13 +25,7 @@ def test_step_equals_reference_loss_with_l2_in_the_graph():
     opt_a = torch.optim.SGD(a.parameters(), lr=1.0)
     train_step(a, loss_fn, FixedSampler(negatives), opt_a, users, items, settings)
 
-    scores = b(users, items, negatives)
-    total = loss_fn(scores) + l2 / 2 * sum(t.pow(2).sum() for t in b.embedding_tables())
-    total.backward()
-    torch.nn.utils.clip_grad_norm_(b.parameters(), clip)
-    with torch.no_grad():
-        for p in b.parameters():
-            p -= p.grad
+    reference_step(b, loss_fn, torch.optim.SGD(b.parameters(), lr=1.0), users, items, negatives, l2, clip)
     for pa, pb in zip(a.parameters(), b.parameters()):
         torch.testing.assert_close(pa, pb)
 
@@ -73,11 +61,7 @@ def test_table_adam_steps_equal_reference_adam_on_loss_plus_l2(clip, dtype, kern
         users, items = torch.tensor([0, 1, 1, 5]), torch.tensor([2, 3, 8, step])
         negatives = torch.randint(9, (4, 3))
         train_step(a, loss_fn, FixedSampler(negatives), opt_a, users, items, settings)
-        opt_b.zero_grad()
-        total = loss_fn(b(users, items, negatives)) + l2 / 2 * sum(t.pow(2).sum() for t in b.embedding_tables())
-        total.backward()
-        torch.nn.utils.clip_grad_norm_(b.parameters(), clip)
-        opt_b.step()
+        reference_step(b, loss_fn, opt_b, users, items, negatives, l2, clip)
         for pa, pb in zip(a.parameters(), b.parameters()):
             torch.testing.assert_close(pa, pb, rtol=1e-5, atol=1e-6)
         if kernels and cpu_kernels.AVAILABLE:
