@@ -315,3 +315,18 @@ def test_time_to_accuracy_falls_back_to_epoch_times(tmp_path):
     history = metric_history(uri, [run.info.run_id])
     assert list(history["seconds"]) == [11.0, 25.0] and list(history["recall@20"]) == [0.05, 0.08]
     assert set(history["time_source"]) == {"epoch_time_s+eval_time_s"}
+
+
+def test_time_to_accuracy_tells_repeated_settings_apart():
+    """Two runs of the same settings (e.g. before and after a speed-up) get distinct legend entries and styles."""
+    from mmlexp.report import plot_time_to_accuracy
+
+    runs = pd.DataFrame({"run_id": ["aaaa1111", "bbbb2222"], "run_name": ["before", "after"],
+                         "dataset": ["gowalla"] * 2, "encoder": ["mf"] * 2, "loss": ["mml"] * 2,
+                         "num_negatives": [100] * 2, "seed": [2019] * 2})
+    history = pd.DataFrame({"run_id": ["aaaa1111"] * 2 + ["bbbb2222"] * 2, "epoch": [1, 2, 1, 2],
+                            "recall@20": [0.1, 0.15, 0.1, 0.16], "seconds": [40.0, 80.0, 20.0, 40.0]})
+    (ax,) = plot_time_to_accuracy(history, runs).axes
+    labels = [line.get_label() for line in ax.get_lines()]
+    assert labels == ["MML mf N=100 seed 2019 (before)", "MML mf N=100 seed 2019 (after)"]
+    assert ax.get_lines()[0].get_linestyle() != ax.get_lines()[1].get_linestyle()

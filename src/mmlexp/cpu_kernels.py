@@ -1,11 +1,19 @@
-"""Numba kernels of the CPU hot path (one pass each, parallel over row blocks).
+"""Numba kernels of the CPU hot path (one pass each, parallel over rows or row blocks).
 
-Each is the loop form of a formula given in its caller (``mmlexp.optim.TableAdam``,
-``mmlexp.ops.cosine_gather_scores``) and is checked against plain PyTorch in the tests.  ``AVAILABLE``
-is False where numba is missing; callers then take their PyTorch path.
+Each is the loop form of a formula given in its caller and is checked against that caller's PyTorch
+path in the tests:
+
+  cosine_scores, gathered_rows_dot, touched_rows, cosine_rows_grad   ``mmlexp.ops.cosine_gather_scores``
+  grad_sq_norm, touched_grad_sq, adam_rows                          ``mmlexp.optim.TableAdam`` (the default)
+  lazy_adam_rows                                                    ``mmlexp.optim.LazyAdam`` (sparse_adam)
+  hinge_family_loss                                                 ``mmlexp.losses._hinge`` (MML, CCL)
+
+``AVAILABLE`` is False where numba is missing, and ``applies_to`` says whether given tensors can be
+handed over; otherwise callers take their PyTorch path.
 """
 
 import numpy as np
+import torch
 
 try:
     import numba as nb
@@ -48,8 +56,6 @@ _AHEAD = 8  # rows prefetched ahead in the random gathers
 def applies_to(*tensors) -> bool:
     """Whether the kernels can take these tensors: numba is there and each is a plain CPU fp32/fp64 tensor
     (not a ``torch.func`` transform's wrapper, which has no memory of its own to hand to numba)."""
-    import torch  # noqa: PLC0415 - keeps this module importable without torch for its numba-only users
-
     return AVAILABLE and all(
         t.device.type == "cpu" and t.dtype in (torch.float32, torch.float64)
         and not torch._C._functorch.is_functorch_wrapped_tensor(t) for t in tensors)

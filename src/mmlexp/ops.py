@@ -42,11 +42,13 @@ def scatter_rows_(out: torch.Tensor, items: torch.Tensor, weights: torch.Tensor,
 class _CosineGatherScores(torch.autograd.Function):
     """s[b, c] = <u[b], r[b, c]> / max(||r[b, c]||, eps) with r[b, c] = table[items[b, c]].
 
-    Gathers only the rows the batch needs; the row norms come from one pass over the table (cheaper
-    than over the gathered rows once B*C > n_items).  With g = grad * inv_norm the row gradient is
-    d L / d r = g * u - (g * s * inv_norm) * r, and as every r[b, c] is the table row it came from,
-    the table gradient is ``table[i] * sum of -(g * s * inv_norm)`` over the entries of row i (a scalar
-    scatter), plus ``scatter_rows_(..., items, g, u)`` (no ``[B, C, d]`` buffer).
+    With g = grad * inv_norm the row gradient is d L / d r = g * u - (g * s * inv_norm) * r, and as every
+    r[b, c] is the table row it came from, the table gradient is ``table[i] * sum of -(g * s * inv_norm)``
+    over the entries of row i (a scalar scatter) plus ``sum of g * u[b]`` over them (no ``[B, C, d]`` buffer).
+
+    CPU (``cpu_kernels``): one pass reads each gathered row once for its dot product and its norm; the
+    backward builds the gradient of the touched rows only.  Elsewhere (CUDA, bf16 autocast, no numba): a
+    gather, norms from one pass over the table, ``bmm``, and ``scatter_rows_`` for the row sums.
     """
 
     @staticmethod

@@ -89,15 +89,21 @@ def plot_time_to_accuracy(history: pd.DataFrame, runs: pd.DataFrame, metric: str
         ax.set_title(DATASET_LABELS.get(dataset, dataset) if dataset else "no per-epoch history")
         if dataset is None:
             continue
+        lines = []
         for run_id, line in data.groupby("run_id", sort=False):
             row = info.loc[run_id]
-            if row["dataset"] != dataset:
-                continue
-            line = line.sort_values("epoch")
-            label = (f"{LOSS_LABELS.get(row['loss'], row['loss'])} {row['encoder']} N={row['num_negatives']} "
-                     f"seed {row['seed']}")
-            ax.plot(line["seconds"], line[metric], label=label, linewidth=1.3, markersize=3,
-                    **loss_style(row["loss"], losses))
+            if row["dataset"] == dataset:
+                label = (f"{LOSS_LABELS.get(row['loss'], row['loss'])} {row['encoder']} N={row['num_negatives']} "
+                         f"seed {row['seed']}")
+                lines.append((label, row, run_id, line.sort_values("epoch")))
+        seen = {}
+        for label, row, run_id, line in lines:
+            style = loss_style(row["loss"], losses)
+            if sum(other == label for other, *_ in lines) > 1:  # the same settings run again (another code version)
+                repeat = seen[label] = seen.get(label, -1) + 1
+                label = f"{label} ({row.get('run_name') or run_id[:8]})"
+                style |= {"linestyle": ("-", "--", ":", "-.")[repeat % 4]}
+            ax.plot(line["seconds"], line[metric], label=label, linewidth=1.3, markersize=3, **style)
         ax.grid(True, alpha=0.3)
         ax.legend(fontsize=7)
     return fig
