@@ -3,6 +3,7 @@
 import pytest
 import torch
 
+from mmlexp import cpu_kernels
 from mmlexp.losses import CosineContrastiveLoss, MultiMarginLoss
 
 
@@ -95,6 +96,7 @@ def test_bad_hyper_parameters_are_named(kwargs, fragment):
     assert fragment in str(err.value)
 
 
+@pytest.mark.skipif(not cpu_kernels.AVAILABLE, reason="numba is not installed: only the PyTorch expression runs")
 @pytest.mark.parametrize("loss_fn", [MultiMarginLoss(), MultiMarginLoss([0.5], [1.0], neg_weight=3.0),
                                      CosineContrastiveLoss(), CosineContrastiveLoss(neg_weight=None)],
                          ids=["mml", "mml-one-margin", "ccl", "ccl-sum"])
@@ -102,9 +104,6 @@ def test_bad_hyper_parameters_are_named(kwargs, fragment):
 def test_hand_written_pass_equals_the_torch_expression(loss_fn, dtype, monkeypatch):
     """The CPU kernel (loss and gradient in one pass) against the PyTorch expression it replaces, with scores
     exactly on margins and on 1 (relu's zero slope at a kink) and a NaN (it must reach the loss)."""
-    from mmlexp import cpu_kernels
-    if not cpu_kernels.AVAILABLE:
-        pytest.skip("numba is not installed: only the PyTorch expression runs")
     g = torch.Generator().manual_seed(5)
     scores = (torch.rand(12, 41, generator=g, dtype=torch.float64) * 2.2 - 1.1).to(dtype)
     scores[0, :4] = torch.tensor([1.0, 0.7, 0.8, 0.9], dtype=dtype)
