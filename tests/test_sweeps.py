@@ -148,8 +148,9 @@ def test_threads_per_job_do_not_oversubscribe_the_cores(launcher, sweeper, cores
 # ----------------------------------------------------------------------------------------------- Optuna
 
 def test_optuna_study_resumes_after_kill_9_and_runs_only_the_missing_trials(tmp_path):
-    """Start a 3-trial study, `kill -9` the sweep in the middle of a trial, re-run the same command."""
-    args = optuna_args(tmp_path, 3)
+    """Start a 3-trial study, `kill -9` the sweep in the middle of a trial, re-run the same command.
+    Each trial trains 2 full epochs on `sample` (about a second), so the 0.2 s poll sees one running."""
+    args = optuna_args(tmp_path, 3, "trainer.max_steps=null", "trainer.epochs=2")
     with open(tmp_path / "first.log", "w") as log:
         proc = subprocess.Popen(sweep_cmd(tmp_path, *args), cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT,
                                 start_new_session=True)
