@@ -50,11 +50,6 @@ class TableAdam(torch.optim.Optimizer):
         super().__init__(params, dict(lr=lr, betas=betas, eps=eps, decay=True))
         self._param_sq: dict[torch.Tensor, tuple[int, float]] = {}  # p -> (p._version, ||p||^2) after our update
 
-    @property
-    def takes_sparse_grads(self) -> bool:
-        """True where every parameter is on the numba path (a sparse gradient is then never densified)."""
-        return all(_on_kernel_path(p) for group in self.param_groups for p in group["params"])
-
     @torch.no_grad()
     def step(self, closure=None, l2: float = 0.0, max_norm: float | None = None):
         loss = closure() if closure is not None else None
@@ -134,6 +129,12 @@ class TableAdam(torch.optim.Optimizer):
                             fused=fused or None, foreach=None if fused else False,
                             grad_scale=scale.to(params[0].device) if fused and scale is not None else None,
                             amsgrad=False, beta1=b1, beta2=b2, lr=lr, weight_decay=0.0, eps=eps, maximize=False)
+
+
+def takes_sparse_grads(params) -> bool:
+    """True where every parameter is on the numba path of ``TableAdam`` and ``LazyAdam``: a sparse row
+    gradient is then read on its rows, never densified."""
+    return all(_on_kernel_path(p) for p in params)
 
 
 def _on_kernel_path(p: torch.Tensor) -> bool:

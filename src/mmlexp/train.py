@@ -13,8 +13,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from mmlexp import cpu_kernels
-from mmlexp.optim import LazyAdam, TableAdam, coalesced
+from mmlexp.optim import LazyAdam, TableAdam, coalesced, takes_sparse_grads
 from mmlexp.runtime import keep_freed_memory
 
 
@@ -58,17 +57,15 @@ def make_optimizer(model: nn.Module, lr: float, name: str = "adam", l2: float = 
     params = [p for p in model.parameters() if p.requires_grad]
     if name == "sparse_adam":
         optimizer = LazyAdam(params, lr=lr, weight_decay=l2)
-        if hasattr(model, "sparse_grad"):  # its numba path updates a sparse gradient's rows directly
-            model.sparse_grad = all(cpu_kernels.applies_to(p) for p in params)
-        return optimizer
-    if name != "adam":
+    elif name == "adam":
+        tables = {id(t) for t in model.embedding_tables()} if hasattr(model, "embedding_tables") else set()
+        groups = [{"params": [p for p in params if id(p) in tables]},
+                  {"params": [p for p in params if id(p) not in tables], "decay": False}]
+        optimizer = TableAdam([g for g in groups if g["params"]], lr=lr)
+    else:
         raise ValueError(f"optimizer={name!r}: must be one of {', '.join(OPTIMIZERS)}")
-    tables = {id(t) for t in model.embedding_tables()} if hasattr(model, "embedding_tables") else set()
-    groups = [{"params": [p for p in params if id(p) in tables]},
-              {"params": [p for p in params if id(p) not in tables], "decay": False}]
-    optimizer = TableAdam([g for g in groups if g["params"]], lr=lr)
-    if hasattr(model, "sparse_grad"):
-        model.sparse_grad = optimizer.takes_sparse_grads
+    if hasattr(model, "sparse_grad"):  # both update a sparse gradient's rows directly on the numba path
+        model.sparse_grad = takes_sparse_grads(params)
     return optimizer
 
 
