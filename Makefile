@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 export MMLEXP_DATA_DIR ?= $(abspath ../shared/data)
 
 .PHONY: install run test test-slow test-postgres bench ui dashboard clean \
-	reproduce-table2 reproduce-table3 reproduce-fig3 reproduce-quick report notebooks bench-variants
+	reproduce-table2 reproduce-table3 reproduce-fig3 reproduce-quick report notebooks bench-variants dist
 
 $(STAMP): pyproject.toml constraints.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -84,5 +84,9 @@ reproduce-quick: install  ## every table and figure from short Gowalla runs (~20
 report: install  ## reports/$(REPORT_NAME)/report.md: our tracked numbers beside the paper's, figures, paired tests
 	$(PY) -m mmlexp.report --experiment $(REPORT_EXPERIMENT) --name $(REPORT_NAME) $(REPORT_ARGS)
 
+dist: install  ## dist/: sdist and wheel (the configs inside: src/mmlexp/conf links to conf/)
+	rm -rf dist build
+	$(PY) -m build --outdir dist .
+
 clean:
-	rm -rf outputs .pytest_cache .benchmarks
+	rm -rf outputs .pytest_cache .benchmarks build dist

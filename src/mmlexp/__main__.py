@@ -1,4 +1,8 @@
-"""``python -m mmlexp loss=mml dataset=gowalla``: the one training entrypoint (a thin Hydra main)."""
+"""``mmlexp loss=mml dataset=gowalla`` (or ``python -m mmlexp ...``): the one training entrypoint (a thin Hydra main).
+
+The configs ship inside the package (``mmlexp/conf``, in a checkout a link to the top-level ``conf/``);
+``MMLEXP_CONFIG_DIR`` replaces them, ``--config-dir DIR`` / ``hydra.searchpath=[...]`` add your own.
+"""
 
 import os
 import sys
@@ -7,7 +11,8 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig
 
-CONFIG_DIR = os.environ.get("MMLEXP_CONFIG_DIR", str(Path(__file__).resolve().parents[2] / "conf"))
+PACKAGED_CONFIG_DIR = str((Path(__file__).parent / "conf").resolve())
+CONFIG_DIR = os.environ.get("MMLEXP_CONFIG_DIR", PACKAGED_CONFIG_DIR)
 
 
 @hydra.main(config_path=CONFIG_DIR, config_name="config")

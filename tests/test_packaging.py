@@ -1,0 +1,35 @@
+"""The wheel holds every config of conf/ (src/mmlexp/conf links to it), the `mmlexp` command and the Hydra plugin."""
+
+import configparser
+import importlib.util
+import subprocess
+import sys
+import zipfile
+
+import pytest
+
+from tests.conftest import CONF, REPO
+
+
+def test_the_package_config_dir_is_the_top_level_conf():
+    from mmlexp.__main__ import PACKAGED_CONFIG_DIR
+
+    assert (REPO / "src" / "mmlexp" / "conf").resolve() == CONF.resolve()
+    assert PACKAGED_CONFIG_DIR == str(CONF.resolve())
+
+
+@pytest.mark.skipif(importlib.util.find_spec("build") is None, reason="needs the `build` package (dev extra)")
+def test_wheel_ships_every_config_and_the_entry_points(tmp_path):
+    subprocess.run([sys.executable, "-m", "build", "--wheel", "--outdir", str(tmp_path), str(REPO)],
+                   check=True, capture_output=True, timeout=300)
+    (wheel,) = tmp_path.glob("mmlexp-*.whl")
+    with zipfile.ZipFile(wheel) as z:
+        names = set(z.namelist())
+        entry_points = z.read(next(n for n in names if n.endswith(".dist-info/entry_points.txt"))).decode()
+    expected = {"mmlexp/conf/" + p.relative_to(CONF).as_posix() for p in CONF.rglob("*.yaml")}
+    assert len(expected) > 40 and expected <= names
+    assert "mmlexp/resources/sample/train.txt" in names
+    eps = configparser.ConfigParser()
+    eps.read_string(entry_points)
+    assert eps["console_scripts"]["mmlexp"] == "mmlexp.__main__:main"
+    assert eps["hydra.plugins"]["mmlexp_optuna"] == "mmlexp.sweep:OptunaSweeper"
