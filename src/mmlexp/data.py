@@ -5,6 +5,7 @@ Datasets:
 - ``gowalla`` / ``yelp2018``: the LightGCN split, read from ``data_dir/<name>/``,
   downloaded with pooch if missing, checked against a fingerprint, cached parsed.
 - ``custom``: any directory holding ``train.txt`` and ``test.txt``.
+- ``interactions``: any CSV/TSV/Parquet/RecBole ``.inter`` file, split here (``mmlexp.interactions``).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import os
 import re
 import tempfile
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 
@@ -45,7 +46,7 @@ KNOWN_DATASETS: dict[str, dict] = {
         "url": DEFAULT_URL,
     },
 }
-DATASET_NAMES = ("sample", *KNOWN_DATASETS, "custom")
+DATASET_NAMES = ("sample", *KNOWN_DATASETS, "custom", "interactions")
 
 
 class DataError(ValueError):
@@ -59,6 +60,8 @@ class InteractionData:
     name: str
     train: sp.csr_matrix
     test: sp.csr_matrix
+    info: dict = field(default_factory=dict)  # more fingerprint entries (dataset=interactions: the file's hash)
+    artifacts: dict = field(default_factory=dict)  # {name: text} logged with the run (id mappings)
 
     @property
     def n_users(self) -> int:
@@ -71,7 +74,7 @@ class InteractionData:
     def fingerprint(self) -> dict:
         """Counts that identify the dataset: users, items, train and test nnz."""
         return {"users": self.n_users, "items": self.n_items,
-                "train": int(self.train.nnz), "test": int(self.test.nnz)}
+                "train": int(self.train.nnz), "test": int(self.test.nnz)} | self.info
 
     def train_pairs(self) -> tuple[np.ndarray, np.ndarray]:
         """(users, items) int64 arrays, one entry per train interaction, row-major."""
@@ -221,23 +224,28 @@ def _fetch(name: str, folder: Path, base_url: str | None, download: bool) -> Non
             raise DataError(f"{name}: download of {url} into {target} failed: {e}") from e
 
 
-def _load_cache(name: str, file: Path, expected: dict) -> InteractionData | None:
-    """Cached matrices, or None if the cache file is absent, unreadable or inconsistent."""
+def _read_cache(file: Path, name: str) -> tuple[InteractionData, dict] | None:
+    """Cached matrices and the extra arrays saved with them, or None if absent or unreadable."""
     try:
         with np.load(file, allow_pickle=False) as z:
             arr = {k: z[k] for k in z.files}
-        shape = tuple(int(s) for s in arr["shape"])
+        shape = tuple(int(s) for s in arr.pop("shape"))
         mats = [sp.csr_matrix((np.ones(arr[f"{k}_indices"].size, np.float32),
-                               arr[f"{k}_indices"], arr[f"{k}_indptr"]), shape=shape)
+                               arr.pop(f"{k}_indices"), arr.pop(f"{k}_indptr")), shape=shape)
                 for k in ("train", "test")]
-        data = InteractionData(name, *mats)
-        return data if data.fingerprint() == expected else None
+        return InteractionData(name, *mats), arr
     except Exception:
         return None
 
 
-def _save_cache(file: Path, data: InteractionData) -> None:
-    """Atomically write the parsed matrices (temp file + os.replace); warn on failure."""
+def _load_cache(name: str, file: Path, expected: dict) -> InteractionData | None:
+    """Cached matrices, or None if the cache file is absent, unreadable or inconsistent."""
+    cached = _read_cache(file, name)
+    return cached[0] if cached is not None and cached[0].fingerprint() == expected else None
+
+
+def _save_cache(file: Path, data: InteractionData, **extra: np.ndarray) -> None:
+    """Atomically write the parsed matrices and ``extra`` arrays (temp file + os.replace); warn on failure."""
     try:
         file.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=file.parent, prefix=file.name, suffix=".tmp")
@@ -245,7 +253,7 @@ def _save_cache(file: Path, data: InteractionData) -> None:
             with os.fdopen(fd, "wb") as fh:
                 np.savez(fh, shape=np.array(data.train.shape),
                          train_indptr=data.train.indptr, train_indices=data.train.indices,
-                         test_indptr=data.test.indptr, test_indices=data.test.indices)
+                         test_indptr=data.test.indptr, test_indices=data.test.indices, **extra)
             os.replace(tmp, file)
         finally:
             if os.path.exists(tmp):
@@ -269,8 +277,10 @@ def _load_known(name, data_dir, cache_dir, base_url, download) -> InteractionDat
 
 
 def load_dataset(name: str, *, path: str | Path | None = None, data_dir=None, cache_dir=None,
-                 base_url: str | None = None, download: bool = True) -> InteractionData:
-    """Load a dataset by name: ``sample``, ``gowalla``, ``yelp2018`` or ``custom`` (needs ``path``).
+                 base_url: str | None = None, download: bool = True, options=None) -> InteractionData:
+    """Load a dataset by name: ``sample``, ``gowalla``, ``yelp2018``, ``custom`` or ``interactions`` (need ``path``).
+
+    ``options``: the ``interactions`` loader's settings (columns, filters, split; see ``conf/dataset/interactions.yaml``).
 
     ``data_dir`` defaults to $MMLEXP_DATA_DIR, else the user data dir; ``cache_dir`` to
     $MMLEXP_CACHE_DIR, else the user cache dir; ``base_url`` to $MMLEXP_DATA_URL, else
@@ -278,8 +288,14 @@ def load_dataset(name: str, *, path: str | Path | None = None, data_dir=None, ca
     """
     if name not in DATASET_NAMES:
         raise DataError(f"unknown dataset {name!r}; allowed: {', '.join(DATASET_NAMES)}")
-    if path is not None and name != "custom":
-        raise DataError(f"path= is only used with name='custom' (got name={name!r})")
+    if path is not None and name not in ("custom", "interactions"):
+        raise DataError(f"path= is only used with name='custom' or 'interactions' (got name={name!r})")
+    if name == "interactions":
+        if path is None:
+            raise DataError("name='interactions' needs path= a CSV, TSV, Parquet or RecBole .inter file")
+        from mmlexp.interactions import load_interactions
+
+        return load_interactions(path, options, cache_dir)
     if name in KNOWN_DATASETS:
         return _load_known(name, data_dir, cache_dir, base_url, download)
     if name == "sample":

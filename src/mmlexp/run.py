@@ -94,9 +94,11 @@ def sigterm_as_interrupt():
 
 def load_data(cfg: DictConfig) -> InteractionData:
     if OmegaConf.is_missing(cfg.dataset, "path"):
-        raise ConfigError(f"dataset.path is required for dataset={cfg.dataset.name}: "
-                          "a directory with LightGCN-format train.txt and test.txt")
-    return load_dataset(cfg.dataset.name, path=cfg.dataset.get("path"), download=cfg.dataset.get("download", True))
+        raise ConfigError(f"dataset.path is required for dataset={cfg.dataset.name}: " + (
+            "a CSV, TSV, Parquet or RecBole .inter file" if cfg.dataset.name == "interactions"
+            else "a directory with LightGCN-format train.txt and test.txt"))
+    return load_dataset(cfg.dataset.name, path=cfg.dataset.get("path"), download=cfg.dataset.get("download", True),
+                        options=OmegaConf.to_container(cfg.dataset, resolve=True))
 
 
 def train(cfg: DictConfig) -> float:
@@ -167,6 +169,8 @@ def _train(cfg: DictConfig) -> float:
     status = "FAILED"
     try:
         tracker.log_text(OmegaConf.to_yaml(resolved), "config.yaml")
+        for name, text in data.artifacts.items():  # dataset=interactions: id mappings, split record
+            tracker.log_text(text, name)
         result = fit(model, loss_fn, sampler, optimizer, users, items, evaluate, settings, generator,
                      on_epoch_end=lambda epoch, record: (tracker.log_metrics(record, step=epoch),
                                                          log.info(epoch_line(record, settings.monitor))))
