@@ -1,15 +1,19 @@
 """The MLflow UI on a tiny sweep's store: the parent run and its child runs with metrics, through the REST API
-and (marked `browser`) in headless Chromium. The screenshot is saved under reports/ (git-ignored)."""
+and (marked `browser`) in headless Chromium: the rendered pages must show the sweep's child runs and their
+metrics. Screenshots are saved under reports/ (git-ignored)."""
 
 import contextlib
+import html
 import json
 import os
+import re
 import shutil
 import signal
 import socket
 import subprocess
 import sys
 import time
+import urllib.parse
 import urllib.request
 from pathlib import Path
 
@@ -89,12 +93,15 @@ def test_rest_api_shows_the_parent_run_and_its_child_runs_with_metrics(ui):
     assert parent_metrics["finished_jobs"] == 2 and tags(parents[0])["best.run_id"] == best["info"]["run_id"]
 
 
+CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                  "--disable-component-update", "--no-first-run", "--hide-scrollbars", "--window-size=1600,900",
+                  "--virtual-time-budget=20000"]
+
+
 def screenshot(url: str, path: Path, profile: Path) -> None:
     path.parent.mkdir(exist_ok=True)
     path.unlink(missing_ok=True)
-    subprocess.run([CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                    "--disable-component-update", "--no-first-run", "--hide-scrollbars", "--window-size=1600,900",
-                    f"--user-data-dir={profile}", "--virtual-time-budget=20000", f"--screenshot={path}", url],
+    subprocess.run([CHROMIUM, *CHROMIUM_FLAGS, f"--user-data-dir={profile}", f"--screenshot={path}", url],
                    capture_output=True, timeout=180, check=False)
     assert path.exists() and path.stat().st_size > 10_000
     from PIL import Image
@@ -105,12 +112,54 @@ def screenshot(url: str, path: Path, profile: Path) -> None:
     assert hi - lo > 100  # not a blank page
 
 
+def page_text(url: str, profile: Path) -> str:
+    """The page's text once its scripts have rendered it (Chromium's --dump-dom, tags and scripts stripped)."""
+    out = subprocess.run([CHROMIUM, *CHROMIUM_FLAGS, f"--user-data-dir={profile}", "--dump-dom", url],
+                         capture_output=True, text=True, timeout=180, check=False)
+    body = re.sub(r"<(script|style)\b.*?</\1>", " ", out.stdout, flags=re.S)
+    return re.sub(r"\s+", " ", html.unescape(re.sub(r"<[^>]+>", " ", body)))
+
+
+def shown(value: float) -> str:
+    """A metric as the MLflow UI prints it: rounded to 3 decimals, no trailing zeros."""
+    return f"{round(value, 3):g}"
+
+
 @pytest.mark.browser
 @pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed (apt-get install chromium)")
-def test_browser_screenshots_of_the_runs_table_and_the_parent_run(ui, tmp_path):
-    """The runs table (the sweep: one parent row, its jobs nested) and the parent's page (its child runs)."""
+def test_browser_shows_the_sweep_its_child_runs_and_their_metrics(ui, tmp_path):
+    """The runs table (the sweep's jobs, sorted by a metric), the parent's page (its child runs) and the
+    comparison of the child runs (their metrics, with values), as rendered in headless Chromium."""
     exp = api(ui, "/api/2.0/mlflow/experiments/get-by-name?experiment_name=mmlexp")["experiment"]["experiment_id"]
-    runs = api(ui, "/api/2.0/mlflow/runs/search", {"experiment_ids": [exp],
-                                                    "filter": "tags.`sweep.role` = 'parent'"})["runs"]
-    screenshot(f"{ui}/#/experiments/{exp}/runs", SCREENSHOT, tmp_path / "profile")
-    screenshot(f"{ui}/#/experiments/{exp}/runs/{runs[0]['info']['run_id']}", PARENT_SCREENSHOT, tmp_path / "profile")
+    runs = api(ui, "/api/2.0/mlflow/runs/search", {"experiment_ids": [exp]})["runs"]
+    tags = lambda run: {t["key"]: t["value"] for t in run["data"].get("tags", [])}  # noqa: E731
+    (parent,) = [r for r in runs if tags(r).get("sweep.role") == "parent"]
+    children = sorted((r for r in runs if r is not parent), key=lambda r: r["info"]["run_name"])
+    names = [c["info"]["run_name"] for c in children]
+    assert len(names) == 2 and all(tags(c)["mlflow.parentRunId"] == parent["info"]["run_id"] for c in children)
+
+    query = urllib.parse.urlencode({"searchFilter": f"tags.`mlflow.parentRunId` = '{parent['info']['run_id']}'",
+                                    "orderByKey": "metrics.`best/recall_at_20`", "orderByAsc": "false"},
+                                   quote_via=urllib.parse.quote)
+    table = f"{ui}/#/experiments/{exp}/runs?{query}"
+    text = page_text(table, tmp_path / "profile")
+    assert all(name in text for name in names), text[:3000]
+    assert "Sort: best/recall_at_20" in text and "2 matching runs" in text, text[:3000]
+    assert parent["info"]["run_name"] not in text  # filtered to the jobs
+    screenshot(table, SCREENSHOT, tmp_path / "profile")
+
+    parent_page = f"{ui}/#/experiments/{exp}/runs/{parent['info']['run_id']}"
+    text = page_text(parent_page, tmp_path / "profile")
+    assert re.search(r"Child runs (\S+) , (\S+) ", text) and set(re.search(r"Child runs (\S+) , (\S+) ", text).groups()) \
+        == set(names), text[:3000]
+    screenshot(parent_page, PARENT_SCREENSHOT, tmp_path / "profile")
+
+    ids = urllib.parse.quote(json.dumps([c["info"]["run_id"] for c in children]))
+    text = page_text(f"{ui}/#/compare-runs?runs={ids}&experiments={urllib.parse.quote(json.dumps([exp]))}",
+                     tmp_path / "profile")
+    assert f"Run Name: {names[0]} {names[1]}" in text, text[:3000]
+    metrics = text[text.index("Metrics Show diff only"):text.index("Artifacts")]
+    assert "best/recall_at_20" in metrics and "best/ndcg_at_20" in metrics
+    for child in children:
+        value = {m["key"]: m["value"] for m in child["data"]["metrics"]}["best/recall_at_20"]
+        assert f" {shown(value)} " in metrics, (shown(value), metrics)
