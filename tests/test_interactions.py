@@ -95,6 +95,13 @@ def test_parquet_integer_ids_temporal_split_keeps_numeric_order(tmp_path, cache)
     assert users == ["index,user_id", "0,3", "1,5", "2,20"]  # numeric, not string, order
 
 
+def test_parquet_errors_name_the_row(tmp_path, cache):
+    path = tmp_path / "log.parquet"
+    pd.DataFrame({"user_id": ["a", "b", None], "item_id": ["x", "y", "z"]}).to_parquet(path)
+    with pytest.raises(DataError, match=r"log.parquet, row 3, column 'user_id' \(dataset.user_col\): empty id"):
+        load(path, cache)
+
+
 def test_k_core_is_iterated_to_a_fixed_point():
     # user 0: items 0,1; user 1: items 0,1; user 2: items 1,2. min 2 per user and per item:
     # pass 1 drops item 2 (1 user) -> user 2 has 1 item -> pass 2 drops user 2 -> item 1 still has 2 users.
@@ -151,6 +158,7 @@ def test_bad_files_name_file_line_or_column_and_cache_nothing(tmp_path, cache, n
     ({"min_user_interactions": -1}, "dataset.min_user_interactions=-1: must be an integer >= 0"),
     ({"min_rating": 3}, "dataset.min_rating=3: must be a number, with dataset.rating_col set"),
     ({"format": "xlsx"}, "dataset.format='xlsx': allowed auto, csv, tsv, parquet, inter"),
+    ({"user_column": "u"}, "dataset.user_column: unknown setting of dataset=interactions; allowed: format, sep,"),
 ])
 def test_bad_settings_name_the_key_and_what_is_allowed(tmp_path, cache, options, message):
     path = tmp_path / "log.csv"

@@ -39,7 +39,12 @@ def settings_of(options: Mapping[str, Any] | None) -> dict[str, Any]:
     """The loader's settings (defaults filled in), checked: a bad value names its key and what is allowed."""
     from mmlexp.config import ConfigError
 
-    s = DEFAULTS | {k: v for k, v in (options or {}).items() if k in DEFAULTS}
+    options = {k: v for k, v in (options or {}).items() if k not in ("name", "path", "download")}
+    unknown = sorted(set(options) - set(DEFAULTS))
+    if unknown:
+        raise ConfigError(f"dataset.{unknown[0]}: unknown setting of dataset=interactions; allowed: "
+                          f"{', '.join(DEFAULTS)}")
+    s = DEFAULTS | options
     fmt = s["format"]
     if fmt not in ("auto", *sorted(set(FORMATS.values()))):
         raise ConfigError(f"dataset.format={fmt!r}: allowed auto, csv, tsv, parquet, inter")
@@ -95,7 +100,8 @@ def read_table(path: Path, raw: bytes, s: dict[str, Any]) -> tuple[pd.DataFrame,
             frame = pd.read_parquet(io.BytesIO(raw))
         except Exception as e:  # pyarrow's ArrowInvalid and friends
             raise DataError(f"{path}: not a readable Parquet file ({e})") from e
-        return frame.reset_index(drop=True), "row"
+        frame.index = np.arange(1, len(frame) + 1)  # rows numbered from 1
+        return frame, "row"
     text = _decode(raw, path, s["encoding"])
     if not text.strip():
         raise DataError(f"{path}: the file is empty; expected a header line and one interaction per line")
