@@ -1,6 +1,7 @@
 """The wheel holds every config of conf/ (src/mmlexp/conf links to it), the `mmlexp` command and the Hydra plugin."""
 
 import configparser
+import importlib
 import importlib.util
 import subprocess
 import sys
@@ -32,4 +33,5 @@ def test_wheel_ships_every_config_and_the_entry_points(tmp_path):
     eps = configparser.ConfigParser()
     eps.read_string(entry_points)
     assert eps["console_scripts"]["mmlexp"] == "mmlexp.__main__:main"
-    assert eps["hydra.plugins"]["mmlexp_optuna"] == "mmlexp.sweep:OptunaSweeper"
+    module, _, name = eps["hydra.plugins"]["mmlexp_optuna"].partition(":")  # the Hydra plugin resolves
+    assert getattr(importlib.import_module(module), name).__name__ == "OptunaSweeper"
