@@ -23,7 +23,6 @@ from mmlexp.config import ConfigError, validate
 from mmlexp.data import DataError, InteractionData, load_dataset
 from mmlexp.evaluation import LongTail, evaluate_embeddings
 from mmlexp.splits import holdout
-from mmlexp.sweep import job_tags
 from mmlexp.tracking import Tracker, flatten, git_commit
 from mmlexp.train import TrainSettings, fit, make_optimizer
 
@@ -90,6 +89,19 @@ def sigterm_as_interrupt():
         yield
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+def sweep_job_tags(tracking_uri: str) -> dict[str, str]:
+    """A multirun job's links to its sweep (``mmlexp.sweep.jobs``); a single run never imports the sweep layer."""
+    with contextlib.suppress(Exception):
+        from hydra.core.hydra_config import HydraConfig
+        from hydra.types import RunMode
+
+        if HydraConfig.get().mode == RunMode.MULTIRUN:
+            from mmlexp.sweep.jobs import job_tags
+
+            return job_tags(tracking_uri)
+    return {}
 
 
 def load_data(cfg: DictConfig) -> InteractionData:
@@ -161,7 +173,7 @@ def _train(cfg: DictConfig) -> float:
         **{f"dataset.{k}": v for k, v in data.fingerprint().items()}, "selection": selection}
     if valid is not None:
         tags |= {"valid.interactions": int(valid.nnz), "valid.users": int((valid.getnnz(axis=1) > 0).sum())}
-    tags |= job_tags(cfg.tracking.uri)  # in a sweep: mlflow.parentRunId, sweep.id, sweep.job_num, overrides
+    tags |= sweep_job_tags(cfg.tracking.uri)  # in a sweep: mlflow.parentRunId, sweep.id, sweep.job_num, ...
     out_dir = run_directory(cfg)
     tracker.start(run_name, flatten(resolved), tags)
     status = "FAILED"
