@@ -21,6 +21,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from mmlexp.config import ConfigError, validate
 from mmlexp.data import DataError, InteractionData, load_dataset
+from mmlexp.devices import resolve_device
 from mmlexp.evaluation import LongTail, evaluate_embeddings
 from mmlexp.splits import holdout
 from mmlexp.tracking import Tracker, flatten, git_commit
@@ -43,15 +44,6 @@ def build(group: str, node: DictConfig, allowed: list[str], **kwargs: Any) -> An
             f"Allowed targets: {allowed} (extend with allowed_targets=['mypkg.*'])") from err
     except (ValueError, TypeError) as err:  # the constructor refused a value (Hydra re-raises it as is)
         raise ConfigError(f"{group}.{err}") from err
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"device={name!r}: CUDA is not available here; use device=auto or device=cpu")
-    return device
 
 
 def group_choices(cfg: DictConfig) -> dict[str, str]:
