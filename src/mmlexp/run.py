@@ -21,9 +21,9 @@ from omegaconf import DictConfig, OmegaConf
 
 from mmlexp.config import ConfigError, validate
 from mmlexp.data import DataError, InteractionData, load_dataset
+from mmlexp.devices import resolve_device
 from mmlexp.evaluation import LongTail, evaluate_embeddings
 from mmlexp.splits import holdout
-from mmlexp.sweep import job_tags
 from mmlexp.tracking import Tracker, flatten, git_commit
 from mmlexp.train import TrainSettings, fit, make_optimizer
 
@@ -44,15 +44,6 @@ def build(group: str, node: DictConfig, allowed: list[str], **kwargs: Any) -> An
             f"Allowed targets: {allowed} (extend with allowed_targets=['mypkg.*'])") from err
     except (ValueError, TypeError) as err:  # the constructor refused a value (Hydra re-raises it as is)
         raise ConfigError(f"{group}.{err}") from err
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"device={name!r}: CUDA is not available here; use device=auto or device=cpu")
-    return device
 
 
 def group_choices(cfg: DictConfig) -> dict[str, str]:
@@ -90,6 +81,19 @@ def sigterm_as_interrupt():
         yield
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+def sweep_job_tags(tracking_uri: str) -> dict[str, str]:
+    """A multirun job's links to its sweep (``mmlexp.sweep.jobs``); a single run never imports the sweep layer."""
+    with contextlib.suppress(Exception):
+        from hydra.core.hydra_config import HydraConfig
+        from hydra.types import RunMode
+
+        if HydraConfig.get().mode == RunMode.MULTIRUN:
+            from mmlexp.sweep.jobs import job_tags
+
+            return job_tags(tracking_uri)
+    return {}
 
 
 def load_data(cfg: DictConfig) -> InteractionData:
@@ -163,7 +167,7 @@ def _train(cfg: DictConfig) -> float:
         **{f"dataset.{k}": v for k, v in data.fingerprint().items()}, "selection": selection}
     if valid is not None:
         tags |= {"valid.interactions": int(valid.nnz), "valid.users": int((valid.getnnz(axis=1) > 0).sum())}
-    tags |= job_tags(cfg.tracking.uri)  # in a sweep: mlflow.parentRunId, sweep.id, sweep.job_num, overrides
+    tags |= sweep_job_tags(cfg.tracking.uri)  # in a sweep: mlflow.parentRunId, sweep.id, sweep.job_num, ...
     out_dir = run_directory(cfg)
     tracker.start(run_name, flatten(resolved), tags)
     status = "FAILED"

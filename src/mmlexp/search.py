@@ -10,7 +10,7 @@ any such draws into values that meet the loss's constraints, so no trial is spen
 Both use stick breaking with Beta(1, b) pieces drawn by inverse CDF, so k margins take k draws and k weights
 take k - 1 draws (no redundant parameter for TPE). ``custom_search_space(cfg, trial)`` is the hook that
 ``hydra.sweeper.custom_search_space`` names (conf/hparams_search/mml_optuna.yaml); the sweeper
-(``mmlexp.sweep.OptunaSweeper``) turns the values it stores on the trial into ``loss.margins=[...]`` and
+(``mmlexp.sweep.optuna_sweeper.OptunaSweeper``) turns the values it stores on the trial into ``loss.margins=[...]`` and
 ``loss.weights=[...]`` overrides, which hydra-optuna-sweeper cannot do itself (it only passes
 ``trial.params``, scalars).
 """
@@ -124,7 +124,7 @@ def custom_search_space(cfg: Any, trial: Any) -> None:
     """hydra-optuna-sweeper hook: draw the margins and weights of ``hydra.sweeper.space`` for ``trial``.
 
     The draws are trial params (``draw.margin1``...), the values they map to are stored as the trial's
-    ``overrides`` user attribute, which ``mmlexp.sweep.OptunaSweeper`` passes to the job.
+    ``overrides`` user attribute, which ``OptunaSweeper`` (mmlexp.sweep) passes to the job.
     """
     space = MarginSpace.from_config(cfg.hydra.sweeper.get("space"))
     suggest = lambda name: trial.suggest_float(f"{DRAW_PREFIX}{name}", EPS, 1.0 - EPS)  # noqa: E731

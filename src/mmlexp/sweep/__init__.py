@@ -1,0 +1,27 @@
+"""Sweeps: long grids and searches that survive crashes, shared between workers, tracked in MLflow.
+
+* ``jobs``: the job side (MLflow tags linking a job to its sweep, torch threads per parallel job).
+* ``parent``: the sweep's parent MLflow run and ``SweepCallback`` (``hydra.callbacks`` in conf/config.yaml).
+* ``optuna_sweeper``: ``OptunaSweeper`` (``hydra/sweeper=mmlexp_optuna``), a resumable Optuna search.
+* ``liveness``: is the process behind a RUNNING trial or run still alive; Optuna heartbeats.
+* ``errors``: ``SweepError``, what a sweep refuses before it writes anything.
+
+This package is a Hydra plugin (entry point in pyproject.toml), imported at every Hydra start: keep
+module-level imports light (no torch, no optuna, no mlflow).
+"""
+
+import warnings
+
+# conf/config.yaml registers SweepCallback (and mml_optuna names mmlexp.search.custom_search_space); Hydra 1.4
+# instantiates both without an execution whitelist and warns on every run. This package is imported (entry point)
+# before that happens: silence the warning for these targets only.
+warnings.filterwarnings("ignore", category=UserWarning, message=r"hydra\.utils\.instantiate\(\) resolved "
+                        r"_target_='mmlexp\.(sweep\.\w+|search\.custom_search_space)' with no")
+
+from mmlexp.sweep.errors import SweepError  # noqa: E402
+from mmlexp.sweep.jobs import SWEEP_FILE, TRIAL_ENV, job_tags, read_sweep_file, threads_per_job  # noqa: E402
+from mmlexp.sweep.optuna_sweeper import OptunaSweeper  # noqa: E402
+from mmlexp.sweep.parent import SweepCallback, open_parent  # noqa: E402
+
+__all__ = ["SweepCallback", "OptunaSweeper", "SweepError", "job_tags", "threads_per_job", "open_parent",
+           "read_sweep_file", "SWEEP_FILE", "TRIAL_ENV"]

@@ -1,0 +1,115 @@
+"""The parent MLflow run of a sweep (its jobs are child runs) and ``SweepCallback``, registered in
+``hydra.callbacks`` (conf/config.yaml): SIGTERM as Ctrl-C for the whole sweep, torch threads per job."""
+
+import contextlib
+import signal
+import socket
+import sys
+import threading
+from pathlib import Path
+from typing import Any
+
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig, OmegaConf
+
+from mmlexp.sweep.jobs import MAX_TAG, threads_per_job, write_sweep_file
+
+
+def _tracking(config: DictConfig) -> dict[str, Any] | None:
+    tracking = config.get("tracking")
+    if tracking is None or not tracking.get("enabled", True):
+        return None
+    return {"uri": tracking.uri, "experiment": tracking.experiment,
+            "artifact_location": tracking.get("artifact_location")}
+
+
+def open_parent(config: DictConfig, sweep_dir: Path, *, name: str, sweep_id: str, kind: str,
+                params: dict[str, Any], reuse: str | None = None, **info: Any):
+    """Create (or reopen ``reuse``) the sweep's parent MLflow run and write ``sweep.json``; None: no tracking."""
+    from mmlexp.tracking import Tracker, git_commit
+
+    tracking = _tracking(config)
+    if tracking is None:
+        return None
+    tracker = Tracker(tracking["uri"], tracking["experiment"], tracking["artifact_location"])
+    if not (reuse and tracker.reopen(reuse)):
+        tags = {"sweep.role": "parent", "sweep.kind": kind, "sweep.id": sweep_id,
+                "sweep.dir": str(sweep_dir.resolve()), "sweep.command": _command()[:MAX_TAG],
+                "host": socket.gethostname(), "git_commit": git_commit()}
+        tracker.start(name, {k: str(v)[:MAX_TAG] for k, v in params.items()}, tags)
+    write_sweep_file(sweep_dir, {"parent_run_id": tracker.run_id, "sweep_id": sweep_id,
+                                 "tracking_uri": tracking["uri"], **info})
+    return tracker
+
+
+def _command() -> str:
+    argv = list(sys.argv)
+    if argv and argv[0].endswith("__main__.py"):
+        argv[0] = "python -m mmlexp"
+    return " ".join(argv)
+
+
+def exit_status() -> str:
+    """The status of a run ended in a ``finally``: FINISHED, KILLED (Ctrl-C, SIGTERM) or FAILED."""
+    error = sys.exc_info()[1]
+    return "FINISHED" if error is None else "KILLED" if isinstance(error, KeyboardInterrupt) else "FAILED"
+
+
+def _raise_interrupt(signum, frame):
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+class SweepCallback(Callback):
+    """Parent MLflow run of a grid sweep; SIGTERM as Ctrl-C for the whole sweep; threads per job."""
+
+    def __init__(self) -> None:
+        self.parent = None
+        self._sigterm = None
+
+    def __getstate__(self) -> dict[str, Any]:  # jobs in other processes (joblib, submitit) need no parent run
+        return {**self.__dict__, "parent": None, "_sigterm": None}
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        if threading.current_thread() is threading.main_thread():
+            self._sigterm = signal.signal(signal.SIGTERM, _raise_interrupt)
+        if str(OmegaConf.select(config, "hydra.sweeper._target_")).startswith("mmlexp.sweep."):
+            return  # mmlexp's sweepers open their parent run themselves, after checking their inputs
+        from hydra.core.override_parser.overrides_parser import OverridesParser
+
+        sweep_dir = Path(str(config.hydra.sweep.dir))
+        overrides = list(config.hydra.overrides.task)
+        swept = [o.input_line for o in OverridesParser.create().parse_overrides(overrides) if o.is_sweep_override()]
+        self.parent = open_parent(config, sweep_dir, name=f"grid {' '.join(swept) or sweep_dir}"[:250],
+                                  sweep_id=str(sweep_dir), kind="grid", params={"sweep.overrides": " ".join(overrides)})
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        if self.parent is not None:
+            status = exit_status()
+            with contextlib.suppress(Exception):  # the best job on the parent (best effort)
+                self._summarise(config)
+            self.parent.finish(status)
+        if self._sigterm is not None:
+            signal.signal(signal.SIGTERM, self._sigterm)
+
+    def _summarise(self, config: DictConfig) -> None:
+        from mmlexp.tracking import mlflow_key
+
+        # the selection metric: on the validation slice under eval.selection=valid (never tune on test)
+        prefix = "valid/" if OmegaConf.select(config, "eval.selection") == "valid" else ""
+        client, metric = self.parent.client, f"best/{prefix}{mlflow_key(str(config.trainer.monitor))}"
+        jobs = client.search_runs([self.parent.experiment_id],
+                                  filter_string=f"tags.`mlflow.parentRunId` = '{self.parent.run_id}'")
+        done = [r for r in jobs if r.info.status == "FINISHED" and metric in r.data.metrics]
+        if done:
+            best = max(done, key=lambda r: r.data.metrics[metric])
+            self.parent.log_metrics({"best_value": best.data.metrics[metric], "finished_jobs": len(done)}, step=0)
+            self.parent.set_tags({"best.run_id": best.info.run_id, "best.job_num": best.data.tags.get("sweep.job_num"),
+                                  "best.overrides": best.data.tags.get("sweep.overrides", "")})
+
+    def on_job_start(self, config: DictConfig, **kwargs: Any) -> None:
+        threads = threads_per_job(config.hydra)
+        if threads and OmegaConf.select(config, "trainer.num_threads") is None:
+            import torch
+
+            torch.set_num_threads(threads)
+
