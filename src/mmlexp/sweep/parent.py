@@ -34,7 +34,7 @@ def open_parent(config: DictConfig, sweep_dir: Path, *, name: str, sweep_id: str
     tracker = Tracker(tracking["uri"], tracking["experiment"], tracking["artifact_location"])
     if not (reuse and tracker.reopen(reuse)):
         tags = {"sweep.role": "parent", "sweep.kind": kind, "sweep.id": sweep_id,
-                "sweep.dir": str(sweep_dir.resolve()), "sweep.command": _command()[:MAX_TAG],
+                "sweep.dir": str(sweep_dir.resolve()), "sweep.command": command_line()[:MAX_TAG],
                 "host": socket.gethostname(), "git_commit": git_commit()}
         tracker.start(name, {k: str(v)[:MAX_TAG] for k, v in params.items()}, tags)
     write_sweep_file(sweep_dir, {"parent_run_id": tracker.run_id, "sweep_id": sweep_id,
@@ -42,7 +42,7 @@ def open_parent(config: DictConfig, sweep_dir: Path, *, name: str, sweep_id: str
     return tracker
 
 
-def _command() -> str:
+def command_line() -> str:
     argv = list(sys.argv)
     if argv and argv[0].endswith("__main__.py"):
         argv[0] = "python -m mmlexp"
@@ -53,6 +53,24 @@ def exit_status() -> str:
     """The status of a run ended in a ``finally``: FINISHED, KILLED (Ctrl-C, SIGTERM) or FAILED."""
     error = sys.exc_info()[1]
     return "FINISHED" if error is None else "KILLED" if isinstance(error, KeyboardInterrupt) else "FAILED"
+
+
+def summarise(parent, config: DictConfig) -> None:
+    """The best finished job of the sweep, on its parent run (by the selection metric, never test under
+    eval.selection=valid)."""
+    from mmlexp.tracking import mlflow_key
+
+    # the selection metric: on the validation slice under eval.selection=valid (never tune on test)
+    prefix = "valid/" if OmegaConf.select(config, "eval.selection") == "valid" else ""
+    client, metric = parent.client, f"best/{prefix}{mlflow_key(str(config.trainer.monitor))}"
+    jobs = client.search_runs([parent.experiment_id],
+                              filter_string=f"tags.`mlflow.parentRunId` = '{parent.run_id}'")
+    done = [r for r in jobs if r.info.status == "FINISHED" and metric in r.data.metrics]
+    if done:
+        best = max(done, key=lambda r: r.data.metrics[metric])
+        parent.log_metrics({"best_value": best.data.metrics[metric], "finished_jobs": len(done)}, step=0)
+        parent.set_tags({"best.run_id": best.info.run_id, "best.job_num": best.data.tags.get("sweep.job_num"),
+                         "best.overrides": best.data.tags.get("sweep.overrides", "")})
 
 
 def _raise_interrupt(signum, frame):
@@ -86,25 +104,10 @@ class SweepCallback(Callback):
         if self.parent is not None:
             status = exit_status()
             with contextlib.suppress(Exception):  # the best job on the parent (best effort)
-                self._summarise(config)
+                summarise(self.parent, config)
             self.parent.finish(status)
         if self._sigterm is not None:
             signal.signal(signal.SIGTERM, self._sigterm)
-
-    def _summarise(self, config: DictConfig) -> None:
-        from mmlexp.tracking import mlflow_key
-
-        # the selection metric: on the validation slice under eval.selection=valid (never tune on test)
-        prefix = "valid/" if OmegaConf.select(config, "eval.selection") == "valid" else ""
-        client, metric = self.parent.client, f"best/{prefix}{mlflow_key(str(config.trainer.monitor))}"
-        jobs = client.search_runs([self.parent.experiment_id],
-                                  filter_string=f"tags.`mlflow.parentRunId` = '{self.parent.run_id}'")
-        done = [r for r in jobs if r.info.status == "FINISHED" and metric in r.data.metrics]
-        if done:
-            best = max(done, key=lambda r: r.data.metrics[metric])
-            self.parent.log_metrics({"best_value": best.data.metrics[metric], "finished_jobs": len(done)}, step=0)
-            self.parent.set_tags({"best.run_id": best.info.run_id, "best.job_num": best.data.tags.get("sweep.job_num"),
-                                  "best.overrides": best.data.tags.get("sweep.overrides", "")})
 
     def on_job_start(self, config: DictConfig, **kwargs: Any) -> None:
         threads = threads_per_job(config.hydra)
