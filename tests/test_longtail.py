@@ -64,7 +64,8 @@ def brute_force(user_emb, item_emb, train, test, k, groups, pop, n_groups):
 def test_longtail_metrics_equal_a_per_user_loop(method, split, seed):
     user_emb, item_emb, train, test = random_data(seed)
     lt = LongTail.from_train(train, n_groups=4, split=split)
-    pop = np.asarray((train != 0).sum(axis=0)).ravel().astype(np.int64)  # training interactions per item, computed independently
+    # training interactions per item, computed independently
+    pop = np.asarray((train != 0).sum(axis=0)).ravel().astype(np.int64)
     np.testing.assert_array_equal(lt.popularity, pop)
     ks = (5, 20)
     out = evaluate_embeddings(user_emb, item_emb, train, test, ks=ks, longtail=lt)

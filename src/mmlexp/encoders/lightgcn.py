@@ -18,8 +18,16 @@ SSM setting (paper-reference §6): ``n_layers=1``.
 import torch
 from torch import nn
 
-from mmlexp.encoders._scoring import (check_dim, check_dropout, check_init_std, check_similarity, check_train,
-                                      eval_scores, finish, pair_scores)
+from mmlexp.encoders._scoring import (
+    check_dim,
+    check_dropout,
+    check_init_std,
+    check_similarity,
+    check_train,
+    eval_scores,
+    finish,
+    pair_scores,
+)
 from mmlexp.encoders.graph import normalized_adjacency, propagate
 
 

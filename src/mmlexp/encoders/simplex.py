@@ -41,8 +41,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mmlexp.encoders._scoring import (check_dim, check_dropout, check_init_std, check_similarity, check_train,
-                                      eval_scores, finish, pair_scores)
+from mmlexp.encoders._scoring import (
+    check_dim,
+    check_dropout,
+    check_init_std,
+    check_similarity,
+    check_train,
+    eval_scores,
+    finish,
+    pair_scores,
+)
 from mmlexp.encoders.graph import row_entries, segment_expand, segment_max, segment_sum
 
 AGGREGATORS = ("mean", "user_attention", "self_attention")

@@ -108,7 +108,7 @@ def _rank(user_emb, item_emb, exclude: sp.csr_matrix, k: int, users: np.ndarray,
         raise ValueError(f"chunk_size must be a positive int or None, got {chunk_size!r}")
     device = item_emb.device
     method = _resolve_method(method, device)
-    n_eval, n_items = len(users), item_emb.shape[0]
+    n_eval = len(users)
     if n_eval == 0:
         return torch.empty(0, k, dtype=torch.long)
 

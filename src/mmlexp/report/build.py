@@ -154,16 +154,19 @@ def paper_table_md(name: str, table: pd.DataFrame) -> str:
     return "\n\n".join(parts)
 
 
+def _curve_mean(curves: pd.DataFrame, claim: pd.Series, loss: str) -> float:
+    """Our mean of ``loss`` in the claim's (dataset, metric, negatives) cell of the curves; NaN if absent."""
+    hit = curves[(curves["dataset"] == claim["dataset"]) & (curves["metric"] == claim["metric"])
+                 & (curves["loss"] == loss) & (curves["num_negatives"] == claim["num_negatives"])]
+    return float(hit["mean"].iloc[0]) if len(hit) else math.nan
+
+
 def figure3_claims(curves: pd.DataFrame) -> pd.DataFrame:
     """The paper's Figure 3 prose (MML's relative gain over CCL at 10 negatives) next to ours."""
     claims = paper_numbers("figure3")
     rows = []
     for _, c in claims.iterrows():
-        def mean(loss):
-            hit = curves[(curves["dataset"] == c["dataset"]) & (curves["metric"] == c["metric"])
-                         & (curves["loss"] == loss) & (curves["num_negatives"] == c["num_negatives"])]
-            return float(hit["mean"].iloc[0]) if len(hit) else math.nan
-        ours, base = mean(c["loss"]), mean(c["baseline"])
+        ours, base = _curve_mean(curves, c, c["loss"]), _curve_mean(curves, c, c["baseline"])
         rows.append({**c.to_dict(), "paper_relative_gain_pct": c["relative_gain_pct"],
                      "ours_relative_gain_pct": 100 * (ours - base) / base if base else math.nan,
                      "ours_mean": ours, "ours_baseline_mean": base})

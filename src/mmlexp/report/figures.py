@@ -83,7 +83,7 @@ def plot_time_to_accuracy(history: pd.DataFrame, runs: pd.DataFrame, metric: str
     fig = Figure(figsize=(5.0 * max(1, len(datasets)), 3.6), layout="constrained")
     axes = fig.subplots(1, max(1, len(datasets)), squeeze=False)[0]
     losses = ordered_losses(info["loss"]) if len(info) else []
-    for ax, dataset in zip(axes, datasets or [None]):
+    for ax, dataset in zip(axes, datasets or [None], strict=True):
         ax.set_xlabel("wall-clock seconds since training start")
         ax.set_ylabel(METRIC_LABELS.get(metric, metric))
         ax.set_title(DATASET_LABELS.get(dataset, dataset) if dataset else "no per-epoch history")
@@ -126,7 +126,7 @@ def plot_long_tail(df: pd.DataFrame, k: int = 20) -> Figure | None:
     fig = Figure(figsize=(5.0 * len(datasets), 3.6), layout="constrained")
     axes = fig.subplots(1, len(datasets), squeeze=False)[0]
     width = 0.8 / max(1, len(losses))
-    for ax, dataset in zip(axes, datasets):
+    for ax, dataset in zip(axes, datasets, strict=True):
         for i, loss in enumerate(losses):
             sub = agg[(agg["dataset"] == dataset) & (agg["loss"] == loss)].set_index("metric").reindex(cols)
             if sub["mean"].isna().all():
