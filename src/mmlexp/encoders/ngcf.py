@@ -37,6 +37,8 @@ from mmlexp.encoders.lightgcn import check_layers
 
 
 class NGCF(nn.Module):
+    adjacency: torch.Tensor  # buffer (register_buffer): the normalised adjacency
+
     def __init__(self, n_users: int, n_items: int, dim: int = 64, n_layers: int = 3, message_dropout: float = 0.1,
                  negative_slope: float = 0.2, dropout: float = 0.0, init_std: float = 1e-4,
                  similarity: str = "cosine", train=None):

@@ -34,6 +34,10 @@ from mmlexp.encoders.graph import batch_csr
 
 
 class SVDPlusPlus(nn.Module):
+    indptr: torch.Tensor  # buffers (register_buffer): the train CSR and its |N(u)|^-1/2 weights
+    indices: torch.Tensor
+    weights: torch.Tensor
+
     def __init__(self, n_users: int, n_items: int, dim: int = 64, dropout: float = 0.0, init_std: float = 1e-4,
                  similarity: str = "cosine", train=None):
         super().__init__()

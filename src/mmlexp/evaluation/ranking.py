@@ -119,6 +119,7 @@ def _rank(user_emb, item_emb, exclude: sp.csr_matrix, k: int, users: np.ndarray,
         else exclude[users]
     mask = _ChunkMask(rows, device)
 
+    ranker: _DenseTopK | _BlockedTopK
     if method == "topk":
         ranker = _DenseTopK(v, k)
     else:
@@ -218,13 +219,13 @@ class _BlockedTopK:
         vp[:n_items] = v
         self.vc = vp  # coarse item matrix, padded with zero rows (their scores are set to -inf)
         self.bf16 = bf16
-        self.exact_fallback = None  # a _BlockedTopK in v.dtype, used once a bf16 chunk fails
+        self.exact_fallback: _BlockedTopK | None = None  # in v.dtype, used once a bf16 chunk fails
         if bf16:
             rel = (_BF16_REL_ERR + 2 * d * 2.0**-24) * _BF16_SAFETY
             self.delta_scale = rel * float(v.norm(dim=1).max())
             self.delta_abs = d * 2.0**-120  # bf16 products flushed to zero (denormals)
         self.buf = self.bm_buf = self.v_buf = None
-        self.offsets = {}
+        self.offsets: dict[int, torch.Tensor] = {}
         self.n_candidates = 0  # diagnostics: candidates selected so far (summed over chunks)
 
     def default_chunk(self, budget: int) -> int:

@@ -142,13 +142,13 @@ def paper_table_md(name: str, table: pd.DataFrame) -> str:
         row_keys = sel[list(keys)].drop_duplicates()
         for _, rk in row_keys.iterrows():
             sub = sel[(sel[list(keys)] == rk.values).all(axis=1)].set_index(["dataset", "metric"])
-            label = [figures.LOSS_LABELS.get(v, v) if k == "loss" else ("SimpleX" if v == "simplex" else
-                     "MF" if v == "mf" else v) for k, v in rk.items()]
+            row_label = [figures.LOSS_LABELS.get(v, v) if k == "loss" else ("SimpleX" if v == "simplex" else
+                         "MF" if v == "mf" else v) for k, v in rk.items()]
             cells = []
             for d, m in cols:
                 r = sub.loc[(d, m)] if (d, m) in sub.index else pd.Series(dtype=object)
                 cells += [fmt_ours(r), fmt(r.get("paper")), fmt(r.get("diff"), sign=True)]
-            rows.append([*label, *cells])
+            rows.append([*row_label, *cells])
         parts.append(f"Selection `{selection}` ({SELECTION_NOTE.get(selection, selection)}):\n\n"
                      + md_table(header, rows))
     return "\n\n".join(parts)
