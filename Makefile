@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 # Tests and benchmarks read the offline copies of Gowalla/Yelp2018 beside the repo.
 export MMLEXP_DATA_DIR ?= $(abspath ../shared/data)
 
-.PHONY: install run test test-slow test-postgres bench ui dashboard clean \
+.PHONY: install run test test-slow test-postgres lint format bench ui dashboard clean \
 	reproduce-table2 reproduce-table3 reproduce-fig3 reproduce-quick report notebooks bench-variants
 
 $(STAMP): pyproject.toml constraints.txt
@@ -25,6 +25,15 @@ test: install  ## the test suite (real-data checks marked slow are left to `make
 
 test-slow: install  ## real-data checks on Gowalla (minutes)
 	$(PY) -m pytest -m slow $(PYTEST_ARGS)
+
+lint: install  ## ruff (lint rules, then formatting) and mypy on src/mmlexp, as CI and the pre-commit hooks run them
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy src/mmlexp
+
+format: install  ## rewrite the tree as `make lint` wants it: ruff format, then ruff's safe fixes (imports, ...)
+	$(VENV)/bin/ruff format .
+	$(VENV)/bin/ruff check --fix .
 
 bench: install  ## speed benchmarks on Gowalla, side by side with a plain PyTorch loop
 	$(PY) benchmarks/bench_training.py --batch 256 1024 --variants shared sparse_adam bf16
@@ -85,4 +94,4 @@ report: install  ## reports/$(REPORT_NAME)/report.md: our tracked numbers beside
 	$(PY) -m mmlexp.report --experiment $(REPORT_EXPERIMENT) --name $(REPORT_NAME) $(REPORT_ARGS)
 
 clean:
-	rm -rf outputs .pytest_cache .benchmarks
+	rm -rf outputs .pytest_cache .benchmarks .mypy_cache .ruff_cache

@@ -101,6 +101,6 @@ def validate(cfg: DictConfig) -> None:
         if not check(value):
             raise ConfigError(f"{key}={value!r}: must be {allowed}")
     monitor = cfg.trainer.monitor
-    allowed = metric_names(cfg.eval.ks)
-    if monitor not in allowed:
-        raise ConfigError(f"trainer.monitor={monitor!r}: must be one of {allowed} (metrics at eval.ks)")
+    names = metric_names(cfg.eval.ks)
+    if monitor not in names:
+        raise ConfigError(f"trainer.monitor={monitor!r}: must be one of {names} (metrics at eval.ks)")
