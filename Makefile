@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 export MMLEXP_DATA_DIR ?= $(abspath ../shared/data)
 
 .PHONY: install run test test-slow test-postgres lint format bench ui dashboard clean \
-	reproduce-table2 reproduce-table3 reproduce-fig3 reproduce-quick report notebooks bench-variants
+	reproduce-table2 reproduce-table3 reproduce-fig3 reproduce-quick reproduce-gowalla report notebooks bench-variants
 
 $(STAMP): pyproject.toml constraints.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -64,6 +64,7 @@ ESTIMATE := $(PY) scripts/estimate_runtime.py
 SWEEP := $(PY) -m mmlexp -m
 REPORT_EXPERIMENT ?= reproduce
 REPORT_NAME ?= paper
+RUNS ?= /work/runs
 
 reproduce-table2: install  ## Table 2: {MF, SimpleX} x {CCL, MML} x early stop Y/N, 100 negatives, 100 epochs, both datasets
 	$(ESTIMATE) +experiment=table2 seed=$(SEEDS) $(ARGS)
@@ -79,6 +80,10 @@ reproduce-fig3: install  ## Figure 3: MML / CCL / BSL with MF at 10 ... 800 nega
 	$(ESTIMATE) +experiment=fig3 seed=$(SEEDS) $(ARGS)
 	$(SWEEP) +experiment=fig3 seed=$(SEEDS) $(ARGS)
 	$(MAKE) --no-print-directory report
+
+# The committed Gowalla reproduction (results/gowalla/): 15 full runs, resumable (stores in RUNS=/work/runs).
+reproduce-gowalla: install  ## MML paper on Gowalla: Table 3 + Figure 3 claims, 100 epochs each (hours; re-run to resume)
+	RUNS=$(RUNS) PY=$(abspath $(PY)) scripts/reproduce_gowalla.sh
 
 # The same pipeline on the CPU in about 20 minutes (Gowalla, 200 steps per run; MLflow experiment reproduce-quick).
 reproduce-quick: install  ## every table and figure from short Gowalla runs (~20 min on 2 cores; not converged)

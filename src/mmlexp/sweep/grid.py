@@ -149,7 +149,8 @@ class GridSweeper(BasicSweeper):
                                         f"+hydra.job.env_set.{POINT_ENV}={p.idx}"] for p in batch]
             for p in batch:
                 if p.attempts > 1:
-                    log.info(f"Grid point {p.idx} was interrupted before: resuming it ({' '.join(p.overrides)})")
+                    log.info(f"Grid point {p.idx}, attempt {p.attempts} (interrupted or failed before; it continues "
+                             f"from its checkpoint if it has one): {' '.join(p.overrides)}")
             stop = threading.Event()
             beat = threading.Thread(target=self._beat, args=(ledger, [p.idx for p in batch], stop), daemon=True)
             beat.start()
