@@ -68,7 +68,7 @@ def test_a_run_killed_after_epoch_k_ends_identical_to_an_uninterrupted_one(tmp_p
     resumed = torch.load(tmp_path / "cut" / CHECKPOINT_FILE, weights_only=True)
     for key in whole["model"]:
         assert torch.equal(whole["model"][key], resumed["model"][key]), key  # bit-identical on the CPU
-    for a, b in zip(whole["optimizer"]["state"].values(), resumed["optimizer"]["state"].values()):
+    for a, b in zip(whole["optimizer"]["state"].values(), resumed["optimizer"]["state"].values(), strict=True):
         assert all(torch.equal(a[k], b[k]) for k in a if torch.is_tensor(a[k]))
     assert whole["best_metrics"] == resumed["best_metrics"] and whole["best_epoch"] == resumed["best_epoch"]
     assert [r["recall@20"] for r in whole["history"]] == [r["recall@20"] for r in resumed["history"]]

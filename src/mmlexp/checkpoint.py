@@ -18,11 +18,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import yaml
-
-from mmlexp.tracking import flatten
+from omegaconf import OmegaConf
 
 from mmlexp.config import ConfigError
+from mmlexp.tracking import flatten
 
 CHECKPOINT_FILE = "checkpoint.pt"
 # Settings a resumed run may change: how long it trains, where it logs, how it shows progress.
@@ -59,7 +58,8 @@ def changed_settings(saved_yaml: str | None, config: dict[str, Any]) -> list[str
     """Config keys whose values differ from the checkpoint's config (``MAY_CHANGE`` left out)."""
     if not saved_yaml:
         return []
-    old, new = flatten(yaml.safe_load(saved_yaml) or {}), flatten(config)
+    saved: Any = OmegaConf.to_container(OmegaConf.create(saved_yaml))
+    old, new = flatten(saved if isinstance(saved, dict) else {}), flatten(config)
     keys = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
     return [k for k in keys if not k.startswith(MAY_CHANGE)]
 

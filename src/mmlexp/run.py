@@ -19,13 +19,13 @@ from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from mmlexp.checkpoint import CHECKPOINT_FILE, find_resume, save_atomic
 from mmlexp.config import ConfigError, validate
 from mmlexp.data import DataError, InteractionData, load_dataset
 from mmlexp.devices import resolve_device
 from mmlexp.evaluation import LongTail, evaluate_embeddings
 from mmlexp.splits import holdout
 from mmlexp.tracking import Tracker, flatten, git_commit
-from mmlexp.checkpoint import CHECKPOINT_FILE, find_resume, save_atomic
 from mmlexp.train import Diverged, TrainSettings, fit, make_optimizer
 
 log = logging.getLogger("mmlexp")
@@ -147,8 +147,8 @@ def _train(cfg: DictConfig) -> float:
     settings = TrainSettings(**{k: cfg.trainer[k] for k in TrainSettings.__dataclass_fields__})
     out_dir = run_directory(cfg)
     shapes = {k: list(v.shape) for k, v in model.state_dict().items()}
-    resume = find_resume(cfg.trainer.get("resume", "auto"), out_dir, data.fingerprint(), shapes,
-                         OmegaConf.to_container(cfg, resolve=True))
+    resolved: dict[str, Any] = OmegaConf.to_container(cfg, resolve=True)  # type: ignore[assignment]
+    resume = find_resume(cfg.trainer.get("resume", "auto"), out_dir, data.fingerprint(), shapes, resolved)
     users, items = (torch.from_numpy(a).to(device) for a in replace(data, train=fit_train).train_pairs())
     ks = list(cfg.eval.ks)
     longtail_cfg = cfg.eval.get("longtail") or {}
@@ -172,7 +172,6 @@ def _train(cfg: DictConfig) -> float:
     run_name = cfg.tracking.run_name or "-".join(
         [choices.get("encoder", "?"), choices.get("loss", "?"), data.name, f"N{cfg.sampler.get('num_negatives', '-')}"])
     tracker = Tracker(cfg.tracking.uri, cfg.tracking.experiment, cfg.tracking.artifact_location, cfg.tracking.enabled)
-    resolved = OmegaConf.to_container(cfg, resolve=True)
     tags = {f"choice.{k}": v for k, v in choices.items()} | {
         "dataset": data.name, "device": str(device), "git_commit": git_commit(),
         "mlflow.source.git.commit": git_commit(), "torch": torch.__version__,
@@ -182,7 +181,7 @@ def _train(cfg: DictConfig) -> float:
     tags |= sweep_job_tags(cfg.tracking.uri)  # in a sweep: mlflow.parentRunId, sweep.id, sweep.job_num, ...
     tracker.close_dead_runs()  # runs of this store left RUNNING by dead processes -> KILLED
     reopened = resume is not None and resume.get("tracking_uri") == cfg.tracking.uri and \
-        tracker.reopen(resume.get("run_id"))
+        tracker.reopen(str(resume.get("run_id")))
     if not reopened:
         tracker.start(run_name, flatten(resolved), tags | ({"resumed_from": resume["path"]} if resume else {}))
     if resume is not None:
@@ -194,13 +193,16 @@ def _train(cfg: DictConfig) -> float:
     def save_checkpoint(state: dict) -> None:
         save_atomic(state | identity, out_dir / CHECKPOINT_FILE)
 
+    def on_epoch_end(epoch: int, record: dict[str, float]) -> None:
+        tracker.log_metrics(record, step=epoch)
+        log.info(epoch_line(record, settings.monitor))
+
     status = "FAILED"
     try:
         if not reopened:
             tracker.log_text(OmegaConf.to_yaml(resolved), "config.yaml")
         result = fit(model, loss_fn, sampler, optimizer, users, items, evaluate, settings, generator,
-                     on_epoch_end=lambda epoch, record: (tracker.log_metrics(record, step=epoch),
-                                                         log.info(epoch_line(record, settings.monitor))),
+                     on_epoch_end=on_epoch_end,
                      checkpoint=save_checkpoint if cfg.trainer.get("checkpoint", True) else None, resume=resume)
         best = {f"best/{k}": v for k, v in result.best_metrics.items()}
         tracker.log_metrics(best | {"best_epoch": result.best_epoch, "steps": result.steps}, step=result.best_epoch)

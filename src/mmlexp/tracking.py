@@ -56,7 +56,8 @@ def dead_reason(tags: Mapping[str, str], now: float, grace_s: float = STALE_AFTE
     if host is None or pid is None:
         return None
     if host == socket.gethostname():
-        if not alive_since(pid, tags.get(PID_STARTED_TAG)):
+        started = tags.get(PID_STARTED_TAG)
+        if not alive_since(pid, None if started is None else float(started)):
             return f"process {pid} on {host} is gone"
         return None
     beat = float(tags.get(HEARTBEAT_TAG) or 0)
@@ -69,7 +70,8 @@ def close_dead_runs(client, grace_s: float = STALE_AFTER_S) -> list[str]:
     """Mark KILLED every RUNNING run of the store whose process is dead (``dead_reason``); returns their ids."""
     from mlflow.entities import RunTag, ViewType
 
-    closed, now = [], time.time()
+    closed: list[str] = []
+    now = time.time()
     experiments = [e.experiment_id for e in client.search_experiments(view_type=ViewType.ACTIVE_ONLY)]
     if not experiments:
         return closed
@@ -141,7 +143,8 @@ class Tracker:
     """Thin wrapper over ``MlflowClient`` for one run. ``enabled=False`` turns every call into a no-op."""
 
     def __init__(self, uri: str, experiment: str, artifact_location: str | None = None, enabled: bool = True):
-        self.enabled, self.run_id = enabled, None
+        self.enabled = enabled
+        self.run_id: str = ""  # set by start() or reopen()
         self._beat_stop: threading.Event | None = None
         if not enabled:
             return
@@ -244,7 +247,7 @@ class Tracker:
     def finish(self, status: str = "FINISHED") -> None:
         """End the run as FINISHED, FAILED or KILLED."""
         self.stop_heartbeat()
-        if self.enabled and self.run_id is not None:
+        if self.enabled and self.run_id:
             self.client.set_terminated(self.run_id, status=status)
 
     @property

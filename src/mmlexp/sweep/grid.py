@@ -50,11 +50,13 @@ class GridSweeper(BasicSweeper):
 
     def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
         super().setup(hydra_context=hydra_context, task_function=task_function, config=config)
-        self.hydra_context = hydra_context
+        self.context, self.cfg = hydra_context, config  # (the base class keeps them as Optional)
+        assert self.launcher is not None
+        self.job_launcher = self.launcher
 
     # ---- the points, checked before anything is written
     def points(self, arguments: list[str]) -> list[list[str]]:
-        parser = OverridesParser.create(config_loader=self.hydra_context.config_loader)
+        parser = OverridesParser.create(config_loader=self.context.config_loader)
         try:
             overrides = parser.parse_overrides(self._parse_config() + list(arguments))
             batches = self.split_arguments(overrides, None)
@@ -70,7 +72,7 @@ class GridSweeper(BasicSweeper):
         for idx, point in enumerate(points):
             where = f"grid point {idx} of {len(points)} ({' '.join(point)})"
             try:
-                cfg = self.hydra_context.config_loader.load_sweep_config(self.config, point)
+                cfg = self.context.config_loader.load_sweep_config(self.cfg, point)
                 with contextlib.suppress(Exception):
                     del cfg["hydra"]
                 validate(cfg)
@@ -88,23 +90,24 @@ class GridSweeper(BasicSweeper):
                 raise SweepError(f"hydra.sweeper.batch_size={self.batch_size!r}: must be an integer >= 1")
             points = self.points(arguments)
             self.check(points)
-            tracking = OmegaConf.select(self.config, "tracking.uri") or ""
-            experiment = OmegaConf.select(self.config, "tracking.experiment") or ""
+            tracking = OmegaConf.select(self.cfg, "tracking.uri") or ""
+            experiment = OmegaConf.select(self.cfg, "tracking.experiment") or ""
             ledger = Ledger(str(self.storage), grace_period=self.grace_period)
         except SweepError as err:  # a clear message, no traceback; nothing was written
             print(f"mmlexp: error: {err}", file=sys.stderr)
             sys.exit(2)
         fp = fingerprint(points, f"{tracking}#{experiment}")
-        here = Path(str(self.config.hydra.sweep.dir)).resolve()
+        here = Path(str(self.cfg.hydra.sweep.dir)).resolve()
         grid = ledger.open_grid(fp, points, str(here), command_line()[:MAX_TAG], fresh=bool(self.fresh))
         sweep_dir = Path(grid["sweep_dir"])
         states = ledger.states()
         done = sum(s == FINISHED for s in states.values())
         log.info(f"Grid {fp[:12]} (generation {grid['generation']}, {len(points)} points, ledger "
-                 f"{mask_url(str(self.storage))}): {done} finished, {len(points) - done} to run; run dirs in {sweep_dir}")
+                 f"{mask_url(str(self.storage))}): {done} finished, {len(points) - done} to run; "
+                 f"run dirs in {sweep_dir}")
         parent = self._parent(ledger, grid, sweep_dir, points, arguments)
         sweep_dir.mkdir(parents=True, exist_ok=True)
-        OmegaConf.save(self.config, sweep_dir / "multirun.yaml")
+        OmegaConf.save(self.cfg, sweep_dir / "multirun.yaml")
         failed: list[str] = []
         try:
             self._loop(ledger, sweep_dir, failed)
@@ -121,7 +124,7 @@ class GridSweeper(BasicSweeper):
         swept = [a for a in arguments if "," in a or "(" in a] or [str(sweep_dir)]
 
         def open_(reuse: str | None):
-            return open_parent(self.config, sweep_dir, name=f"grid {' '.join(swept)}"[:250], sweep_id=ledger.key[0],
+            return open_parent(self.cfg, sweep_dir, name=f"grid {' '.join(swept)}"[:250], sweep_id=ledger.grid[0],
                                kind="grid", params={"sweep.overrides": " ".join(arguments), "grid.points": len(points)},
                                reuse=reuse, grid_generation=grid["generation"])
 
@@ -156,8 +159,8 @@ class GridSweeper(BasicSweeper):
             beat.start()
             told: set[int] = set()
             try:
-                returns = self.launcher.launch(overrides, initial_job_idx=batch[0].idx)
-                for p, ret in zip(batch, returns):
+                returns = self.job_launcher.launch(overrides, initial_job_idx=batch[0].idx)
+                for p, ret in zip(batch, returns, strict=True):
                     if ret.status == JobStatus.COMPLETED:
                         ledger.finish(p.idx, FINISHED)
                     else:
@@ -194,5 +197,5 @@ class GridSweeper(BasicSweeper):
                                                                                   states.values())}, step=0)
             from mmlexp.sweep.parent import summarise
 
-            summarise(parent, self.config)
+            summarise(parent, self.cfg)
         parent.finish("FAILED" if status == "FINISHED" and (failed or finished < n_points) else status)

@@ -70,8 +70,9 @@ def threads_per_job(hydra_cfg: Any, cores: int | None = None) -> int | None:
     cores = cores or len(os.sched_getaffinity(0))
     launcher = hydra_cfg.get("launcher") or {}
     target = str(launcher.get("_target_", ""))
-    if launcher.get("cpus_per_task"):
-        return int(launcher.get("cpus_per_task"))
+    cpus = launcher.get("cpus_per_task")
+    if cpus:
+        return int(cpus)
     parallel = launcher.get("n_jobs")
     if parallel is None and target.endswith("LocalLauncher") and "submitit" in target:
         sweeper = hydra_cfg.get("sweeper") or {}

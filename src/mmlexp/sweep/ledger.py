@@ -103,8 +103,8 @@ class Ledger:
         """Find (or create) the grid ``fp``; ``fresh``: start its next generation.  Returns its row.
         Points of the current generation that failed before are pending again."""
         with self.engine.begin() as db:
-            row = db.execute(sa.select(grids).where(grids.c.fingerprint == fp)).mappings().first()
-            if row is None:
+            found = db.execute(sa.select(grids).where(grids.c.fingerprint == fp)).mappings().first()
+            if found is None:
                 try:
                     db.execute(grids.insert().values(fingerprint=fp, generation=1, sweep_dir=sweep_dir,
                                                      command=command, n_points=len(point_overrides),
@@ -113,10 +113,10 @@ class Ledger:
                     pass
             elif fresh:
                 db.execute(grids.update().where(grids.c.fingerprint == fp).values(
-                    generation=row["generation"] + 1, sweep_dir=sweep_dir, parent_run_id=None, command=command,
+                    generation=found["generation"] + 1, sweep_dir=sweep_dir, parent_run_id=None, command=command,
                     created=time.time()))
         with self.engine.begin() as db:
-            row = dict(db.execute(sa.select(grids).where(grids.c.fingerprint == fp)).mappings().one())
+            row: dict[str, Any] = dict(db.execute(sa.select(grids).where(grids.c.fingerprint == fp)).mappings().one())
         self.key = (fp, row["generation"])
         with self.engine.begin() as db:
             known = {r.idx for r in db.execute(sa.select(points.c.idx).where(*self._where()))}
@@ -132,16 +132,23 @@ class Ledger:
             db.execute(points.update().where(*self._where(), points.c.state == FAILED).values(state=PENDING))
         return row
 
+    @property
+    def grid(self) -> tuple[str, int]:
+        """(fingerprint, generation) of the grid opened by ``open_grid``."""
+        if self.key is None:
+            raise RuntimeError("open_grid() first")
+        return self.key
+
     def set_parent(self, run_id: str) -> str:
         """Record the grid's parent MLflow run unless another worker did first; returns the one recorded."""
-        fp, generation = self.key
+        fp, generation = self.grid
         with self.engine.begin() as db:
             db.execute(grids.update().where(grids.c.fingerprint == fp, grids.c.generation == generation,
                                             grids.c.parent_run_id.is_(None)).values(parent_run_id=run_id))
             return db.execute(sa.select(grids.c.parent_run_id).where(grids.c.fingerprint == fp)).scalar_one()
 
     def _where(self) -> list:
-        fp, generation = self.key
+        fp, generation = self.grid
         return [points.c.fingerprint == fp, points.c.generation == generation]
 
     # ---- points

@@ -5,7 +5,6 @@ import contextlib
 import threading
 from typing import Any
 
-
 from mmlexp.tracking import alive_since
 
 

@@ -35,7 +35,7 @@ def open_parent(config: DictConfig, sweep_dir: Path, *, name: str, sweep_id: str
     if not (reuse and tracker.reopen(reuse)):
         tags = {"sweep.role": "parent", "sweep.kind": kind, "sweep.id": sweep_id,
                 "sweep.dir": str(sweep_dir.resolve()), "sweep.command": command_line()[:MAX_TAG],
-                "host": socket.gethostname(), "git_commit": git_commit()}
+                "host": socket.gethostname(), "git_commit": git_commit() or ""}
         tracker.start(name, {k: str(v)[:MAX_TAG] for k, v in params.items()}, tags)
     write_sweep_file(sweep_dir, {"parent_run_id": tracker.run_id, "sweep_id": sweep_id,
                                  "tracking_uri": tracking["uri"], **info})
@@ -81,8 +81,8 @@ class SweepCallback(Callback):
     """Parent MLflow run of a grid sweep; SIGTERM as Ctrl-C for the whole sweep; threads per job."""
 
     def __init__(self) -> None:
-        self.parent = None
-        self._sigterm = None
+        self.parent: Any = None
+        self._sigterm: Any = None
 
     def __getstate__(self) -> dict[str, Any]:  # jobs in other processes (joblib, submitit) need no parent run
         return {**self.__dict__, "parent": None, "_sigterm": None}
@@ -96,7 +96,8 @@ class SweepCallback(Callback):
 
         sweep_dir = Path(str(config.hydra.sweep.dir))
         overrides = list(config.hydra.overrides.task)
-        swept = [o.input_line for o in OverridesParser.create().parse_overrides(overrides) if o.is_sweep_override()]
+        swept = [str(o.input_line) for o in OverridesParser.create().parse_overrides(overrides)
+                 if o.is_sweep_override()]
         self.parent = open_parent(config, sweep_dir, name=f"grid {' '.join(swept) or sweep_dir}"[:250],
                                   sweep_id=str(sweep_dir), kind="grid", params={"sweep.overrides": " ".join(overrides)})
 
