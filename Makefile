@@ -7,8 +7,8 @@ STAMP := $(VENV)/.installed
 # Tests and benchmarks read the offline copies of Gowalla/Yelp2018 beside the repo.
 export MMLEXP_DATA_DIR ?= $(abspath ../shared/data)
 
-.PHONY: install run test test-slow test-postgres bench ui dashboard clean \
-	reproduce-table2 reproduce-table3 reproduce-fig3 reproduce-quick report notebooks bench-variants dist
+.PHONY: install run test test-slow test-postgres lint format bench ui dashboard clean \
+	reproduce-table2 reproduce-table3 reproduce-fig3 reproduce-quick reproduce-gowalla report notebooks bench-variants dist
 
 $(STAMP): pyproject.toml constraints.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -25,6 +25,15 @@ test: install  ## the test suite (real-data checks marked slow are left to `make
 
 test-slow: install  ## real-data checks on Gowalla (minutes)
 	$(PY) -m pytest -m slow $(PYTEST_ARGS)
+
+lint: install  ## ruff (lint rules, then formatting) and mypy on src/mmlexp, as CI and the pre-commit hooks run them
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy src/mmlexp
+
+format: install  ## rewrite the tree as `make lint` wants it: ruff format, then ruff's safe fixes (imports, ...)
+	$(VENV)/bin/ruff format .
+	$(VENV)/bin/ruff check --fix .
 
 bench: install  ## speed benchmarks on Gowalla, side by side with a plain PyTorch loop
 	$(PY) benchmarks/bench_training.py --batch 256 1024 --variants shared sparse_adam bf16
@@ -55,6 +64,7 @@ ESTIMATE := $(PY) scripts/estimate_runtime.py
 SWEEP := $(PY) -m mmlexp -m
 REPORT_EXPERIMENT ?= reproduce
 REPORT_NAME ?= paper
+RUNS ?= /work/runs
 
 reproduce-table2: install  ## Table 2: {MF, SimpleX} x {CCL, MML} x early stop Y/N, 100 negatives, 100 epochs, both datasets
 	$(ESTIMATE) +experiment=table2 seed=$(SEEDS) $(ARGS)
@@ -70,6 +80,10 @@ reproduce-fig3: install  ## Figure 3: MML / CCL / BSL with MF at 10 ... 800 nega
 	$(ESTIMATE) +experiment=fig3 seed=$(SEEDS) $(ARGS)
 	$(SWEEP) +experiment=fig3 seed=$(SEEDS) $(ARGS)
 	$(MAKE) --no-print-directory report
+
+# The committed Gowalla reproduction (results/gowalla/): 15 full runs, resumable (stores in RUNS=/work/runs).
+reproduce-gowalla: install  ## MML paper on Gowalla: Table 3 + Figure 3 claims, 100 epochs each (hours; re-run to resume)
+	RUNS=$(RUNS) PY=$(abspath $(PY)) scripts/reproduce_gowalla.sh
 
 # The same pipeline on the CPU in about 20 minutes (Gowalla, 200 steps per run; MLflow experiment reproduce-quick).
 reproduce-quick: install  ## every table and figure from short Gowalla runs (~20 min on 2 cores; not converged)
@@ -89,4 +103,4 @@ dist: install  ## dist/: sdist and wheel (the configs inside: src/mmlexp/conf li
 	$(PY) -m build --outdir dist .
 
 clean:
-	rm -rf outputs .pytest_cache .benchmarks build dist
+	rm -rf outputs .pytest_cache .benchmarks .mypy_cache .ruff_cache build dist

@@ -164,7 +164,7 @@ def main() -> None:
     print(f"peak RSS: {rss_fast:.0f} MiB after the fast runs, {peak_rss_mib():.0f} MiB after the naive ones")
 
     if args.methods:
-        from mmlexp import evaluation
+        from mmlexp.evaluation import ranking
 
         def rank(method):
             return lambda: rank_top_k(user_emb, item_emb, train, max(KS), method=method)
@@ -173,11 +173,11 @@ def main() -> None:
         for label, method, chunk_threads in [("bf16", "bf16", True), ("blocked", "blocked", True),
                                              ("topk", "topk", True), ("bf16, intra-op threads", "bf16", False),
                                              ("topk, intra-op threads", "topk", False)]:
-            evaluation._CHUNK_THREADS = chunk_threads
+            ranking._CHUNK_THREADS = chunk_threads
             rank(method)()
             ts = [timed(rank(method))[0] for _ in range(args.rounds)]
             print(f"  {label:24s}: {statistics.median(ts):.3f} s / {min(ts):.3f} s")
-        evaluation._CHUNK_THREADS = True
+        ranking._CHUNK_THREADS = True
     print(f"load average at end {os.getloadavg()[0]:.1f}")
 
 

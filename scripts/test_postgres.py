@@ -7,7 +7,10 @@
    `postgresql+psycopg2://...`, tracking `http://127.0.0.1:<port>`), the second one started once the first is
    running trials: two workers, as on two machines.
 4. Checks the study: exactly n_trials COMPLETE trials, none RUNNING, both workers ran trials, and every complete
-   trial has exactly one FINISHED MLflow run under the study's parent run. Stops both servers.
+   trial has exactly one FINISHED MLflow run under the study's parent run.
+5. Runs two workers of the same grid (`-m loss=... num_negatives=...`, ledger in PostgreSQL) started together,
+   and checks that every point ran exactly once (one FINISHED MLflow run each, one parent run, every ledger row
+   finished at its first attempt) and that both workers ran points. Stops both servers.
 
 Exit status 0: passed; 1: a check failed; 77: skipped (no PostgreSQL binaries and they cannot be installed).
 """
@@ -134,6 +137,55 @@ def sweep_worker(name: str, storage: str, tracking: str, tmp: Path) -> subproces
                             env=dict(os.environ, PYTHONUNBUFFERED="1"))
 
 
+GRID = ["loss=mml,ccl,bsl,bpr", "num_negatives=10,20"]
+
+
+def grid_worker(name: str, storage: str, tracking: str, tmp: Path) -> subprocess.Popen:
+    cwd = tmp / name
+    cwd.mkdir()
+    cmd = [sys.executable, "-m", "mmlexp", "-m", *GRID, f"hydra.sweeper.storage={storage}",
+           "hydra.sweeper.poll_interval=1", f"tracking.uri={tracking}", "tracking.artifact_location=null",
+           "tracking.experiment=grid", "trainer.epochs=1", "trainer.max_steps=5", "trainer.progress=false"]
+    out = open(cwd / "sweep.log", "w")
+    return subprocess.Popen(cmd, cwd=cwd, stdout=out, stderr=subprocess.STDOUT,
+                            env=dict(os.environ, PYTHONUNBUFFERED="1"))
+
+
+def check_grid(storage: str, tracking: str, tmp: Path) -> list[str]:
+    """Two workers of one grid, started together: every point once, one parent run, both workers busy."""
+    from mlflow.tracking import MlflowClient
+    from sqlalchemy import create_engine, text
+
+    failures: list[str] = []
+    workers = [grid_worker(f"grid{i}", storage, tracking, tmp) for i in (1, 2)]
+    log(f"two grid workers running (pids {workers[0].pid}, {workers[1].pid}), 8 points")
+    for i, proc in enumerate(workers, 1):
+        if proc.wait(timeout=900) != 0:
+            failures.append(f"grid worker {i} exited {proc.returncode}:\n"
+                            + (tmp / f"grid{i}" / "sweep.log").read_text()[-3000:])
+    engine = create_engine(storage)
+    with engine.connect() as db:
+        rows = db.execute(text("SELECT idx, state, attempts, pid FROM mmlexp_grid_points")).fetchall()
+    engine.dispose()
+    if sorted((r.idx, r.state, r.attempts) for r in rows) != [(i, "finished", 1) for i in range(8)]:
+        failures.append(f"ledger rows: {sorted(tuple(r) for r in rows)}")
+    client = MlflowClient(tracking)
+    runs = client.search_runs([client.get_experiment_by_name("grid").experiment_id])
+    parents = [r for r in runs if r.data.tags.get("sweep.role") == "parent"]
+    children = [r for r in runs if r.data.tags.get("sweep.role") != "parent"]
+    points = sorted(int(r.data.tags["sweep.job_num"]) for r in children if r.info.status == "FINISHED")
+    pids = {r.data.tags.get("mmlexp.pid") for r in children}
+    log(f"grid: {len(rows)} ledger rows, {len(children)} runs of points {points}, {len(parents)} parent(s), "
+        f"points run by {len(pids)} workers")
+    if points != list(range(8)) or len(children) != 8:
+        failures.append(f"FINISHED runs of points {points} ({len(children)} runs), expected each of 0..7 once")
+    if len(parents) != 1 or any(r.data.tags.get("mlflow.parentRunId") != parents[0].info.run_id for r in children):
+        failures.append(f"{len(parents)} parent runs; every point must be a child of the one parent")
+    if len(pids) != 2:
+        failures.append(f"points were run by {len(pids)} worker(s), expected 2")
+    return failures
+
+
 def count_trials(url: str) -> int:
     """Read-only peek (opening the storage through Optuna would race the worker creating its tables)."""
     from sqlalchemy import create_engine, text
@@ -202,6 +254,7 @@ def main() -> int:
             if any(r.data.tags.get("mlflow.parentRunId") != parent_id for r in finished):
                 failures.append("a trial's MLflow run is not a child of the study's parent run")
             log(f"MLflow: {len(finished)} finished trial runs under parent {parent_id}, {len(runs)} runs in all")
+            failures += check_grid(storage, tracking, tmp)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     for failure in failures:

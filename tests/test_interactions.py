@@ -39,7 +39,7 @@ def pairs(data, mat, original=True) -> set[tuple[str, str]]:
     users = pd.read_csv(io.StringIO(data.artifacts["dataset/user_ids.csv"]), dtype=str)["user_id"].tolist()
     items = pd.read_csv(io.StringIO(data.artifacts["dataset/item_ids.csv"]), dtype=str)["item_id"].tolist()
     coo = mat.tocoo()
-    return {(users[u], items[i]) for u, i in zip(coo.row, coo.col)}
+    return {(users[u], items[i]) for u, i in zip(coo.row, coo.col, strict=True)}
 
 
 @pytest.fixture
@@ -54,11 +54,23 @@ def test_recbole_inter_positives_duplicates_leave_one_out_latest(tmp_path, cache
     # rating 2 dropped; (1,10) twice: the earliest (t=100) kept; user 3 has one item -> test only -> dropped
     assert pairs(data, data.train) == {("1", "10"), ("2", "10")}
     assert pairs(data, data.test) == {("1", "11"), ("2", "13")}
-    assert data.fingerprint() == {"users": 2, "items": 3, "train": 2, "test": 2, "dropped_users": 1,
-                                  "hash": __import__("hashlib").sha256(INTER.encode()).hexdigest()}
+    assert data.fingerprint() == {
+        "users": 2,
+        "items": 3,
+        "train": 2,
+        "test": 2,
+        "dropped_users": 1,
+        "hash": __import__("hashlib").sha256(INTER.encode()).hexdigest(),
+    }
     record = json.loads(data.artifacts["dataset/interactions.json"])
-    assert record["stats"] == {"rows": 7, "below_min_rating": 1, "duplicates": 1, "k_core_removed": 0,
-                               "dropped_users": 1, "dropped_interactions": 1}
+    assert record["stats"] == {
+        "rows": 7,
+        "below_min_rating": 1,
+        "duplicates": 1,
+        "k_core_removed": 0,
+        "dropped_users": 1,
+        "dropped_interactions": 1,
+    }
     assert record["settings"]["split"] == "leave_one_out" and record["settings"]["seed"] == 2019
 
 
@@ -82,11 +94,27 @@ def test_tsv_with_string_ids_random_split_per_user(tmp_path, cache):
 
 
 def test_parquet_integer_ids_temporal_split_keeps_numeric_order(tmp_path, cache):
-    frame = pd.DataFrame({"user": [5, 5, 5, 5, 5, 20, 20, 20, 20, 20, 3],
-                          "item": [100, 7, 9, 30, 2, 7, 9, 100, 30, 2, 7],
-                          "ts": pd.to_datetime(["2024-01-05", "2024-01-01", "2024-01-02", "2024-01-03", "2024-01-04",
-                                                "2024-02-05", "2024-02-04", "2024-02-03", "2024-02-02", "2024-02-01",
-                                                "2024-03-01"])})
+    frame = pd.DataFrame(
+        {
+            "user": [5, 5, 5, 5, 5, 20, 20, 20, 20, 20, 3],
+            "item": [100, 7, 9, 30, 2, 7, 9, 100, 30, 2, 7],
+            "ts": pd.to_datetime(
+                [
+                    "2024-01-05",
+                    "2024-01-01",
+                    "2024-01-02",
+                    "2024-01-03",
+                    "2024-01-04",
+                    "2024-02-05",
+                    "2024-02-04",
+                    "2024-02-03",
+                    "2024-02-02",
+                    "2024-02-01",
+                    "2024-03-01",
+                ]
+            ),
+        }
+    )
     path = tmp_path / "log.parquet"
     frame.to_parquet(path)
     data = load(path, cache, user_col="user", item_col="item", time_col="ts", split="temporal")
@@ -129,20 +157,36 @@ def test_cache_is_reused_and_rebuilt_when_the_file_changes(tmp_path, cache, monk
     assert len(list(cache.glob("interactions-*.npz"))) == 2
 
 
-@pytest.mark.parametrize("name, content, options, message", [
-    ("log.csv", "user,item_id\na,b\n", {}, "no column 'user_id' (dataset.user_col); the file's columns are 'user', 'item_id'"),
-    ("log.csv", "", {}, "the file is empty"),
-    ("log.csv", "user_id,item_id\n", {}, "no interactions (only a header)"),
-    ("log.csv", b"user_id,item_id\na,b\nc,d\xe9\n", {}, "line 3, column 4: byte 0xe9 is not valid utf-8 text"),
-    ("log.csv", "user_id,item_id,stars\na,b,5\nc,d,five\n", {"rating_col": "stars"},
-     "line 3, column 'stars' (dataset.rating_col): 'five' is not a number"),
-    ("log.csv", "user_id,item_id,t\na,b,1\nc,d,yesterday-ish\n", {"time_col": "t", "split": "temporal"},
-     "line 3, column 't' (dataset.time_col): 'yesterday-ish' is not a number or a date"),
-    ("log.csv", "user_id,item_id\na,b\na,c\nd,b\n", {}, "split=random leaves no test interactions"),
-    ("log.csv", "user_id,item_id\na,\n", {}, "line 2, column 'item_id' (dataset.item_col): empty id"),
-    ("log.txt", "user_id,item_id\na,b\n", {}, "cannot tell the format from the extension '.txt'"),
-    ("log.parquet", "not parquet", {}, "not a readable Parquet file"),
-])
+@pytest.mark.parametrize(
+    "name, content, options, message",
+    [
+        (
+            "log.csv",
+            "user,item_id\na,b\n",
+            {},
+            "no column 'user_id' (dataset.user_col); the file's columns are 'user', 'item_id'",
+        ),
+        ("log.csv", "", {}, "the file is empty"),
+        ("log.csv", "user_id,item_id\n", {}, "no interactions (only a header)"),
+        ("log.csv", b"user_id,item_id\na,b\nc,d\xe9\n", {}, "line 3, column 4: byte 0xe9 is not valid utf-8 text"),
+        (
+            "log.csv",
+            "user_id,item_id,stars\na,b,5\nc,d,five\n",
+            {"rating_col": "stars"},
+            "line 3, column 'stars' (dataset.rating_col): 'five' is not a number",
+        ),
+        (
+            "log.csv",
+            "user_id,item_id,t\na,b,1\nc,d,yesterday-ish\n",
+            {"time_col": "t", "split": "temporal"},
+            "line 3, column 't' (dataset.time_col): 'yesterday-ish' is not a number or a date",
+        ),
+        ("log.csv", "user_id,item_id\na,b\na,c\nd,b\n", {}, "split=random leaves no test interactions"),
+        ("log.csv", "user_id,item_id\na,\n", {}, "line 2, column 'item_id' (dataset.item_col): empty id"),
+        ("log.txt", "user_id,item_id\na,b\n", {}, "cannot tell the format from the extension '.txt'"),
+        ("log.parquet", "not parquet", {}, "not a readable Parquet file"),
+    ],
+)
 def test_bad_files_name_file_line_or_column_and_cache_nothing(tmp_path, cache, name, content, options, message):
     path = tmp_path / name
     path.write_bytes(content if isinstance(content, bytes) else content.encode())
@@ -152,15 +196,18 @@ def test_bad_files_name_file_line_or_column_and_cache_nothing(tmp_path, cache, n
     assert not cache.exists() or not any(cache.iterdir())
 
 
-@pytest.mark.parametrize("options, message", [
-    ({"split": "chronological"}, "dataset.split='chronological': allowed random, temporal, leave_one_out"),
-    ({"split": "temporal"}, "dataset.time_col=null: split=temporal"),
-    ({"test_fraction": 1.5}, "dataset.test_fraction=1.5: must be a number in (0, 1)"),
-    ({"min_user_interactions": -1}, "dataset.min_user_interactions=-1: must be an integer >= 0"),
-    ({"min_rating": 3}, "dataset.min_rating=3: must be a number, with dataset.rating_col set"),
-    ({"format": "xlsx"}, "dataset.format='xlsx': allowed auto, csv, tsv, parquet, inter"),
-    ({"user_column": "u"}, "dataset.user_column: unknown setting of dataset=interactions; allowed: format, sep,"),
-])
+@pytest.mark.parametrize(
+    "options, message",
+    [
+        ({"split": "chronological"}, "dataset.split='chronological': allowed random, temporal, leave_one_out"),
+        ({"split": "temporal"}, "dataset.time_col=null: split=temporal"),
+        ({"test_fraction": 1.5}, "dataset.test_fraction=1.5: must be a number in (0, 1)"),
+        ({"min_user_interactions": -1}, "dataset.min_user_interactions=-1: must be an integer >= 0"),
+        ({"min_rating": 3}, "dataset.min_rating=3: must be a number, with dataset.rating_col set"),
+        ({"format": "xlsx"}, "dataset.format='xlsx': allowed auto, csv, tsv, parquet, inter"),
+        ({"user_column": "u"}, "dataset.user_column: unknown setting of dataset=interactions; allowed: format, sep,"),
+    ],
+)
 def test_bad_settings_name_the_key_and_what_is_allowed(tmp_path, cache, options, message):
     path = tmp_path / "log.csv"
     path.write_text("user_id,item_id\na,b\n")
@@ -170,9 +217,19 @@ def test_bad_settings_name_the_key_and_what_is_allowed(tmp_path, cache, options,
 
 def cli(tmp_path, *overrides):
     env = dict(os.environ, PYTHONUNBUFFERED="1", MMLEXP_CACHE_DIR=str(tmp_path / "cache"))
-    cmd = [sys.executable, "-m", "mmlexp", "dataset=interactions", f"tracking.uri=sqlite:///{tmp_path}/mlflow.db",
-           f"tracking.artifact_location={tmp_path}/artifacts", f"hydra.run.dir={tmp_path}/run",
-           "trainer.progress=false", "trainer.epochs=1", "num_negatives=20", *overrides]
+    cmd = [
+        sys.executable,
+        "-m",
+        "mmlexp",
+        "dataset=interactions",
+        f"tracking.uri=sqlite:///{tmp_path}/mlflow.db",
+        f"tracking.artifact_location={tmp_path}/artifacts",
+        f"hydra.run.dir={tmp_path}/run",
+        "trainer.progress=false",
+        "trainer.epochs=1",
+        "num_negatives=20",
+        *overrides,
+    ]
     return subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
 
 
@@ -183,8 +240,14 @@ def test_cli_trains_on_a_csv_with_string_ids_and_logs_the_mapping(tmp_path):
     rows = [(f"u{u:03d}", f"item-{i}", t) for u in range(150) for t, i in enumerate(rng.choice(300, 12, replace=False))]
     path = tmp_path / "my log.csv"
     pd.DataFrame(rows, columns=["customer", "product", "when"]).to_csv(path, index=False)
-    proc = cli(tmp_path, f"dataset.path='{path}'", "dataset.user_col=customer", "dataset.item_col=product",
-               "dataset.time_col=when", "dataset.split=temporal")
+    proc = cli(
+        tmp_path,
+        f"dataset.path='{path}'",
+        "dataset.user_col=customer",
+        "dataset.item_col=product",
+        "dataset.time_col=when",
+        "dataset.split=temporal",
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "best epoch 1" in proc.stdout
     client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")

@@ -21,8 +21,12 @@ def test_the_package_config_dir_is_the_top_level_conf():
 
 @pytest.mark.skipif(importlib.util.find_spec("build") is None, reason="needs the `build` package (dev extra)")
 def test_wheel_ships_every_config_and_the_entry_points(tmp_path):
-    subprocess.run([sys.executable, "-m", "build", "--wheel", "--outdir", str(tmp_path), str(REPO)],
-                   check=True, capture_output=True, timeout=300)
+    subprocess.run(
+        [sys.executable, "-m", "build", "--wheel", "--outdir", str(tmp_path), str(REPO)],
+        check=True,
+        capture_output=True,
+        timeout=300,
+    )
     (wheel,) = tmp_path.glob("mmlexp-*.whl")
     with zipfile.ZipFile(wheel) as z:
         names = set(z.namelist())

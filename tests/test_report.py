@@ -15,7 +15,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 from scipy import stats
 
-from mmlexp.report import (aggregate, fetch_runs, mean_ci, negative_curves, paired_tests, plot_negative_curves)
+from mmlexp.report import aggregate, fetch_runs, mean_ci, negative_curves, paired_tests, plot_negative_curves
 from mmlexp.report.__main__ import main
 
 REPO = Path(__file__).resolve().parents[1]

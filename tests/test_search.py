@@ -1,6 +1,7 @@
 """mmlexp.search: draws in (0, 1) -> sorted margins inside (low, high) and weights on the simplex."""
 
 import math
+from itertools import pairwise
 
 import numpy as np
 import optuna
@@ -8,8 +9,18 @@ import pytest
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import OmegaConf
 
-from mmlexp.search import (DRAW_PREFIX, EPS, OVERRIDES_ATTR, MarginSpace, SearchSpaceError, custom_search_space,
-                           format_override, margins_and_weights, simplex, sorted_in_interval)
+from mmlexp.search import (
+    DRAW_PREFIX,
+    EPS,
+    OVERRIDES_ATTR,
+    MarginSpace,
+    SearchSpaceError,
+    custom_search_space,
+    format_override,
+    margins_and_weights,
+    simplex,
+    sorted_in_interval,
+)
 
 rng = np.random.default_rng(0)
 EDGES = [EPS, 1 - EPS]
@@ -26,9 +37,9 @@ def test_any_draws_give_strictly_sorted_margins_inside_the_interval_with_min_gap
             m = sorted_in_interval(u, low, high, gap)
             assert len(m) == k
             assert low < m[0] and m[-1] < high
-            assert all(b > a for a, b in zip(m, m[1:]))
+            assert all(b > a for a, b in pairwise(m))
             edges = [low, *m, high]
-            assert min(b - a for a, b in zip(edges, edges[1:])) >= gap - 1e-12
+            assert min(b - a for a, b in pairwise(edges)) >= gap - 1e-12
 
 
 @pytest.mark.parametrize("n", [1, 2, 3, 4, 8])

@@ -33,7 +33,7 @@ def test_holdout_is_disjoint_covers_train_and_follows_the_count_rule(fraction):
     train = random_train()
     rest, valid = holdout(train, fraction, seed=3)
     assert rest.shape == valid.shape == train.shape
-    for u, (t, r, v) in enumerate(zip(as_sets(train), as_sets(rest), as_sets(valid))):
+    for u, (t, r, v) in enumerate(zip(as_sets(train), as_sets(rest), as_sets(valid), strict=True)):
         assert not (r & v) and (r | v) == t, u
         n = len(t)
         expected = 0 if n <= 1 else min(n - 1, int(np.floor(fraction * n + 0.5)))
@@ -60,7 +60,7 @@ def test_holdout_is_deterministic_and_leaves_global_rng_alone():
     a = holdout(train, 0.2, seed=5)
     assert np.array_equal(np.random.get_state()[1], state)
     b = holdout(sp.csr_matrix(train.toarray()), 0.2, seed=5)  # same data built differently
-    assert all((x != y).nnz == 0 for x, y in zip(a, b))
+    assert all((x != y).nnz == 0 for x, y in zip(a, b, strict=True))
     c = holdout(train, 0.2, seed=6)
     assert (a[1] != c[1]).nnz > 0  # another seed, another slice
     # pinned values: the split must not change across machines / numpy versions (PCG64 stream)
@@ -176,15 +176,16 @@ def test_valid_training_never_sees_the_slice(make_cfg, monkeypatch):
     real_fit = run_module.fit
 
     def spy_fit(model, loss_fn, sampler, optimizer, users, items, *args, **kwargs):
-        seen["pairs"] = set(zip(users.tolist(), items.tolist()))
+        seen["pairs"] = set(zip(users.tolist(), items.tolist(), strict=True))
         return real_fit(model, loss_fn, sampler, optimizer, users, items, *args, **kwargs)
 
     monkeypatch.setattr(run_module, "fit", spy_fit)
-    run_module.train(make_cfg("eval.selection=valid", "trainer.max_steps=1", "num_negatives=4", "tracking.enabled=false"))
+    run_module.train(make_cfg("eval.selection=valid", "trainer.max_steps=1", "num_negatives=4",
+                              "tracking.enabled=false"))
     data = load_dataset("sample")
     rest, valid = holdout(data.train, 0.1, 2019)
     vu, vi = valid.nonzero()
-    assert len(seen["pairs"]) == rest.nnz and not seen["pairs"] & set(zip(vu.tolist(), vi.tolist()))
+    assert len(seen["pairs"]) == rest.nnz and not seen["pairs"] & set(zip(vu.tolist(), vi.tolist(), strict=True))
 
 
 def test_entrypoint_runs_with_valid_selection(tmp_path):

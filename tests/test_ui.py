@@ -150,8 +150,8 @@ def test_browser_shows_the_sweep_its_child_runs_and_their_metrics(ui, tmp_path):
 
     parent_page = f"{ui}/#/experiments/{exp}/runs/{parent['info']['run_id']}"
     text = page_text(parent_page, tmp_path / "profile")
-    assert re.search(r"Child runs (\S+) , (\S+) ", text) and set(re.search(r"Child runs (\S+) , (\S+) ", text).groups()) \
-        == set(names), text[:3000]
+    listed = re.search(r"Child runs (\S+) , (\S+) ", text)
+    assert listed and set(listed.groups()) == set(names), text[:3000]
     screenshot(parent_page, PARENT_SCREENSHOT, tmp_path / "profile")
 
     ids = urllib.parse.quote(json.dumps([c["info"]["run_id"] for c in children]))

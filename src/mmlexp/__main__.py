@@ -17,11 +17,17 @@ CONFIG_DIR = os.environ.get("MMLEXP_CONFIG_DIR", PACKAGED_CONFIG_DIR)
 
 @hydra.main(config_path=CONFIG_DIR, config_name="config")
 def main(cfg: DictConfig) -> float:
-    from mmlexp.run import ConfigError, DataError, train
+    from mmlexp.run import ConfigError, DataError, Diverged, in_multirun, train
 
     try:
         return train(cfg)
-    except (ConfigError, DataError) as err:
+    except (ConfigError, DataError, Diverged) as err:
+        if in_multirun():  # the sweeper records the failed job and carries on with the others
+            raise
+        if isinstance(err, Diverged):
+            print(f"mmlexp: error: the run FAILED: {err}; try a lower trainer.lr or trainer.clip_grad_norm",
+                  file=sys.stderr)
+            sys.exit(1)
         print(f"mmlexp: error: {err}", file=sys.stderr)
         sys.exit(2)
 

@@ -69,6 +69,9 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "trainer.progress": BOOL,
     "trainer.log_every": int_at_least(1),
     "trainer.num_threads": optional(int_at_least(1)),
+    "trainer.checkpoint": BOOL,
+    "trainer.resume": ((lambda v: v is None or (isinstance(v, str) and v != "")),
+                       "auto, never, or the path of a checkpoint file or run directory"),
     "eval.ks": KS,
     "eval.chunk_size": optional(int_at_least(1)),
     "eval.selection": one_of(*SELECTIONS),
@@ -98,6 +101,6 @@ def validate(cfg: DictConfig) -> None:
         if not check(value):
             raise ConfigError(f"{key}={value!r}: must be {allowed}")
     monitor = cfg.trainer.monitor
-    allowed = metric_names(cfg.eval.ks)
-    if monitor not in allowed:
-        raise ConfigError(f"trainer.monitor={monitor!r}: must be one of {allowed} (metrics at eval.ks)")
+    names = metric_names(cfg.eval.ks)
+    if monitor not in names:
+        raise ConfigError(f"trainer.monitor={monitor!r}: must be one of {names} (metrics at eval.ks)")

@@ -18,6 +18,7 @@ import warnings
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import platformdirs
@@ -244,7 +245,7 @@ def _load_cache(name: str, file: Path, expected: dict) -> InteractionData | None
     return cached[0] if cached is not None and cached[0].fingerprint() == expected else None
 
 
-def _save_cache(file: Path, data: InteractionData, **extra: np.ndarray) -> None:
+def _save_cache(file: Path, data: InteractionData, **extra: Any) -> None:
     """Atomically write the parsed matrices and ``extra`` arrays (temp file + os.replace); warn on failure."""
     try:
         file.parent.mkdir(parents=True, exist_ok=True)
@@ -280,7 +281,7 @@ def load_dataset(name: str, *, path: str | Path | None = None, data_dir=None, ca
                  base_url: str | None = None, download: bool = True, options=None) -> InteractionData:
     """Load a dataset by name: ``sample``, ``gowalla``, ``yelp2018``, ``custom`` or ``interactions`` (need ``path``).
 
-    ``options``: the ``interactions`` loader's settings (columns, filters, split; see ``conf/dataset/interactions.yaml``).
+    ``options``: the ``interactions`` loader's settings (columns, filters, split: conf/dataset/interactions.yaml).
 
     ``data_dir`` defaults to $MMLEXP_DATA_DIR, else the user data dir; ``cache_dir`` to
     $MMLEXP_CACHE_DIR, else the user cache dir; ``base_url`` to $MMLEXP_DATA_URL, else

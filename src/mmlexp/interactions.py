@@ -29,9 +29,20 @@ log = logging.getLogger("mmlexp")
 FORMATS = {".csv": "csv", ".tsv": "tsv", ".tab": "tsv", ".parquet": "parquet", ".pq": "parquet", ".inter": "inter"}
 SPLITS = ("random", "temporal", "leave_one_out")
 DEFAULTS: dict[str, Any] = {
-    "format": "auto", "sep": None, "encoding": "utf-8", "user_col": "user_id", "item_col": "item_id",
-    "time_col": None, "rating_col": None, "min_rating": None, "min_user_interactions": 0,
-    "min_item_interactions": 0, "split": "random", "test_fraction": 0.2, "leave_one_out": "latest", "seed": 2019,
+    "format": "auto",
+    "sep": None,
+    "encoding": "utf-8",
+    "user_col": "user_id",
+    "item_col": "item_id",
+    "time_col": None,
+    "rating_col": None,
+    "min_rating": None,
+    "min_user_interactions": 0,
+    "min_item_interactions": 0,
+    "split": "random",
+    "test_fraction": 0.2,
+    "leave_one_out": "latest",
+    "seed": 2019,
 }
 
 
@@ -42,8 +53,9 @@ def settings_of(options: Mapping[str, Any] | None) -> dict[str, Any]:
     options = {k: v for k, v in (options or {}).items() if k not in ("name", "path", "download")}
     unknown = sorted(set(options) - set(DEFAULTS))
     if unknown:
-        raise ConfigError(f"dataset.{unknown[0]}: unknown setting of dataset=interactions; allowed: "
-                          f"{', '.join(DEFAULTS)}")
+        raise ConfigError(
+            f"dataset.{unknown[0]}: unknown setting of dataset=interactions; allowed: {', '.join(DEFAULTS)}"
+        )
     s = DEFAULTS | options
     fmt = s["format"]
     if fmt not in ("auto", *sorted(set(FORMATS.values()))):
@@ -58,25 +70,31 @@ def settings_of(options: Mapping[str, Any] | None) -> dict[str, Any]:
     for key in ("min_user_interactions", "min_item_interactions", "seed"):
         if isinstance(s[key], bool) or not isinstance(s[key], int) or s[key] < 0:
             raise ConfigError(f"dataset.{key}={s[key]!r}: must be an integer >= 0")
-    if s["min_rating"] is not None and (s["rating_col"] is None or isinstance(s["min_rating"], bool)
-                                        or not isinstance(s["min_rating"], (int, float))):
+    if s["min_rating"] is not None and (
+        s["rating_col"] is None or isinstance(s["min_rating"], bool) or not isinstance(s["min_rating"], (int, float))
+    ):
         raise ConfigError(f"dataset.min_rating={s['min_rating']!r}: must be a number, with dataset.rating_col set")
     needs_time = s["split"] == "temporal" or (s["split"] == "leave_one_out" and s["leave_one_out"] == "latest")
     if needs_time and not s["time_col"]:
         which = "split=temporal" if s["split"] == "temporal" else "split=leave_one_out with leave_one_out=latest"
-        raise ConfigError(f"dataset.time_col=null: {which} orders each user's items by time; set "
-                          "dataset.time_col (e.g. timestamp), or use split=random / leave_one_out=random")
+        raise ConfigError(
+            f"dataset.time_col=null: {which} orders each user's items by time; set "
+            "dataset.time_col (e.g. timestamp), or use split=random / leave_one_out=random"
+        )
     return s
 
 
 # ---------------------------------------------------------------- reading
 
+
 def _format_of(path: Path, fmt: str) -> str:
     if fmt != "auto":
         return fmt
     if path.suffix.lower() not in FORMATS:
-        raise DataError(f"{path}: cannot tell the format from the extension {path.suffix!r}; allowed "
-                        f"{', '.join(FORMATS)} (or set dataset.format=csv|tsv|parquet|inter)")
+        raise DataError(
+            f"{path}: cannot tell the format from the extension {path.suffix!r}; allowed "
+            f"{', '.join(FORMATS)} (or set dataset.format=csv|tsv|parquet|inter)"
+        )
     return FORMATS[path.suffix.lower()]
 
 
@@ -86,8 +104,10 @@ def _decode(raw: bytes, path: Path, encoding: str) -> str:
     except UnicodeDecodeError as e:
         line = raw.count(b"\n", 0, e.start) + 1
         column = e.start - (raw.rfind(b"\n", 0, e.start) + 1) + 1
-        raise DataError(f"{path}, line {line}, column {column}: byte 0x{raw[e.start]:02x} is not valid "
-                        f"{encoding} text; save the file as UTF-8 or set dataset.encoding (e.g. latin-1)") from e
+        raise DataError(
+            f"{path}, line {line}, column {column}: byte 0x{raw[e.start]:02x} is not valid "
+            f"{encoding} text; save the file as UTF-8 or set dataset.encoding (e.g. latin-1)"
+        ) from e
     except LookupError as e:
         raise DataError(f"dataset.encoding={encoding!r}: unknown encoding") from e
 
@@ -120,8 +140,9 @@ def read_table(path: Path, raw: bytes, s: dict[str, Any]) -> tuple[pd.DataFrame,
 
 def _column(frame: pd.DataFrame, name: str, key: str, path: Path) -> pd.Series:
     if name not in frame.columns:
-        raise DataError(f"{path}: no column {name!r} (dataset.{key}); the file's columns are "
-                        f"{', '.join(map(repr, frame.columns))}")
+        raise DataError(
+            f"{path}: no column {name!r} (dataset.{key}); the file's columns are {', '.join(map(repr, frame.columns))}"
+        )
     return frame[name]
 
 
@@ -136,19 +157,23 @@ def _numbers(col: pd.Series, name: str, key: str, path: Path, where: str, times:
     if bad.any():
         first = bad.idxmax()
         expected = "a number or a date" if times else "a number"
-        raise DataError(f"{path}, {where} {first}, column {name!r} (dataset.{key}): {col[first]!r} is not "
-                        f"{expected}; expected {expected} on every row")
+        raise DataError(
+            f"{path}, {where} {first}, column {name!r} (dataset.{key}): {col[first]!r} is not "
+            f"{expected}; expected {expected} on every row"
+        )
     return values.to_numpy(np.float64)
 
 
 # ---------------------------------------------------------------- filtering and splitting
 
+
 def _ids(col: pd.Series, name: str, key: str, path: Path, where: str) -> np.ndarray:
     values = col.astype(str).str.strip()
     empty = (values == "") | col.isna()
     if empty.any():
-        raise DataError(f"{path}, {where} {empty.idxmax()}, column {name!r} (dataset.{key}): empty id; "
-                        "expected an id on every row")
+        raise DataError(
+            f"{path}, {where} {empty.idxmax()}, column {name!r} (dataset.{key}): empty id; expected an id on every row"
+        )
     return values.to_numpy(dtype=object)
 
 
@@ -182,8 +207,11 @@ def split_test(users: np.ndarray, times: np.ndarray, s: dict[str, Any]) -> np.nd
     key = rng.random(users.size) if by_random else times  # the test items are each user's largest keys
     order = np.lexsort((np.arange(users.size), key, users))
     counts = np.bincount(users, minlength=users.max() + 1)
-    n_test = np.ones_like(counts) if s["split"] == "leave_one_out" else \
-        np.floor(s["test_fraction"] * counts + 0.5).astype(np.int64)  # round half up
+    n_test = (
+        np.ones_like(counts)
+        if s["split"] == "leave_one_out"
+        else np.floor(s["test_fraction"] * counts + 0.5).astype(np.int64)
+    )  # round half up
     rank_from_end = np.empty(users.size, np.int64)
     ends = np.cumsum(counts)
     rank_from_end[order] = np.repeat(ends, counts) - 1 - np.arange(users.size)
@@ -197,13 +225,17 @@ def build(path: Path, raw: bytes, s: dict[str, Any]) -> tuple[InteractionData, d
         raise DataError(f"{path}: no interactions (only a header); expected one interaction per {where}")
     users = _ids(_column(frame, s["user_col"], "user_col", path), s["user_col"], "user_col", path, where)
     items = _ids(_column(frame, s["item_col"], "item_col", path), s["item_col"], "item_col", path, where)
-    times = (_numbers(_column(frame, s["time_col"], "time_col", path), s["time_col"], "time_col", path, where, True)
-             if s["time_col"] else np.zeros(len(frame)))
+    times = (
+        _numbers(_column(frame, s["time_col"], "time_col", path), s["time_col"], "time_col", path, where, True)
+        if s["time_col"]
+        else np.zeros(len(frame))
+    )
     stats = {"rows": len(frame)}
     keep = np.ones(len(frame), bool)
     if s["rating_col"]:
-        ratings = _numbers(_column(frame, s["rating_col"], "rating_col", path), s["rating_col"], "rating_col",
-                           path, where)
+        ratings = _numbers(
+            _column(frame, s["rating_col"], "rating_col", path), s["rating_col"], "rating_col", path, where
+        )
         if s["min_rating"] is not None:
             keep = ratings >= s["min_rating"]
     stats["below_min_rating"] = int((~keep).sum())
@@ -221,8 +253,10 @@ def build(path: Path, raw: bytes, s: dict[str, Any]) -> tuple[InteractionData, d
     keep = k_core(u, i, s["min_user_interactions"], s["min_item_interactions"])
     stats["k_core_removed"] = int(u.size - keep.sum())
     if not keep.any():
-        raise DataError(f"{path}: no interactions left after min_rating, duplicates and the k-core filter "
-                        f"({stats}); lower dataset.min_rating / min_user_interactions / min_item_interactions")
+        raise DataError(
+            f"{path}: no interactions left after min_rating, duplicates and the k-core filter "
+            f"({stats}); lower dataset.min_rating / min_user_interactions / min_item_interactions"
+        )
     users, items, times, u = users[keep], items[keep], times[keep], u[keep]
     test = split_test(np.unique(u, return_inverse=True)[1], times, s)
     train_users = np.unique(users[~test])
@@ -231,11 +265,16 @@ def build(path: Path, raw: bytes, s: dict[str, Any]) -> tuple[InteractionData, d
     stats["dropped_interactions"] = int(no_train.sum())
     users, items, test = users[~no_train], items[~no_train], test[~no_train]
     if not test.any():
-        detail = (f"test_fraction={s['test_fraction']} rounds to 0 test items for every user"
-                  if s["split"] != "leave_one_out" else "no user keeps a training item")
-        raise DataError(f"{path}: split={s['split']} leaves no test interactions ({detail}; "
-                        f"{users.size} interactions of {train_users.size} users); use a larger dataset.test_fraction "
-                        "or dataset.split=leave_one_out")
+        detail = (
+            f"test_fraction={s['test_fraction']} rounds to 0 test items for every user"
+            if s["split"] != "leave_one_out"
+            else "no user keeps a training item"
+        )
+        raise DataError(
+            f"{path}: split={s['split']} leaves no test interactions ({detail}; "
+            f"{users.size} interactions of {train_users.size} users); use a larger dataset.test_fraction "
+            "or dataset.split=leave_one_out"
+        )
     u, user_ids = _codes(users)
     i, item_ids = _codes(items)
     shape = (user_ids.size, item_ids.size)
@@ -245,21 +284,34 @@ def build(path: Path, raw: bytes, s: dict[str, Any]) -> tuple[InteractionData, d
 
 # ---------------------------------------------------------------- cache, artifacts, entry point
 
-def _with_artifacts(data: InteractionData, ids: dict[str, np.ndarray], s: dict, digest: str, stats: dict,
-                    path: Path) -> InteractionData:
+
+def _with_artifacts(
+    data: InteractionData, ids: dict[str, np.ndarray], s: dict, digest: str, stats: dict, path: Path
+) -> InteractionData:
     info = {"hash": digest, "dropped_users": stats["dropped_users"]}
-    log.info("%s: %s; split=%s: %s", path, ", ".join(f"{k} {v}" for k, v in stats.items()), s["split"],
-             ", ".join(f"{k} {v}" for k, v in data.fingerprint().items() if k != "hash"))
-    record = {"path": str(path), "sha256": digest, "settings": s, "stats": stats,
-              "fingerprint": data.fingerprint() | info}
-    artifacts = {f"dataset/{k}.csv": pd.DataFrame({"index": np.arange(v.size), k[:-1]: v}).to_csv(index=False)
-                 for k, v in ids.items()}
+    log.info(
+        "%s: %s; split=%s: %s",
+        path,
+        ", ".join(f"{k} {v}" for k, v in stats.items()),
+        s["split"],
+        ", ".join(f"{k} {v}" for k, v in data.fingerprint().items() if k != "hash"),
+    )
+    record = {
+        "path": str(path),
+        "sha256": digest,
+        "settings": s,
+        "stats": stats,
+        "fingerprint": data.fingerprint() | info,
+    }
+    artifacts = {
+        f"dataset/{k}.csv": pd.DataFrame({"index": np.arange(v.size), k[:-1]: v}).to_csv(index=False)
+        for k, v in ids.items()
+    }
     artifacts["dataset/interactions.json"] = json.dumps(record, indent=2, default=str)
     return InteractionData(data.name, data.train, data.test, info=info, artifacts=artifacts)
 
 
-def load_interactions(path: str | Path, options: Mapping[str, Any] | None = None,
-                      cache_dir=None) -> InteractionData:
+def load_interactions(path: str | Path, options: Mapping[str, Any] | None = None, cache_dir=None) -> InteractionData:
     """Load an interaction file as train/test matrices (see the module docstring); cached by content + settings."""
     path = Path(path).expanduser()
     s = settings_of(options)
@@ -277,6 +329,12 @@ def load_interactions(path: str | Path, options: Mapping[str, Any] | None = None
         ids = {"user_ids": extra["user_ids"], "item_ids": extra["item_ids"]}
         return _with_artifacts(data, ids, s, digest, stats, path)
     data, ids, stats = build(path, raw, s)
-    _save_cache(cache, data, user_ids=ids["user_ids"].astype(str), item_ids=ids["item_ids"].astype(str),
-                sha256=np.array(digest), stats=np.array(json.dumps(stats)))
+    _save_cache(
+        cache,
+        data,
+        user_ids=ids["user_ids"].astype(str),
+        item_ids=ids["item_ids"].astype(str),
+        sha256=np.array(digest),
+        stats=np.array(json.dumps(stats)),
+    )
     return _with_artifacts(data, ids, s, digest, stats, path)

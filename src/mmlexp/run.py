@@ -19,13 +19,14 @@ from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from mmlexp.checkpoint import CHECKPOINT_FILE, find_resume, save_atomic
 from mmlexp.config import ConfigError, validate
 from mmlexp.data import DataError, InteractionData, load_dataset
 from mmlexp.devices import resolve_device
 from mmlexp.evaluation import LongTail, evaluate_embeddings
 from mmlexp.splits import holdout
 from mmlexp.tracking import Tracker, flatten, git_commit
-from mmlexp.train import TrainSettings, fit, make_optimizer
+from mmlexp.train import Diverged, TrainSettings, fit, make_optimizer
 
 log = logging.getLogger("mmlexp")
 
@@ -61,9 +62,13 @@ def run_directory(cfg: DictConfig) -> Path:
     with contextlib.suppress(Exception):
         from hydra.core.hydra_config import HydraConfig
         return Path(HydraConfig.get().runtime.output_dir)
-    path = Path("outputs") / time.strftime("%Y-%m-%d/%H-%M-%S")
-    path.mkdir(parents=True, exist_ok=True)
-    return path
+    base = Path("outputs") / time.strftime("%Y-%m-%d/%H-%M-%S")  # outside Hydra (a notebook): a new directory
+    for n in range(1000):
+        path = base if n == 0 else base.with_name(f"{base.name}-{n}")
+        with contextlib.suppress(FileExistsError):
+            path.mkdir(parents=True, exist_ok=False)
+            return path
+    raise RuntimeError(f"cannot create a run directory next to {base}")
 
 
 @contextlib.contextmanager
@@ -83,17 +88,22 @@ def sigterm_as_interrupt():
         signal.signal(signal.SIGTERM, previous)
 
 
-def sweep_job_tags(tracking_uri: str) -> dict[str, str]:
-    """A multirun job's links to its sweep (``mmlexp.sweep.jobs``); a single run never imports the sweep layer."""
+def in_multirun() -> bool:
     with contextlib.suppress(Exception):
         from hydra.core.hydra_config import HydraConfig
         from hydra.types import RunMode
 
-        if HydraConfig.get().mode == RunMode.MULTIRUN:
-            from mmlexp.sweep.jobs import job_tags
+        return HydraConfig.get().mode == RunMode.MULTIRUN
+    return False
 
-            return job_tags(tracking_uri)
-    return {}
+
+def sweep_job_tags(tracking_uri: str) -> dict[str, str]:
+    """A multirun job's links to its sweep (``mmlexp.sweep.jobs``); a single run never imports the sweep layer."""
+    if not in_multirun():
+        return {}
+    from mmlexp.sweep.jobs import job_tags
+
+    return job_tags(tracking_uri)
 
 
 def load_data(cfg: DictConfig) -> InteractionData:
@@ -137,6 +147,10 @@ def _train(cfg: DictConfig) -> float:
                     generator=generator, device=device)
     optimizer = make_optimizer(model, cfg.trainer.lr, cfg.trainer.optimizer, cfg.trainer.l2)
     settings = TrainSettings(**{k: cfg.trainer[k] for k in TrainSettings.__dataclass_fields__})
+    out_dir = run_directory(cfg)
+    shapes = {k: list(v.shape) for k, v in model.state_dict().items()}
+    resolved: dict[str, Any] = OmegaConf.to_container(cfg, resolve=True)  # type: ignore[assignment]
+    resume = find_resume(cfg.trainer.get("resume", "auto"), out_dir, data.fingerprint(), shapes, resolved)
     users, items = (torch.from_numpy(a).to(device) for a in replace(data, train=fit_train).train_pairs())
     ks = list(cfg.eval.ks)
     longtail_cfg = cfg.eval.get("longtail") or {}
@@ -160,7 +174,6 @@ def _train(cfg: DictConfig) -> float:
     run_name = cfg.tracking.run_name or "-".join(
         [choices.get("encoder", "?"), choices.get("loss", "?"), data.name, f"N{cfg.sampler.get('num_negatives', '-')}"])
     tracker = Tracker(cfg.tracking.uri, cfg.tracking.experiment, cfg.tracking.artifact_location, cfg.tracking.enabled)
-    resolved = OmegaConf.to_container(cfg, resolve=True)
     tags = {f"choice.{k}": v for k, v in choices.items()} | {
         "dataset": data.name, "device": str(device), "git_commit": git_commit(),
         "mlflow.source.git.commit": git_commit(), "torch": torch.__version__,
@@ -168,16 +181,33 @@ def _train(cfg: DictConfig) -> float:
     if valid is not None:
         tags |= {"valid.interactions": int(valid.nnz), "valid.users": int((valid.getnnz(axis=1) > 0).sum())}
     tags |= sweep_job_tags(cfg.tracking.uri)  # in a sweep: mlflow.parentRunId, sweep.id, sweep.job_num, ...
-    out_dir = run_directory(cfg)
-    tracker.start(run_name, flatten(resolved), tags)
+    tracker.close_dead_runs()  # runs of this store left RUNNING by dead processes -> KILLED
+    reopened = resume is not None and resume.get("tracking_uri") == cfg.tracking.uri and \
+        tracker.reopen(str(resume.get("run_id")))
+    if not reopened:
+        tracker.start(run_name, flatten(resolved), tags | ({"resumed_from": resume["path"]} if resume else {}))
+    if resume is not None:
+        log.info(f"Resuming from {resume['path']} (epoch {resume['epoch']}, step {resume['step']})")
+        tracker.set_tags({"resumed_at_epoch": resume["epoch"], "resumed_with_changes": ",".join(resume["changed"])})
+    identity = {"dataset": data.fingerprint(), "shapes": shapes, "tracking_uri": cfg.tracking.uri,
+                "run_id": tracker.run_id, "config": OmegaConf.to_yaml(resolved)}
+
+    def save_checkpoint(state: dict) -> None:
+        save_atomic(state | identity, out_dir / CHECKPOINT_FILE)
+
+    def on_epoch_end(epoch: int, record: dict[str, float]) -> None:
+        tracker.log_metrics(record, step=epoch)
+        log.info(epoch_line(record, settings.monitor))
+
     status = "FAILED"
     try:
-        tracker.log_text(OmegaConf.to_yaml(resolved), "config.yaml")
-        for name, text in data.artifacts.items():  # dataset=interactions: id mappings, split record
-            tracker.log_text(text, name)
+        if not reopened:
+            tracker.log_text(OmegaConf.to_yaml(resolved), "config.yaml")
+            for name, text in data.artifacts.items():  # dataset=interactions: id mappings, split record
+                tracker.log_text(text, name)
         result = fit(model, loss_fn, sampler, optimizer, users, items, evaluate, settings, generator,
-                     on_epoch_end=lambda epoch, record: (tracker.log_metrics(record, step=epoch),
-                                                         log.info(epoch_line(record, settings.monitor))))
+                     on_epoch_end=on_epoch_end,
+                     checkpoint=save_checkpoint if cfg.trainer.get("checkpoint", True) else None, resume=resume)
         best = {f"best/{k}": v for k, v in result.best_metrics.items()}
         tracker.log_metrics(best | {"best_epoch": result.best_epoch, "steps": result.steps}, step=result.best_epoch)
         if cfg.tracking.save_checkpoint:
@@ -188,6 +218,9 @@ def _train(cfg: DictConfig) -> float:
         status = "FINISHED"
     except KeyboardInterrupt:
         status = "KILLED"
+        raise
+    except Diverged as err:
+        tracker.set_tags({"failure": str(err)})
         raise
     finally:
         tracker.finish(status)
@@ -214,4 +247,4 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     return torch.load(path, map_location="cpu", weights_only=True)
 
 
-__all__ = ["train", "build", "load_checkpoint", "ConfigError", "DataError"]
+__all__ = ["train", "build", "load_checkpoint", "in_multirun", "ConfigError", "DataError", "Diverged"]

@@ -25,7 +25,8 @@ def keep_freed_memory(limit_bytes: int = 1 << 30) -> bool:
         return False
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        _done = bool(libc.mallopt(_M_MMAP_THRESHOLD, limit_bytes)) and bool(libc.mallopt(_M_TRIM_THRESHOLD, limit_bytes))
+        mmap_set = bool(libc.mallopt(_M_MMAP_THRESHOLD, limit_bytes))
+        _done = mmap_set and bool(libc.mallopt(_M_TRIM_THRESHOLD, limit_bytes))
     except (OSError, AttributeError):
         return False
     return _done

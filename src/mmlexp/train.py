@@ -2,9 +2,15 @@
 
 No DataLoader: the (user, item) rows live in two tensors on the device, each epoch is a random
 permutation sliced into batches (nanoGPT style).  The loss is read back (``.item()``) only every
-``log_every`` steps, so the hot loop never waits on the device.
+``log_every`` steps, so the hot loop never waits on the device; there, and at the end of each epoch,
+a non-finite loss (or non-finite embeddings before an evaluation) stops training with ``Diverged``.
+
+``fit`` hands a ``checkpoint`` callback the whole training state after each evaluated epoch
+(``training_state``); ``resume=`` that state continues training as if it had never stopped (the same
+batches, negatives and updates: bit-identical on the CPU).
 """
 
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -46,6 +52,31 @@ class FitResult:
 
 
 OPTIMIZERS = ("adam", "sparse_adam")
+
+
+class Diverged(RuntimeError):
+    """Training produced a non-finite loss or non-finite embeddings."""
+
+    def __init__(self, epoch: int, step: int, what: str):
+        self.epoch, self.step, self.what = epoch, step, what
+        super().__init__(f"diverged at epoch {epoch}, step {step} ({what})")
+
+
+def rng_state(generator: torch.Generator | None) -> dict[str, torch.Tensor]:
+    state = {"torch": torch.get_rng_state()}
+    if generator is not None:
+        state["generator"] = generator.get_state()
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict, generator: torch.Generator | None) -> None:
+    torch.set_rng_state(state["torch"])
+    if generator is not None and "generator" in state:
+        generator.set_state(state["generator"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
 
 
 def make_optimizer(model: nn.Module, lr: float, name: str = "adam", l2: float = 0.0) -> torch.optim.Optimizer:
@@ -154,17 +185,35 @@ def fit(
     settings: TrainSettings,
     generator: torch.Generator | None = None,
     on_epoch_end: Callable[[int, dict[str, float]], None] | None = None,
+    checkpoint: Callable[[dict], None] | None = None,
+    resume: dict | None = None,
 ) -> FitResult:
     """Train for ``settings.epochs`` (or until ``max_steps`` / ``max_minutes``: the epoch then ends early and
     is evaluated), keep the best epoch by ``settings.monitor``.  Each record carries ``wall_time_s``, the
-    seconds since the start of training (evaluation included): the time-to-accuracy curve."""
+    seconds since the start of training (evaluation included): the time-to-accuracy curve.
+
+    ``checkpoint(state)`` is called after each evaluated epoch with ``training_state``'s dict; ``resume=state``
+    continues from such a state (model, optimizer and RNG states are loaded here)."""
     n_rows, batch = users.shape[0], settings.batch_size
     best = FitResult(best_epoch=-1, best_metrics={}, best_state={})
-    best_score, bad_evals, step = float("-inf"), 0, 0
+    best_score, bad_evals, step, first_epoch, elapsed = float("-inf"), 0, 0, 1, 0.0
+    if resume is not None:
+        model.load_state_dict(resume["model"])
+        optimizer.load_state_dict(resume["optimizer"])
+        set_rng_state(resume["rng"], generator)
+        best = FitResult(best_epoch=resume["best_epoch"], best_metrics=dict(resume["best_metrics"]),
+                         best_state=resume["best_state"], history=list(resume["history"]))
+        best_score, bad_evals, step = resume["best_score"], resume["bad_evals"], resume["step"]
+        first_epoch, elapsed = resume["epoch"] + 1, resume["elapsed_s"]
+        best.stopped_early = bool(resume.get("stopped_early", False))
     keep_freed_memory()  # large per-step temporaries reused, not page-faulted in again (mmlexp.runtime)
-    fit_start = time.perf_counter()
+    fit_start = time.perf_counter() - elapsed
     deadline = fit_start + 60 * settings.max_minutes if settings.max_minutes else float("inf")
-    for epoch in range(1, settings.epochs + 1):
+    if resume is not None and (best.stopped_early or step >= (settings.max_steps or float("inf"))
+                               or time.perf_counter() >= deadline):
+        best.steps = step  # the checkpoint is of the run's last epoch: nothing left to train
+        return best
+    for epoch in range(first_epoch, settings.epochs + 1):
         model.train()
         start, loss_sum, loss_rows = time.perf_counter(), torch.zeros((), device=users.device), 0
         order = torch.randperm(n_rows, generator=generator, device=generator.device if generator else "cpu")
@@ -181,7 +230,10 @@ def fit(
             loss_rows += rows.numel()
             step += 1
             if step % settings.log_every == 0:
-                bar.set_postfix(loss=f"{loss.item():.4f}", refresh=False)
+                value = loss.item()
+                if not math.isfinite(value):
+                    raise Diverged(epoch, step, f"loss {value}")
+                bar.set_postfix(loss=f"{value:.4f}", refresh=False)
             bar.update(rows.numel())
             out_of_budget = (settings.max_steps is not None and step >= settings.max_steps) or \
                 time.perf_counter() >= deadline
@@ -189,12 +241,18 @@ def fit(
                 break
         bar.close()
         seconds = time.perf_counter() - start
+        if not math.isfinite(loss_sum.item()):
+            raise Diverged(epoch, step, f"mean loss of the epoch {loss_sum.item()}")
         record = {"epoch": epoch, "train_loss": loss_sum.item() / max(loss_rows, 1),
                   "l2_penalty": l2_penalty(model.embedding_tables(), settings.l2),
                   "epoch_time_s": seconds, "interactions_per_s": loss_rows / seconds, "step": step}
         done = epoch == settings.epochs or out_of_budget
-        if epoch % settings.eval_every == 0 or done:
+        evaluated = epoch % settings.eval_every == 0 or done
+        if evaluated:
             model.eval()
+            bad = [i for i, t in enumerate(model.embedding_tables()) if not bool(torch.isfinite(t).all())]
+            if bad:
+                raise Diverged(epoch, step, f"non-finite values in embedding table {bad[0]}")
             t0 = time.perf_counter()
             metrics = evaluate()
             record |= metrics | {"eval_time_s": time.perf_counter() - t0}
@@ -212,7 +270,19 @@ def fit(
         best.history.append(record)
         if on_epoch_end is not None:
             on_epoch_end(epoch, record)
+        if evaluated and checkpoint is not None:
+            checkpoint(training_state(model, optimizer, generator, best, epoch=epoch, step=step,
+                                      best_score=best_score, bad_evals=bad_evals, stopped_early=best.stopped_early,
+                                      elapsed_s=time.perf_counter() - fit_start))
         if done:
             break
     best.steps = step
     return best
+
+
+def training_state(model, optimizer, generator, best: FitResult, **counters) -> dict:
+    """Everything ``fit(resume=...)`` needs: model, optimizer and RNG states, the counters, the best epoch so far
+    (its weights too) and the history of records."""
+    return {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "rng": rng_state(generator),
+            "best_epoch": best.best_epoch, "best_metrics": best.best_metrics, "best_state": best.best_state,
+            "history": best.history, **counters}

@@ -41,7 +41,8 @@ NEEDS_TRAIN = [name for name in ENCODERS if name != "mf"]
 def make(name, similarity="cosine", **extra):
     cls, kwargs = ENCODERS[name]
     torch.manual_seed(0)
-    return cls(N_USERS, N_ITEMS, train=tiny_train(), **dict(dim=8, init_std=0.5, similarity=similarity) | kwargs | extra)
+    options = dict(dim=8, init_std=0.5, similarity=similarity) | kwargs | extra
+    return cls(N_USERS, N_ITEMS, train=tiny_train(), **options)
 
 
 USERS = torch.tensor([0, 2, 2, 4, 6, 1])
@@ -113,9 +114,11 @@ def test_train_is_required_and_checked(name):
 
 
 @pytest.mark.parametrize("name", ENCODERS)
-@pytest.mark.parametrize("kwargs, text", [(dict(similarity="euclid"), "similarity='euclid': must be one of cosine, dot"),
-                                          (dict(dim=0), "dim=0: must be an integer >= 1"),
-                                          (dict(init_std=0.0), "init_std=0.0: must be > 0")])
+@pytest.mark.parametrize("kwargs, text", [
+    (dict(similarity="euclid"), "similarity='euclid': must be one of cosine, dot"),
+    (dict(dim=0), "dim=0: must be an integer >= 1"),
+    (dict(init_std=0.0), "init_std=0.0: must be > 0"),
+])
 def test_common_bad_arguments(name, kwargs, text):
     cls, own = ENCODERS[name]
     with pytest.raises(ValueError, match=text):
@@ -170,4 +173,4 @@ def test_every_encoder_takes_a_training_step_with_every_sampler(make_cfg, sample
         loss = train_step(model, MultiMarginLoss(), s, make_optimizer(model, 1e-2), USERS, POS,
                           TrainSettings(l2=1e-4))
         assert torch.isfinite(loss)
-        assert all(not torch.equal(a, p) for a, p in zip(before, model.parameters())), name
+        assert all(not torch.equal(a, p) for a, p in zip(before, model.parameters(), strict=True)), name

@@ -21,11 +21,11 @@ def test_zero_layers_is_mf_on_the_same_weights():
         b = mf(USERS, POS, NEG)
         torch.testing.assert_close(a, b)
         a.sum().backward(), b.sum().backward()
-        for p, q in zip(lgcn.parameters(), mf.parameters()):
+        for p, q in zip(lgcn.parameters(), mf.parameters(), strict=True):
             torch.testing.assert_close(p.grad, q.grad)
             p.grad = q.grad = None
     torch.testing.assert_close(lgcn.score(USERS, NEG), mf.score(USERS, NEG))
-    for x, y in zip(lgcn.all_embeddings(), mf.all_embeddings()):
+    for x, y in zip(lgcn.all_embeddings(), mf.all_embeddings(), strict=True):
         torch.testing.assert_close(x, y)
 
 

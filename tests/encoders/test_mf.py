@@ -13,7 +13,7 @@ def test_scores_are_cosines_of_the_table_rows():
     users, items = torch.tensor([0, 3]), torch.tensor([[1, 2, 6], [0, 0, 4]])
     expected = torch.stack([
         torch.stack([F.cosine_similarity(mf.user_table[u], mf.item_table[i], dim=0) for i in row])
-        for u, row in zip(users, items)])
+        for u, row in zip(users, items, strict=True)])
     torch.testing.assert_close(mf(users, items[:, 0], items[:, 1:]), expected)
     torch.testing.assert_close(mf.score(users, items), expected)
 

@@ -12,7 +12,7 @@ def dense_ngcf(model: NGCF, user_table, item_table) -> torch.Tensor:
     a, eye = dense_adjacency(), torch.eye(9)
     e = torch.cat([user_table, item_table])
     outputs = [e]
-    for w1, w2 in zip(model.w1, model.w2):
+    for w1, w2 in zip(model.w1, model.w2, strict=True):
         e = F.leaky_relu((a + eye) @ e @ w1 + ((a @ e) * e) @ w2, negative_slope=0.2)
         outputs.append(e)
     return torch.cat(outputs, dim=1)

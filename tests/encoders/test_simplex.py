@@ -54,7 +54,7 @@ def expected_raw_vector(model: SimpleX, user: int, history: list[int]) -> torch.
         if model.pad_in_softmax_quirk:
             pads = model.pad_length - len(history)
             denom = denom + pads * math.exp(0.0) + 1e-9
-        agg = sum(e / denom * table[i] for e, i in zip(exps, history))
+        agg = sum(e / denom * table[i] for e, i in zip(exps, history, strict=True))
     return model.gamma * e_u + (1 - model.gamma) * model.w_v.weight @ agg
 
 
@@ -66,7 +66,7 @@ POS = torch.tensor([7, 0, 0, 8, 4, 9, 3, 1, 9])
 def test_histories_are_capped_and_leave_the_target_out(cap):
     model = simplex(max_history=cap, aggregator="mean")
     seg, ids, counts = model.history(USERS, POS)
-    for b, (u, i) in enumerate(zip(USERS.tolist(), POS.tolist())):
+    for b, (u, i) in enumerate(zip(USERS.tolist(), POS.tolist(), strict=True)):
         got = ids[seg == b].tolist()
         assert got == expected_history(u, i, cap) and i not in got and counts[b] == len(got)
     seg, ids, counts = model.history(torch.arange(N_USERS))
@@ -84,7 +84,7 @@ def test_aggregators_match_explicit_per_user_loops(aggregator, quirk, cap, share
     train_rows = model.raw_user_vectors(USERS, POS, training=False)
     eval_rows = model.raw_user_vectors(torch.arange(N_USERS), None, training=False)
     with torch.no_grad():
-        for b, (u, i) in enumerate(zip(USERS.tolist(), POS.tolist())):
+        for b, (u, i) in enumerate(zip(USERS.tolist(), POS.tolist(), strict=True)):
             torch.testing.assert_close(train_rows[b], expected_raw_vector(model, u, expected_history(u, i, cap)))
         for u in range(N_USERS):
             torch.testing.assert_close(eval_rows[u], expected_raw_vector(model, u, expected_history(u, cap=cap)))
@@ -149,7 +149,7 @@ def test_gamma_one_is_mf_on_the_same_weights():
         b = mf(USERS, POS, neg)
         torch.testing.assert_close(a, b)
     torch.testing.assert_close(model.score(USERS, neg), mf.score(USERS, neg))
-    for x, y in zip(model.all_embeddings(), mf.all_embeddings()):
+    for x, y in zip(model.all_embeddings(), mf.all_embeddings(), strict=True):
         torch.testing.assert_close(x, y)
 
 
@@ -166,7 +166,7 @@ def test_dropout_acts_on_the_normalised_user_vector_in_training_only():
 
 def test_all_embeddings_in_chunks_equal_one_pass():
     one, chunked = simplex(eval_chunk_users=1000), simplex(eval_chunk_users=2)
-    for x, y in zip(one.all_embeddings(), chunked.all_embeddings()):
+    for x, y in zip(one.all_embeddings(), chunked.all_embeddings(), strict=True):
         torch.testing.assert_close(x, y)
 
 

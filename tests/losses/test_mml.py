@@ -5,6 +5,7 @@ import torch
 
 from mmlexp import cpu_kernels
 from mmlexp.losses import CosineContrastiveLoss, MultiMarginLoss
+from tests.scaffold import assert_finite_in_bfloat16, refused
 
 
 def mml_loop(scores, margins, weights, neg_weight, pos_weight=1.0):
@@ -15,7 +16,7 @@ def mml_loop(scores, margins, weights, neg_weight, pos_weight=1.0):
         pos = max(0.0, 1.0 - float(scores[b, 0])) * pos_weight
         neg = 0.0
         for j in range(1, cols):
-            for m, w in zip(margins, weights):
+            for m, w in zip(margins, weights, strict=True):
                 neg += w * max(0.0, float(scores[b, j]) - m)
         total += pos + neg_weight * neg / (cols - 1)
     return total / rows
@@ -73,10 +74,7 @@ def test_ccl_without_weight_sums_negatives():
 
 
 def test_finite_in_bfloat16():
-    scores = (torch.rand(8, 101) * 2.2 - 1.1).bfloat16().requires_grad_()
-    loss = MultiMarginLoss()(scores)
-    loss.backward()
-    assert torch.isfinite(loss) and torch.isfinite(scores.grad).all()
+    assert_finite_in_bfloat16(MultiMarginLoss())
 
 
 @pytest.mark.parametrize(
@@ -91,9 +89,8 @@ def test_finite_in_bfloat16():
     ],
 )
 def test_bad_hyper_parameters_are_named(kwargs, fragment):
-    with pytest.raises(ValueError) as err:
+    with refused(fragment, anywhere=True):
         MultiMarginLoss(**kwargs)
-    assert fragment in str(err.value)
 
 
 @pytest.mark.skipif(not cpu_kernels.AVAILABLE, reason="numba is not installed: only the PyTorch expression runs")

@@ -1,15 +1,12 @@
 """Hard-negative miner: the kept items are the top-N of a uniform pool scored without gradient."""
 
-import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from scipy.stats import chisquare
 
 from mmlexp.encoders import MatrixFactorization
-from mmlexp.losses import MultiMarginLoss
 from mmlexp.samplers import HardNegativeSampler
-from mmlexp.train import TrainSettings, make_optimizer, train_step
+from tests.scaffold import assert_chi_square_fits, assert_chi_square_rejects, counts, train_step_touches_exactly
 
 
 class IdScore:
@@ -49,20 +46,20 @@ def test_kept_items_are_exactly_the_top_n_of_the_pool():
 def test_pool_is_uniform_chi_square():
     model = IdScore()
     sampler(n=1, pool_size=1000, n_items=10, seed=1).sample(torch.arange(40), None, model)
-    counts = np.bincount(model.pools[0].flatten().numpy(), minlength=10)
     # 40,000 pool draws over 10 items: a uniform draw passes at the 0.1% level
-    assert chisquare(counts).pvalue > 1e-3
+    assert_chi_square_fits(counts(model.pools[0], 10))
 
 
 def test_pool_as_large_as_n_is_plain_uniform_sampling():
     neg = sampler(n=1000, pool_size=1000, n_items=10, seed=2).sample(torch.arange(40), None, IdScore())
-    assert chisquare(np.bincount(neg.flatten().numpy(), minlength=10)).pvalue > 1e-3
+    assert_chi_square_fits(counts(neg, 10))
 
 
 def test_mining_shifts_the_distribution_to_high_scores():
     neg = sampler(n=10, pool_size=40, n_items=20).sample(torch.arange(500), None, IdScore())
-    counts = np.bincount(neg.flatten().numpy(), minlength=20)
-    assert counts[:5].sum() < 0.01 * counts.sum() and chisquare(counts).pvalue < 1e-3
+    drawn = counts(neg, 20)
+    assert drawn[:5].sum() < 0.01 * drawn.sum()
+    assert_chi_square_rejects(drawn)
 
 
 def test_mask_positive_never_keeps_the_row_positive():
@@ -99,33 +96,16 @@ def test_bad_num_negatives(n):
         HardNegativeSampler(n, n_items=8)
 
 
-class Recorder:
-    def __init__(self, inner):
-        self.inner, self.negatives = inner, None
-
-    def sample(self, users, items, model=None):
-        self.negatives = self.inner.sample(users, items, model)
-        return self.negatives
-
-
 def test_train_step_runs_mines_with_the_model_and_updates_exactly_the_touched_rows():
     torch.manual_seed(0)
     model = MatrixFactorization(50, 30, init_std=1.0)
     pools, score = [], model.score
     model.score = lambda u, i: (pools.append(i.clone()), score(u, i))[1]  # record the pool it mines from
-    s = Recorder(HardNegativeSampler(7, n_items=30, pool_size=20, generator=torch.Generator().manual_seed(0)))
-    users, items = torch.randint(50, (8,)), torch.randint(30, (8,))
-    before_u, before_i = model.user_table.detach().clone(), model.item_table.detach().clone()
-    loss_fn = MultiMarginLoss(margins=[-1.0], weights=[1.0], neg_weight=1.0)  # every negative active
-    loss = train_step(model, loss_fn, s, make_optimizer(model, 1e-2), users, items,
-                      TrainSettings(l2=0.0, progress=False))
-    assert torch.isfinite(loss) and s.negatives.shape == (8, 7) and len(pools) == 1
+    s = HardNegativeSampler(7, n_items=30, pool_size=20, generator=torch.Generator().manual_seed(0))
+    step = train_step_touches_exactly(s, model=model)
+    assert step.negatives.shape == (8, 7) and len(pools) == 1
     # the kept negatives are the 7 best of the pool under the pre-step model (eval-mode cosines)
-    cos = lambda idx: torch.einsum("bd,bcd->bc", F.normalize(before_u[users], dim=-1),  # noqa: E731
-                                   F.normalize(before_i[idx], dim=-1))
-    kept, pool = cos(s.negatives).sort(dim=1).values, cos(pools[0]).sort(dim=1).values[:, -7:]
+    users = F.normalize(step.user_table[step.users], dim=-1)
+    cos = lambda idx: torch.einsum("bd,bcd->bc", users, F.normalize(step.item_table[idx], dim=-1))  # noqa: E731
+    kept, pool = cos(step.negatives).sort(dim=1).values, cos(pools[0]).sort(dim=1).values[:, -7:]
     torch.testing.assert_close(kept, pool)
-    changed_items = set(torch.nonzero((model.item_table != before_i).any(1)).flatten().tolist())
-    assert changed_items == set(items.tolist()) | set(s.negatives.flatten().tolist())
-    changed_users = set(torch.nonzero((model.user_table != before_u).any(1)).flatten().tolist())
-    assert changed_users == set(users.tolist())

@@ -3,12 +3,9 @@
 import numpy as np
 import pytest
 import torch
-from scipy.stats import chisquare
 
-from mmlexp.encoders import MatrixFactorization
-from mmlexp.losses import MultiMarginLoss
 from mmlexp.samplers import InBatchSampler
-from mmlexp.train import TrainSettings, make_optimizer, train_step
+from tests.scaffold import assert_chi_square_fits, counts, train_step_touches_exactly
 
 
 def expected_negatives(pos):
@@ -52,11 +49,10 @@ def test_masking_replaces_exactly_the_duplicates():
 def test_masked_replacements_are_uniform_over_the_other_items():
     # every row has positive 3, so all 200 x 199 columns are replaced: uniform over the 11 items != 3
     s = InBatchSampler(n_items=12, mask_duplicates=True, generator=torch.Generator().manual_seed(1))
-    neg = s.sample(torch.arange(200), torch.full((200,), 3)).flatten().numpy()
-    counts = np.bincount(neg, minlength=12)
-    assert counts[3] == 0
+    drawn = counts(s.sample(torch.arange(200), torch.full((200,), 3)), 12)
+    assert drawn[3] == 0
     # 39,800 draws over 11 items: a uniform draw passes at the 0.1% level
-    assert chisquare(np.delete(counts, 3)).pvalue > 1e-3
+    assert_chi_square_fits(np.delete(drawn, 3))
 
 
 def test_same_seed_same_masking():
@@ -80,27 +76,8 @@ def test_bad_options():
         InBatchSampler(0, n_items=5)
 
 
-class Recorder:
-    def __init__(self, inner):
-        self.inner, self.negatives = inner, None
-
-    def sample(self, users, items, model=None):
-        self.negatives = self.inner.sample(users, items, model)
-        return self.negatives
-
-
 @pytest.mark.parametrize("mask", [False, True])
 def test_train_step_runs_and_updates_exactly_the_touched_rows(mask):
-    torch.manual_seed(0)
-    model = MatrixFactorization(50, 30)
-    s = Recorder(InBatchSampler(100, n_items=30, mask_duplicates=mask, generator=torch.Generator().manual_seed(0)))
-    users, items = torch.randint(50, (8,)), torch.tensor([0, 1, 1, 2, 3, 5, 8, 13])
-    before_u, before_i = model.user_table.detach().clone(), model.item_table.detach().clone()
-    loss_fn = MultiMarginLoss(margins=[-1.0], weights=[1.0], neg_weight=1.0)  # every negative active
-    loss = train_step(model, loss_fn, s, make_optimizer(model, 1e-2), users, items,
-                      TrainSettings(l2=0.0, progress=False))
-    assert torch.isfinite(loss) and s.negatives.shape == (8, 7)
-    changed_items = set(torch.nonzero((model.item_table != before_i).any(1)).flatten().tolist())
-    assert changed_items == set(items.tolist()) | set(s.negatives.flatten().tolist())
-    changed_users = set(torch.nonzero((model.user_table != before_u).any(1)).flatten().tolist())
-    assert changed_users == set(users.tolist())
+    s = InBatchSampler(100, n_items=30, mask_duplicates=mask, generator=torch.Generator().manual_seed(0))
+    step = train_step_touches_exactly(s, items=torch.tensor([0, 1, 1, 2, 3, 5, 8, 13]))
+    assert step.negatives.shape == (8, 7)

@@ -4,13 +4,10 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 import torch
-from scipy.stats import chisquare
 
-from mmlexp.encoders import MatrixFactorization
-from mmlexp.losses import MultiMarginLoss
 from mmlexp.samplers import PopularitySampler
 from mmlexp.samplers.popularity import alias_table
-from mmlexp.train import TrainSettings, make_optimizer, train_step
+from tests.scaffold import assert_chi_square_fits, assert_chi_square_rejects, counts, train_step_touches_exactly
 
 # item i has POP[i] training users; item 0 was never interacted with
 POP = np.array([0, 1, 2, 3, 5, 8, 13, 1, 4, 6, 2, 9])
@@ -44,22 +41,21 @@ def test_distribution_is_popularity_to_the_beta_chi_square(beta, shared):
     s = sampler(1000 if not shared else 40_000, seed=int(beta * 10) + shared, beta=beta, shared=shared)
     draws = s.sample(torch.zeros(40, dtype=torch.long)).flatten().numpy()
     assert draws.size == 40_000
-    counts = np.bincount(draws, minlength=len(POP))
+    drawn = counts(draws, len(POP))
     weights = POP.astype(float) ** beta          # 0 ** 0 = 1: beta = 0 is uniform over every item
     np.testing.assert_allclose(s.probs, weights / weights.sum())
     support = weights > 0
-    assert counts[~support].sum() == 0           # beta > 0: item 0 (no training user) is never drawn
-    expected = weights[support] / weights[support].sum() * counts.sum()
+    assert drawn[~support].sum() == 0            # beta > 0: item 0 (no training user) is never drawn
+    expected = weights[support] / weights[support].sum() * drawn.sum()
     # 40,000 draws over 11-12 items: the intended distribution passes at the 0.1% level
-    assert chisquare(counts[support], expected).pvalue > 1e-3
+    assert_chi_square_fits(drawn[support], expected)
 
 
 def test_chi_square_detects_the_wrong_beta():
     """The test above can fail: draws with beta=1 are far from the beta=0.5 distribution."""
-    counts = np.bincount(sampler(1000, beta=1.0).sample(torch.zeros(40, dtype=torch.long)).flatten().numpy(),
-                         minlength=len(POP))[1:]
+    drawn = counts(sampler(1000, beta=1.0).sample(torch.zeros(40, dtype=torch.long)), len(POP))[1:]
     wrong = POP[1:] ** 0.5
-    assert chisquare(counts, wrong / wrong.sum() * counts.sum()).pvalue < 1e-3
+    assert_chi_square_rejects(drawn, wrong / wrong.sum() * drawn.sum())
 
 
 def test_alias_table_encodes_the_probabilities_exactly():
@@ -106,31 +102,10 @@ def test_bad_num_negatives(n):
         sampler(n)
 
 
-class Recorder:
-    def __init__(self, inner):
-        self.inner, self.negatives = inner, None
-
-    def sample(self, users, items, model=None):
-        self.negatives = self.inner.sample(users, items, model)
-        return self.negatives
-
-
 @pytest.mark.parametrize("shared", [False, True])
 def test_train_step_runs_and_updates_exactly_the_touched_rows(shared):
-    torch.manual_seed(0)
-    model = MatrixFactorization(50, 30)
     pop = np.random.default_rng(0).integers(0, 6, size=30)
-    s = Recorder(PopularitySampler(7, n_items=30, train=train_with_popularity(pop), shared=shared,
-                                   generator=torch.Generator().manual_seed(0)))
-    users, items = torch.randint(50, (8,)), torch.randint(30, (8,))
-    before_u, before_i = model.user_table.detach().clone(), model.item_table.detach().clone()
-    # margin -1: every negative is active, so every sampled row must receive a gradient
-    loss_fn = MultiMarginLoss(margins=[-1.0], weights=[1.0], neg_weight=1.0)
-    loss = train_step(model, loss_fn, s, make_optimizer(model, 1e-2), users, items,
-                      TrainSettings(l2=0.0, progress=False))
-    assert torch.isfinite(loss)
-    changed_items = set(torch.nonzero((model.item_table != before_i).any(1)).flatten().tolist())
-    assert changed_items == set(items.tolist()) | set(s.negatives.flatten().tolist())
-    changed_users = set(torch.nonzero((model.user_table != before_u).any(1)).flatten().tolist())
-    assert changed_users == set(users.tolist())
-    assert not set(s.negatives.flatten().tolist()) & set(np.flatnonzero(pop == 0).tolist())
+    s = PopularitySampler(7, n_items=30, train=train_with_popularity(pop), shared=shared,
+                          generator=torch.Generator().manual_seed(0))
+    step = train_step_touches_exactly(s)
+    assert not set(step.negatives.flatten().tolist()) & set(np.flatnonzero(pop == 0).tolist())

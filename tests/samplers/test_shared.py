@@ -1,14 +1,11 @@
 """Shared sampler: one [1, N] uniform set per batch; the encoder scores it like the expanded [B, N]."""
 
-import numpy as np
 import pytest
 import torch
-from scipy.stats import chisquare
 
 from mmlexp.encoders import MatrixFactorization
-from mmlexp.losses import MultiMarginLoss
 from mmlexp.samplers import SharedSampler
-from mmlexp.train import TrainSettings, make_optimizer, train_step
+from tests.scaffold import assert_chi_square_fits, counts, train_step_touches_exactly
 
 
 def test_shape_dtype_and_range():
@@ -20,9 +17,8 @@ def test_shape_dtype_and_range():
 
 def test_uniform_distribution_chi_square():
     s = SharedSampler(40_000, n_items=10, generator=torch.Generator().manual_seed(1))
-    counts = np.bincount(s.sample(torch.zeros(256, dtype=torch.long)).flatten().numpy(), minlength=10)
     # 40,000 draws over 10 items: a uniform sampler passes at the 0.1% level
-    assert chisquare(counts).pvalue > 1e-3
+    assert_chi_square_fits(counts(s.sample(torch.zeros(256, dtype=torch.long)), 10))
 
 
 def test_each_batch_draws_a_fresh_set_and_seeds_reproduce():
@@ -47,26 +43,6 @@ def test_bad_num_negatives(n):
         SharedSampler(n, n_items=8)
 
 
-class Recorder:
-    def __init__(self, inner):
-        self.inner, self.negatives = inner, None
-
-    def sample(self, users, items, model=None):
-        self.negatives = self.inner.sample(users, items, model)
-        return self.negatives
-
-
 def test_train_step_runs_and_updates_exactly_the_touched_rows():
-    torch.manual_seed(0)
-    model = MatrixFactorization(50, 30)
-    s = Recorder(SharedSampler(7, n_items=30, generator=torch.Generator().manual_seed(0)))
-    users, items = torch.randint(50, (8,)), torch.randint(30, (8,))
-    before_u, before_i = model.user_table.detach().clone(), model.item_table.detach().clone()
-    loss_fn = MultiMarginLoss(margins=[-1.0], weights=[1.0], neg_weight=1.0)  # every negative active
-    loss = train_step(model, loss_fn, s, make_optimizer(model, 1e-2), users, items,
-                      TrainSettings(l2=0.0, progress=False))
-    assert torch.isfinite(loss) and s.negatives.shape == (1, 7)
-    changed_items = set(torch.nonzero((model.item_table != before_i).any(1)).flatten().tolist())
-    assert changed_items == set(items.tolist()) | set(s.negatives.flatten().tolist())
-    changed_users = set(torch.nonzero((model.user_table != before_u).any(1)).flatten().tolist())
-    assert changed_users == set(users.tolist())
+    step = train_step_touches_exactly(SharedSampler(7, n_items=30, generator=torch.Generator().manual_seed(0)))
+    assert step.negatives.shape == (1, 7)

@@ -4,12 +4,9 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 import torch
-from scipy.stats import chisquare
 
-from mmlexp.encoders import MatrixFactorization
-from mmlexp.losses import MultiMarginLoss
 from mmlexp.samplers import UniformSampler
-from mmlexp.train import TrainSettings, make_optimizer, train_step
+from tests.scaffold import assert_chi_square_fits, counts, train_step_touches_exactly
 
 
 def tiny_train():
@@ -27,9 +24,8 @@ def test_shape_dtype_and_range():
 
 def test_uniform_distribution_chi_square():
     s = UniformSampler(1000, n_items=8, generator=torch.Generator().manual_seed(1))
-    counts = np.bincount(s.sample(torch.zeros(40, dtype=torch.long)).flatten().numpy(), minlength=8)
     # 40,000 draws over 8 items: a uniform sampler passes at the 0.1% level
-    assert chisquare(counts).pvalue > 1e-3
+    assert_chi_square_fits(counts(s.sample(torch.zeros(40, dtype=torch.long)), 8))
 
 
 def test_positives_are_kept_by_default():
@@ -44,13 +40,13 @@ def test_exclusion_excludes_and_stays_uniform_on_the_rest():
     neg = s.sample(torch.tensor([0, 1]))
     assert not set(neg[0].tolist()) & {0, 1, 2}
     assert 5 not in set(neg[1].tolist())
-    counts = np.bincount(neg[0].numpy(), minlength=8)[3:]
-    assert chisquare(counts).pvalue > 1e-3
+    assert_chi_square_fits(counts(neg[0], 8)[3:])
 
 
 def test_same_seed_same_draws():
-    a = UniformSampler(5, n_items=100, generator=torch.Generator().manual_seed(7)).sample(torch.zeros(4, dtype=torch.long))
-    b = UniformSampler(5, n_items=100, generator=torch.Generator().manual_seed(7)).sample(torch.zeros(4, dtype=torch.long))
+    users = torch.zeros(4, dtype=torch.long)
+    a = UniformSampler(5, n_items=100, generator=torch.Generator().manual_seed(7)).sample(users)
+    b = UniformSampler(5, n_items=100, generator=torch.Generator().manual_seed(7)).sample(users)
     assert torch.equal(a, b)
 
 
@@ -66,26 +62,6 @@ def test_exclusion_needs_something_left():
         UniformSampler(2, n_items=3, train=full, exclude_positives=True)
 
 
-class Recorder:
-    def __init__(self, inner):
-        self.inner, self.negatives = inner, None
-
-    def sample(self, users, items, model=None):
-        self.negatives = self.inner.sample(users, items, model)
-        return self.negatives
-
-
 def test_train_step_runs_and_updates_exactly_the_touched_rows():
-    torch.manual_seed(0)
-    model = MatrixFactorization(50, 30)
-    s = Recorder(UniformSampler(7, n_items=30, generator=torch.Generator().manual_seed(0)))
-    users, items = torch.randint(50, (8,)), torch.randint(30, (8,))
-    before_u, before_i = model.user_table.detach().clone(), model.item_table.detach().clone()
-    loss_fn = MultiMarginLoss(margins=[-1.0], weights=[1.0], neg_weight=1.0)  # every negative active
-    loss = train_step(model, loss_fn, s, make_optimizer(model, 1e-2), users, items,
-                      TrainSettings(l2=0.0, progress=False))
-    assert torch.isfinite(loss) and s.negatives.shape == (8, 7)
-    changed_items = set(torch.nonzero((model.item_table != before_i).any(1)).flatten().tolist())
-    assert changed_items == set(items.tolist()) | set(s.negatives.flatten().tolist())
-    changed_users = set(torch.nonzero((model.user_table != before_u).any(1)).flatten().tolist())
-    assert changed_users == set(users.tolist())
+    step = train_step_touches_exactly(UniformSampler(7, n_items=30, generator=torch.Generator().manual_seed(0)))
+    assert step.negatives.shape == (8, 7)

@@ -18,8 +18,16 @@ SSM setting (paper-reference §6): ``n_layers=1``.
 import torch
 from torch import nn
 
-from mmlexp.encoders._scoring import (check_dim, check_dropout, check_init_std, check_similarity, check_train,
-                                      eval_scores, finish, pair_scores)
+from mmlexp.encoders._scoring import (
+    check_dim,
+    check_dropout,
+    check_init_std,
+    check_similarity,
+    check_train,
+    eval_scores,
+    finish,
+    pair_scores,
+)
 from mmlexp.encoders.graph import normalized_adjacency, propagate
 
 
@@ -30,6 +38,8 @@ def check_layers(n_layers) -> int:
 
 
 class LightGCN(nn.Module):
+    adjacency: torch.Tensor  # buffer (register_buffer): the normalised adjacency
+
     def __init__(self, n_users: int, n_items: int, dim: int = 64, n_layers: int = 3, dropout: float = 0.0,
                  init_std: float = 1e-4, similarity: str = "cosine", train=None):
         super().__init__()

@@ -22,13 +22,23 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mmlexp.encoders._scoring import (check_dim, check_dropout, check_init_std, check_similarity, check_train,
-                                      eval_scores, finish, pair_scores)
+from mmlexp.encoders._scoring import (
+    check_dim,
+    check_dropout,
+    check_init_std,
+    check_similarity,
+    check_train,
+    eval_scores,
+    finish,
+    pair_scores,
+)
 from mmlexp.encoders.graph import normalized_adjacency, propagate
 from mmlexp.encoders.lightgcn import check_layers
 
 
 class NGCF(nn.Module):
+    adjacency: torch.Tensor  # buffer (register_buffer): the normalised adjacency
+
     def __init__(self, n_users: int, n_items: int, dim: int = 64, n_layers: int = 3, message_dropout: float = 0.1,
                  negative_slope: float = 0.2, dropout: float = 0.0, init_std: float = 1e-4,
                  similarity: str = "cosine", train=None):
@@ -58,7 +68,7 @@ class NGCF(nn.Module):
         """Concatenated layer outputs: users ``[U, d(L+1)]``, items ``[I, d(L+1)]``."""
         x = torch.cat([self.user_table, self.item_table])
         layers = [x]
-        for w1, w2 in zip(self.w1, self.w2):
+        for w1, w2 in zip(self.w1, self.w2, strict=True):
             side = propagate(self.adjacency, x)                       # A_hat E
             x = F.leaky_relu((side + x) @ w1 + (side * x) @ w2, self.negative_slope)
             x = F.dropout(x, self.message_dropout, training=training)

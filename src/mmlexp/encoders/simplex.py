@@ -41,14 +41,28 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mmlexp.encoders._scoring import (check_dim, check_dropout, check_init_std, check_similarity, check_train,
-                                      eval_scores, finish, pair_scores)
+from mmlexp.encoders._scoring import (
+    check_dim,
+    check_dropout,
+    check_init_std,
+    check_similarity,
+    check_train,
+    eval_scores,
+    finish,
+    pair_scores,
+)
 from mmlexp.encoders.graph import row_entries, segment_expand, segment_max, segment_sum
 
 AGGREGATORS = ("mean", "user_attention", "self_attention")
 
 
 class SimpleX(nn.Module):
+    # buffers (register_buffer) and the layers only some aggregators have
+    indptr: torch.Tensor
+    indices: torch.Tensor
+    w_k: nn.Linear | None
+    query: nn.Parameter | None
+
     def __init__(
         self,
         n_users: int,
@@ -115,7 +129,8 @@ class SimpleX(nn.Module):
         return tables if self.history_table is None else tables + [self.history_table]
 
     # ------------------------------------------------------------------ history
-    def history(self, users: torch.Tensor, pos_items: torch.Tensor | None = None):
+    def history(self, users: torch.Tensor, pos_items: torch.Tensor | None = None
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Packed histories: ``(seg [T], ids [T], counts [B])``; entry t is item ``ids[t]`` of row ``seg[t]``.
 
         With ``pos_items`` (training rows) the row's positive is left out (leave-target-out) and the cap
@@ -143,10 +158,12 @@ class SimpleX(nn.Module):
         h = F.embedding(ids, table)                                          # [T, d] (fast sparse backward)
         if self.aggregator == "mean":
             return segment_sum(h, seg, counts) / (counts.to(h.dtype) + 1e-9).unsqueeze(1)
+        assert self.w_k is not None  # every aggregator but mean has its key layer
         keys = torch.tanh(self.w_k(h))
         if self.aggregator == "user_attention":
             logits = (keys * segment_expand(user_emb, seg, counts)).sum(-1)
         else:
+            assert self.query is not None  # self_attention's global query
             logits = (keys @ self.query).squeeze(-1)
         # segment softmax shifted by the segment max (no gradient needed: the softmax is shift-invariant)
         shift = segment_max(logits, counts)

@@ -20,12 +20,24 @@ import numpy as np
 import torch
 from torch import nn
 
-from mmlexp.encoders._scoring import (check_dim, check_dropout, check_init_std, check_similarity, check_train,
-                                      eval_scores, finish, pair_scores)
+from mmlexp.encoders._scoring import (
+    check_dim,
+    check_dropout,
+    check_init_std,
+    check_similarity,
+    check_train,
+    eval_scores,
+    finish,
+    pair_scores,
+)
 from mmlexp.encoders.graph import batch_csr
 
 
 class SVDPlusPlus(nn.Module):
+    indptr: torch.Tensor  # buffers (register_buffer): the train CSR and its |N(u)|^-1/2 weights
+    indices: torch.Tensor
+    weights: torch.Tensor
+
     def __init__(self, n_users: int, n_items: int, dim: int = 64, dropout: float = 0.0, init_std: float = 1e-4,
                  similarity: str = "cosine", train=None):
         super().__init__()

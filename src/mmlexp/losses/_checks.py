@@ -2,6 +2,7 @@
 
 import math
 from collections.abc import Sequence
+from itertools import pairwise
 
 
 def check_margins(name: str, margins: Sequence[float]) -> list[float]:
@@ -10,7 +11,7 @@ def check_margins(name: str, margins: Sequence[float]) -> list[float]:
         raise ValueError(f"{name}={values}: at least one margin is required")
     if any(not math.isfinite(m) or not -1.0 <= m <= 1.0 for m in values):
         raise ValueError(f"{name}={values}: every margin must lie in [-1, 1] (cosine scores)")
-    if any(b <= a for a, b in zip(values, values[1:])):
+    if any(b <= a for a, b in pairwise(values)):
         raise ValueError(f"{name}={values}: margins must be strictly increasing")
     return values
 

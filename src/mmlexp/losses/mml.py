@@ -9,6 +9,7 @@ CPU the loss and its gradient come from one hand-written pass (``losses._hinge``
 """
 
 from collections.abc import Sequence
+from typing import cast
 
 import torch
 from torch import nn
@@ -41,9 +42,12 @@ class MultiMarginLoss(nn.Module):
         if fused is not None:
             return fused
         pos, neg = scores[:, 0], scores[:, 1:]
-        penalty = sum(w * torch.relu(neg - m) for m, w in zip(self.margins, self.weights))
+        # a tensor, not sum()'s start 0: there is at least one margin (checked in __init__)
+        terms = (w * torch.relu(neg - m) for m, w in zip(self.margins, self.weights, strict=True))
+        penalty = cast(torch.Tensor, sum(terms))
         per_row = self.pos_weight * torch.relu(1 - pos) + self.neg_weight * penalty.mean(dim=1)
         return per_row.mean()
 
     def extra_repr(self) -> str:
-        return f"margins={self.margins}, weights={self.weights}, neg_weight={self.neg_weight}, pos_weight={self.pos_weight}"
+        return (f"margins={self.margins}, weights={self.weights}, neg_weight={self.neg_weight}, "
+                f"pos_weight={self.pos_weight}")

@@ -142,16 +142,23 @@ def paper_table_md(name: str, table: pd.DataFrame) -> str:
         row_keys = sel[list(keys)].drop_duplicates()
         for _, rk in row_keys.iterrows():
             sub = sel[(sel[list(keys)] == rk.values).all(axis=1)].set_index(["dataset", "metric"])
-            label = [figures.LOSS_LABELS.get(v, v) if k == "loss" else ("SimpleX" if v == "simplex" else
-                     "MF" if v == "mf" else v) for k, v in rk.items()]
+            row_label = [figures.LOSS_LABELS.get(v, v) if k == "loss" else ("SimpleX" if v == "simplex" else
+                         "MF" if v == "mf" else v) for k, v in rk.items()]
             cells = []
             for d, m in cols:
                 r = sub.loc[(d, m)] if (d, m) in sub.index else pd.Series(dtype=object)
                 cells += [fmt_ours(r), fmt(r.get("paper")), fmt(r.get("diff"), sign=True)]
-            rows.append([*label, *cells])
+            rows.append([*row_label, *cells])
         parts.append(f"Selection `{selection}` ({SELECTION_NOTE.get(selection, selection)}):\n\n"
                      + md_table(header, rows))
     return "\n\n".join(parts)
+
+
+def _curve_mean(curves: pd.DataFrame, claim: pd.Series, loss: str) -> float:
+    """Our mean of ``loss`` in the claim's (dataset, metric, negatives) cell of the curves; NaN if absent."""
+    hit = curves[(curves["dataset"] == claim["dataset"]) & (curves["metric"] == claim["metric"])
+                 & (curves["loss"] == loss) & (curves["num_negatives"] == claim["num_negatives"])]
+    return float(hit["mean"].iloc[0]) if len(hit) else math.nan
 
 
 def figure3_claims(curves: pd.DataFrame) -> pd.DataFrame:
@@ -159,11 +166,7 @@ def figure3_claims(curves: pd.DataFrame) -> pd.DataFrame:
     claims = paper_numbers("figure3")
     rows = []
     for _, c in claims.iterrows():
-        def mean(loss):
-            hit = curves[(curves["dataset"] == c["dataset"]) & (curves["metric"] == c["metric"])
-                         & (curves["loss"] == loss) & (curves["num_negatives"] == c["num_negatives"])]
-            return float(hit["mean"].iloc[0]) if len(hit) else math.nan
-        ours, base = mean(c["loss"]), mean(c["baseline"])
+        ours, base = _curve_mean(curves, c, c["loss"]), _curve_mean(curves, c, c["baseline"])
         rows.append({**c.to_dict(), "paper_relative_gain_pct": c["relative_gain_pct"],
                      "ours_relative_gain_pct": 100 * (ours - base) / base if base else math.nan,
                      "ours_mean": ours, "ours_baseline_mean": base})

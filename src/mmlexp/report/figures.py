@@ -83,7 +83,8 @@ def plot_time_to_accuracy(history: pd.DataFrame, runs: pd.DataFrame, metric: str
     fig = Figure(figsize=(5.0 * max(1, len(datasets)), 3.6), layout="constrained")
     axes = fig.subplots(1, max(1, len(datasets)), squeeze=False)[0]
     losses = ordered_losses(info["loss"]) if len(info) else []
-    for ax, dataset in zip(axes, datasets or [None]):
+    panels: list[str | None] = [*datasets] or [None]  # one empty panel when there is no history
+    for ax, dataset in zip(axes, panels, strict=True):
         ax.set_xlabel("wall-clock seconds since training start")
         ax.set_ylabel(METRIC_LABELS.get(metric, metric))
         ax.set_title(DATASET_LABELS.get(dataset, dataset) if dataset else "no per-epoch history")
@@ -96,7 +97,7 @@ def plot_time_to_accuracy(history: pd.DataFrame, runs: pd.DataFrame, metric: str
                 label = (f"{LOSS_LABELS.get(row['loss'], row['loss'])} {row['encoder']} N={row['num_negatives']} "
                          f"seed {row['seed']}")
                 lines.append((label, row, run_id, line.sort_values("epoch")))
-        seen = {}
+        seen: dict[str, int] = {}
         for label, row, run_id, line in lines:
             style = loss_style(row["loss"], losses)
             if sum(other == label for other, *_ in lines) > 1:  # the same settings run again (another code version)
@@ -109,9 +110,17 @@ def plot_time_to_accuracy(history: pd.DataFrame, runs: pd.DataFrame, metric: str
     return fig
 
 
+def tail_group(column: str) -> str:
+    """The group of a ``tail_recall@K_g{g}`` column: ``"3"`` for ``tail_recall@20_g3``."""
+    match = TAIL.match(column)
+    if match is None:
+        raise ValueError(f"{column!r} is not a tail_recall@K_g<group> column")
+    return match.group(2)
+
+
 def tail_columns(df: pd.DataFrame, k: int = 20) -> list[str]:
     cols = [c for c in df.columns if (m := TAIL.match(c)) and int(m.group(1)) == k and df[c].notna().any()]
-    return sorted(cols, key=lambda c: int(TAIL.match(c).group(2)))
+    return sorted(cols, key=lambda c: int(tail_group(c)))
 
 
 def plot_long_tail(df: pd.DataFrame, k: int = 20) -> Figure | None:
@@ -126,7 +135,7 @@ def plot_long_tail(df: pd.DataFrame, k: int = 20) -> Figure | None:
     fig = Figure(figsize=(5.0 * len(datasets), 3.6), layout="constrained")
     axes = fig.subplots(1, len(datasets), squeeze=False)[0]
     width = 0.8 / max(1, len(losses))
-    for ax, dataset in zip(axes, datasets):
+    for ax, dataset in zip(axes, datasets, strict=True):
         for i, loss in enumerate(losses):
             sub = agg[(agg["dataset"] == dataset) & (agg["loss"] == loss)].set_index("metric").reindex(cols)
             if sub["mean"].isna().all():
@@ -136,7 +145,7 @@ def plot_long_tail(df: pd.DataFrame, k: int = 20) -> Figure | None:
             ax.bar(x, sub["mean"], width, yerr=None if err.isna().all() else err.fillna(0), capsize=2,
                    label=LOSS_LABELS.get(loss, loss), color=loss_style(loss, losses)["color"])
         ax.set_xticks(np.arange(len(cols)))
-        ax.set_xticklabels([f"g{TAIL.match(c).group(2)}" for c in cols])
+        ax.set_xticklabels([f"g{tail_group(c)}" for c in cols])
         ax.set_xlabel("item popularity group (g0 = least popular)")
         ax.set_ylabel(f"Recall@{k} within group")
         ax.set_title(DATASET_LABELS.get(dataset, dataset))

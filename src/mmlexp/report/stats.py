@@ -9,6 +9,9 @@ from scipy import stats
 
 from mmlexp.report.runs import CELL_KEYS
 
+# The keys of a setting (a cell of the tables less its loss): paired_tests compares the losses within one.
+SETTING_KEYS = tuple(k for k in CELL_KEYS if k != "loss")
+
 METRICS = ("recall@20", "ndcg@20")
 STAT_COLUMNS = ("metric", "n", "mean", "std", "ci_low", "ci_high", "ci_half", "seeds", "run_ids", "epochs")
 
@@ -40,12 +43,12 @@ def aggregate(df: pd.DataFrame, by: Sequence[str] = CELL_KEYS, metrics: Sequence
     metrics = [m for m in metrics if m in df.columns]
     if len(df) and metrics:
         for key, group in df.groupby(list(by), dropna=False, sort=True):
-            key = key if isinstance(key, tuple) else (key,)
+            cell = dict(zip(by, key if isinstance(key, tuple) else (key,), strict=True))
             for metric in metrics:
                 sub = group[group[metric].notna()]
                 if sub.empty:
                     continue
-                rows.append({**dict(zip(by, key)), "metric": metric, **mean_ci(sub[metric].tolist(), confidence),
+                rows.append({**cell, "metric": metric, **mean_ci(sub[metric].tolist(), confidence),
                              "seeds": _join(sorted(sub["seed"].dropna().astype(int))),
                              "run_ids": _join(sub["run_id"]),
                              "epochs": _join(sorted(sub["epochs"].dropna().astype(int).unique()))})
@@ -63,7 +66,7 @@ def negative_curves(df: pd.DataFrame, metrics: Sequence[str] = METRICS,
 
 
 def paired_tests(df: pd.DataFrame, baseline: str = "ccl", metrics: Sequence[str] = METRICS,
-                 by: Sequence[str] = tuple(k for k in CELL_KEYS if k != "loss")) -> pd.DataFrame:
+                 by: Sequence[str] = SETTING_KEYS) -> pd.DataFrame:
     """Each loss against ``baseline`` in the same setting (``by``), paired by seed: mean difference (loss minus
     baseline) and ``scipy.stats.ttest_rel(loss, baseline)`` over the common seeds (needs >= 2 pairs; NaN
     otherwise). Several runs of one seed are averaged first."""
@@ -90,7 +93,7 @@ def paired_tests(df: pd.DataFrame, baseline: str = "ccl", metrics: Sequence[str]
                     res = stats.ttest_rel(x, y)
                     t, p = float(res.statistic), float(res.pvalue)
                 diff = float((x - y).mean())
-                rows.append({**dict(zip(by, key)), "loss": loss, "baseline": baseline, "metric": metric,
+                rows.append({**dict(zip(by, key, strict=True)), "loss": loss, "baseline": baseline, "metric": metric,
                              "n_pairs": len(seeds), "seeds": _join(int(s) for s in seeds), "mean": float(x.mean()),
                              "baseline_mean": float(y.mean()), "mean_diff": diff,
                              "rel_diff_pct": 100 * diff / float(y.mean()) if y.mean() else math.nan, "t": t,

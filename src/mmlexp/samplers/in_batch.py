@@ -66,6 +66,7 @@ class InBatchSampler:
                              "(a batch of one row has no other positives to use as negatives)")
         neg = pos_items[self._others(batch, pos_items.device)]
         if self.mask_duplicates:
+            assert self.n_items is not None  # checked in __init__
             # uniform over the n_items - 1 items != the row's positive, drawn for every entry (no host sync)
             own = pos_items.unsqueeze(1)
             draw = torch.randint(self.n_items - 1, neg.shape, generator=self.generator, device=self.device)

@@ -37,7 +37,7 @@ class UniformSampler:
         self.n_items = check_int("n_items", n_items, 1)
         self.generator, self.device = generator, torch.device(device)
         self.exclude_positives = bool(exclude_positives)
-        self._train_keys = None
+        self._train_keys: torch.Tensor | None = None
         if self.exclude_positives:
             if train is None:
                 raise ValueError("exclude_positives=True needs the training matrix (train=...)")
@@ -54,9 +54,11 @@ class UniformSampler:
         return torch.randint(self.n_items, shape, generator=self.generator, device=self.device)
 
     def _is_positive(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
+        train_keys = self._train_keys
+        assert train_keys is not None, "only called with exclude_positives=True"
         keys = users.unsqueeze(-1) * self.n_items + items
-        pos = torch.searchsorted(self._train_keys, keys).clamp_(max=self._train_keys.numel() - 1)
-        return self._train_keys[pos] == keys
+        pos = torch.searchsorted(train_keys, keys).clamp_(max=train_keys.numel() - 1)
+        return train_keys[pos] == keys
 
     def sample(self, users: torch.Tensor, pos_items: torch.Tensor | None = None, model=None) -> torch.Tensor:
         neg = self._randint((users.shape[0], self.num_negatives))

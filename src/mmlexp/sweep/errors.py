@@ -9,6 +9,8 @@ class SweepError(ValueError):
 
 def mask_url(url: str | None) -> str | None:
     """A storage URL with its password hidden, for messages and tags."""
+    if url is None:
+        return None
     with contextlib.suppress(Exception):
         from sqlalchemy.engine import make_url
 

@@ -16,6 +16,7 @@ from hydra.types import RunMode
 
 SWEEP_FILE = "sweep.json"
 TRIAL_ENV = "MMLEXP_OPTUNA_TRIAL"          # the trial number, set per job by OptunaSweeper
+POINT_ENV = "MMLEXP_GRID_POINT"            # the grid point's index, set per job by GridSweeper
 MAX_TAG = 5000
 
 
@@ -48,6 +49,8 @@ def job_tags(tracking_uri: str) -> dict[str, str]:
     sweep_dir = _sweep_dir(hc)
     tags = {"sweep.dir": str(sweep_dir), "sweep.job_num": str(hc.job.num),
             "sweep.overrides": " ".join(hc.overrides.task)[:MAX_TAG]}
+    if os.environ.get(POINT_ENV) is not None:  # a grid point keeps its index across resumed sweeps
+        tags |= {"sweep.job_num": os.environ[POINT_ENV], "grid.point": os.environ[POINT_ENV]}
     info = read_sweep_file(sweep_dir)
     if info.get("parent_run_id") and info.get("tracking_uri") == tracking_uri:
         tags |= {"mlflow.parentRunId": info["parent_run_id"], "sweep.id": info["sweep_id"]}
@@ -67,8 +70,9 @@ def threads_per_job(hydra_cfg: Any, cores: int | None = None) -> int | None:
     cores = cores or len(os.sched_getaffinity(0))
     launcher = hydra_cfg.get("launcher") or {}
     target = str(launcher.get("_target_", ""))
-    if launcher.get("cpus_per_task"):
-        return int(launcher.get("cpus_per_task"))
+    cpus = launcher.get("cpus_per_task")
+    if cpus:
+        return int(cpus)
     parallel = launcher.get("n_jobs")
     if parallel is None and target.endswith("LocalLauncher") and "submitit" in target:
         sweeper = hydra_cfg.get("sweeper") or {}

@@ -1,19 +1,16 @@
-"""Liveness: is the process behind a RUNNING trial or run still there? Optuna heartbeats while a batch runs."""
+"""Liveness: is the process behind a RUNNING trial, grid point or run still there? Optuna heartbeats while a
+batch runs.  (MLflow runs left RUNNING by dead processes are closed by ``mmlexp.tracking.close_dead_runs``.)"""
 
 import contextlib
 import threading
 from typing import Any
 
+from mmlexp.tracking import alive_since
+
 
 def alive(pid: Any, started: Any) -> bool:
-    """Is the process that ran a trial (started at ``started``) still running? (pid reuse aware)"""
-    import psutil
-
-    try:
-        proc = psutil.Process(int(pid))
-        return started is None or proc.create_time() <= started.timestamp() + 1
-    except (psutil.Error, TypeError, ValueError):
-        return False
+    """Is the process that ran a trial (started at the datetime ``started``) still running? (pid reuse aware)"""
+    return alive_since(pid, None if started is None else started.timestamp() + 1)
 
 
 @contextlib.contextmanager

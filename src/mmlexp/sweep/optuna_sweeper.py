@@ -164,6 +164,8 @@ class OptunaSweeper(Sweeper):
         self.parent = open_parent(config, sweep_dir, name=f"optuna {name}", sweep_id=f"optuna/{name}",
                                   kind="optuna", params=params, reuse=study.user_attrs.get(PARENT_ATTR),
                                   study=name, storage=mask_url(impl.storage))
+        if self.parent is not None:
+            self.parent.close_dead_runs(self.grace_period or 2 * (self.heartbeat_interval or 60) + 600)
         if self.parent is not None and study.user_attrs.get(PARENT_ATTR) != self.parent.run_id:
             study.set_user_attr(PARENT_ATTR, self.parent.run_id)
         status = "FAILED"
@@ -231,7 +233,7 @@ class OptunaSweeper(Sweeper):
                     returns = impl.launcher.launch(overrides, initial_job_idx=job_idx)
                 job_idx += len(returns)
                 errors = []
-                for trial, ret in zip(batch, returns):
+                for trial, ret in zip(batch, returns, strict=True):
                     try:
                         value = float(ret.return_value)  # re-raises the job's exception
                         if not math.isfinite(value):
@@ -250,7 +252,7 @@ class OptunaSweeper(Sweeper):
             launched, failed = launched + len(returns), failed + len(errors)
             if errors and failed / launched > impl.max_failure_rate:
                 log.error(f"{failed} of {launched} trials failed (max_failure_rate={impl.max_failure_rate})")
-                errors[0].return_value  # raises the job's exception, with its traceback
+                _ = errors[0].return_value  # raises the job's exception, with its traceback
 
     def _sampler(self, number: int):
         """The sampler for trial ``number``: seeded with seed + number, so a resumed study or a second worker

@@ -34,15 +34,15 @@ def open_parent(config: DictConfig, sweep_dir: Path, *, name: str, sweep_id: str
     tracker = Tracker(tracking["uri"], tracking["experiment"], tracking["artifact_location"])
     if not (reuse and tracker.reopen(reuse)):
         tags = {"sweep.role": "parent", "sweep.kind": kind, "sweep.id": sweep_id,
-                "sweep.dir": str(sweep_dir.resolve()), "sweep.command": _command()[:MAX_TAG],
-                "host": socket.gethostname(), "git_commit": git_commit()}
+                "sweep.dir": str(sweep_dir.resolve()), "sweep.command": command_line()[:MAX_TAG],
+                "host": socket.gethostname(), "git_commit": git_commit() or ""}
         tracker.start(name, {k: str(v)[:MAX_TAG] for k, v in params.items()}, tags)
     write_sweep_file(sweep_dir, {"parent_run_id": tracker.run_id, "sweep_id": sweep_id,
                                  "tracking_uri": tracking["uri"], **info})
     return tracker
 
 
-def _command() -> str:
+def command_line() -> str:
     argv = list(sys.argv)
     if argv and argv[0].endswith("__main__.py"):
         argv[0] = "python -m mmlexp"
@@ -55,6 +55,24 @@ def exit_status() -> str:
     return "FINISHED" if error is None else "KILLED" if isinstance(error, KeyboardInterrupt) else "FAILED"
 
 
+def summarise(parent, config: DictConfig) -> None:
+    """The best finished job of the sweep, on its parent run (by the selection metric, never test under
+    eval.selection=valid)."""
+    from mmlexp.tracking import mlflow_key
+
+    # the selection metric: on the validation slice under eval.selection=valid (never tune on test)
+    prefix = "valid/" if OmegaConf.select(config, "eval.selection") == "valid" else ""
+    client, metric = parent.client, f"best/{prefix}{mlflow_key(str(config.trainer.monitor))}"
+    jobs = client.search_runs([parent.experiment_id],
+                              filter_string=f"tags.`mlflow.parentRunId` = '{parent.run_id}'")
+    done = [r for r in jobs if r.info.status == "FINISHED" and metric in r.data.metrics]
+    if done:
+        best = max(done, key=lambda r: r.data.metrics[metric])
+        parent.log_metrics({"best_value": best.data.metrics[metric], "finished_jobs": len(done)}, step=0)
+        parent.set_tags({"best.run_id": best.info.run_id, "best.job_num": best.data.tags.get("sweep.job_num"),
+                         "best.overrides": best.data.tags.get("sweep.overrides", "")})
+
+
 def _raise_interrupt(signum, frame):
     raise KeyboardInterrupt(f"signal {signum}")
 
@@ -63,8 +81,8 @@ class SweepCallback(Callback):
     """Parent MLflow run of a grid sweep; SIGTERM as Ctrl-C for the whole sweep; threads per job."""
 
     def __init__(self) -> None:
-        self.parent = None
-        self._sigterm = None
+        self.parent: Any = None
+        self._sigterm: Any = None
 
     def __getstate__(self) -> dict[str, Any]:  # jobs in other processes (joblib, submitit) need no parent run
         return {**self.__dict__, "parent": None, "_sigterm": None}
@@ -78,7 +96,8 @@ class SweepCallback(Callback):
 
         sweep_dir = Path(str(config.hydra.sweep.dir))
         overrides = list(config.hydra.overrides.task)
-        swept = [o.input_line for o in OverridesParser.create().parse_overrides(overrides) if o.is_sweep_override()]
+        swept = [str(o.input_line) for o in OverridesParser.create().parse_overrides(overrides)
+                 if o.is_sweep_override()]
         self.parent = open_parent(config, sweep_dir, name=f"grid {' '.join(swept) or sweep_dir}"[:250],
                                   sweep_id=str(sweep_dir), kind="grid", params={"sweep.overrides": " ".join(overrides)})
 
@@ -86,25 +105,10 @@ class SweepCallback(Callback):
         if self.parent is not None:
             status = exit_status()
             with contextlib.suppress(Exception):  # the best job on the parent (best effort)
-                self._summarise(config)
+                summarise(self.parent, config)
             self.parent.finish(status)
         if self._sigterm is not None:
             signal.signal(signal.SIGTERM, self._sigterm)
-
-    def _summarise(self, config: DictConfig) -> None:
-        from mmlexp.tracking import mlflow_key
-
-        # the selection metric: on the validation slice under eval.selection=valid (never tune on test)
-        prefix = "valid/" if OmegaConf.select(config, "eval.selection") == "valid" else ""
-        client, metric = self.parent.client, f"best/{prefix}{mlflow_key(str(config.trainer.monitor))}"
-        jobs = client.search_runs([self.parent.experiment_id],
-                                  filter_string=f"tags.`mlflow.parentRunId` = '{self.parent.run_id}'")
-        done = [r for r in jobs if r.info.status == "FINISHED" and metric in r.data.metrics]
-        if done:
-            best = max(done, key=lambda r: r.data.metrics[metric])
-            self.parent.log_metrics({"best_value": best.data.metrics[metric], "finished_jobs": len(done)}, step=0)
-            self.parent.set_tags({"best.run_id": best.info.run_id, "best.job_num": best.data.tags.get("sweep.job_num"),
-                                  "best.overrides": best.data.tags.get("sweep.overrides", "")})
 
     def on_job_start(self, config: DictConfig, **kwargs: Any) -> None:
         threads = threads_per_job(config.hydra)

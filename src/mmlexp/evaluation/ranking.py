@@ -1,16 +1,8 @@
-"""Full-ranking top-K evaluation (paper-reference §8, LightGCN protocol).
+"""Top-K ranking kernels: the exact top-``k`` items per user by ``user_emb @ item_emb.T``, train items excluded.
 
-Every user with at least one test item is ranked against ALL items by the dot product of the
-given embeddings; the user's train items are excluded from the ranking (an item that is also in
-the user's test set is never excluded). With ``T_u`` the test set and ``R_u`` the top-K list:
-
-- ``recall@K    = |R_u ∩ T_u| / |T_u|``
-- ``ndcg@K      = DCG / IDCG``, ``DCG = sum_{r<=K} 1[R_u[r] in T_u] / log2(r+1)``,
-  ``IDCG = sum_{r<=min(K,|T_u|)} 1 / log2(r+1)``
-- ``precision@K = |R_u ∩ T_u| / K``
-- ``hit@K       = 1[|R_u ∩ T_u| > 0]``
-
-each averaged (unweighted) over the evaluated users.
+Three kernels (``method``): ``"topk"`` (dense scores + ``torch.topk``, the reference, and the path on
+accelerators), ``"blocked"`` (exact block-max selection) and ``"bf16"`` (a bf16 screen of the
+candidates, re-scored exactly; CPU only).
 
 Speed (CPU). A dense ``[users, items]`` score matrix followed by ``torch.topk`` spends about as
 much time in the top-k (~1.7 ns per score and thread) as in the matrix product. Here users are
@@ -34,47 +26,21 @@ whose candidates are too many to pay off (wide score ties relative to delta), is
 exact fp32 path, and so are all later chunks.
 
 Ties are broken arbitrarily (whatever the selection does); results are exact otherwise.
-
-Long-tail metrics (``longtail=LongTail.from_train(train, n_groups, split)``; the SSM paper's,
-Wu et al. TOIS'24, Eq. 29). Items are sorted by training popularity ``p_i`` (the number of training
-interactions of item i; ties by item id) and cut into ``G`` groups, ``g = 0`` the least popular:
-``equal_items`` gives every group the same number of items (sizes differ by at most one),
-``equal_interactions`` (the SSM paper's) about the same share of training interactions (item i, with
-``c_i`` the interactions of the items sorted before it and ``P`` the total, goes to group
-``min(G-1, floor(G * (c_i + p_i / 2) / P))``; an item more popular than ``P / G`` can leave a group
-empty). With ``I_g`` the items of group g, for every K in ``ks``:
-
-- ``tail_recall@K_g{g} = |R_u ∩ T_u ∩ I_g| / |T_u|`` (same denominator as Recall), so that
-  ``sum_g tail_recall@K_g{g} = recall@K``;
-- ``avg_popularity@K = mean_u (1/K) sum_{i in R_u} p_i``: the mean RAW training-interaction count of
-  the recommended items (not normalised), averaged over the evaluated users;
-- ``coverage@K = |union_u R_u| / n_items``: the share of the whole catalogue that appears in at least
-  one evaluated user's top-K.
-
-They reuse the top-K lists of the ranking (one gather of ``p`` and of the groups on them).
 """
 
 from __future__ import annotations
 
 import copy
 import math
-from collections.abc import Iterable
-from dataclasses import dataclass
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import scipy.sparse as sp
 import torch
 
-__all__ = ["METRICS", "METHODS", "LONGTAIL_SPLITS", "SELECTIONS", "LongTail", "popularity_groups",
-           "evaluate_embeddings", "rank_top_k", "metric_key_for_mlflow"]
+from mmlexp.evaluation._checks import _as_csr, _check_embeddings, _check_users, _is_int
 
-METRICS = ("recall", "ndcg", "precision", "hit")
 METHODS = ("auto", "bf16", "blocked", "topk")
-LONGTAIL_SPLITS = ("equal_interactions", "equal_items")
-# Best-epoch selection protocols (eval.selection): on the test split (the paper's), or on a
-# validation slice held out of train (mmlexp.splits.holdout), reporting the test metrics there.
-SELECTIONS = ("paper", "valid")
 
 # Selection layout (CPU paths): items per block, blocks per threshold group. Tests shrink them.
 _BLOCK = 16
@@ -96,92 +62,6 @@ _CHUNK_THREADS = True
 _CHUNK_BYTES = {"bf16": 2**24, "blocked": 2**24, "topk": 2**26, "device": 2**28}
 
 
-def metric_key_for_mlflow(key: str) -> str:
-    """``"recall@20"`` -> ``"recall_at_20"`` (MLflow rejects ``@`` in metric names)."""
-    name, sep, k = str(key).partition("@")
-    if not sep or not name or not k:
-        raise ValueError(f"metric key must look like 'name@K' (e.g. 'recall@20'), got {key!r}")
-    return f"{name}_at_{k}"
-
-
-# ----------------------------------------------------------------------------------------------
-# validation
-
-
-def _is_int(v) -> bool:
-    return isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_))
-
-
-def _check_embeddings(user_emb, item_emb) -> tuple[int, int]:
-    for name, t in (("user_emb", user_emb), ("item_emb", item_emb)):
-        if not isinstance(t, torch.Tensor):
-            raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
-        if t.dim() != 2:
-            raise ValueError(f"{name} must be 2-D [n, d], got shape {tuple(t.shape)}")
-        if not t.is_floating_point():
-            raise ValueError(f"{name} must have a floating dtype, got {t.dtype}")
-    if user_emb.shape[1] != item_emb.shape[1]:
-        raise ValueError(f"embedding sizes differ: user_emb has d={user_emb.shape[1]}, "
-                         f"item_emb has d={item_emb.shape[1]}; they must be equal")
-    if user_emb.device != item_emb.device:
-        raise ValueError(f"user_emb is on {user_emb.device} but item_emb on {item_emb.device}; "
-                         "they must be on the same device")
-    if item_emb.shape[0] < 1:
-        raise ValueError("item_emb has no rows: at least one item is needed")
-    for name, t in (("user_emb", user_emb), ("item_emb", item_emb)):
-        if not bool(torch.isfinite(t).all()):
-            raise ValueError(f"{name} contains NaN or inf; only finite embeddings can be ranked")
-    return user_emb.shape[0], item_emb.shape[0]
-
-
-def _check_ks(ks, n_items: int) -> list[int]:
-    allowed = f"positive ints <= n_items ({n_items})"
-    if _is_int(ks):
-        ks = (ks,)
-    try:
-        ks = list(ks)
-    except TypeError:
-        raise ValueError(f"ks must be a non-empty sequence of {allowed}, got {ks!r}") from None
-    if not ks:
-        raise ValueError(f"ks must be a non-empty sequence of {allowed}, got an empty one")
-    out: list[int] = []
-    for k in ks:
-        if not _is_int(k) or k < 1 or k > n_items:
-            raise ValueError(f"ks contains {k!r}; allowed: {allowed}")
-        if int(k) not in out:
-            out.append(int(k))
-    return out
-
-
-def _as_csr(m, name: str, shape: tuple[int, int]) -> sp.csr_matrix:
-    """Canonical binary CSR (stored zeros dropped, duplicates merged, indices sorted), no mutation."""
-    if not sp.issparse(m):
-        raise TypeError(f"{name} must be a scipy.sparse matrix (CSR), got {type(m).__name__}")
-    if tuple(m.shape) != tuple(shape):
-        raise ValueError(f"{name} has shape {tuple(m.shape)}, but the embeddings give "
-                         f"(n_users, n_items) = {tuple(shape)}; they must match")
-    csr = sp.csr_matrix(m)  # new object; data shared until modified below
-    if not csr.has_canonical_format or (csr.data == 0).any():
-        csr = csr.copy()
-        csr.sum_duplicates()
-        csr.eliminate_zeros()
-    return csr
-
-
-def _check_users(users, n_users: int) -> np.ndarray:
-    if users is None:
-        return np.arange(n_users, dtype=np.int64)
-    if isinstance(users, torch.Tensor):
-        users = users.detach().cpu().numpy()
-    arr = np.asarray(users)
-    if arr.ndim != 1 or (arr.size and not np.issubdtype(arr.dtype, np.integer)):
-        raise ValueError(f"users must be a 1-D sequence of user indices, got {users!r}")
-    arr = arr.astype(np.int64, copy=False)
-    if arr.size and (arr.min() < 0 or arr.max() >= n_users):
-        raise ValueError(f"users must lie in [0, {n_users}), got values in [{arr.min()}, {arr.max()}]")
-    return arr
-
-
 def _resolve_method(method: str, device: torch.device) -> str:
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
@@ -200,10 +80,6 @@ def _cpu_bf16_matmul() -> bool:
         return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
     except (AttributeError, RuntimeError):
         return False
-
-
-# ----------------------------------------------------------------------------------------------
-# ranking
 
 
 def rank_top_k(user_emb: torch.Tensor, item_emb: torch.Tensor, train: sp.spmatrix, k_max: int,
@@ -232,7 +108,7 @@ def _rank(user_emb, item_emb, exclude: sp.csr_matrix, k: int, users: np.ndarray,
         raise ValueError(f"chunk_size must be a positive int or None, got {chunk_size!r}")
     device = item_emb.device
     method = _resolve_method(method, device)
-    n_eval, n_items = len(users), item_emb.shape[0]
+    n_eval = len(users)
     if n_eval == 0:
         return torch.empty(0, k, dtype=torch.long)
 
@@ -243,6 +119,7 @@ def _rank(user_emb, item_emb, exclude: sp.csr_matrix, k: int, users: np.ndarray,
         else exclude[users]
     mask = _ChunkMask(rows, device)
 
+    ranker: _DenseTopK | _BlockedTopK
     if method == "topk":
         ranker = _DenseTopK(v, k)
     else:
@@ -342,13 +219,13 @@ class _BlockedTopK:
         vp[:n_items] = v
         self.vc = vp  # coarse item matrix, padded with zero rows (their scores are set to -inf)
         self.bf16 = bf16
-        self.exact_fallback = None  # a _BlockedTopK in v.dtype, used once a bf16 chunk fails
+        self.exact_fallback: _BlockedTopK | None = None  # in v.dtype, used once a bf16 chunk fails
         if bf16:
             rel = (_BF16_REL_ERR + 2 * d * 2.0**-24) * _BF16_SAFETY
             self.delta_scale = rel * float(v.norm(dim=1).max())
             self.delta_abs = d * 2.0**-120  # bf16 products flushed to zero (denormals)
         self.buf = self.bm_buf = self.v_buf = None
-        self.offsets = {}
+        self.offsets: dict[int, torch.Tensor] = {}
         self.n_candidates = 0  # diagnostics: candidates selected so far (summed over chunks)
 
     def default_chunk(self, budget: int) -> int:
@@ -467,159 +344,3 @@ def _buffer(owner, name: str, numel: int, dtype, device) -> torch.Tensor:
         buf = torch.empty(numel, dtype=dtype, device=device)
         setattr(owner, name, buf)
     return buf[:numel]
-
-
-# ----------------------------------------------------------------------------------------------
-# metrics
-
-
-@dataclass(frozen=True, eq=False)
-class LongTail:
-    """Item popularity groups for the long-tail metrics (see module docstring).
-
-    ``groups`` [n_items] int64 in 0..n_groups-1 (0: least popular), ``popularity`` [n_items] int64
-    training-interaction counts (numpy arrays). Build with :meth:`from_train`.
-    """
-
-    groups: np.ndarray
-    popularity: np.ndarray
-    n_groups: int
-    split: str = "equal_interactions"
-
-    @classmethod
-    def from_train(cls, train: sp.spmatrix, n_groups: int = 5, split: str = "equal_interactions") -> LongTail:
-        if not _is_int(n_groups) or n_groups < 1:
-            raise ValueError(f"n_groups={n_groups!r}: must be an integer >= 1")
-        if split not in LONGTAIL_SPLITS:
-            raise ValueError(f"split={split!r}: must be one of {', '.join(LONGTAIL_SPLITS)}")
-        if not sp.issparse(train):
-            raise TypeError(f"train must be a scipy.sparse matrix, got {type(train).__name__}")
-        csr = _as_csr(train, "train", train.shape)
-        pop = np.bincount(csr.indices, minlength=csr.shape[1]).astype(np.int64)
-        groups = popularity_groups(pop, int(n_groups), split)
-        return cls(groups, pop, int(n_groups), split)
-
-
-def popularity_groups(popularity: np.ndarray, n_groups: int, split: str) -> np.ndarray:
-    """Group of each item (0: least popular) from its training popularity (module docstring)."""
-    pop = np.asarray(popularity, dtype=np.int64)
-    n_items = pop.size
-    order = np.lexsort((np.arange(n_items), pop))  # ascending popularity, ties by item id
-    sorted_group = np.empty(n_items, dtype=np.int64)
-    if split == "equal_items":
-        sorted_group[:] = np.arange(n_items) * n_groups // max(n_items, 1)
-    elif split == "equal_interactions":
-        p = pop[order]
-        total = int(p.sum())
-        if total == 0:
-            sorted_group[:] = 0
-        else:
-            mid2 = 2 * (np.cumsum(p) - p) + p  # 2 * (interactions before + half the item's own)
-            sorted_group[:] = np.minimum(n_groups - 1, (mid2 * n_groups) // (2 * total))
-    else:
-        raise ValueError(f"split={split!r}: must be one of {', '.join(LONGTAIL_SPLITS)}")
-    groups = np.empty(n_items, dtype=np.int64)
-    groups[order] = sorted_group
-    return groups
-
-
-def evaluate_embeddings(user_emb: torch.Tensor, item_emb: torch.Tensor, train: sp.csr_matrix,
-                        test: sp.csr_matrix, ks=(20,), *, chunk_size: int | None = None,
-                        progress: bool = False, longtail: LongTail | None = None) -> dict[str, float]:
-    """Recall/NDCG/Precision/HitRate@K for every K in ``ks`` (see module docstring).
-
-    ``user_emb`` [n_users, d], ``item_emb`` [n_items, d]: any float dtype, any (common) device;
-    scores are computed there, metrics on CPU. ``train``/``test``: [n_users, n_items] sparse
-    interaction matrices (nonzero = interaction). Users without test items are skipped.
-    Returns ``{"recall@K", "ndcg@K", "precision@K", "hit@K"}`` floats, K in the order of ``ks``;
-    with ``longtail`` (a :class:`LongTail` over the same items) also, for every K,
-    ``tail_recall@K_g{g}`` (g = 0..G-1, 0 the least popular group), ``avg_popularity@K`` and
-    ``coverage@K``.
-    """
-    n_users, n_items = _check_embeddings(user_emb, item_emb)
-    ks = _check_ks(ks, n_items)
-    train = _as_csr(train, "train", (n_users, n_items))
-    test = _as_csr(test, "test", (n_users, n_items))
-    if longtail is not None:
-        if not isinstance(longtail, LongTail):
-            raise TypeError(f"longtail must be a LongTail (LongTail.from_train), got {type(longtail).__name__}")
-        if longtail.groups.shape != (n_items,) or longtail.popularity.shape != (n_items,):
-            raise ValueError(f"longtail covers {longtail.groups.shape[0]} items, but the embeddings "
-                             f"have n_items={n_items}; build it from this dataset's train matrix")
-    n_test = np.diff(test.indptr)
-    users = np.flatnonzero(n_test)
-    if users.size == 0:
-        raise ValueError("test has no interactions: there is no user to evaluate")
-    exclude = _without(train, test)
-    top = _rank(user_emb, item_emb, exclude, max(ks), users, chunk_size, "auto", progress)
-    hits = _hits(top, test[users])
-    n_test_t = torch.from_numpy(n_test[users]).double()
-    out = _metrics(hits, n_test_t, ks)
-    if longtail is not None:
-        out |= _longtail_metrics(top, hits, n_test_t, ks, longtail, n_items)
-    return out
-
-
-def _longtail_metrics(top: torch.Tensor, hits: torch.Tensor, n_test: torch.Tensor, ks: Iterable[int],
-                      lt: LongTail, n_items: int) -> dict[str, float]:
-    """tail_recall@K_g*, avg_popularity@K, coverage@K from the top-K lists (module docstring).
-
-    numpy on the CPU tensors (~10 ms on Gowalla at K=20, 50; torch's scatter/index ops cost ~10x):
-    group recalls from the hits only (each hit adds 1/|T_u| to its item's group), popularity as
-    exact int64 sums (every user has K items, so the mean of means is the total over n*K).
-    """
-    top_np, hits_np, n_test_np = top.numpy(), hits.numpy(), n_test.numpy()
-    n = top_np.shape[0]
-    row, pos = np.nonzero(hits_np)
-    weight = 1.0 / n_test_np[row]
-    hit_group = lt.groups[top_np[row, pos]]
-    pop_sum = np.cumsum(lt.popularity[top_np], axis=1, dtype=np.int64)
-    out: dict[str, float] = {}
-    for k in ks:
-        within = pos < k
-        recall_g = np.bincount(hit_group[within], weights=weight[within], minlength=lt.n_groups) / n
-        for g in range(lt.n_groups):
-            out[f"tail_recall@{k}_g{g}"] = float(recall_g[g])
-        out[f"avg_popularity@{k}"] = float(pop_sum[:, k - 1].sum()) / (n * k)
-        seen = np.zeros(n_items, dtype=bool)
-        seen[top_np[:, :k]] = True
-        out[f"coverage@{k}"] = float(seen.sum()) / n_items
-    return out
-
-
-def _without(train: sp.csr_matrix, test: sp.csr_matrix) -> sp.csr_matrix:
-    """train minus the pairs also in test (test items are never excluded)."""
-    both = train.multiply(test)
-    if both.nnz == 0:
-        return train
-    out = (train != 0).astype(np.int8) - (both != 0).astype(np.int8)
-    out.eliminate_zeros()
-    return sp.csr_matrix(out)
-
-
-def _hits(top: torch.Tensor, test_rows: sp.csr_matrix) -> torch.Tensor:
-    """[n, k] float64: 1 where top[i, r] is in row i of test_rows (canonical CSR)."""
-    n, n_items = test_rows.shape
-    counts = torch.from_numpy(np.diff(test_rows.indptr).astype(np.int64))
-    keys = torch.repeat_interleave(torch.arange(n) * n_items, counts) \
-        + torch.from_numpy(test_rows.indices.astype(np.int64))  # sorted: rows, then items
-    query = (torch.arange(n)[:, None] * n_items + top).view(-1)
-    pos = torch.searchsorted(keys, query).clamp_(max=keys.numel() - 1)
-    return (keys[pos] == query).view(n, -1).double()
-
-
-def _metrics(hits: torch.Tensor, n_test: torch.Tensor, ks: Iterable[int]) -> dict[str, float]:
-    k_max = hits.shape[1]
-    disc = 1.0 / torch.log2(torch.arange(2, k_max + 2, dtype=torch.float64))
-    n_hit = hits.cumsum(dim=1)
-    dcg = (hits * disc).cumsum(dim=1)
-    idcg = disc.cumsum(dim=0)
-    out: dict[str, float] = {}
-    for k in ks:
-        nh = n_hit[:, k - 1]
-        ideal = idcg[(n_test.clamp(max=k) - 1).long()]
-        out[f"recall@{k}"] = float((nh / n_test).mean())
-        out[f"ndcg@{k}"] = float((dcg[:, k - 1] / ideal).mean())
-        out[f"precision@{k}"] = float((nh / k).mean())
-        out[f"hit@{k}"] = float((nh > 0).double().mean())
-    return out
