@@ -227,7 +227,7 @@ def build_report(opts: Options) -> Path:
     try:
         if opts.export_csv or opts.runs_csv:
             source = Path(opts.runs_csv).parent if opts.runs_csv else final
-            runs = _stage_csv(runs, opts, source, tmp)
+            runs = select(export.stage(runs, opts.tracking_uri if opts.export_csv else None, source, tmp), opts)
             for note in notes[len(opts.notes):]:  # not in report.md: a rebuild from the CSVs could not know them
                 print(f"mmlexp.report: note: {note}", file=sys.stderr)
             notes = list(opts.notes)
@@ -239,24 +239,6 @@ def build_report(opts: Options) -> Path:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return final
-
-
-def _stage_csv(runs: pd.DataFrame, opts: Options, source: Path, tmp: Path) -> pd.DataFrame:
-    """Put runs.csv, epochs/ and the hand-written files in ``tmp`` (exported from MLflow, or copied from
-    ``source``); return the runs as read back from tmp/runs.csv."""
-    if opts.export_csv:
-        export.export_runs(runs, opts.tracking_uri, tmp)
-    else:
-        runs.to_csv(tmp / "runs.csv", index=False)
-        (tmp / export.EPOCHS_DIR).mkdir()
-        for rel in runs[export.EPOCHS_COLUMN]:
-            if not (source / rel).is_file():
-                raise ReportError(f"--from-csv {opts.runs_csv}: no per-epoch CSV {source / rel}")
-            shutil.copyfile(source / rel, tmp / rel)
-    for hand in export.HAND_WRITTEN:
-        if (source / hand).is_file():
-            shutil.copyfile(source / hand, tmp / hand)
-    return select(export.read_runs(tmp / "runs.csv"), opts)
 
 
 def _write(runs: pd.DataFrame, opts: Options, out: Path, name: str, notes: list[str]) -> None:

@@ -4,6 +4,7 @@
 ``fetch_runs`` / ``metric_history`` frames from those files, so the report rebuilds without the MLflow store."""
 
 import re
+import shutil
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -115,3 +116,21 @@ def history_from_csv(runs: pd.DataFrame, base: Path, run_ids: Sequence[str],
         frame.insert(0, "run_id", run_id)
         frames.append(frame)
     return tracked.history_frame(frames, metrics)
+
+
+def stage(runs: pd.DataFrame, tracking_uri: str | None, source: Path, out: Path) -> pd.DataFrame:
+    """Put runs.csv, epochs/ and the hand-written files in ``out``: exported from MLflow (``tracking_uri``) or
+    copied from ``source`` (the folder of a committed runs.csv); return the runs as read back from out/runs.csv."""
+    if tracking_uri is not None:
+        export_runs(runs, tracking_uri, out)
+    else:
+        runs.to_csv(out / "runs.csv", index=False)
+        (out / EPOCHS_DIR).mkdir()
+        for rel in runs[EPOCHS_COLUMN]:
+            if not (source / rel).is_file():
+                raise ReportError(f"--from-csv {source / 'runs.csv'}: no per-epoch CSV {source / rel}")
+            shutil.copyfile(source / rel, out / rel)
+    for hand in HAND_WRITTEN:
+        if (source / hand).is_file():
+            shutil.copyfile(source / hand, out / hand)
+    return read_runs(out / "runs.csv")
