@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 export MMLEXP_DATA_DIR ?= $(abspath ../shared/data)
 
 .PHONY: install run test test-slow test-postgres lint format bench ui dashboard clean \
-	reproduce-table2 reproduce-table3 reproduce-fig3 reproduce-quick reproduce-gowalla report notebooks bench-variants dist
+	reproduce-table2 reproduce-table3 reproduce-fig3 reproduce-quick reproduce-gowalla report-gowalla report notebooks bench-variants dist
 
 $(STAMP): pyproject.toml constraints.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -84,6 +84,12 @@ reproduce-fig3: install  ## Figure 3: MML / CCL / BSL with MF at 10 ... 800 nega
 # The committed Gowalla reproduction (results/gowalla/): 15 full runs, resumable (stores in RUNS=/work/runs).
 reproduce-gowalla: install  ## MML paper on Gowalla: Table 3 + Figure 3 claims, 100 epochs each (hours; re-run to resume)
 	RUNS=$(RUNS) PY=$(abspath $(PY)) scripts/reproduce_gowalla.sh
+
+# Finished runs of RUNS -> results/gowalla/ (report + runs.csv + per-epoch CSVs, no machine paths) + README table.
+report-gowalla: install  ## results/gowalla/ from the finished Gowalla runs in RUNS (read only), then the README status table
+	$(PY) -m mmlexp.report --tracking-uri sqlite:///$(abspath $(RUNS))/mlflow.db --experiment reproduce \
+		--dataset gowalla --out results --name gowalla --export-csv $(REPORT_ARGS)
+	$(PY) -m mmlexp.report.readme --results results/gowalla --readme README.md
 
 # The same pipeline on the CPU in about 20 minutes (Gowalla, 200 steps per run; MLflow experiment reproduce-quick).
 reproduce-quick: install  ## every table and figure from short Gowalla runs (~20 min on 2 cores; not converged)

@@ -1,6 +1,8 @@
 """Shared fixtures: the real config composed and shrunk (tiny runs, temp MLflow store, temp cache)."""
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -9,6 +11,11 @@ from hydra import compose, initialize_config_dir
 REPO = Path(__file__).resolve().parents[1]
 CONF = REPO / "conf"
 SHARED_DATA = REPO.parent / "shared" / "data"
+EXPERIMENT = "report-test"
+# 2 full epochs of the sample (batch 8192: 6 steps an epoch) so each run has a per-epoch history
+SWEEP = ["dataset=sample", "loss=mml,ccl", "num_negatives=10,100", "seed=1,2", "trainer.epochs=2",
+         "trainer.batch_size=8192", "trainer.progress=false", "tracking.save_checkpoint=false",
+         f"tracking.experiment={EXPERIMENT}"]
 
 
 @pytest.fixture(autouse=True)
@@ -30,3 +37,18 @@ def make_cfg(tmp_path):
             return compose("config", overrides=base + list(overrides))
 
     return _make
+
+
+@pytest.fixture(scope="session")
+def store(tmp_path_factory):
+    """A real multirun (parent run + 8 child runs, experiment EXPERIMENT) in a temp MLflow store, shared by the
+    report tests (tests may add experiments of their own to it); returns its URI and folder."""
+    tmp = tmp_path_factory.mktemp("report-sweep")
+    uri = f"sqlite:///{tmp}/mlflow.db"
+    env = dict(os.environ, PYTHONUNBUFFERED="1", MMLEXP_CACHE_DIR=str(tmp / "cache"),
+               MMLEXP_DATA_DIR=str(SHARED_DATA))
+    cmd = [sys.executable, "-m", "mmlexp", "-m", *SWEEP, f"tracking.uri={uri}",
+           f"tracking.artifact_location={tmp}/artifacts"]
+    proc = subprocess.run(cmd, cwd=tmp, env=env, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    return uri, tmp

@@ -17,29 +17,10 @@ from scipy import stats
 
 from mmlexp.report import aggregate, fetch_runs, mean_ci, negative_curves, paired_tests, plot_negative_curves
 from mmlexp.report.__main__ import main
+from tests.conftest import EXPERIMENT
 
 REPO = Path(__file__).resolve().parents[1]
 PAPER = REPO / "src" / "mmlexp" / "resources" / "paper"
-EXPERIMENT = "report-test"
-# 2 full epochs of the sample (batch 8192: 6 steps an epoch) so each run has a per-epoch history
-SWEEP = ["dataset=sample", "loss=mml,ccl", "num_negatives=10,100", "seed=1,2", "trainer.epochs=2",
-         "trainer.batch_size=8192", "trainer.progress=false", "tracking.save_checkpoint=false",
-         f"tracking.experiment={EXPERIMENT}"]
-
-
-@pytest.fixture(scope="module")
-def store(tmp_path_factory):
-    """A real multirun (parent run + 8 child runs) in a temp MLflow store; returns its URI and folder."""
-    tmp = tmp_path_factory.mktemp("report-sweep")
-    uri = f"sqlite:///{tmp}/mlflow.db"
-    env = dict(os.environ, PYTHONUNBUFFERED="1", MMLEXP_CACHE_DIR=str(tmp / "cache"))
-    cmd = [sys.executable, "-m", "mmlexp", "-m", *SWEEP, f"tracking.uri={uri}",
-           f"tracking.artifact_location={tmp}/artifacts"]
-    proc = subprocess.run(cmd, cwd=tmp, env=env, capture_output=True, text=True, timeout=900)
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    return uri, tmp
-
-
 def child_runs(uri: str) -> list:
     client = MlflowClient(uri)
     exp = client.get_experiment_by_name(EXPERIMENT)

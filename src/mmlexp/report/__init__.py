@@ -1,7 +1,9 @@
 """Reproduction reports: tracked MLflow runs -> the paper's tables and figures with ours beside them.
 
 ``python -m mmlexp.report --experiment reproduce`` writes ``reports/<name>/`` (``report.md``, CSV tables,
-PNG/SVG figures). The functions below are the building blocks (notebooks import them):
+PNG/SVG figures); ``--export-csv`` adds runs.csv and per-epoch CSVs for committing (``mmlexp.report.export``) and
+``--from-csv`` rebuilds from them without MLflow; ``python -m mmlexp.report.readme`` writes the README status table.
+The functions below are the building blocks (notebooks import them):
 
 * ``fetch_runs(tracking_uri, experiments, filter_string)``: one row per finished training run.
 * ``negative_curves(df)`` / ``plot_negative_curves(df)``: the paper's Figure 3 data and figure.

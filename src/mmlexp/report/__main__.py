@@ -2,6 +2,7 @@
 
 import argparse
 import sys
+from pathlib import Path
 
 from mmlexp.report.build import Options, build_report
 from mmlexp.report.runs import ReportError, default_tracking_uri
@@ -18,7 +19,13 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--experiment", nargs="+", metavar="NAME",
                    help="MLflow experiment name(s) (default: every experiment)")
     p.add_argument("--name", help="report folder name (default: the experiment names joined by '-', or 'all')")
-    p.add_argument("--out", default="reports", help="parent folder of the report (default: reports)")
+    p.add_argument("--out", help="parent folder of the report (default: reports; with --from-csv: the folder "
+                                 "above runs.csv, so that the folder is rebuilt in place)")
+    p.add_argument("--export-csv", action="store_true",
+                   help="committable results: also write runs.csv without machine paths and epochs/<cell>-seed<k>.csv "
+                        "(each run's per-epoch metrics), then build the report from those CSVs (no timestamp)")
+    p.add_argument("--from-csv", metavar="RUNS_CSV",
+                   help="rebuild from a runs.csv written by --export-csv (and its epochs/), without MLflow")
     p.add_argument("--filter", default="", metavar="MLFLOW_FILTER",
                    help="MLflow search filter AND-ed with status FINISHED, e.g. \"params.trainer.epochs = '100'\"")
     p.add_argument("--dataset", nargs="+", help="keep only these datasets")
@@ -42,11 +49,19 @@ def main(argv: list[str] | None = None) -> int:
     if not 0 < args.confidence < 1:
         print(f"mmlexp.report: error: --confidence {args.confidence}: must be in (0, 1)", file=sys.stderr)
         return 2
-    opts = Options(tracking_uri=args.tracking_uri, experiments=args.experiment, name=args.name, out=args.out,
+    if args.from_csv and args.export_csv:
+        print("mmlexp.report: error: --from-csv and --export-csv: choose one", file=sys.stderr)
+        return 2
+    out, name = args.out, args.name
+    if args.from_csv and out is None and name is None:  # rebuild the folder of runs.csv in place
+        folder = Path(args.from_csv).resolve().parent
+        out, name = str(folder.parent), folder.name
+    opts = Options(tracking_uri=args.tracking_uri, experiments=args.experiment, name=name, out=out or "reports",
                    filter_string=args.filter, datasets=args.dataset, encoders=args.encoder, losses=args.loss,
                    selections=args.selection, sweep_ids=args.sweep, baseline_loss=args.baseline_loss,
                    focus_negatives=args.focus_negatives, tta_runs=args.tta_runs,
-                   keep_duplicates=args.keep_duplicates, confidence=args.confidence)
+                   keep_duplicates=args.keep_duplicates, confidence=args.confidence, runs_csv=args.from_csv,
+                   export_csv=args.export_csv)
     try:
         path = build_report(opts)
     except ReportError as err:

@@ -4,6 +4,7 @@ long tail, run ids, and ``report.md`` linking them."""
 import datetime as dt
 import math
 import shutil
+import sys
 import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -12,7 +13,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from mmlexp.report import figures
+from mmlexp.report import export, figures, status
 from mmlexp.report.runs import CELL_KEYS, ReportError, drop_duplicates, fetch_runs, metric_history
 from mmlexp.report.stats import METRICS, aggregate, negative_curves, paired_tests
 
@@ -56,6 +57,8 @@ class Options:
     keep_duplicates: bool = False
     confidence: float = 0.95
     notes: list[str] = field(default_factory=list)
+    runs_csv: str | None = None  # read the runs from this runs.csv (and its epochs/) instead of MLflow
+    export_csv: bool = False  # write runs.csv + epochs/ from MLflow, then the report from them (committable)
 
 
 def select(df: pd.DataFrame, opts: Options) -> pd.DataFrame:
@@ -199,8 +202,11 @@ def focus_negatives(df: pd.DataFrame, opts: Options) -> int | None:
 
 def build_report(opts: Options) -> Path:
     """Fetch, compute and write ``<out>/<name>/``; everything is written to a temporary folder first, so a
-    failure leaves nothing behind (and an earlier report of that name untouched)."""
-    runs = fetch_runs(opts.tracking_uri, opts.experiments, opts.filter_string)
+    failure leaves nothing behind (and an earlier report of that name untouched). With ``runs_csv`` the runs come
+    from a committed runs.csv; with ``export_csv`` they are exported to CSV first and the report is built from
+    those CSVs, so both give the same bytes (no timestamp, no store path)."""
+    runs = export.read_runs(opts.runs_csv) if opts.runs_csv else fetch_runs(opts.tracking_uri, opts.experiments,
+                                                                             opts.filter_string)
     runs = select(runs, opts)
     narrowed = any((opts.datasets, opts.encoders, opts.losses, opts.selections, opts.sweep_ids))
     if runs.empty:
@@ -219,6 +225,12 @@ def build_report(opts: Options) -> Path:
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=final.parent))
     try:
+        if opts.export_csv or opts.runs_csv:
+            source = Path(opts.runs_csv).parent if opts.runs_csv else final
+            runs = select(export.stage(runs, opts.tracking_uri if opts.export_csv else None, source, tmp), opts)
+            for note in notes[len(opts.notes):]:  # not in report.md: a rebuild from the CSVs could not know them
+                print(f"mmlexp.report: note: {note}", file=sys.stderr)
+            notes = list(opts.notes)
         _write(runs, opts, tmp, name, notes)
         if final.exists():
             shutil.rmtree(final)
@@ -234,8 +246,12 @@ def _write(runs: pd.DataFrame, opts: Options, out: Path, name: str, notes: list[
     cells = aggregate(runs, CELL_KEYS, metric_cols, opts.confidence)
     selections = [s for s in ("paper", "valid") if s in set(runs["selection"])] + sorted(
         set(runs["selection"]) - {"paper", "valid"})
+    committed = export.EPOCHS_COLUMN in runs
+    origin = ("[runs.csv](runs.csv) (per-epoch metrics: [epochs/](epochs/); rebuild without MLflow: "
+              "`python -m mmlexp.report --from-csv runs.csv`)" if committed else
+              f"`{opts.tracking_uri}` on {dt.datetime.now().isoformat(timespec='seconds')}")
     md = [f"# Reproduction report: {name}", "",
-          f"Generated {dt.datetime.now().isoformat(timespec='seconds')} from `{opts.tracking_uri}`, "
+          f"Generated from {origin}, "
           f"experiment(s) {', '.join(f'`{e}`' for e in sorted(runs['experiment'].unique()))}: "
           f"{len(runs)} finished runs in {len(cells[cells['metric'] == 'recall@20'])} cells "
           f"(dataset × encoder × loss × negatives × early stop × selection)."
@@ -252,12 +268,15 @@ def _write(runs: pd.DataFrame, opts: Options, out: Path, name: str, notes: list[
                   if runs["max_steps"].notna().any() else "") + "): compare with the paper's numbers accordingly.", ""]
 
     # --- paper tables
+    tables = {}
     for tname in ("table2", "table3"):
-        table = paper_table(tname, cells, selections)
+        table = tables[tname] = paper_table(tname, cells, selections)
         table.to_csv(out / f"{tname}.csv", index=False)
         filled = int((table["n"] > 0).sum())
         md += [f"## {TITLES[tname]}", "", f"[{tname}.csv]({tname}.csv) · {filled} of {len(table)} cells have runs"
                " (— = no run).", "", paper_table_md(tname, table), ""]
+
+    md += status.explanation_section(tables, out)
 
     # --- Figure 3
     fruns, fdesc = focus_subset(runs, opts)
@@ -288,6 +307,8 @@ def _write(runs: pd.DataFrame, opts: Options, out: Path, name: str, notes: list[
                 f"MML {'<' if r['mml'] < r['bsl'] else '≥'} BSL {r['bsl']:.4f}"
                 for (d, m), r in at800.iterrows()), ""]
 
+    md += status.claim_verdicts(curves, claims)
+
     # --- paired tests
     tests = paired_tests(runs, baseline=opts.baseline_loss, metrics=METRICS)
     tests.to_csv(out / "paired_tests.csv", index=False)
@@ -316,7 +337,8 @@ def _write(runs: pd.DataFrame, opts: Options, out: Path, name: str, notes: list[
         pool = fruns[fruns["num_negatives"] == n_focus] if n_focus is not None else fruns
         tta = pool.sort_values("seed").groupby(["dataset", "loss"], sort=True).head(1)
         tdesc = f"{fdesc}, {n_focus} negatives, the lowest seed of each loss"
-    history = metric_history(opts.tracking_uri, list(tta["run_id"]))
+    history = (export.history_from_csv(runs, out, list(tta["run_id"])) if committed
+               else metric_history(opts.tracking_uri, list(tta["run_id"])))
     history.to_csv(out / "time_to_accuracy.csv", index=False)
     figures.save(figures.plot_time_to_accuracy(history, tta), out / "time_to_accuracy")
     sources = ", ".join(f"`{s}`" for s in history["time_source"].unique()) if len(history) else "none"

@@ -6,6 +6,7 @@ from collections.abc import Sequence
 
 import numpy as np
 import pandas as pd
+from matplotlib import rc_context
 from matplotlib.figure import Figure
 
 from mmlexp.report.stats import METRICS, aggregate, negative_curves
@@ -155,11 +156,14 @@ def plot_long_tail(df: pd.DataFrame, k: int = 20) -> Figure | None:
 
 
 def save(fig: Figure, path_stem) -> list[str]:
-    """``<stem>.png`` and ``<stem>.svg``; returns the file names."""
+    """``<stem>.png`` and ``<stem>.svg``, the same bytes for the same figure (no date, fixed SVG ids); returns the
+    file names."""
     names = []
-    for ext in ("png", "svg"):
-        fig.savefig(f"{path_stem}.{ext}", dpi=150 if ext == "png" else None)
-        names.append(f"{path_stem}.{ext}")
+    with rc_context({"svg.hashsalt": "mmlexp"}):
+        for ext in ("png", "svg"):
+            fig.savefig(f"{path_stem}.{ext}", dpi=150 if ext == "png" else None,
+                        metadata={"Date": None} if ext == "svg" else None)
+            names.append(f"{path_stem}.{ext}")
     return names
 
 

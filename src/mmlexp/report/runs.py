@@ -171,17 +171,30 @@ def metric_history(tracking_uri: str, run_ids: Sequence[str],
             continue
         frame = pd.DataFrame(series).sort_index()
         frame.index.name = "epoch"
-        frame = frame.reset_index()
-        if "wall_time_s" in frame and frame["wall_time_s"].notna().any():
-            frame["seconds"], frame["time_source"] = frame["wall_time_s"], "wall_time_s"
-        elif "epoch_time_s" in frame:
-            evals = frame["eval_time_s"] if "eval_time_s" in frame else pd.Series(0.0, index=frame.index)
-            total = frame["epoch_time_s"].fillna(0) + evals.fillna(0)
-            frame["seconds"], frame["time_source"] = total.cumsum(), "epoch_time_s+eval_time_s"
-        else:
+        frame = with_seconds(frame.reset_index())
+        if frame is None:
             continue
         frame.insert(0, "run_id", run_id)
         frames.append(frame)
+    return history_frame(frames, metrics)
+
+
+def with_seconds(frame: pd.DataFrame) -> pd.DataFrame | None:
+    """Add ``seconds`` and ``time_source`` to a per-epoch frame (``wall_time_s`` when logged, else the cumulative
+    sum of ``epoch_time_s`` + ``eval_time_s``); None when it has neither."""
+    if "wall_time_s" in frame and frame["wall_time_s"].notna().any():
+        frame["seconds"], frame["time_source"] = frame["wall_time_s"], "wall_time_s"
+    elif "epoch_time_s" in frame:
+        evals = frame["eval_time_s"] if "eval_time_s" in frame else pd.Series(0.0, index=frame.index)
+        total = frame["epoch_time_s"].fillna(0) + evals.fillna(0)
+        frame["seconds"], frame["time_source"] = total.cumsum(), "epoch_time_s+eval_time_s"
+    else:
+        return None
+    return frame
+
+
+def history_frame(frames: list[pd.DataFrame], metrics: Sequence[str]) -> pd.DataFrame:
+    """Concatenate per-run history frames into ``metric_history``'s columns."""
     cols = ["run_id", "epoch", *metrics, "seconds", "time_source"]
     if not frames:
         return pd.DataFrame(columns=cols)

@@ -1,0 +1,135 @@
+"""The README "Reproduction status" table, generated from a committed results folder (cells.csv, runs.csv).
+
+``python -m mmlexp.report.readme --results results/gowalla`` rewrites the lines between the markers of README.md;
+``--check`` only compares (exit 1 when the README is out of date). Cells without runs yet read ``pending``."""
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+import pandas as pd
+
+from mmlexp.report.build import paper_numbers
+from mmlexp.report.figures import LOSS_LABELS
+from mmlexp.report.runs import ReportError
+from mmlexp.report.status import THRESHOLD_PCT
+
+START, END = "<!-- reproduction-status:start -->", "<!-- reproduction-status:end -->"
+# The runs of the reproduction issue (MF, no early stop, 100 epochs): (loss, negatives, selection)
+EXPECTED = ([(loss, 100, "paper") for loss in ("bpr", "hinge", "softmax", "mse", "ccl", "bsl", "mml")]
+            + [(loss, n, "paper") for n in (10, 800) for loss in ("mml", "ccl", "bsl")]
+            + [(loss, 100, "valid") for loss in ("mml", "ccl")])
+CELLS_COLUMNS = ("dataset", "encoder", "loss", "num_negatives", "early_stop", "selection", "metric", "n", "mean",
+                 "ci_half", "seeds", "run_ids", "epochs")
+METRICS = ("recall@20", "ndcg@20")
+
+
+def _read(path: Path, columns, what: str) -> pd.DataFrame:
+    if not path.is_file():
+        return pd.DataFrame(columns=list(columns))
+    df = pd.read_csv(path, dtype={"run_ids": str, "seeds": str, "epochs": str, "run_id": str})
+    missing = [c for c in columns if c not in df.columns]
+    if missing:
+        raise ReportError(f"{path}: missing column{'s' if len(missing) > 1 else ''} {', '.join(missing)} "
+                          f"(expected the {what} written by python -m mmlexp.report --export-csv)")
+    return df
+
+
+def status_table(results: Path, dataset: str, link_base: Path) -> str:
+    """Markdown: one row per cell (the expected ones first, then any other MF no-early-stop cell of ``dataset``):
+    ours vs the paper's Table 3 number and Δ % (relative) per metric, epochs, seeds, links to each run's
+    per-epoch CSV (relative to ``link_base``)."""
+    cells = _read(results / "cells.csv", CELLS_COLUMNS, "cells.csv")
+    runs = _read(results / "runs.csv", ("run_id", "epochs_csv"), "runs.csv")
+    cells = cells[(cells["dataset"] == dataset) & (cells["encoder"] == "mf") & (cells["early_stop"] == "N")]
+    paper = paper_numbers("table3")
+    paper = paper[paper["dataset"] == dataset].set_index(["loss", "metric"])["paper"]
+    where = dict(zip(runs["run_id"], runs["epochs_csv"], strict=True))
+    present = list(dict.fromkeys(zip(cells["loss"], cells["num_negatives"].astype(int), cells["selection"],
+                                     strict=True)))
+    order = EXPECTED + [c for c in present if c not in EXPECTED]
+    rel = os.path.relpath(results, link_base).replace(os.sep, "/")
+    rows, done, off = [], 0, 0
+    for loss, n, selection in order:
+        sub = cells[(cells["loss"] == loss) & (cells["num_negatives"] == n) & (cells["selection"] == selection)]
+        sub = sub.set_index("metric")
+        label = f"{LOSS_LABELS.get(loss, loss)}, N={n}" + (", selection valid" if selection != "paper" else "")
+        row, flagged = [label], False
+        for metric in METRICS:
+            ours = sub.loc[metric] if metric in sub.index else None
+            ref = paper.get((loss, metric)) if n == 100 else None
+            row += [_ours(ours), f"{ref:.4f}" if ref is not None else "—"]
+            if ours is not None and ref is not None:
+                delta = 100 * (ours["mean"] - ref) / ref
+                flagged |= selection == "paper" and abs(delta) > THRESHOLD_PCT
+                row.append(f"{delta:+.1f}" + (" ⚠" if selection == "paper" and abs(delta) > THRESHOLD_PCT else ""))
+            else:
+                row.append("—")
+        if len(sub):
+            first = sub.iloc[0]
+            ids = str(first["run_ids"]).split()
+            links = " ".join(f"[{rid[:8]}]({rel}/{where[rid]})" if rid in where else rid[:8] for rid in ids)
+            row += [str(first["epochs"]), str(first["seeds"]).replace(" ", ","), links]
+            done, off = done + 1, off + flagged
+        else:
+            row += ["—", "—", "pending"]
+        rows.append(row)
+    header = ["cell (MF)", "Recall@20 ours", "paper", "Δ %", "NDCG@20 ours", "paper", "Δ %", "epochs", "seeds",
+              "runs (per-epoch CSV)"]
+    lines = [f"{done} of {len(order)} cells have finished runs; {off} more than {THRESHOLD_PCT:g}% (relative) from "
+             f"the paper (⚠, explained in [report.md]({rel}/report.md)). Paper = Table 3 (100 negatives; at 10 and "
+             "800 negatives the paper gives only Figure 3's relative gains, compared in the report). Selection "
+             "`valid` rows are set against the paper's test-selected number to show what choosing the epoch on "
+             "test is worth.", "",
+             "| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(r) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def _ours(row) -> str:
+    if row is None or pd.isna(row["mean"]):
+        return "pending"
+    half = row["ci_half"]
+    return f"{row['mean']:.4f}" + (f" ± {half:.4f}" if pd.notna(half) else "")
+
+
+def splice(text: str, table: str) -> str:
+    """``text`` with the lines between the START and END markers replaced by ``table``."""
+    if text.count(START) != 1 or text.count(END) != 1 or text.index(START) > text.index(END):
+        raise ReportError(f"README: expected one '{START}' line followed by one '{END}' line")
+    head, rest = text.split(START, 1)
+    _, tail = rest.split(END, 1)
+    return f"{head}{START}\n{table}\n{END}{tail}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m mmlexp.report.readme", description=__doc__.splitlines()[0])
+    p.add_argument("--results", default="results/gowalla", help="results folder (default: results/gowalla)")
+    p.add_argument("--dataset", default="gowalla", help="dataset of the table (default: gowalla)")
+    p.add_argument("--readme", default="README.md", help="README to update (default: README.md)")
+    p.add_argument("--check", action="store_true", help="only check: exit 1 when the README table is out of date")
+    args = p.parse_args(argv)
+    readme = Path(args.readme)
+    try:
+        if not readme.is_file():
+            raise ReportError(f"--readme {readme}: no such file")
+        text = readme.read_text()
+        new = splice(text, status_table(Path(args.results), args.dataset, readme.resolve().parent))
+    except ReportError as err:
+        print(f"mmlexp.report: error: {err}", file=sys.stderr)
+        return 2
+    if args.check:
+        if new != text:
+            print(f"{readme}: the reproduction status table is out of date (run python -m mmlexp.report.readme "
+                  f"--results {args.results})", file=sys.stderr)
+            return 1
+        return 0
+    if new != text:
+        readme.write_text(new)
+    print(f"{readme}: reproduction status table from {args.results}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

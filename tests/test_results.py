@@ -1,0 +1,204 @@
+"""Committed results: `python -m mmlexp.report --export-csv` on the tiny tracked sweep (conftest `store`) writes
+per-epoch CSVs equal to MLflow's histories and no machine path; `--from-csv` rebuilds the same bytes without
+MLflow; cells far from the paper are flagged; the README status table; the committed results/gowalla/ itself."""
+
+import shutil
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from mlflow.tracking import MlflowClient
+
+from mmlexp.report import fetch_runs, readme
+from mmlexp.report.__main__ import main
+from mmlexp.report.status import explanation_section, off_cells
+from tests.conftest import EXPERIMENT, REPO
+
+RESULTS = REPO / "results" / "gowalla"
+
+
+@pytest.fixture(scope="module")
+def exported(store, tmp_path_factory):
+    uri, _ = store
+    out = tmp_path_factory.mktemp("results")
+    assert main(["--tracking-uri", uri, "--experiment", EXPERIMENT, "--out", str(out), "--name", "tiny",
+                 "--export-csv"]) == 0
+    return out / "tiny"
+
+
+def files(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_epoch_csvs_are_the_mlflow_histories(store, exported):
+    uri, _ = store
+    client = MlflowClient(uri)
+    runs = pd.read_csv(exported / "runs.csv")
+    assert len(runs) == 8 and runs["epochs_csv"].str.fullmatch(r"epochs/sample-mf-(mml|ccl)-N(10|100)-paper-seed[12]"
+                                                               r"\.csv").all()
+    assert runs["epochs_csv"].is_unique
+    for _, r in runs.iterrows():
+        epochs = pd.read_csv(exported / r.epochs_csv)
+        assert list(epochs["epoch"]) == [1, 2]
+        assert not any(c.startswith("best") or c == "steps" for c in epochs.columns)
+        for name, key in (("recall@20", "recall_at_20"), ("ndcg@20", "ndcg_at_20"), ("wall_time_s", "wall_time_s")):
+            direct = {m.step: m.value for m in client.get_metric_history(r.run_id, key)}
+            assert dict(zip(epochs["epoch"], epochs[name], strict=True)) == direct
+        # the best epoch's metrics in runs.csv are one of the epochs
+        assert epochs.loc[epochs["epoch"] == r.best_epoch, "recall@20"].item() == r["recall@20"]
+
+
+def test_exported_cells_equal_the_mlflow_numbers(store, exported):
+    uri, _ = store
+    direct = fetch_runs(uri, EXPERIMENT).set_index("run_id")
+    runs = pd.read_csv(exported / "runs.csv").set_index("run_id")
+    assert set(runs.index) == set(direct.index)
+    for col in ("recall@20", "ndcg@20", "recall@50", "best_epoch", "seed", "num_negatives"):
+        assert (runs[col] == direct.loc[runs.index, col]).all(), col
+    cells = pd.read_csv(exported / "cells.csv")
+    mml10 = cells[(cells["loss"] == "mml") & (cells["num_negatives"] == 10) & (cells["metric"] == "recall@20")]
+    expect = direct[(direct["loss"] == "mml") & (direct["num_negatives"] == 10)]["recall@20"].mean()
+    assert mml10["mean"].item() == pytest.approx(expect, rel=1e-12)
+
+
+def test_no_machine_paths_in_the_committed_files(store, exported):
+    _, tmp = store
+    runs = pd.read_csv(exported / "runs.csv")
+    assert runs["overrides"].str.contains("loss=").all()  # the settings stay
+    for name, data in files(exported).items():
+        if name.endswith((".md", ".csv", ".svg")):
+            text = data.decode()
+            assert str(tmp) not in text and "/tmp/" not in text and "sqlite:" not in text, name
+    md = (exported / "report.md").read_text()
+    assert "Generated from [runs.csv](runs.csv)" in md and "python -m mmlexp.report --from-csv" in md
+
+
+def test_rebuild_from_csv_gives_the_same_bytes(exported, tmp_path):
+    assert main(["--from-csv", str(exported / "runs.csv"), "--out", str(tmp_path), "--name", "tiny"]) == 0
+    before, after = files(exported), files(tmp_path / "tiny")
+    assert set(before) == set(after)
+    assert "report.md" in after and "cells.csv" in after and "time_to_accuracy.svg" in after
+    differ = [name for name in before if before[name] != after[name]]
+    assert differ == []
+
+
+def test_rebuild_in_place_keeps_epochs_and_the_explanations(exported, tmp_path):
+    folder = tmp_path / "copy"
+    shutil.copytree(exported, folder)
+    (folder / "explanations.md").write_text("# Explanations\n\n## sample-mf-mml-N10-paper\n\nEvidence: seed spread.\n")
+    assert main(["--from-csv", str(folder / "runs.csv")]) == 0  # no --out: the folder of runs.csv
+    assert "### sample-mf-mml-N10-paper\n\nEvidence: seed spread." in (folder / "report.md").read_text()
+    assert len(list((folder / "epochs").glob("*.csv"))) == 8
+    assert (folder / "explanations.md").is_file()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary folder left
+
+
+def test_bad_csv_input_is_a_clear_error(exported, tmp_path, capsys):
+    out = ["--out", str(tmp_path / "out")]
+    assert main(["--from-csv", str(tmp_path / "none.csv"), *out]) == 2
+    assert "mmlexp.report" not in capsys.readouterr().out
+    runs = pd.read_csv(exported / "runs.csv")
+    runs.drop(columns=["selection", "epochs_csv"]).to_csv(tmp_path / "cols.csv", index=False)
+    assert main(["--from-csv", str(tmp_path / "cols.csv"), *out]) == 2
+    assert "missing columns selection, epochs_csv" in capsys.readouterr().err
+    runs.to_csv(tmp_path / "runs.csv", index=False)  # per-epoch CSVs not beside it
+    assert main(["--from-csv", str(tmp_path / "runs.csv"), *out]) == 2
+    assert "no per-epoch CSV" in capsys.readouterr().err
+    assert main(["--from-csv", str(exported / "runs.csv"), "--export-csv", *out]) == 2
+    assert not any((tmp_path / "out").iterdir())  # no report, no temporary folder
+
+
+def _table(rows) -> dict[str, pd.DataFrame]:
+    cols = ["dataset", "encoder", "loss", "num_negatives", "early_stop", "selection", "metric", "paper", "mean", "n"]
+    df = pd.DataFrame(rows, columns=cols)
+    df["rel_diff_pct"] = 100 * (df["mean"] - df["paper"]) / df["paper"]
+    return {"table3": df}
+
+
+def test_cells_more_than_3pct_off_are_flagged(tmp_path):
+    tables = _table([("gowalla", "mf", "bpr", 100, "N", "paper", "recall@20", 0.0708, 0.0708 * 0.969, 1),
+                     ("gowalla", "mf", "mml", 100, "N", "paper", "recall@20", 0.1816, 0.1816 * 0.971, 1),
+                     ("gowalla", "mf", "ccl", 100, "N", "paper", "ndcg@20", 0.1426, 0.1426 * 1.04, 1),
+                     ("gowalla", "mf", "ccl", 100, "N", "valid", "ndcg@20", 0.1426, 0.1426 * 0.5, 1),
+                     ("gowalla", "mf", "bsl", 100, "N", "paper", "ndcg@20", 0.1521, float("nan"), 0)])
+    off = off_cells(tables)
+    assert list(off["cell"]) == ["gowalla-mf-bpr-N100-paper", "gowalla-mf-ccl-N100-paper"]  # valid: not flagged
+    (tmp_path / "explanations.md").write_text("## gowalla-mf-ccl-N100-paper\nCCL evidence.\n")
+    md = "\n".join(explanation_section(tables, tmp_path))
+    assert "1 NEED AN EXPLANATION**: gowalla-mf-bpr-N100-paper" in md
+    assert "| gowalla-mf-bpr-N100-paper | recall@20 | 0.0686 | 0.0708 | -3.1 | 1 |" in md
+    bpr, ccl = md.split("### gowalla-mf-bpr-N100-paper")[1].split("### gowalla-mf-ccl-N100-paper")
+    assert "§10.2" in bpr and "NEEDS EXPLANATION" in bpr
+    assert "CCL evidence." in ccl and "§10.2" not in ccl
+    assert "None:" in "\n".join(explanation_section(_table([]), tmp_path / "nothing"))
+
+
+def _fake_results(folder: Path) -> None:
+    folder.mkdir(parents=True)
+    rows = [("mml", 100, "paper", "recall@20", 0.1770, "a" * 32), ("mml", 100, "paper", "ndcg@20", 0.1400, "a" * 32),
+            ("bpr", 100, "paper", "recall@20", 0.0600, "b" * 32), ("mml", 10, "paper", "recall@20", 0.1500, "c" * 32),
+            ("ccl", 100, "valid", "recall@20", 0.1700, "d" * 32)]
+    cells = pd.DataFrame([{"dataset": "gowalla", "encoder": "mf", "loss": loss, "num_negatives": n, "early_stop": "N",
+                           "selection": sel, "metric": m, "n": 1, "mean": v, "ci_half": float("nan"), "seeds": "1",
+                           "run_ids": rid, "epochs": "100"} for loss, n, sel, m, v, rid in rows])
+    cells.to_csv(folder / "cells.csv", index=False)
+    pd.DataFrame({"run_id": ["a" * 32, "b" * 32, "c" * 32, "d" * 32],
+                  "epochs_csv": [f"epochs/{x}.csv" for x in "abcd"]}).to_csv(folder / "runs.csv", index=False)
+
+
+def test_readme_table_from_fake_cells(tmp_path, capsys):
+    results = tmp_path / "results" / "gowalla"
+    _fake_results(results)
+    doc = tmp_path / "README.md"
+    doc.write_text(f"# x\n\n{readme.START}\nold\n{readme.END}\n\nafter\n")
+    args = ["--results", str(results), "--readme", str(doc)]
+    assert readme.main([*args, "--check"]) == 1
+    assert readme.main(args) == 0 and readme.main([*args, "--check"]) == 0
+    text = doc.read_text()
+    assert text.startswith("# x\n\n") and text.endswith(f"{readme.END}\n\nafter\n") and "old" not in text
+    rows = {line.split(" | ")[0][2:]: line.split(" | ") for line in text.splitlines() if line.startswith("| ")}
+    mml = rows["MML, N=100"]
+    assert mml[1:4] == ["0.1770", "0.1816", f"{100 * (0.1770 - 0.1816) / 0.1816:+.1f}"]  # -2.5: within 3%
+    assert mml[4:7] == ["0.1400", "0.1435", f"{100 * (0.1400 - 0.1435) / 0.1435:+.1f}"]
+    assert mml[7:9] == ["100", "1"] and mml[9] == "[aaaaaaaa](results/gowalla/epochs/a.csv) |"
+    assert rows["BPR, N=100"][3] == f"{100 * (0.0600 - 0.0708) / 0.0708:+.1f} ⚠"
+    assert rows["MML, N=10"][2] == "—" and rows["CCL, N=100, selection valid"][3].endswith("-4.7")
+    assert rows["BSL, N=800"][1] == "pending" and rows["BSL, N=800"][9] == "pending |"
+    assert len(rows) == 1 + 15 and "4 of 15 cells have finished runs; 1 more than 3%" in text
+    pd.read_csv(results / "cells.csv").drop(columns="run_ids").to_csv(results / "cells.csv", index=False)
+    assert readme.main(args) == 2 and "missing column run_ids" in capsys.readouterr().err
+    shutil.rmtree(results)
+    _fake_results(results)
+    doc.write_text("no markers\n")
+    assert readme.main(args) == 2 and "reproduction-status:start" in capsys.readouterr().err
+
+
+def test_committed_readme_table_matches_the_committed_cells():
+    assert readme.main(["--results", str(RESULTS), "--readme", str(REPO / "README.md"), "--check"]) == 0
+
+
+@pytest.mark.skipif(not (RESULTS / "runs.csv").is_file(), reason="no committed results/gowalla/ yet")
+def test_committed_report_is_what_the_committed_csvs_give(tmp_path):
+    assert main(["--from-csv", str(RESULTS / "runs.csv"), "--out", str(tmp_path), "--name", "gowalla"]) == 0
+    for name in ("report.md", "cells.csv", "runs.csv", "table3.csv", "figure3_claims.csv", "paired_tests.csv"):
+        assert (tmp_path / "gowalla" / name).read_bytes() == (RESULTS / name).read_bytes(), name
+
+
+def test_figure3_claims_are_marked_holds_or_not():
+    from mmlexp.report.status import claim_verdicts
+
+    means = {("mml", 10): 0.150, ("ccl", 10): 0.140, ("mml", 100): 0.180, ("ccl", 100): 0.178, ("bsl", 100): 0.180,
+             ("mml", 800): 0.181, ("ccl", 800): 0.183, ("bsl", 800): 0.190}
+    curves = pd.DataFrame([{"dataset": "gowalla", "metric": "recall@20", "loss": loss, "num_negatives": n, "mean": v}
+                           for (loss, n), v in means.items()])
+    claims = pd.DataFrame([{"dataset": "gowalla", "metric": "recall@20", "num_negatives": 10, "loss": "mml",
+                            "baseline": "ccl", "paper_relative_gain_pct": 13.0},
+                           {"dataset": "gowalla", "metric": "ndcg@20", "num_negatives": 10, "loss": "mml",
+                            "baseline": "ccl", "paper_relative_gain_pct": 15.1}])  # no ndcg runs: left out
+    text = "\n".join(claim_verdicts(curves, claims))
+    assert f"MML beats CCL (paper +13.0%): **HOLDS**, ours {100 * (0.150 - 0.140) / 0.140:+.1f}%" in text
+    assert "MML ≥ CCL: **DOES NOT HOLD** (0.1810 vs 0.1830)" in text and "MML < BSL: **HOLDS**" in text
+    bsl = 100 * (0.190 - 0.180) / 0.180  # +5.6%: more than 3% -> does not level off
+    mml, ccl = 100 * 0.001 / 0.180, 100 * 0.005 / 0.178
+    assert f"**DOES NOT HOLD** (MML {mml:+.1f}%, CCL {ccl:+.1f}%, BSL {bsl:+.1f}%)" in text
+    assert "ndcg@20" not in text and claim_verdicts(curves.iloc[:0], claims) == []
