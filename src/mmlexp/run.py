@@ -167,13 +167,19 @@ def _train(cfg: DictConfig) -> float:
         tags |= {"valid.interactions": int(valid.nnz), "valid.users": int((valid.getnnz(axis=1) > 0).sum())}
     tags |= sweep_job_tags(cfg.tracking.uri)  # in a sweep: mlflow.parentRunId, sweep.id, sweep.job_num, ...
     out_dir = run_directory(cfg)
+    report = None
+    if os.environ.get("MMLEXP_OPTUNA_TRIAL") is not None:  # an Optuna trial: report epochs, maybe pruned
+        from mmlexp.sweep.pruning import trial_reporter
+
+        report = trial_reporter(cfg)
     tracker.start(run_name, flatten(resolved), tags)
     status = "FAILED"
     try:
         tracker.log_text(OmegaConf.to_yaml(resolved), "config.yaml")
         result = fit(model, loss_fn, sampler, optimizer, users, items, evaluate, settings, generator,
                      on_epoch_end=lambda epoch, record: (tracker.log_metrics(record, step=epoch),
-                                                         log.info(epoch_line(record, settings.monitor))))
+                                                         log.info(epoch_line(record, settings.monitor)),
+                                                         report and report(epoch, record)))
         best = {f"best/{k}": v for k, v in result.best_metrics.items()}
         tracker.log_metrics(best | {"best_epoch": result.best_epoch, "steps": result.steps}, step=result.best_epoch)
         if cfg.tracking.save_checkpoint:
@@ -184,6 +190,11 @@ def _train(cfg: DictConfig) -> float:
         status = "FINISHED"
     except KeyboardInterrupt:
         status = "KILLED"
+        raise
+    except Exception as err:
+        if type(err).__name__ == "TrialPruned":  # optuna.TrialPruned from the reporter (mmlexp.sweep.pruning)
+            tracker.set_tags({"optuna.pruned_at_epoch": getattr(err, "epoch", "?")})
+            status = "KILLED"
         raise
     finally:
         tracker.finish(status)
