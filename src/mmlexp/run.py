@@ -114,7 +114,7 @@ def _train(cfg: DictConfig) -> float:
     if cfg.trainer.num_threads:
         torch.set_num_threads(cfg.trainer.num_threads)
     torch.manual_seed(cfg.seed)
-    device = resolve_device(cfg.device)
+    device = resolve_device(cfg.device, cfg.get("jobs_per_gpu", 1))  # a parallel sweep job: its own GPU
     allowed = OWN_TARGETS + list(cfg.allowed_targets)
     data = load_data(cfg)
     # eval.selection=valid: train on train minus a held-out slice, pick the epoch on that slice
