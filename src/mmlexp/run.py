@@ -68,8 +68,9 @@ def run_directory(cfg: DictConfig) -> Path:
 
 @contextlib.contextmanager
 def sigterm_as_interrupt():
-    """A ``kill`` (SIGTERM) ends the run like Ctrl-C, so the tracked run is marked KILLED."""
-    if threading.current_thread() is not threading.main_thread():
+    """A ``kill`` (SIGTERM) ends the run like Ctrl-C, so the tracked run is marked KILLED. Not in a submitit job:
+    SLURM preempts with SIGTERM then submitit's USR2, which checkpoints and requeues the job (hydra/launcher)."""
+    if threading.current_thread() is not threading.main_thread() or os.environ.get("SUBMITIT_EXECUTOR"):
         yield
         return
 
@@ -188,7 +189,7 @@ def _train(cfg: DictConfig) -> float:
                         "best_epoch": result.best_epoch, "metrics": result.best_metrics}, path)
             tracker.log_artifact(path)
         status = "FINISHED"
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, SystemExit):  # SystemExit: submitit requeues a preempted job (resumes here)
         status = "KILLED"
         raise
     except Exception as err:
