@@ -135,20 +135,27 @@ def cli(tmp_path: Path, *overrides: str) -> subprocess.CompletedProcess:
                           env=dict(os.environ, PYTHONUNBUFFERED="1"))
 
 
-def test_a_median_pruned_search_ends_with_pruned_trials_tagged_in_mlflow(tmp_path):
+LAUNCHERS = {"basic": [], "joblib": ["hydra/launcher=joblib", "hydra.launcher.n_jobs=2"],
+             "submitit_local": ["hydra/launcher=submitit_local", "hydra.sweeper.n_jobs=2", "hydra.launcher.timeout_min=10"]}
+
+
+@pytest.mark.parametrize("launcher", list(LAUNCHERS))
+def test_a_median_pruned_search_ends_with_pruned_trials_tagged_in_mlflow(tmp_path, launcher):
+    """Each job finds its trial through the storage, in process (basic) or not (joblib workers, submitit)."""
+    n_trials = 4 if launcher == "basic" else 6  # two at a time: the first two have no finished trial to compare
     proc = cli(tmp_path, "hydra/sweeper/pruner=median", "hydra.sweeper.pruner.n_startup_trials=1",
-               "hydra.sweeper.pruner.n_warmup_steps=0", "hydra.sweeper.n_trials=4", "trainer.epochs=2",
-               "trainer.batch_size=2048")  # short epochs
+               "hydra.sweeper.pruner.n_warmup_steps=0", f"hydra.sweeper.n_trials={n_trials}", "trainer.epochs=2",
+               "trainer.batch_size=2048", *LAUNCHERS[launcher])  # short epochs
     assert proc.returncode == 0, proc.stderr[-4000:]
     study = optuna.load_study(study_name="mml_sample", storage=f"sqlite:///{tmp_path}/optuna.db")
     states = [t.state for t in study.trials]
-    assert len(states) == 4 and set(states) <= {TrialState.COMPLETE, TrialState.PRUNED}  # pruned ones count
+    assert len(states) == n_trials and set(states) <= {TrialState.COMPLETE, TrialState.PRUNED}  # pruned count
     pruned = {t.number: max(t.intermediate_values) for t in study.trials if t.state == TrialState.PRUNED}
     assert pruned, [t.intermediate_values for t in study.trials]
     client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
     runs = client.search_runs([client.get_experiment_by_name("mmlexp").experiment_id])
     jobs = {int(r.data.tags["optuna.trial_number"]): r for r in runs if "optuna.trial_number" in r.data.tags}
-    assert sorted(jobs) == [0, 1, 2, 3]
+    assert sorted(jobs) == list(range(n_trials))
     for number, run in jobs.items():
         if number in pruned:
             assert run.info.status == "KILLED"

@@ -56,6 +56,7 @@ class OptunaSweeper(Sweeper):
                                  custom_search_space, params).sweeper
         self.sampler_config = sampler
         self.pruner_config = pruner
+        self.pruner = None  # built by _plan (hydra/sweeper/pruner)
         self.custom_search_space = custom_search_space
         self.space = OmegaConf.to_container(space, resolve=True) if isinstance(space, DictConfig) else space
         self.heartbeat_interval, self.grace_period = heartbeat_interval, grace_period
