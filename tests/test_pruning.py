@@ -135,23 +135,14 @@ def cli(tmp_path: Path, *overrides: str) -> subprocess.CompletedProcess:
                           env=dict(os.environ, PYTHONUNBUFFERED="1"))
 
 
-LAUNCHERS = {"basic": [], "joblib": ["hydra/launcher=joblib", "hydra.launcher.n_jobs=2"],
-             "submitit_local": ["hydra/launcher=submitit_local", "hydra.sweeper.n_jobs=2", "hydra.launcher.timeout_min=10"]}
-
-
-@pytest.mark.parametrize("launcher", list(LAUNCHERS))
-def test_a_median_pruned_search_ends_with_pruned_trials_tagged_in_mlflow(tmp_path, launcher):
-    """Each job finds its trial through the storage, in process (basic) or not (joblib workers, submitit)."""
-    n_trials = 4 if launcher == "basic" else 6  # two at a time: the first two have no finished trial to compare
-    proc = cli(tmp_path, "hydra/sweeper/pruner=median", "hydra.sweeper.pruner.n_startup_trials=1",
-               "hydra.sweeper.pruner.n_warmup_steps=0", f"hydra.sweeper.n_trials={n_trials}", "trainer.epochs=2",
-               "trainer.batch_size=2048", *LAUNCHERS[launcher])  # short epochs
+def check_pruned_runs(tmp_path: Path, proc: subprocess.CompletedProcess, n_trials: int) -> dict[int, int]:
+    """Every trial COMPLETE or PRUNED (pruned ones count toward n_trials); each pruned trial's MLflow run KILLED
+    and tagged with its last reported epoch, the others FINISHED. Returns {pruned trial: epoch}."""
     assert proc.returncode == 0, proc.stderr[-4000:]
     study = optuna.load_study(study_name="mml_sample", storage=f"sqlite:///{tmp_path}/optuna.db")
     states = [t.state for t in study.trials]
-    assert len(states) == n_trials and set(states) <= {TrialState.COMPLETE, TrialState.PRUNED}  # pruned count
+    assert len(states) == n_trials and set(states) <= {TrialState.COMPLETE, TrialState.PRUNED}
     pruned = {t.number: max(t.intermediate_values) for t in study.trials if t.state == TrialState.PRUNED}
-    assert pruned, [t.intermediate_values for t in study.trials]
     client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
     runs = client.search_runs([client.get_experiment_by_name("mmlexp").experiment_id])
     jobs = {int(r.data.tags["optuna.trial_number"]): r for r in runs if "optuna.trial_number" in r.data.tags}
@@ -163,6 +154,26 @@ def test_a_median_pruned_search_ends_with_pruned_trials_tagged_in_mlflow(tmp_pat
         else:
             assert run.info.status == "FINISHED" and "optuna.pruned_at_epoch" not in run.data.tags
     assert "Error executing job" not in proc.stderr  # a pruned trial is not reported as a failure
+    return pruned
+
+
+SHORT = ["trainer.epochs=2", "trainer.batch_size=2048"]  # short epochs
+
+
+def test_a_median_pruned_search_ends_with_pruned_trials_tagged_in_mlflow(tmp_path):
+    proc = cli(tmp_path, "hydra/sweeper/pruner=median", "hydra.sweeper.pruner.n_startup_trials=1",
+               "hydra.sweeper.pruner.n_warmup_steps=0", "hydra.sweeper.n_trials=4", *SHORT)
+    assert check_pruned_runs(tmp_path, proc, 4), "no trial pruned"
+
+
+@pytest.mark.parametrize("launcher", [["hydra/launcher=joblib", "hydra.launcher.n_jobs=2"],
+                                      ["hydra/launcher=submitit_local", "hydra.sweeper.n_jobs=2",
+                                       "hydra.launcher.timeout_min=10"]], ids=["joblib", "submitit_local"])
+def test_jobs_of_other_processes_find_their_trial_through_the_storage(tmp_path, launcher):
+    """A pruner that prunes every trial at its first report (optuna's ThresholdPruner, recall@20 < 0.9)."""
+    proc = cli(tmp_path, "hydra.sweeper.pruner._target_=optuna.pruners.ThresholdPruner",
+               "+hydra.sweeper.pruner.lower=0.9", "hydra.sweeper.n_trials=3", *SHORT, *launcher)
+    assert check_pruned_runs(tmp_path, proc, 3) == {0: 1, 1: 1, 2: 1}
 
 
 def test_an_unknown_pruner_exits_2_before_anything_is_written(tmp_path):

@@ -305,7 +305,8 @@ class OptunaSweeper(Sweeper):
         (lower trial numbers win); a surplus trial is failed before anything runs."""
         from optuna.trial import TrialState
 
-        live = sorted(t.number for t in study.get_trials(deepcopy=False, states=(*_finished_states(), TrialState.RUNNING)))
+        states = (*_finished_states(), TrialState.RUNNING)
+        live = sorted(t.number for t in study.get_trials(deepcopy=False, states=states))
         keep = []
         for trial in asked:
             if live.index(trial.number) < self.impl.n_trials:
