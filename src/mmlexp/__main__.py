@@ -33,4 +33,10 @@ def main(cfg: DictConfig) -> float:
 
 
 if __name__ == "__main__":
+    if any("pruner=" in arg for arg in sys.argv[1:]):  # Hydra's own "Could not find" would exit 1
+        from mmlexp.sweep.pruning import check_pruner_argv
+
+        if error := check_pruner_argv(sys.argv[1:], CONFIG_DIR):
+            print(f"mmlexp: error: {error}", file=sys.stderr)
+            sys.exit(2)
     main()

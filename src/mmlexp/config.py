@@ -54,6 +54,7 @@ TARGETS = (lambda v: isinstance(v, (list, tuple)) and all(isinstance(t, str) and
 RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "seed": int_at_least(0),
     "device": DEVICE,
+    "jobs_per_gpu": int_at_least(1),
     "allowed_targets": TARGETS,
     "trainer.epochs": int_at_least(1),
     "trainer.max_steps": optional(int_at_least(1)),

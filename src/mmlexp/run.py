@@ -73,8 +73,9 @@ def run_directory(cfg: DictConfig) -> Path:
 
 @contextlib.contextmanager
 def sigterm_as_interrupt():
-    """A ``kill`` (SIGTERM) ends the run like Ctrl-C, so the tracked run is marked KILLED."""
-    if threading.current_thread() is not threading.main_thread():
+    """A ``kill`` (SIGTERM) ends the run like Ctrl-C, so the tracked run is marked KILLED. Not in a submitit job:
+    SLURM preempts with SIGTERM then submitit's USR2, which checkpoints and requeues the job (hydra/launcher)."""
+    if threading.current_thread() is not threading.main_thread() or os.environ.get("SUBMITIT_EXECUTOR"):
         yield
         return
 
@@ -126,7 +127,7 @@ def _train(cfg: DictConfig) -> float:
     if cfg.trainer.num_threads:
         torch.set_num_threads(cfg.trainer.num_threads)
     torch.manual_seed(cfg.seed)
-    device = resolve_device(cfg.device)
+    device = resolve_device(cfg.device, cfg.get("jobs_per_gpu", 1))  # a parallel sweep job: its own GPU
     allowed = OWN_TARGETS + list(cfg.allowed_targets)
     data = load_data(cfg)
     # eval.selection=valid: train on train minus a held-out slice, pick the epoch on that slice
@@ -195,9 +196,17 @@ def _train(cfg: DictConfig) -> float:
     def save_checkpoint(state: dict) -> None:
         save_atomic(state | identity, out_dir / CHECKPOINT_FILE)
 
+    report = None
+    if os.environ.get("MMLEXP_OPTUNA_TRIAL") is not None:  # an Optuna trial: report epochs, maybe pruned
+        from mmlexp.sweep.pruning import trial_reporter
+
+        report = trial_reporter(cfg)
+
     def on_epoch_end(epoch: int, record: dict[str, float]) -> None:
         tracker.log_metrics(record, step=epoch)
         log.info(epoch_line(record, settings.monitor))
+        if report is not None:
+            report(epoch, record)
 
     status = "FAILED"
     try:
@@ -216,11 +225,16 @@ def _train(cfg: DictConfig) -> float:
                         "best_epoch": result.best_epoch, "metrics": result.best_metrics}, path)
             tracker.log_artifact(path)
         status = "FINISHED"
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, SystemExit):  # SystemExit: submitit requeues a preempted job (resumes here)
         status = "KILLED"
         raise
     except Diverged as err:
         tracker.set_tags({"failure": str(err)})
+        raise
+    except Exception as err:
+        if type(err).__name__ == "TrialPruned":  # optuna.TrialPruned from the reporter (mmlexp.sweep.pruning)
+            tracker.set_tags({"optuna.pruned_at_epoch": getattr(err, "epoch", "?")})
+            status = "KILLED"
         raise
     finally:
         tracker.finish(status)

@@ -1,6 +1,8 @@
 """``OptunaSweeper`` (``hydra/sweeper=mmlexp_optuna``, used by conf/hparams_search/*): hydra-optuna-sweeper's
-ask/launch/tell loop with a study-level budget. ``n_trials`` is the number of COMPLETE trials the study must end
-with, so re-running the same command resumes the study and runs only the missing trials. Trials left RUNNING by a
+ask/launch/tell loop with a study-level budget. ``n_trials`` is the number of finished trials (COMPLETE, or PRUNED by
+``hydra/sweeper/pruner``: a pruned trial uses up its slot, else a pruner would make the search run on and on) the
+study must end with, so re-running the same command resumes the study and runs only the missing trials. A job that
+raised ``optuna.TrialPruned`` (``mmlexp.sweep.pruning``) is told PRUNED, not FAIL. Trials left RUNNING by a
 killed sweep are failed (a dead process on this host, or Optuna heartbeats from any host) and their MLflow runs
 marked KILLED. Every input is checked before the study or the MLflow store is touched. The parent MLflow run
 belongs to the study (a resumed study keeps its parent).
@@ -27,6 +29,7 @@ from mmlexp.sweep.errors import SweepError, mask_url
 from mmlexp.sweep.jobs import MAX_TAG, TRIAL_ENV
 from mmlexp.sweep.liveness import alive, heartbeats
 from mmlexp.sweep.parent import open_parent
+from mmlexp.sweep.pruning import is_pruned
 
 log = logging.getLogger(__name__)
 
@@ -46,12 +49,14 @@ class OptunaSweeper(Sweeper):
                  n_jobs: int, max_failure_rate: float = 0.0, custom_search_space: str | None = None,
                  params: DictConfig | None = None, space: DictConfig | None = None,
                  heartbeat_interval: int | None = 60, grace_period: int | None = None,
-                 poll_interval: float | None = None) -> None:
+                 poll_interval: float | None = None, pruner: Any = None) -> None:
         from hydra_plugins.hydra_optuna_sweeper.optuna_sweeper import OptunaSweeper as StockSweeper
 
         self.impl = StockSweeper(sampler, direction, storage, study_name, n_trials, n_jobs, max_failure_rate,
                                  custom_search_space, params).sweeper
         self.sampler_config = sampler
+        self.pruner_config = pruner
+        self.pruner = None  # built by _plan (hydra/sweeper/pruner)
         self.custom_search_space = custom_search_space
         self.space = OmegaConf.to_container(space, resolve=True) if isinstance(space, DictConfig) else space
         self.heartbeat_interval, self.grace_period = heartbeat_interval, grace_period
@@ -74,6 +79,7 @@ class OptunaSweeper(Sweeper):
         if not isinstance(n, int) or isinstance(n, bool) or n < 1:
             raise SweepError(f"hydra.sweeper.n_trials={n!r}: must be an integer >= 1 "
                              "(the number of complete trials the study must have)")
+        self.pruner = self._pruner()
         if not isinstance(impl.n_jobs, int) or impl.n_jobs == 0:
             raise SweepError(f"hydra.sweeper.n_jobs={impl.n_jobs!r}: must be an integer >= 1 "
                              "(trials launched together), or -1 for one per core")
@@ -103,6 +109,29 @@ class OptunaSweeper(Sweeper):
         if not distributions and not derived and not impl.custom_search_space_extender:
             raise SweepError("hydra.sweeper.params is empty: nothing to search")
         return distributions, fixed, fixed_overrides
+
+    def _pruner(self):
+        """The configured pruner (``hydra/sweeper/pruner``), None for ``none``. Jobs report to their trial through
+        the storage, so a pruner needs an RDB storage, a study name and one objective."""
+        from mmlexp.sweep.pruning import build_pruner
+
+        try:
+            pruner = build_pruner(self.pruner_config)
+        except Exception as err:
+            cause = err.__cause__ or err
+            raise SweepError(f"hydra.sweeper.pruner: {type(cause).__name__}: {cause}") from err
+        if pruner is None:
+            return None
+        name = type(pruner).__name__
+        if not self.impl.storage:
+            raise SweepError(f"hydra.sweeper.pruner ({name}) needs hydra.sweeper.storage: each job reports "
+                             "its epochs to its trial through the storage")
+        if not self.impl.study_name:
+            raise SweepError(f"hydra.sweeper.pruner ({name}) needs hydra.sweeper.study_name (jobs find the study "
+                             "by name)")
+        if len(self.impl._get_directions()) > 1:
+            raise SweepError(f"hydra.sweeper.pruner ({name}): Optuna cannot prune multi-objective studies")
+        return pruner
 
     def _check_keys(self, names: list[str], message: str) -> None:
         config = self.config
@@ -140,6 +169,7 @@ class OptunaSweeper(Sweeper):
                                  f"({type(err).__name__}: {reason})") from err
         try:
             return optuna.create_study(study_name=impl.study_name, storage=storage, sampler=impl.sampler,
+                                       pruner=self.pruner or optuna.pruners.NopPruner(),
                                        directions=impl._get_directions(), load_if_exists=True)
         except ValueError as err:
             raise SweepError(f"hydra.sweeper.study_name={impl.study_name!r}: {err}") from err
@@ -184,10 +214,11 @@ class OptunaSweeper(Sweeper):
                 self.parent.finish(status)
 
     def _counts(self, study) -> tuple[int, int]:
+        """Finished trials (COMPLETE or PRUNED: both count toward n_trials) and RUNNING ones."""
         from optuna.trial import TrialState
 
         states = [t.state for t in study.get_trials(deepcopy=False)]
-        return states.count(TrialState.COMPLETE), states.count(TrialState.RUNNING)
+        return sum(states.count(s) for s in _finished_states()), states.count(TrialState.RUNNING)
 
     def _loop(self, study, distributions, fixed, fixed_overrides, sweep_dir: Path, overrides_attr: str) -> None:
         from optuna.trial import TrialState
@@ -203,8 +234,9 @@ class OptunaSweeper(Sweeper):
             todo = impl.n_trials - complete - running
             if todo <= 0:
                 if running == 0 or not self.heartbeat_interval:  # (without heartbeats a dead host never goes stale)
-                    log.info(f"Study {study.study_name}: {complete} complete trials, {running} running "
-                             f"(n_trials={impl.n_trials})")
+                    pruned = len(study.get_trials(deepcopy=False, states=(TrialState.PRUNED,)))
+                    log.info(f"Study {study.study_name}: {complete - pruned} complete trials, {pruned} pruned, "
+                             f"{running} running (n_trials={impl.n_trials})")
                     return
                 time.sleep(self.poll_interval)  # other workers run the last trials (or they go stale)
                 continue
@@ -234,6 +266,11 @@ class OptunaSweeper(Sweeper):
                 job_idx += len(returns)
                 errors = []
                 for trial, ret in zip(batch, returns, strict=True):
+                    if is_pruned(ret._return_value):  # the job's reporter stopped it (mmlexp.sweep.pruning)
+                        study.tell(trial, state=TrialState.PRUNED)
+                        log.info(f"Trial {trial.number} pruned: {ret._return_value}")
+                        told.add(trial.number)
+                        continue
                     try:
                         value = float(ret.return_value)  # re-raises the job's exception
                         if not math.isfinite(value):
@@ -270,8 +307,8 @@ class OptunaSweeper(Sweeper):
         (lower trial numbers win); a surplus trial is failed before anything runs."""
         from optuna.trial import TrialState
 
-        live = sorted(t.number for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,
-                                                                                   TrialState.RUNNING)))
+        states = (*_finished_states(), TrialState.RUNNING)
+        live = sorted(t.number for t in study.get_trials(deepcopy=False, states=states))
         keep = []
         for trial in asked:
             if live.index(trial.number) < self.impl.n_trials:
@@ -337,6 +374,12 @@ class OptunaSweeper(Sweeper):
 
 
 _ABSENT = object()
+
+
+def _finished_states() -> tuple:
+    from optuna.trial import TrialState
+
+    return TrialState.COMPLETE, TrialState.PRUNED
 
 
 def _leaf_keys(tree: Any, prefix: str = "") -> list[str]:
