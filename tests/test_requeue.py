@@ -64,7 +64,7 @@ def _task(proc: subprocess.Popen) -> psutil.Process | None:
 def test_a_preempted_submitit_job_is_requeued_in_the_same_run_directory(tmp_path):
     cmd = [sys.executable, "-m", "mmlexp", "-m", "hydra/launcher=submitit_local", "hydra.launcher.timeout_min=60",
            f"tracking.uri=sqlite:///{tmp_path}/mlflow.db", f"tracking.artifact_location={tmp_path}/artifacts",
-           "trainer.epochs=3", "trainer.progress=false", "num_negatives=10", "trainer.batch_size=1024"]
+           "trainer.epochs=20", "trainer.progress=false", "num_negatives=10", "trainer.batch_size=1024"]
     proc = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             env=dict(os.environ, PYTHONUNBUFFERED="1"))
     try:
@@ -92,7 +92,8 @@ def test_a_preempted_submitit_job_is_requeued_in_the_same_run_directory(tmp_path
     client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
     runs = client.search_runs([client.get_experiment_by_name("mmlexp").experiment_id])
     job0 = [r for r in runs if r.data.tags.get("sweep.job_num") == "0"]
-    # the preempted attempt ends KILLED (not FAILED), the requeued one FINISHED (with trainer.resume, from the
-    # checkpoint of the preempted attempt: same run directory)
-    assert sorted(r.info.status for r in job0) == ["FINISHED", "KILLED"]
+    # the requeued attempt resumes from the preempted one's last checkpoint (same run directory: trainer.resume=auto)
+    # and continues its MLflow run, which ends FINISHED: one run, not a KILLED one and a FINISHED one
+    assert [r.info.status for r in job0] == ["FINISHED"]
+    assert int(job0[0].data.tags["resumed_at_epoch"]) >= 1
     assert all(r.data.tags.get("sweep.dir") == str(sweep_dir.resolve()) for r in job0)
