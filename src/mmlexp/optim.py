@@ -25,7 +25,9 @@ import torch
 from torch.autograd.graph import increment_version
 from torch.optim.adam import adam as functional_adam
 
-from mmlexp import cpu_kernels
+from mmlexp import cpu_kernels, deferred
+
+_LOADED = object()  # a kept ||E||^2 from load_state_dict: the checkpoint's rows, whatever p._version says
 
 
 class TableAdam(torch.optim.Optimizer):
@@ -42,6 +44,11 @@ class TableAdam(torch.optim.Optimizer):
     is two passes over each table (``cpu_kernels.grad_sq_norm``, ``cpu_kernels.adam_rows``) with the gradient
     formed in registers, and a sparse gradient (a batch's rows) is read only on its rows; elsewhere the
     gradient is materialised and torch's fused Adam runs with the clip as its ``grad_scale``.
+
+    Deferred rows (``mmlexp.deferred``, the default on the numba path): ``prepare(reads)`` before a step's
+    forward brings the rows it reads up to date; the step then updates the rows with a gradient and records
+    the step's scalars for the others, replayed when next read.  ``materialize()`` brings every row up to
+    date (``state_dict()`` does it first); a ``step`` without ``prepare`` is dense.  Same results as dense.
     """
 
     def __init__(self, params, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8):
@@ -49,6 +56,76 @@ class TableAdam(torch.optim.Optimizer):
             raise ValueError(f"lr={lr}: must be > 0")
         super().__init__(params, dict(lr=lr, betas=betas, eps=eps, decay=True))
         self._param_sq: dict[torch.Tensor, tuple[int, float]] = {}  # p -> (p._version, ||p||^2) after our update
+        self._deferred: dict[torch.Tensor, deferred.DeferredTable] = {}
+        self._reads: dict | None = None
+        self.deferred_steps = self.fallback_steps = 0  # steps taken deferred / dense because the clip may act
+
+    def _state(self, p: torch.Tensor) -> dict:
+        state = self.state[p]
+        if not state:
+            state.update(step=torch.zeros((), dtype=torch.float32, device=p.device),
+                         exp_avg=torch.zeros_like(p), exp_avg_sq=torch.zeros_like(p))
+        return state
+
+    def _rows(self, p: torch.Tensor):
+        state = self._state(p)
+        return _as_rows(p), _as_rows(state["exp_avg"]), _as_rows(state["exp_avg_sq"])
+
+    def prepare(self, reads: dict[torch.Tensor, torch.Tensor] | None) -> None:
+        """Before a step's forward: ``reads`` maps each table to the rows the step reads
+        (``deferred.rows_read``); those rows are brought up to date and the step may defer the others.
+        None, or parameters the deferred path does not cover: everything is materialised, the step is dense."""
+        self._reads = None
+        params = [p for group in self.param_groups for p in group["params"]]
+        if reads is None or not all(
+                group["decay"] and p.dim() == 2 and _on_kernel_path(p) and any(p is q for q in reads)
+                for group in self.param_groups for p in group["params"]) or len(reads) != len(params):
+            self.materialize()
+            return
+        cpu_kernels.set_threads(torch.get_num_threads())
+        for p, index in reads.items():
+            table = self._deferred.get(p)
+            if table is None:
+                table = self._deferred[p] = deferred.DeferredTable(p)
+            table.check_unchanged()
+            if table.pending:
+                table.replay(*self._rows(p), index.detach().to(torch.int64).contiguous().numpy())
+                increment_version(p)
+                table.version = p._version
+        self._reads = reads
+
+    def materialize(self) -> None:
+        """Bring every deferred row up to date (for evaluation, saving, or any read from outside)."""
+        for p, table in self._deferred.items():
+            if table.pending:
+                table.check_unchanged()
+                param, m, v = self._rows(p)
+                table.replay(param, m, v)
+                table.reset(param)
+                increment_version(p)
+                table.version = p._version
+            if self._param_sq.get(p, (None,))[0] != p._version:  # ||E||^2 summed as adam_rows sums it
+                if table.version != p._version:
+                    table.check_unchanged()
+                self._param_sq[p] = (p._version, float(deferred.table_sq_norm(_as_rows(p))))
+
+    def state_dict(self) -> dict:
+        """torch's, every row materialised first, plus the kept ||E||^2 (``param_sq``, by parameter index)
+        so that a resumed run takes the same clip factor as an uninterrupted one."""
+        self.materialize()
+        state = super().state_dict()
+        index = {id(p): i for i, p in enumerate(p for group in self.param_groups for p in group["params"])}
+        state["param_sq"] = {index[id(p)]: sq for p, (version, sq) in self._param_sq.items()
+                             if version is _LOADED or version == p._version}
+        return state
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        state_dict = dict(state_dict)
+        kept = state_dict.pop("param_sq", {})
+        super().load_state_dict(state_dict)
+        params = [p for group in self.param_groups for p in group["params"]]
+        self._deferred, self._reads, self._param_sq = {}, None, {params[int(i)]: (_LOADED, float(sq))
+                                                                  for i, sq in kept.items()}
 
     @torch.no_grad()
     def step(self, closure=None, l2: float = 0.0, max_norm: float | None = None):
@@ -59,11 +136,11 @@ class TableAdam(torch.optim.Optimizer):
             for p in group["params"]:
                 if p.grad is None and not decay:
                     continue
-                state = self.state[p]
-                if not state:
-                    state.update(step=torch.zeros((), dtype=torch.float32, device=p.device),
-                                 exp_avg=torch.zeros_like(p), exp_avg_sq=torch.zeros_like(p))
-                work.append((group, p, decay, state))
+                work.append((group, p, decay, self._state(p)))
+        reads, self._reads = self._reads, None
+        if reads is not None and self._deferred_step(work, reads, max_norm):
+            return loss
+        self.materialize()
         if not work:
             return loss
         if all(_on_kernel_path(p) for _, p, _, _ in work):
@@ -90,6 +167,36 @@ class TableAdam(torch.optim.Optimizer):
             increment_version(p)
             self._param_sq[p] = (p._version, sq)
 
+    def _deferred_step(self, work, reads, max_norm) -> bool:
+        """The step on the rows with a gradient, the others deferred (``mmlexp.deferred``); False (nothing
+        done) where the bound on ||E|| of the deferred rows cannot prove the clip inactive."""
+        parts = [_row_operands(p, decay, reads[p]) for _, p, decay, _ in work]
+        if max_norm:
+            bound = 0.0
+            for (_, p, _, _), ops in zip(work, parts):
+                bound += float(ops.l2) ** 2 * self._deferred[p].norm_bound() ** 2
+                if ops.rows.size:
+                    bound += cpu_kernels.touched_grad_sq(ops.param, ops.rows, ops.vals, ops.l2)
+            if not math.sqrt(max(bound, 0.0)) * (1 + 1e-9) + 1e-6 <= max_norm:
+                self.fallback_steps += 1
+                return False
+        for (group, p, _, state), ops in zip(work, parts):
+            (b1, b2), lr, eps = group["betas"], group["lr"], group["eps"]
+            t = float(state["step"].add_(1))
+            scalar = ops.param.dtype.type
+            hist = np.array([ops.l2 * scalar(1.0), lr / (1 - b1 ** t), b1, 1 - b1, b2, 1 - b2, eps,
+                             math.sqrt(1 - b2 ** t)], dtype=ops.param.dtype)  # the columns of deferred.replay_rows
+            table = self._deferred[p]
+            if ops.rows.size:
+                table.sq += deferred.adam_touched(ops.param, _as_rows(state["exp_avg"]), _as_rows(state["exp_avg_sq"]),
+                                                  ops.rows, ops.vals, ops.l2, scalar(1.0), *hist[1:])
+            table.push(hist, (lr / (1 - b1 ** t)) * math.sqrt(1 - b2 ** t) * deferred.adam_ratio_bound(b1, b2))
+            table.done[ops.rows] = table.steps
+            increment_version(p)
+            table.version = p._version
+        self.deferred_steps += 1
+        return True
+
     def _grad_sq_norm(self, p: torch.Tensor, ops: "_Operands") -> float:
         """||l2 * p + G||^2.  Dense G: one pass.  Sparse or no G: l2^2 ||p||^2 (kept from the last update while
         ``p._version`` says p is unchanged, else one pass) plus a pass over G's rows only."""
@@ -98,7 +205,7 @@ class TableAdam(torch.optim.Optimizer):
         total = 0.0
         if ops.l2:
             version, sq = self._param_sq.get(p, (None, None))
-            if version != p._version:
+            if version is not _LOADED and version != p._version:
                 sq = float(torch.linalg.vector_norm(p.detach(), dtype=torch.float64) ** 2)
             total += float(ops.l2) ** 2 * sq
         if ops.rows.size:
@@ -183,6 +290,16 @@ def coalesced(grad: torch.Tensor) -> torch.Tensor:
         return torch.sparse_coo_tensor(grad._indices(), grad._values(), grad.shape, is_coalesced=True,
                                        check_invariants=False)
     return grad.coalesce()
+
+
+def _row_operands(p: torch.Tensor, decay: float, read: torch.Tensor) -> _Operands:
+    """``_kernel_operands`` always in row form: a dense gradient is read on the rows the step read (it is
+    zero elsewhere), sorted and distinct."""
+    ops = _kernel_operands(p, decay)
+    if not ops.dense:
+        return ops
+    rows = torch.unique(read.detach().reshape(-1)).to(torch.int64).numpy()
+    return ops._replace(rows=rows, vals=np.ascontiguousarray(ops.vals[rows]), dense=False)
 
 
 def _distinct_rows(grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -6,6 +6,7 @@ permutation sliced into batches (nanoGPT style).  The loss is read back (``.item
 """
 
 import time
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -13,6 +14,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from mmlexp.deferred import rows_read
 from mmlexp.optim import LazyAdam, TableAdam, coalesced, takes_sparse_grads
 from mmlexp.runtime import keep_freed_memory
 
@@ -62,11 +64,24 @@ def make_optimizer(model: nn.Module, lr: float, name: str = "adam", l2: float = 
         groups = [{"params": [p for p in params if id(p) in tables]},
                   {"params": [p for p in params if id(p) not in tables], "decay": False}]
         optimizer = TableAdam([g for g in groups if g["params"]], lr=lr)
+        _materialize_on_model_io(model, optimizer)
     else:
         raise ValueError(f"optimizer={name!r}: must be one of {', '.join(OPTIMIZERS)}")
     if hasattr(model, "sparse_grad"):  # both update a sparse gradient's rows directly on the numba path
         model.sparse_grad = takes_sparse_grads(params)
     return optimizer
+
+
+def _materialize_on_model_io(model: nn.Module, optimizer: TableAdam) -> None:
+    """``model.state_dict()`` and ``model.load_state_dict()`` see (and replace) every row up to date:
+    ``optimizer.materialize()`` first (rows TableAdam deferred, ``mmlexp.deferred``)."""
+    ref = weakref.ref(optimizer)
+
+    def hook(*_args, **_kwargs):
+        if ref() is not None:
+            ref().materialize()
+    model.register_state_dict_pre_hook(hook)
+    model.register_load_state_dict_pre_hook(hook)
 
 
 def start_gradients_(model: nn.Module, l2: float) -> None:
@@ -130,6 +145,8 @@ def train_step(model, loss_fn, sampler, optimizer, users, items, settings: Train
     else:
         start_gradients_(model, settings.l2)
     negatives = sampler.sample(users, items, model)
+    if table_adam:  # the rows the forward reads brought up to date; the others may stay deferred
+        optimizer.prepare(rows_read(model, sampler, users, items, negatives))
     with torch.autocast(users.device.type, dtype=torch.bfloat16, enabled=settings.precision == "bf16"):
         scores = model(users, items, negatives)
     if scores.dtype in (torch.float16, torch.bfloat16):  # a loss always sees fp32 (or the model's fp64) scores
@@ -188,6 +205,8 @@ def fit(
             if out_of_budget:
                 break
         bar.close()
+        if hasattr(optimizer, "materialize"):  # every deferred row up to date before anything reads the tables
+            optimizer.materialize()
         seconds = time.perf_counter() - start
         record = {"epoch": epoch, "train_loss": loss_sum.item() / max(loss_rows, 1),
                   "l2_penalty": l2_penalty(model.embedding_tables(), settings.l2),
