@@ -16,10 +16,12 @@ arithmetic as ``cpu_kernels.adam_rows`` on an untouched row, in the same order: 
 The clip factor ``coef_s = min(1, max_norm / (||l2 E + G|| + 1e-6))`` needs ||E||, deferred rows
 included.  Adam moves an element by at most ``step_s * bc_s * K`` per step, with
 ``K = (1 - b1) / sqrt((1 - b2) (1 - b1^2 / b2))`` bounding |m| / sqrt(v) (Cauchy-Schwarz on the two
-exponential sums, b1^2 < b2), so ``||E_s|| <= sqrt(S) + sqrt(n) * sqrt(d) * sum of those bounds`` since
-the last full materialisation, S the squared norm of the stored rows.  When that bound proves
-``coef_s = 1`` the step defers; otherwise ``TableAdam`` materialises every row and takes the dense
-step (the fallback, counted in ``TableAdam.fallback_steps``).
+exponential sums, b1^2 < b2), so ``| ||E_s|| - sqrt(S) | <= sqrt(n d) * sum of those bounds`` since the
+last full materialisation, S the squared norm of the stored rows.  The dense path rounds ``coef_s`` to
+the rows' dtype; where both ends of that interval give the same rounded ``coef_s`` (always when the clip
+is idle, and almost always when it acts, l2^2 ||E||^2 being tiny next to the data gradient), it is the
+dense path's value and the step defers; otherwise ``TableAdam`` materialises every row and takes the
+dense step (the fallback, counted in ``TableAdam.fallback_steps``).
 
 Where deferral cannot apply, ``rows_read`` returns None and ``TableAdam`` takes its dense path:
 encoders without ``rows_read`` (LightGCN and NGCF propagate over every row each step, SVD++ and
@@ -170,10 +172,12 @@ class DeferredTable:
         if self.version != self.p._version:  # nothing pending: start again from the new values
             self.sq, self.version = float(table_sq_norm(self.p.detach().numpy())), self.p._version
 
-    def norm_bound(self) -> float:
-        """An upper bound of ||E|| now (every row at the current step), 1% over the summation error."""
+    def sq_range(self) -> tuple[float, float]:
+        """Bounds of ||E||^2 now (every row at the current step): ``(sqrt(S) -+ sqrt(n d) drift)^2``, 3% wider
+        than that for the rounding of S and of the dense path's own sum (fp32 lanes)."""
         n, d = self.p.shape
-        return 1.005 * (np.sqrt(max(self.sq, 0.0) * 1.01) + np.sqrt(n * d) * self.drift)
+        root, move = np.sqrt(max(self.sq, 0.0)), np.sqrt(n * d) * self.drift
+        return 0.97 * max(root - move, 0.0) ** 2, 1.03 * (root + move) ** 2
 
     def push(self, scalars: np.ndarray, move_bound: float) -> None:
         """Record one step's scalars (``hist`` columns) and the bound on one element's move that step."""

@@ -58,7 +58,8 @@ class TableAdam(torch.optim.Optimizer):
         self._param_sq: dict[torch.Tensor, tuple[int, float]] = {}  # p -> (p._version, ||p||^2) after our update
         self._deferred: dict[torch.Tensor, deferred.DeferredTable] = {}
         self._reads: dict | None = None
-        self.deferred_steps = self.fallback_steps = 0  # steps taken deferred / dense because the clip may act
+        # steps taken deferred (of which with the clip acting) / dense because the clip factor was undecided
+        self.deferred_steps = self.clipped_steps = self.fallback_steps = 0
 
     def _state(self, p: torch.Tensor) -> dict:
         state = self.state[p]
@@ -169,33 +170,52 @@ class TableAdam(torch.optim.Optimizer):
 
     def _deferred_step(self, work, reads, max_norm) -> bool:
         """The step on the rows with a gradient, the others deferred (``mmlexp.deferred``); False (nothing
-        done) where the bound on ||E|| of the deferred rows cannot prove the clip inactive."""
+        done) where the bounds on ||E|| of the deferred rows leave the clip factor undecided."""
+        dense = [p.grad is not None and not p.grad.is_sparse for _, p, _, _ in work]
         parts = [_row_operands(p, decay, reads[p]) for _, p, decay, _ in work]
+        coef = 1.0
         if max_norm:
-            bound = 0.0
-            for (_, p, _, _), ops in zip(work, parts):
-                bound += float(ops.l2) ** 2 * self._deferred[p].norm_bound() ** 2
-                if ops.rows.size:
-                    bound += cpu_kernels.touched_grad_sq(ops.param, ops.rows, ops.vals, ops.l2)
-            if not math.sqrt(max(bound, 0.0)) * (1 + 1e-9) + 1e-6 <= max_norm:
+            coef = self._clip_coef(work, parts, dense, max_norm)
+            if coef is None:
                 self.fallback_steps += 1
                 return False
         for (group, p, _, state), ops in zip(work, parts):
             (b1, b2), lr, eps = group["betas"], group["lr"], group["eps"]
             t = float(state["step"].add_(1))
             scalar = ops.param.dtype.type
-            hist = np.array([ops.l2 * scalar(1.0), lr / (1 - b1 ** t), b1, 1 - b1, b2, 1 - b2, eps,
+            hist = np.array([ops.l2 * scalar(coef), lr / (1 - b1 ** t), b1, 1 - b1, b2, 1 - b2, eps,
                              math.sqrt(1 - b2 ** t)], dtype=ops.param.dtype)  # the columns of deferred.replay_rows
             table = self._deferred[p]
             if ops.rows.size:
                 table.sq += deferred.adam_touched(ops.param, _as_rows(state["exp_avg"]), _as_rows(state["exp_avg_sq"]),
-                                                  ops.rows, ops.vals, ops.l2, scalar(1.0), *hist[1:])
+                                                  ops.rows, ops.vals, ops.l2, scalar(coef), *hist[1:])
             table.push(hist, (lr / (1 - b1 ** t)) * math.sqrt(1 - b2 ** t) * deferred.adam_ratio_bound(b1, b2))
             table.done[ops.rows] = table.steps
             increment_version(p)
             table.version = p._version
         self.deferred_steps += 1
+        self.clipped_steps += coef < 1.0
         return True
+
+    def _clip_coef(self, work, parts, dense, max_norm) -> float | None:
+        """The dense path's ``coef`` (``_kernel_step``: the same sums, in its order, rounded to each table's dtype)
+        evaluated at both ends of the range of ||E||^2 (``DeferredTable.sq_range``; a dense gradient's
+        norm is summed in fp32 lanes there: 1% either way); None where the two ends round differently."""
+        touched = [cpu_kernels.touched_grad_sq(ops.param, ops.rows, ops.vals, ops.l2) if ops.rows.size else 0.0
+                   for ops in parts]
+        ends = []
+        for side in (0, 1):  # 0: the smallest ||E||, the largest coef
+            total = []
+            for (_, p, _, _), ops, grad_sq, is_dense in zip(work, parts, touched, dense):
+                part = 0.0
+                if ops.l2:
+                    part += float(ops.l2) ** 2 * self._deferred[p].sq_range()[side]
+                if ops.rows.size:
+                    part += grad_sq
+                total.append(part * (0.99, 1.01)[side] if is_dense else part)
+            ends.append(min(1.0, max_norm / (math.sqrt(sum(total)) + 1e-6)))
+        same = all(ops.param.dtype.type(ends[0]) == ops.param.dtype.type(ends[1]) for ops in parts)
+        return ends[1] if same else None
 
     def _grad_sq_norm(self, p: torch.Tensor, ops: "_Operands") -> float:
         """||l2 * p + G||^2.  Dense G: one pass.  Sparse or no G: l2^2 ||p||^2 (kept from the last update while

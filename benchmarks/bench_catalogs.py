@@ -1,0 +1,130 @@
+"""Step time against catalogue size: two synthetic catalogues, the same batch, deferred vs dense Adam.
+
+The catalogues (issue "Performance II"): 30,000 users with 27 train items (and 3 test items) each, drawn
+uniformly from 40,000 or 400,000 items; written in the LightGCN format under ``--out`` (generated, not
+committed; ``dataset=custom dataset.path=...`` trains on them).  MF + MML, uniform negatives, B=256,
+paper settings (lr 1e-4, l2 1e-8, clip 10).  ``dense`` is ``TableAdam`` without deferred rows (every
+row of both tables read and written each step); ``deferred`` the default.  Each loop warms up first
+(``--warmup`` steps: the deferred rows reach their steady backlog), then the loops alternate, timed
+blocks of ``--steps`` steps, best of ``--repeats``.  ``materialize`` is the one full replay an epoch
+ends with (reported apart: an epoch is 30,000 x 27 / 256 = 3,164 steps).
+
+    python benchmarks/bench_catalogs.py [--negatives 100] [--steps 50] [--repeats 3] [--out DIR]
+"""
+
+import argparse
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+HERE = Path(__file__).resolve().parent
+USERS, TRAIN_ITEMS, TEST_ITEMS = 30_000, 27, 3
+
+
+def generate(folder: Path, n_items: int, seed: int = 0) -> Path:
+    """``folder/items<n>/{train,test}.txt``: each user gets 30 distinct uniform items, 27 train and 3 test
+    (item n_items - 1 is given to user 0 so that the catalogue has exactly n_items)."""
+    out = folder / f"items{n_items}"
+    if (out / "train.txt").exists():
+        return out
+    out.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    train, test = [], []
+    for user in range(USERS):
+        items = rng.choice(n_items - 1 if user == 0 else n_items, TRAIN_ITEMS + TEST_ITEMS, replace=False)
+        if user == 0:
+            items[0] = n_items - 1
+        train.append(f"{user} " + " ".join(map(str, items[:TRAIN_ITEMS])))
+        test.append(f"{user} " + " ".join(map(str, items[TRAIN_ITEMS:])))
+    (out / "train.txt").write_text("\n".join(train) + "\n")
+    (out / "test.txt").write_text("\n".join(test) + "\n")
+    return out
+
+
+class Loop:
+    def __init__(self, path: Path, negatives: int, batch: int, defer: bool):
+        from mmlexp import train as train_module
+        from mmlexp.data import load_dataset
+        from mmlexp.encoders import MatrixFactorization
+        from mmlexp.losses import MultiMarginLoss
+        from mmlexp.samplers import UniformSampler
+
+        data = load_dataset("custom", path=path, cache_dir=path / "cache")
+        self.users, self.items = (torch.from_numpy(a) for a in data.train_pairs())
+        torch.manual_seed(0)
+        self.model = MatrixFactorization(data.n_users, data.n_items)
+        self.optimizer = train_module.make_optimizer(self.model, 1e-4)
+        self.gen = torch.Generator().manual_seed(0)
+        self.sampler = UniformSampler(negatives, data.n_items, generator=self.gen)
+        self.settings = train_module.TrainSettings(batch_size=batch, l2=1e-8, clip_grad_norm=10.0)
+        self.loss, self.batch, self.defer, self.step = MultiMarginLoss(), batch, defer, 0
+        self.order = torch.randperm(self.users.shape[0], generator=self.gen)
+        self.n_items = data.n_items
+
+    def run(self, steps: int) -> float:
+        from mmlexp import train as train_module
+        rows_read = train_module.rows_read
+        if not self.defer:
+            train_module.rows_read = lambda *args: None
+        try:
+            start = time.perf_counter()
+            for _ in range(steps):
+                first = (self.step * self.batch) % (self.users.shape[0] - self.batch)
+                rows = self.order[first:first + self.batch]
+                loss = train_module.train_step(self.model, self.loss, self.sampler, self.optimizer, self.users[rows],
+                                               self.items[rows], self.settings)
+                self.step += 1
+            loss.item()
+            return (time.perf_counter() - start) / steps
+        finally:
+            train_module.rows_read = rows_read
+
+    def materialize_time(self) -> float:
+        start = time.perf_counter()
+        self.optimizer.materialize()
+        return time.perf_counter() - start
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--items", type=int, nargs="+", default=[40_000, 400_000])
+    parser.add_argument("--negatives", type=int, default=100)
+    parser.add_argument("--batch", type=int, default=256)
+    parser.add_argument("--steps", type=int, default=50)
+    parser.add_argument("--warmup", type=int, default=150)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--out", type=Path, default=HERE / ".catalogs", help="where the catalogues are written")
+    args = parser.parse_args()
+    from mmlexp.runtime import keep_freed_memory
+    keep_freed_memory()
+    loops = {}
+    for n in args.items:
+        path = generate(args.out, n)
+        for defer in (False, True):
+            loops[(n, defer)] = Loop(path, args.negatives, args.batch, defer)
+    for loop in loops.values():
+        loop.run(args.warmup)
+    times = {key: [] for key in loops}
+    keys = list(loops)
+    for r in range(args.repeats):
+        for key in (keys if r % 2 == 0 else keys[::-1]):
+            times[key].append(loops[key].run(args.steps))
+    best = {key: min(t) for key, t in times.items()}
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} cpus, "
+          f"load {os.getloadavg()[0]:.1f}; MF + MML, {USERS} users, B={args.batch}, N={args.negatives}, "
+          f"{args.steps} steps per block after {args.warmup} warm-up, best of {args.repeats}")
+    print(f"{'items':>8} {'dense ms/step':>14} {'deferred ms/step':>17} {'speed-up':>9} {'materialize ms':>15}")
+    for n in args.items:
+        dense, fast = best[(n, False)] * 1e3, best[(n, True)] * 1e3
+        print(f"{n:>8} {dense:>14.2f} {fast:>17.2f} {dense / fast:>8.2f}x {loops[(n, True)].materialize_time() * 1e3:>15.1f}")
+    if len(args.items) == 2:
+        small, large = args.items
+        print(f"ratio {large} / {small} items: dense {best[(large, False)] / best[(small, False)]:.2f}x, "
+              f"deferred {best[(large, True)] / best[(small, True)]:.2f}x")
+
+
+if __name__ == "__main__":
+    main()
