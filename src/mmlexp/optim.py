@@ -1,5 +1,6 @@
 """The trainer's optimisers: ``TableAdam`` (the default, the paper's dense Adam with L2 and clipping
-folded into one update) and ``LazyAdam`` (the ``trainer.optimizer=sparse_adam`` variant).
+folded into one update; the rows a step does not read deferred and replayed exactly, ``mmlexp.deferred``)
+and ``LazyAdam`` (the ``trainer.optimizer=sparse_adam`` variant).
 
 Lazy Adam (faster, NOT the paper's semantics):
 
