@@ -3,8 +3,8 @@
 The catalogues (issue "Performance II"): 30,000 users with 27 train items (and 3 test items) each, drawn
 uniformly from 40,000 or 400,000 items; written in the LightGCN format under ``--out`` (generated, not
 committed; ``dataset=custom dataset.path=...`` trains on them).  MF + MML, uniform negatives, B=256,
-paper settings (lr 1e-4, l2 1e-8, clip 10).  ``dense`` is ``TableAdam`` without deferred rows (every
-row of both tables read and written each step); ``deferred`` the default.  Each loop warms up first
+paper settings (lr 1e-4, l2 1e-8, clip 10).  ``dense`` is ``TableAdam`` as by default (every row of
+both tables read and written each step); ``deferred`` with ``defer=True`` (``mmlexp.deferred``).  Each loop warms up first
 (``--warmup`` steps: the deferred rows reach their steady backlog), then the loops alternate, timed
 blocks of ``--steps`` steps, best of ``--repeats``.  ``materialize`` is the one full replay an epoch
 ends with (reported apart: an epoch is 30,000 x 27 / 256 = 3,164 steps).
@@ -58,7 +58,7 @@ class Loop:
         self.users, self.items = (torch.from_numpy(a) for a in data.train_pairs())
         torch.manual_seed(0)
         self.model = MatrixFactorization(data.n_users, data.n_items)
-        self.optimizer = train_module.make_optimizer(self.model, 1e-4)
+        self.optimizer = train_module.make_optimizer(self.model, 1e-4, defer=defer)
         self.gen = torch.Generator().manual_seed(0)
         self.sampler = UniformSampler(negatives, data.n_items, generator=self.gen)
         self.settings = train_module.TrainSettings(batch_size=batch, l2=1e-8, clip_grad_norm=10.0)
@@ -70,21 +70,15 @@ class Loop:
         """(wall, CPU) seconds per step: on a shared machine the CPU time of this process (all its threads)
         is the steadier measure of the work, the wall time what a user waits."""
         from mmlexp import train as train_module
-        rows_read = train_module.rows_read
-        if not self.defer:
-            train_module.rows_read = lambda *args: None
-        try:
-            start, cpu = time.perf_counter(), time.process_time()
-            for _ in range(steps):
-                first = (self.step * self.batch) % (self.users.shape[0] - self.batch)
-                rows = self.order[first:first + self.batch]
-                loss = train_module.train_step(self.model, self.loss, self.sampler, self.optimizer, self.users[rows],
-                                               self.items[rows], self.settings)
-                self.step += 1
-            loss.item()
-            return (time.perf_counter() - start) / steps, (time.process_time() - cpu) / steps
-        finally:
-            train_module.rows_read = rows_read
+        start, cpu = time.perf_counter(), time.process_time()
+        for _ in range(steps):
+            first = (self.step * self.batch) % (self.users.shape[0] - self.batch)
+            rows = self.order[first:first + self.batch]
+            loss = train_module.train_step(self.model, self.loss, self.sampler, self.optimizer, self.users[rows],
+                                           self.items[rows], self.settings)
+            self.step += 1
+        loss.item()
+        return (time.perf_counter() - start) / steps, (time.process_time() - cpu) / steps
 
     def materialize_time(self) -> float:
         start = time.perf_counter()
@@ -119,6 +113,8 @@ def main():
             loops[(n, defer)] = Loop(data, args.negatives, args.batch, defer)
     for loop in loops.values():
         loop.run(args.warmup)
+        if args.threads:  # numba's OpenMP pool, started by the first kernel, resets the process's thread count
+            torch.set_num_threads(args.threads)
     times = {key: [] for key in loops}
     keys = list(loops)
     for r in range(args.repeats):

@@ -6,7 +6,6 @@ import pytest
 import torch
 
 from mmlexp import cpu_kernels, deferred
-from mmlexp import train as train_module
 from mmlexp.data import load_dataset
 from mmlexp.encoders import LightGCN, MatrixFactorization
 from mmlexp.losses import MultiMarginLoss
@@ -23,17 +22,15 @@ def sample():
     return data, users, items
 
 
-def train(sample, steps, defer=True, monkeypatch=None, l2=1e-8, clip=10.0, lr=1e-3, dim=16, batch=24,
+def train(sample, steps, defer=True, l2=1e-8, clip=10.0, lr=1e-3, dim=16, batch=24,
           sampler_cls=UniformSampler, init_std=1e-1, state=None):
     """``steps`` train_step calls of MF + MML on ``sample`` (dropout on, fixed seeds); the dense path where
-    ``defer`` is False (``rows_read`` says None).  ``state``: (model, optimizer, gen, first step) to continue."""
+    ``defer`` is False.  ``state``: (model, optimizer, gen, first step) to continue."""
     data, users, items = sample
-    if not defer:
-        monkeypatch.setattr(train_module, "rows_read", lambda *args: None)
     if state is None:
         torch.manual_seed(0)
         model = MatrixFactorization(data.n_users, data.n_items, dim=dim, init_std=init_std)
-        optimizer, gen, first = make_optimizer(model, lr), torch.Generator().manual_seed(0), 0
+        optimizer, gen, first = make_optimizer(model, lr, defer=defer), torch.Generator().manual_seed(0), 0
     else:
         model, optimizer, gen, first = state
     sampler = sampler_cls(20, data.n_items, train=data.train, generator=gen)
@@ -43,8 +40,6 @@ def train(sample, steps, defer=True, monkeypatch=None, l2=1e-8, clip=10.0, lr=1e
         torch.manual_seed(step)  # dropout: the same mask whatever happened before
         rows = order[(step * batch) % (users.shape[0] - batch):][:batch]
         train_step(model, MultiMarginLoss(), sampler, optimizer, users[rows], items[rows], settings)
-    if not defer:
-        monkeypatch.undo()
     return model, optimizer, gen
 
 
@@ -62,31 +57,31 @@ def assert_same(a, b, exact=True):
 
 
 @pytest.mark.parametrize("sampler_cls", [UniformSampler, PopularitySampler])
-def test_deferred_equals_dense_after_many_steps(sample, sampler_cls, monkeypatch):
+def test_deferred_equals_dense_after_many_steps(sample, sampler_cls):
     """250 steps (user rows deferred for ~160 steps, item rows for ~6): tables and both moments bit-identical."""
     deferred_run = train(sample, 250, sampler_cls=sampler_cls)
-    dense_run = train(sample, 250, defer=False, monkeypatch=monkeypatch, sampler_cls=sampler_cls)
+    dense_run = train(sample, 250, defer=False, sampler_cls=sampler_cls)
     assert deferred_run[1].deferred_steps == 250 and deferred_run[1].fallback_steps == 0
     assert dense_run[1].deferred_steps == 0
     assert_same(deferred_run, dense_run)
 
 
 @pytest.mark.parametrize("l2, clip", [(0.3, 0.05), (0.3, 12.0)])  # the clip always acts / acts on some steps
-def test_clip_fallback_is_exact(sample, l2, clip, monkeypatch):
+def test_clip_fallback_is_exact(sample, l2, clip):
     """Where the bound cannot prove the clip idle the step is dense (fallback): same bits as the dense path."""
     deferred_run = train(sample, 80, l2=l2, clip=clip, init_std=1.0)
-    dense_run = train(sample, 80, defer=False, monkeypatch=monkeypatch, l2=l2, clip=clip, init_std=1.0)
+    dense_run = train(sample, 80, defer=False, l2=l2, clip=clip, init_std=1.0)
     opt = deferred_run[1]
     assert opt.fallback_steps > 0 and opt.deferred_steps + opt.fallback_steps == 80
     assert_same(deferred_run, dense_run)
 
 
-def test_acting_clip_defers_with_the_dense_factor(sample, monkeypatch):
+def test_acting_clip_defers_with_the_dense_factor(sample):
     """The paper's start (init 1e-4, l2 1e-8, clip 10): cosine gradients of tiny rows are large, the clip
     acts, and l2^2 ||E||^2 is far below the float32 rounding of coef: deferred, the same bits."""
     kwargs = dict(l2=1e-8, clip=10.0, init_std=1e-4, lr=1e-4)
     deferred_run = train(sample, 60, **kwargs)
-    dense_run = train(sample, 60, defer=False, monkeypatch=monkeypatch, **kwargs)
+    dense_run = train(sample, 60, defer=False, **kwargs)
     opt = deferred_run[1]
     assert opt.clipped_steps > 0 and opt.fallback_steps == 0 and opt.deferred_steps == 60
     assert_same(deferred_run, dense_run)
@@ -112,7 +107,7 @@ def test_resume_from_state_dicts_is_bit_identical(sample):
     saved = {"model": model.state_dict(), "opt": opt.state_dict(), "gen": gen.get_state()}
     torch.manual_seed(123)
     fresh = MatrixFactorization(model.user_table.shape[0], model.item_table.shape[0], dim=16)
-    fresh_opt = make_optimizer(fresh, 1e-3)
+    fresh_opt = make_optimizer(fresh, 1e-3, defer=True)
     fresh_opt.load_state_dict(saved["opt"])  # optimizer first, then the model: either order works
     fresh.load_state_dict(saved["model"])
     gen = torch.Generator().manual_seed(99)
@@ -121,9 +116,8 @@ def test_resume_from_state_dicts_is_bit_identical(sample):
     assert_same(straight, resumed)
 
 
-def test_resume_on_the_dense_path_keeps_the_clip_norm(sample, monkeypatch):
-    monkeypatch.setattr(train_module, "rows_read", lambda *args: None)
-    kwargs = dict(l2=0.3, clip=12.0, init_std=1.0)
+def test_resume_on_the_dense_path_keeps_the_clip_norm(sample):
+    kwargs = dict(l2=0.3, clip=12.0, init_std=1.0, defer=False)
     straight = train(sample, 60, **kwargs)
     model, opt, gen = train(sample, 30, **kwargs)
     saved = {"model": model.state_dict(), "opt": opt.state_dict(), "gen": gen.get_state()}

@@ -46,16 +46,18 @@ class TableAdam(torch.optim.Optimizer):
     formed in registers, and a sparse gradient (a batch's rows) is read only on its rows; elsewhere the
     gradient is materialised and torch's fused Adam runs with the clip as its ``grad_scale``.
 
-    Deferred rows (``mmlexp.deferred``, the default on the numba path): ``prepare(reads)`` before a step's
+    Deferred rows (``mmlexp.deferred``, ``defer=True``, numba path only): ``prepare(reads)`` before a step's
     forward brings the rows it reads up to date; the step then updates the rows with a gradient and records
     the step's scalars for the others, replayed when next read.  ``materialize()`` brings every row up to
     date (``state_dict()`` does it first); a ``step`` without ``prepare`` is dense.  Same results as dense.
     """
 
-    def __init__(self, params, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8):
+    def __init__(self, params, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
+                 defer: bool = False):
         if not lr > 0:
             raise ValueError(f"lr={lr}: must be > 0")
         super().__init__(params, dict(lr=lr, betas=betas, eps=eps, decay=True))
+        self.defer = bool(defer)  # off by default: measured slower than the dense pass (benchmarks/results)
         self._param_sq: dict[torch.Tensor, tuple[int, float]] = {}  # p -> (p._version, ||p||^2) after our update
         self._deferred: dict[torch.Tensor, deferred.DeferredTable] = {}
         self._reads: dict | None = None
@@ -79,7 +81,7 @@ class TableAdam(torch.optim.Optimizer):
         None, or parameters the deferred path does not cover: everything is materialised, the step is dense."""
         self._reads = None
         params = [p for group in self.param_groups for p in group["params"]]
-        if reads is None or not all(
+        if not self.defer or reads is None or not all(
                 group["decay"] and p.dim() == 2 and _on_kernel_path(p) and any(p is q for q in reads)
                 for group in self.param_groups for p in group["params"]) or len(reads) != len(params):
             self.materialize()

@@ -50,12 +50,15 @@ class FitResult:
 OPTIMIZERS = ("adam", "sparse_adam")
 
 
-def make_optimizer(model: nn.Module, lr: float, name: str = "adam", l2: float = 0.0) -> torch.optim.Optimizer:
+def make_optimizer(model: nn.Module, lr: float, name: str = "adam", l2: float = 0.0,
+                   defer: bool = False) -> torch.optim.Optimizer:
     """``adam``: dense Adam with torch defaults (paper-reference §3) as ``mmlexp.optim.TableAdam``: the
     embedding tables in its L2 group, other parameters without L2 (``train_step`` passes ``l2`` and the clip
     norm to each step).  A model with a ``sparse_grad`` switch gets it on where TableAdam reads sparse
     gradients without densifying them.  ``sparse_adam``: ``mmlexp.optim.LazyAdam``, a faster variant that
-    changes the semantics (only touched rows move; ``l2`` on those rows only)."""
+    changes the semantics (only touched rows move; ``l2`` on those rows only).  ``defer``: TableAdam defers
+    the rows a step does not read and replays them exactly (``mmlexp.deferred``); off by default, as it
+    measured slower than the dense pass on the CPUs we have (``benchmarks/results/deferred_rows_cpu.md``)."""
     params = [p for p in model.parameters() if p.requires_grad]
     if name == "sparse_adam":
         optimizer = LazyAdam(params, lr=lr, weight_decay=l2)
@@ -63,7 +66,7 @@ def make_optimizer(model: nn.Module, lr: float, name: str = "adam", l2: float = 
         tables = {id(t) for t in model.embedding_tables()} if hasattr(model, "embedding_tables") else set()
         groups = [{"params": [p for p in params if id(p) in tables]},
                   {"params": [p for p in params if id(p) not in tables], "decay": False}]
-        optimizer = TableAdam([g for g in groups if g["params"]], lr=lr)
+        optimizer = TableAdam([g for g in groups if g["params"]], lr=lr, defer=defer)
         _materialize_on_model_io(model, optimizer)
     else:
         raise ValueError(f"optimizer={name!r}: must be one of {', '.join(OPTIMIZERS)}")
