@@ -33,7 +33,11 @@ models with parameters other than their embedding tables.
 import numpy as np
 import torch
 
-from mmlexp.cpu_kernels import _BLOCKS, _jit, nb
+from mmlexp import cpu_kernels
+from mmlexp.cpu_kernels import _AHEAD, _BLOCKS, _jit, nb
+
+prefetch_row = getattr(cpu_kernels, "prefetch_row", None)  # absent without numba (nothing here runs then)
+_serial_jit = nb.njit(cache=True) if cpu_kernels.AVAILABLE else (lambda fn: fn)
 
 # hist columns: a = l2 * coef, step_size, b1, 1 - b1, b2, 1 - b2, eps, sqrt(1 - b2^t) (the row dtype)
 _A, _STEP, _B1, _C1, _B2, _C2, _EPS, _BC2 = range(8)
@@ -53,6 +57,10 @@ def replay_rows(p, m, v, rows, done, upto, hist):  # pragma: no cover - compiled
         lanes = np.zeros(d, p.dtype)
         shape = np.zeros(d, p.dtype)  # adam_rows' ||p||^2 lanes, kept only for the loop's shape
         for k in range(blk * per, min(n, (blk + 1) * per)):
+            if k + _AHEAD < n:  # the rows come in a random order: fetch a few ahead (no effect on results)
+                prefetch_row(p, rows[k + _AHEAD])
+                prefetch_row(m, rows[k + _AHEAD])
+                prefetch_row(v, rows[k + _AHEAD])
             r = rows[k]
             first = done[r]
             if first >= upto:
@@ -79,7 +87,7 @@ def replay_rows(p, m, v, rows, done, upto, hist):  # pragma: no cover - compiled
     return delta.sum()
 
 
-@nb.njit(cache=True)
+@_serial_jit
 def pending_rows(items, done, upto):  # pragma: no cover - compiled
     """The distinct rows of ``items`` with steps pending (``done[r] < upto``), in order of appearance."""
     flat = items.ravel()
@@ -107,6 +115,10 @@ def adam_touched(p, m, v, rows, vals, l2, coef, step_size, b1, c1, b2, c2, eps, 
         g = np.empty(d, p.dtype)
         lanes = np.zeros(d, p.dtype)
         for k in range(blk * per, min(n, (blk + 1) * per)):
+            if k + _AHEAD < n:
+                prefetch_row(p, rows[k + _AHEAD])
+                prefetch_row(m, rows[k + _AHEAD])
+                prefetch_row(v, rows[k + _AHEAD])
             r = rows[k]
             for j in range(d):
                 lanes[j] -= p[r, j] * p[r, j]
