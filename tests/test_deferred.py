@@ -79,7 +79,7 @@ def test_clip_fallback_is_exact(sample, l2, clip):
 def test_acting_clip_defers_with_the_dense_factor(sample):
     """The paper's start (init 1e-4, l2 1e-8, clip 10): cosine gradients of tiny rows are large, the clip
     acts, and l2^2 ||E||^2 is far below the float32 rounding of coef: deferred, the same bits."""
-    kwargs = dict(l2=1e-8, clip=10.0, init_std=1e-4, lr=1e-4)
+    kwargs = {"l2": 1e-8, "clip": 10.0, "init_std": 1e-4, "lr": 1e-4}
     deferred_run = train(sample, 60, **kwargs)
     dense_run = train(sample, 60, defer=False, **kwargs)
     opt = deferred_run[1]
@@ -101,7 +101,7 @@ def test_norm_bound_holds_and_state_dict_sees_every_row(sample):
 def test_resume_from_state_dicts_is_bit_identical(sample):
     """k steps, model + optimizer state_dict into fresh objects, continue: the same bits as no interruption
     (the clip acting on some steps, so the kept ||E||^2 matters)."""
-    kwargs = dict(l2=0.3, clip=12.0, init_std=1.0)
+    kwargs = {"l2": 0.3, "clip": 12.0, "init_std": 1.0}
     straight = train(sample, 120, **kwargs)
     model, opt, gen = train(sample, 70, **kwargs)
     saved = {"model": model.state_dict(), "opt": opt.state_dict(), "gen": gen.get_state()}
@@ -117,7 +117,7 @@ def test_resume_from_state_dicts_is_bit_identical(sample):
 
 
 def test_resume_on_the_dense_path_keeps_the_clip_norm(sample):
-    kwargs = dict(l2=0.3, clip=12.0, init_std=1.0, defer=False)
+    kwargs = {"l2": 0.3, "clip": 12.0, "init_std": 1.0, "defer": False}
     straight = train(sample, 60, **kwargs)
     model, opt, gen = train(sample, 30, **kwargs)
     saved = {"model": model.state_dict(), "opt": opt.state_dict(), "gen": gen.get_state()}

@@ -67,7 +67,8 @@ def make_optimizer(model: nn.Module, lr: float, name: str = "adam", l2: float = 
         groups = [{"params": [p for p in params if id(p) in tables]},
                   {"params": [p for p in params if id(p) not in tables], "decay": False}]
         optimizer = TableAdam([g for g in groups if g["params"]], lr=lr, defer=defer)
-        _materialize_on_model_io(model, optimizer)
+        if defer:
+            _materialize_on_model_io(model, optimizer)
     else:
         raise ValueError(f"optimizer={name!r}: must be one of {', '.join(OPTIMIZERS)}")
     if hasattr(model, "sparse_grad"):  # both update a sparse gradient's rows directly on the numba path
@@ -149,7 +150,7 @@ def train_step(model, loss_fn, sampler, optimizer, users, items, settings: Train
     else:
         start_gradients_(model, settings.l2)
     negatives = sampler.sample(users, items, model)
-    if table_adam:  # the rows the forward reads brought up to date; the others may stay deferred
+    if table_adam and optimizer.defer:  # the rows the forward reads up to date; the others may stay deferred
         optimizer.prepare(rows_read(model, sampler, users, items, negatives))
     with torch.autocast(users.device.type, dtype=torch.bfloat16, enabled=settings.precision == "bf16"):
         scores = model(users, items, negatives)
