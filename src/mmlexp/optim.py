@@ -124,6 +124,8 @@ class TableAdam(torch.optim.Optimizer):
         return state
 
     def load_state_dict(self, state_dict: dict) -> None:
+        """torch's; the kept ||E||^2 is used at the next step whatever ``p._version`` says (the model may be
+        loaded before or after: either way its tables are the checkpoint's).  Nothing stays deferred."""
         state_dict = dict(state_dict)
         kept = state_dict.pop("param_sq", {})
         super().load_state_dict(state_dict)
