@@ -7,7 +7,8 @@ processes hits them alike; the best of the repeats is reported.  Loops:
   plain         benchmarks/plain_loop.py: nn.Embedding, DataLoader, autograd, Adam, as usually written
   plain+malloc  the same with ``mmlexp.runtime.keep_freed_memory()`` (shows what the allocator alone gives)
   mmlexp        ``mmlexp.train.train_step`` with its defaults (the paper's semantics)
-  mmlexp:<variant>  a named fast variant (``--variants shared sparse_adam bf16``), semantics changed
+  mmlexp:<variant>  a named fast variant (``--variants shared sparse_adam bf16``), semantics changed;
+                ``deferred``: the default's semantics with deferred rows (``make_optimizer(defer=True)``)
 
     python benchmarks/bench_training.py [--steps 100] [--negatives 100 800] [--batch 256 1024]
                                         [--threads 1] [--repeats 3] [--variants ...] [--device cuda]
@@ -43,7 +44,7 @@ def mmlexp_training(users, items, n_users, n_items, num_negatives, batch_size, m
     sampler = sampler_cls(num_negatives, n_items, generator=gen, device=device)
     users, items = users.to(device), items.to(device)
     optimizer_name = "sparse_adam" if variant == "sparse_adam" else "adam"
-    optimizer = make_optimizer(model, 1e-4, optimizer_name)
+    optimizer = make_optimizer(model, 1e-4, optimizer_name, defer=variant == "deferred")
     settings = TrainSettings(batch_size=batch_size, l2=1e-8, optimizer=optimizer_name,
                              precision="bf16" if variant == "bf16" else "fp32")
     order = torch.randperm(users.shape[0], generator=gen, device=device)
@@ -97,7 +98,7 @@ def main():
     parser.add_argument("--batch", type=int, nargs="+", default=[256])
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
-    parser.add_argument("--variants", nargs="*", default=[], choices=["shared", "sparse_adam", "bf16"])
+    parser.add_argument("--variants", nargs="*", default=[], choices=["shared", "sparse_adam", "bf16", "deferred"])
     parser.add_argument("--device", default="cpu", help="cpu or cuda (peak memory is then the GPU's)")
     parser.add_argument("--no-malloc-column", action="store_true", help="skip the plain+malloc loop")
     parser.add_argument("--worker", help=argparse.SUPPRESS)

@@ -1,5 +1,6 @@
 """The trainer's optimisers: ``TableAdam`` (the default, the paper's dense Adam with L2 and clipping
-folded into one update) and ``LazyAdam`` (the ``trainer.optimizer=sparse_adam`` variant).
+folded into one update; the rows a step does not read deferred and replayed exactly, ``mmlexp.deferred``)
+and ``LazyAdam`` (the ``trainer.optimizer=sparse_adam`` variant).
 
 Lazy Adam (faster, NOT the paper's semantics):
 
@@ -25,7 +26,9 @@ import torch
 from torch.autograd.graph import increment_version
 from torch.optim.adam import adam as functional_adam
 
-from mmlexp import cpu_kernels
+from mmlexp import cpu_kernels, deferred
+
+_LOADED = object()  # a kept ||E||^2 from load_state_dict: the checkpoint's rows, whatever p._version says
 
 
 class TableAdam(torch.optim.Optimizer):
@@ -42,13 +45,93 @@ class TableAdam(torch.optim.Optimizer):
     is two passes over each table (``cpu_kernels.grad_sq_norm``, ``cpu_kernels.adam_rows``) with the gradient
     formed in registers, and a sparse gradient (a batch's rows) is read only on its rows; elsewhere the
     gradient is materialised and torch's fused Adam runs with the clip as its ``grad_scale``.
+
+    Deferred rows (``mmlexp.deferred``, ``defer=True``, numba path only): ``prepare(reads)`` before a step's
+    forward brings the rows it reads up to date; the step then updates the rows with a gradient and records
+    the step's scalars for the others, replayed when next read.  ``materialize()`` brings every row up to
+    date (``state_dict()`` does it first); a ``step`` without ``prepare`` is dense.  Same results as dense.
     """
 
-    def __init__(self, params, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8):
+    def __init__(self, params, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
+                 defer: bool = False):
         if not lr > 0:
             raise ValueError(f"lr={lr}: must be > 0")
         super().__init__(params, dict(lr=lr, betas=betas, eps=eps, decay=True))
+        self.defer = bool(defer)  # off by default: measured slower than the dense pass (benchmarks/results)
         self._param_sq: dict[torch.Tensor, tuple[int, float]] = {}  # p -> (p._version, ||p||^2) after our update
+        self._deferred: dict[torch.Tensor, deferred.DeferredTable] = {}
+        self._reads: dict | None = None
+        # steps taken deferred (of which with the clip acting) / dense because the clip factor was undecided
+        self.deferred_steps = self.clipped_steps = self.fallback_steps = 0
+
+    def _state(self, p: torch.Tensor) -> dict:
+        state = self.state[p]
+        if not state:
+            state.update(step=torch.zeros((), dtype=torch.float32, device=p.device),
+                         exp_avg=torch.zeros_like(p), exp_avg_sq=torch.zeros_like(p))
+        return state
+
+    def _rows(self, p: torch.Tensor):
+        state = self._state(p)
+        return _as_rows(p), _as_rows(state["exp_avg"]), _as_rows(state["exp_avg_sq"])
+
+    def prepare(self, reads: dict[torch.Tensor, torch.Tensor] | None) -> None:
+        """Before a step's forward: ``reads`` maps each table to the rows the step reads
+        (``deferred.rows_read``); those rows are brought up to date and the step may defer the others.
+        None, or parameters the deferred path does not cover: everything is materialised, the step is dense."""
+        self._reads = None
+        params = [p for group in self.param_groups for p in group["params"]]
+        if not self.defer or reads is None or not all(
+                group["decay"] and p.dim() == 2 and _on_kernel_path(p) and any(p is q for q in reads)
+                for group in self.param_groups for p in group["params"]) or len(reads) != len(params):
+            self.materialize()
+            return
+        cpu_kernels.set_threads(torch.get_num_threads())
+        for p, index in reads.items():
+            table = self._deferred.get(p)
+            if table is None:
+                table = self._deferred[p] = deferred.DeferredTable(p)
+            table.check_unchanged()
+            if table.pending:
+                table.replay(*self._rows(p), index.detach().to(torch.int64).contiguous().numpy())
+                increment_version(p)
+                table.version = p._version
+        self._reads = reads
+
+    def materialize(self) -> None:
+        """Bring every deferred row up to date (for evaluation, saving, or any read from outside)."""
+        for p, table in self._deferred.items():
+            if table.pending:
+                table.check_unchanged()
+                param, m, v = self._rows(p)
+                table.replay(param, m, v)
+                table.reset(param)
+                increment_version(p)
+                table.version = p._version
+            if self._param_sq.get(p, (None,))[0] != p._version:  # ||E||^2 summed as adam_rows sums it
+                if table.version != p._version:
+                    table.check_unchanged()
+                self._param_sq[p] = (p._version, float(deferred.table_sq_norm(_as_rows(p))))
+
+    def state_dict(self) -> dict:
+        """torch's, every row materialised first, plus the kept ||E||^2 (``param_sq``, by parameter index)
+        so that a resumed run takes the same clip factor as an uninterrupted one."""
+        self.materialize()
+        state = super().state_dict()
+        index = {id(p): i for i, p in enumerate(p for group in self.param_groups for p in group["params"])}
+        state["param_sq"] = {index[id(p)]: sq for p, (version, sq) in self._param_sq.items()
+                             if version is _LOADED or version == p._version}
+        return state
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        """torch's; the kept ||E||^2 is used at the next step whatever ``p._version`` says (the model may be
+        loaded before or after: either way its tables are the checkpoint's).  Nothing stays deferred."""
+        state_dict = dict(state_dict)
+        kept = state_dict.pop("param_sq", {})
+        super().load_state_dict(state_dict)
+        params = [p for group in self.param_groups for p in group["params"]]
+        self._deferred, self._reads, self._param_sq = {}, None, {params[int(i)]: (_LOADED, float(sq))
+                                                                  for i, sq in kept.items()}
 
     @torch.no_grad()
     def step(self, closure=None, l2: float = 0.0, max_norm: float | None = None):
@@ -59,11 +142,11 @@ class TableAdam(torch.optim.Optimizer):
             for p in group["params"]:
                 if p.grad is None and not decay:
                     continue
-                state = self.state[p]
-                if not state:
-                    state.update(step=torch.zeros((), dtype=torch.float32, device=p.device),
-                                 exp_avg=torch.zeros_like(p), exp_avg_sq=torch.zeros_like(p))
-                work.append((group, p, decay, state))
+                work.append((group, p, decay, self._state(p)))
+        reads, self._reads = self._reads, None
+        if reads is not None and self._deferred_step(work, reads, max_norm):
+            return loss
+        self.materialize()
         if not work:
             return loss
         if all(_on_kernel_path(p) for _, p, _, _ in work):
@@ -90,6 +173,55 @@ class TableAdam(torch.optim.Optimizer):
             increment_version(p)
             self._param_sq[p] = (p._version, sq)
 
+    def _deferred_step(self, work, reads, max_norm) -> bool:
+        """The step on the rows with a gradient, the others deferred (``mmlexp.deferred``); False (nothing
+        done) where the bounds on ||E|| of the deferred rows leave the clip factor undecided."""
+        dense = [p.grad is not None and not p.grad.is_sparse for _, p, _, _ in work]
+        parts = [_row_operands(p, decay, reads[p]) for _, p, decay, _ in work]
+        coef = 1.0
+        if max_norm:
+            coef = self._clip_coef(work, parts, dense, max_norm)
+            if coef is None:
+                self.fallback_steps += 1
+                return False
+        for (group, p, _, state), ops in zip(work, parts):
+            (b1, b2), lr, eps = group["betas"], group["lr"], group["eps"]
+            t = float(state["step"].add_(1))
+            scalar = ops.param.dtype.type
+            hist = np.array([ops.l2 * scalar(coef), lr / (1 - b1 ** t), b1, 1 - b1, b2, 1 - b2, eps,
+                             math.sqrt(1 - b2 ** t)], dtype=ops.param.dtype)  # the columns of deferred.replay_rows
+            table = self._deferred[p]
+            if ops.rows.size:
+                table.sq += deferred.adam_touched(ops.param, _as_rows(state["exp_avg"]), _as_rows(state["exp_avg_sq"]),
+                                                  ops.rows, ops.vals, ops.l2, scalar(coef), *hist[1:])
+            table.push(hist, (lr / (1 - b1 ** t)) * math.sqrt(1 - b2 ** t) * deferred.adam_ratio_bound(b1, b2))
+            table.done[ops.rows] = table.steps
+            increment_version(p)
+            table.version = p._version
+        self.deferred_steps += 1
+        self.clipped_steps += coef < 1.0
+        return True
+
+    def _clip_coef(self, work, parts, dense, max_norm) -> float | None:
+        """The dense path's ``coef`` (``_kernel_step``: the same sums, in its order, rounded to each table's dtype)
+        evaluated at both ends of the range of ||E||^2 (``DeferredTable.sq_range``; a dense gradient's
+        norm is summed in fp32 lanes there: 1% either way); None where the two ends round differently."""
+        touched = [cpu_kernels.touched_grad_sq(ops.param, ops.rows, ops.vals, ops.l2) if ops.rows.size else 0.0
+                   for ops in parts]
+        ends = []
+        for side in (0, 1):  # 0: the smallest ||E||, the largest coef
+            total = []
+            for (_, p, _, _), ops, grad_sq, is_dense in zip(work, parts, touched, dense):
+                part = 0.0
+                if ops.l2:
+                    part += float(ops.l2) ** 2 * self._deferred[p].sq_range()[side]
+                if ops.rows.size:
+                    part += grad_sq
+                total.append(part * (0.99, 1.01)[side] if is_dense else part)
+            ends.append(min(1.0, max_norm / (math.sqrt(sum(total)) + 1e-6)))
+        same = all(ops.param.dtype.type(ends[0]) == ops.param.dtype.type(ends[1]) for ops in parts)
+        return ends[1] if same else None
+
     def _grad_sq_norm(self, p: torch.Tensor, ops: "_Operands") -> float:
         """||l2 * p + G||^2.  Dense G: one pass.  Sparse or no G: l2^2 ||p||^2 (kept from the last update while
         ``p._version`` says p is unchanged, else one pass) plus a pass over G's rows only."""
@@ -98,7 +230,7 @@ class TableAdam(torch.optim.Optimizer):
         total = 0.0
         if ops.l2:
             version, sq = self._param_sq.get(p, (None, None))
-            if version != p._version:
+            if version is not _LOADED and version != p._version:
                 sq = float(torch.linalg.vector_norm(p.detach(), dtype=torch.float64) ** 2)
             total += float(ops.l2) ** 2 * sq
         if ops.rows.size:
@@ -183,6 +315,16 @@ def coalesced(grad: torch.Tensor) -> torch.Tensor:
         return torch.sparse_coo_tensor(grad._indices(), grad._values(), grad.shape, is_coalesced=True,
                                        check_invariants=False)
     return grad.coalesce()
+
+
+def _row_operands(p: torch.Tensor, decay: float, read: torch.Tensor) -> _Operands:
+    """``_kernel_operands`` always in row form: a dense gradient is read on the rows the step read (it is
+    zero elsewhere), sorted and distinct."""
+    ops = _kernel_operands(p, decay)
+    if not ops.dense:
+        return ops
+    rows = torch.unique(read.detach().reshape(-1)).to(torch.int64).numpy()
+    return ops._replace(rows=rows, vals=np.ascontiguousarray(ops.vals[rows]), dense=False)
 
 
 def _distinct_rows(grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

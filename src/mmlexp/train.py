@@ -12,6 +12,7 @@ batches, negatives and updates: bit-identical on the CPU).
 
 import math
 import time
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -19,6 +20,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from mmlexp.deferred import rows_read
 from mmlexp.optim import LazyAdam, TableAdam, coalesced, takes_sparse_grads
 from mmlexp.runtime import keep_freed_memory
 
@@ -79,12 +81,15 @@ def set_rng_state(state: dict, generator: torch.Generator | None) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def make_optimizer(model: nn.Module, lr: float, name: str = "adam", l2: float = 0.0) -> torch.optim.Optimizer:
+def make_optimizer(model: nn.Module, lr: float, name: str = "adam", l2: float = 0.0,
+                   defer: bool = False) -> torch.optim.Optimizer:
     """``adam``: dense Adam with torch defaults (paper-reference §3) as ``mmlexp.optim.TableAdam``: the
     embedding tables in its L2 group, other parameters without L2 (``train_step`` passes ``l2`` and the clip
     norm to each step).  A model with a ``sparse_grad`` switch gets it on where TableAdam reads sparse
     gradients without densifying them.  ``sparse_adam``: ``mmlexp.optim.LazyAdam``, a faster variant that
-    changes the semantics (only touched rows move; ``l2`` on those rows only)."""
+    changes the semantics (only touched rows move; ``l2`` on those rows only).  ``defer``: TableAdam defers
+    the rows a step does not read and replays them exactly (``mmlexp.deferred``); off by default, as it
+    measured slower than the dense pass on the CPUs we have (``benchmarks/results/deferred_rows_cpu.md``)."""
     params = [p for p in model.parameters() if p.requires_grad]
     if name == "sparse_adam":
         optimizer = LazyAdam(params, lr=lr, weight_decay=l2)
@@ -92,12 +97,26 @@ def make_optimizer(model: nn.Module, lr: float, name: str = "adam", l2: float = 
         tables = {id(t) for t in model.embedding_tables()} if hasattr(model, "embedding_tables") else set()
         groups = [{"params": [p for p in params if id(p) in tables]},
                   {"params": [p for p in params if id(p) not in tables], "decay": False}]
-        optimizer = TableAdam([g for g in groups if g["params"]], lr=lr)
+        optimizer = TableAdam([g for g in groups if g["params"]], lr=lr, defer=defer)
+        if defer:
+            _materialize_on_model_io(model, optimizer)
     else:
         raise ValueError(f"optimizer={name!r}: must be one of {', '.join(OPTIMIZERS)}")
     if hasattr(model, "sparse_grad"):  # both update a sparse gradient's rows directly on the numba path
         model.sparse_grad = takes_sparse_grads(params)
     return optimizer
+
+
+def _materialize_on_model_io(model: nn.Module, optimizer: TableAdam) -> None:
+    """``model.state_dict()`` and ``model.load_state_dict()`` see (and replace) every row up to date:
+    ``optimizer.materialize()`` first (rows TableAdam deferred, ``mmlexp.deferred``)."""
+    ref = weakref.ref(optimizer)
+
+    def hook(*_args, **_kwargs):
+        if ref() is not None:
+            ref().materialize()
+    model.register_state_dict_pre_hook(hook)
+    model.register_load_state_dict_pre_hook(hook)
 
 
 def start_gradients_(model: nn.Module, l2: float) -> None:
@@ -151,8 +170,9 @@ def train_step(model, loss_fn, sampler, optimizer, users, items, settings: Train
     """One optimiser step on a batch of (user, positive item) rows; returns the detached data loss.
 
     The gradient is that of ``loss + (l2/2) * ||E||^2`` on the full embedding tables, clipped to
-    ``clip_grad_norm``, then Adam: ``TableAdam`` does L2, clip and update in one step; another optimiser
-    gets the L2 gradient written first (``start_gradients_``) and ``clipped_step``.
+    ``clip_grad_norm``, then Adam: ``TableAdam`` does L2, clip and update in one step (rows this step does
+    not read may stay deferred, ``mmlexp.deferred``; ``fit`` materialises them at each epoch's end); another
+    optimiser gets the L2 gradient written first (``start_gradients_``) and ``clipped_step``.
     ``settings.optimizer=sparse_adam`` takes its L2 in the optimiser (touched rows only);
     ``settings.precision=bf16`` scores under bfloat16 autocast."""
     table_adam = isinstance(optimizer, TableAdam)
@@ -161,6 +181,8 @@ def train_step(model, loss_fn, sampler, optimizer, users, items, settings: Train
     else:
         start_gradients_(model, settings.l2)
     negatives = sampler.sample(users, items, model)
+    if table_adam and optimizer.defer:  # the rows the forward reads up to date; the others may stay deferred
+        optimizer.prepare(rows_read(model, sampler, users, items, negatives))
     with torch.autocast(users.device.type, dtype=torch.bfloat16, enabled=settings.precision == "bf16"):
         scores = model(users, items, negatives)
     if scores.dtype in (torch.float16, torch.bfloat16):  # a loss always sees fp32 (or the model's fp64) scores
@@ -240,6 +262,8 @@ def fit(
             if out_of_budget:
                 break
         bar.close()
+        if hasattr(optimizer, "materialize"):  # every deferred row up to date before anything reads the tables
+            optimizer.materialize()
         seconds = time.perf_counter() - start
         if not math.isfinite(loss_sum.item()):
             raise Diverged(epoch, step, f"mean loss of the epoch {loss_sum.item()}")

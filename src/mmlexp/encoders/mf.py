@@ -38,6 +38,10 @@ class MatrixFactorization(nn.Module):
         """The tables the L2 term covers (whole tables, every step: paper-reference §3)."""
         return [self.user_table, self.item_table]
 
+    def rows_read(self, users: torch.Tensor, pos_items: torch.Tensor, negatives: torch.Tensor) -> dict:
+        """The table rows ``forward(users, pos_items, negatives)`` reads (TableAdam defers the others)."""
+        return {self.user_table: users, self.item_table: torch.cat([pos_items.reshape(-1), negatives.reshape(-1)])}
+
     def user_vectors(self, users: torch.Tensor) -> torch.Tensor:
         # Sparse (B rows) also when a dense gradient is there to take it (the trainer's start_gradients_).
         rows = F.embedding(users, self.user_table, sparse=self.sparse_grad or self.user_table.grad is not None)

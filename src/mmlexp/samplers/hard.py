@@ -25,6 +25,8 @@ from mmlexp.samplers.uniform import check_int
 
 
 class HardNegativeSampler:
+    scores_model = True  # reads the model's rows before the batch's are known: TableAdam stays dense (mmlexp.deferred)
+
     def __init__(
         self,
         num_negatives: int,
