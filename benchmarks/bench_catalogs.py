@@ -70,12 +70,14 @@ class Loop:
         """(wall, CPU) seconds per step: on a shared machine the CPU time of this process (all its threads)
         is the steadier measure of the work, the wall time what a user waits."""
         from mmlexp import train as train_module
+
         start, cpu = time.perf_counter(), time.process_time()
         for _ in range(steps):
             first = (self.step * self.batch) % (self.users.shape[0] - self.batch)
-            rows = self.order[first:first + self.batch]
-            loss = train_module.train_step(self.model, self.loss, self.sampler, self.optimizer, self.users[rows],
-                                           self.items[rows], self.settings)
+            rows = self.order[first : first + self.batch]
+            loss = train_module.train_step(
+                self.model, self.loss, self.sampler, self.optimizer, self.users[rows], self.items[rows], self.settings
+            )
             self.step += 1
         loss.item()
         return (time.perf_counter() - start) / steps, (time.process_time() - cpu) / steps
@@ -99,6 +101,7 @@ def main():
     args = parser.parse_args()
     from mmlexp.data import load_dataset
     from mmlexp.runtime import keep_freed_memory
+
     keep_freed_memory()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -118,29 +121,37 @@ def main():
     times = {key: [] for key in loops}
     keys = list(loops)
     for r in range(args.repeats):
-        for key in (keys if r % 2 == 0 else keys[::-1]):
+        for key in keys if r % 2 == 0 else keys[::-1]:
             times[key].append(loops[key].run(args.steps))
     best = {key: min(t[0] for t in runs) for key, runs in times.items()}
     best_cpu = {key: min(t[1] for t in runs) for key, runs in times.items()}
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} cpus, "
-          f"load {os.getloadavg()[0]:.1f}; MF + MML, B={args.batch}, N={args.negatives}, "
-          f"{args.steps} steps per block after {args.warmup} warm-up, best of {args.repeats}")
+    print(
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} cpus, "
+        f"load {os.getloadavg()[0]:.1f}; MF + MML, B={args.batch}, N={args.negatives}, "
+        f"{args.steps} steps per block after {args.warmup} warm-up, best of {args.repeats}"
+    )
     print("ms per step, wall (CPU time of all threads)")
-    print(f"{'items':>8} {'dense':>16} {'deferred':>16} {'speed-up':>15} {'materialize ms':>15}"
-          f"  deferred/clip acting/fallback steps")
+    print(
+        f"{'items':>8} {'dense':>16} {'deferred':>16} {'speed-up':>15} {'materialize ms':>15}"
+        f"  deferred/clip acting/fallback steps"
+    )
     for n in args.items:
         dense, fast = best[(n, False)] * 1e3, best[(n, True)] * 1e3
         dense_cpu, fast_cpu = best_cpu[(n, False)] * 1e3, best_cpu[(n, True)] * 1e3
         opt = loops[(n, True)].optimizer
         counts = f"{opt.deferred_steps}/{opt.clipped_steps}/{opt.fallback_steps}"
-        print(f"{n:>8} {dense:>7.2f} ({dense_cpu:>6.2f}) {fast:>7.2f} ({fast_cpu:>6.2f}) "
-              f"{dense / fast:>6.2f}x ({dense_cpu / fast_cpu:.2f}x) "
-              f"{loops[(n, True)].materialize_time() * 1e3:>15.1f}  {counts}")
+        print(
+            f"{n:>8} {dense:>7.2f} ({dense_cpu:>6.2f}) {fast:>7.2f} ({fast_cpu:>6.2f}) "
+            f"{dense / fast:>6.2f}x ({dense_cpu / fast_cpu:.2f}x) "
+            f"{loops[(n, True)].materialize_time() * 1e3:>15.1f}  {counts}"
+        )
     if len(args.items) == 2:
         small, large = args.items
         for name, b in (("wall", best), ("CPU", best_cpu)):
-            print(f"ratio {large} / {small} items ({name}): dense {b[(large, False)] / b[(small, False)]:.2f}x, "
-                  f"deferred {b[(large, True)] / b[(small, True)]:.2f}x")
+            print(
+                f"ratio {large} / {small} items ({name}): dense {b[(large, False)] / b[(small, False)]:.2f}x, "
+                f"deferred {b[(large, True)] / b[(small, True)]:.2f}x"
+            )
 
 
 if __name__ == "__main__":

@@ -22,11 +22,13 @@ import time
 
 ENCODERS = {
     "mf": ("MatrixFactorization", {}),
-    "simplex": ("SimpleX", dict(aggregator="user_attention", gamma=0.8, net_dropout=0.1, max_history=None,
-                                share_history_table=False)),          # RecZoo SimpleX_gowalla_m1
+    "simplex": (
+        "SimpleX",
+        dict(aggregator="user_attention", gamma=0.8, net_dropout=0.1, max_history=None, share_history_table=False),
+    ),  # RecZoo SimpleX_gowalla_m1
     "simplex_mean": ("SimpleX", dict(aggregator="mean", gamma=0.8, share_history_table=False)),
     "svdpp": ("SVDPlusPlus", {}),
-    "lightgcn1": ("LightGCN", dict(n_layers=1)),                         # the SSM setting
+    "lightgcn1": ("LightGCN", dict(n_layers=1)),  # the SSM setting
     "lightgcn": ("LightGCN", dict(n_layers=3)),
     "ngcf": ("NGCF", dict(n_layers=3)),
 }
@@ -61,7 +63,7 @@ def run_one(name: str, steps: int, warmup: int, negatives: int, batch: int) -> d
     for step in range(warmup + steps):
         if step == warmup:
             start = time.perf_counter()
-        rows = order[step * batch:(step + 1) * batch]
+        rows = order[step * batch : (step + 1) * batch]
         if name.startswith("simplex"):
             history_entries.append(int(model.history(users[rows], items[rows])[2].sum()))
         loss = train_step(model, loss_fn, sampler, optimizer, users[rows], items[rows], settings)
@@ -71,11 +73,16 @@ def run_one(name: str, steps: int, warmup: int, negatives: int, batch: int) -> d
     t0 = time.perf_counter()
     model.all_embeddings()
     all_emb_s = time.perf_counter() - t0
-    out = {"encoder": name, "ms_step": ms_step, "epoch_min": ms_step * math.ceil(users.shape[0] / batch) / 6e4,
-           "all_embeddings_s": all_emb_s, "build_s": build_s,
-           "params": sum(p.numel() for p in model.parameters()),
-           # process peak (ru_maxrss, KiB on Linux) minus the RSS once the data was loaded
-           "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 - rss0 / 2**20}
+    out = {
+        "encoder": name,
+        "ms_step": ms_step,
+        "epoch_min": ms_step * math.ceil(users.shape[0] / batch) / 6e4,
+        "all_embeddings_s": all_emb_s,
+        "build_s": build_s,
+        "params": sum(p.numel() for p in model.parameters()),
+        # process peak (ru_maxrss, KiB on Linux) minus the RSS once the data was loaded
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 - rss0 / 2**20,
+    }
     if history_entries:
         counts = np.diff(data.train.indptr)
         out["history_entries_per_batch"] = float(np.mean(history_entries))
@@ -98,30 +105,54 @@ def main():
     args = parser.parse_args()
     if args.only:
         import torch
+
         if args.threads:
             torch.set_num_threads(args.threads)
         print(json.dumps(run_one(args.only, args.steps, args.warmup, args.negatives, args.batch)))
         return
     import torch
-    print(f"torch {torch.__version__}, threads {args.threads or torch.get_num_threads()}, {os.cpu_count()} cpus, "
-          f"load average {os.getloadavg()[0]:.1f}; Gowalla, MML, uniform N={args.negatives}, B={args.batch}, "
-          f"{args.steps} timed steps")
-    header = f"{'encoder':<13} {'ms/step':>8} {'epoch (min)':>11} {'all_emb (s)':>11} {'build (s)':>9} " \
-             f"{'params':>10} {'+peak RSS MB':>12}"
+
+    print(
+        f"torch {torch.__version__}, threads {args.threads or torch.get_num_threads()}, {os.cpu_count()} cpus, "
+        f"load average {os.getloadavg()[0]:.1f}; Gowalla, MML, uniform N={args.negatives}, B={args.batch}, "
+        f"{args.steps} timed steps"
+    )
+    header = (
+        f"{'encoder':<13} {'ms/step':>8} {'epoch (min)':>11} {'all_emb (s)':>11} {'build (s)':>9} "
+        f"{'params':>10} {'+peak RSS MB':>12}"
+    )
     print(header)
     for name in args.encoders:
-        cmd = [sys.executable, __file__, "--only", name, "--steps", str(args.steps), "--warmup", str(args.warmup),
-               "--negatives", str(args.negatives), "--batch", str(args.batch)]
+        cmd = [
+            sys.executable,
+            __file__,
+            "--only",
+            name,
+            "--steps",
+            str(args.steps),
+            "--warmup",
+            str(args.warmup),
+            "--negatives",
+            str(args.negatives),
+            "--batch",
+            str(args.batch),
+        ]
         if args.threads:
             cmd += ["--threads", str(args.threads)]
         line = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.strip().splitlines()[-1]
         r = json.loads(line)
-        print(f"{name:<13} {r['ms_step']:>8.1f} {r['epoch_min']:>11.1f} {r['all_embeddings_s']:>11.2f} "
-              f"{r['build_s']:>9.2f} {r['params']:>10,} {r['peak_rss_mb']:>12.0f}", flush=True)
+        print(
+            f"{name:<13} {r['ms_step']:>8.1f} {r['epoch_min']:>11.1f} {r['all_embeddings_s']:>11.2f} "
+            f"{r['build_s']:>9.2f} {r['params']:>10,} {r['peak_rss_mb']:>12.0f}",
+            flush=True,
+        )
         if "history_entries_per_batch" in r:
-            print(f"{'':<13} history: longest {r['longest_history']}, packed entries/batch "
-                  f"{r['history_entries_per_batch']:.0f} ({r['packed_tensor_mb']:.1f} MB per [T, d] tensor) vs "
-                  f"padded [B, {r['longest_history']}, 64] {r['padded_tensor_mb']:.1f} MB", flush=True)
+            print(
+                f"{'':<13} history: longest {r['longest_history']}, packed entries/batch "
+                f"{r['history_entries_per_batch']:.0f} ({r['packed_tensor_mb']:.1f} MB per [T, d] tensor) vs "
+                f"padded [B, {r['longest_history']}, 64] {r['padded_tensor_mb']:.1f} MB",
+                flush=True,
+            )
 
 
 if __name__ == "__main__":

@@ -86,7 +86,7 @@ def naive_evaluate(user_emb, item_emb, train, test, ks, chunk=1024):
     sums = {f"{m}@{k}": 0.0 for k in ks for m in ("recall", "ndcg", "precision", "hit")}
     items_t = item_emb.T.contiguous()
     for s in range(0, len(users), chunk):
-        us = users[s:s + chunk]
+        us = users[s : s + chunk]
         scores = (user_emb[torch.from_numpy(us)] @ items_t).numpy()
         tr = train[us]
         scores[np.repeat(np.arange(len(us)), np.diff(tr.indptr)), tr.indices] = -np.inf
@@ -120,27 +120,34 @@ def main() -> None:
     ap.add_argument("--methods", action="store_true", help="also time rank_top_k per method")
     ap.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
     ap.add_argument("--chunk-size", type=int, default=None, help="evaluate_embeddings chunk_size")
-    ap.add_argument("--no-longtail", action="store_true",
-                    help="leave out the long-tail metrics (on by default, as in a training run)")
+    ap.add_argument(
+        "--no-longtail",
+        action="store_true",
+        help="leave out the long-tail metrics (on by default, as in a training run)",
+    )
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
 
     t_load, (train, test, source) = timed(load_gowalla)
     n_users, n_items = train.shape
-    print(f"Gowalla from {source}: {n_users} users x {n_items} items, train {train.nnz}, "
-          f"test {test.nnz} ({t_load:.1f} s)")
+    print(
+        f"Gowalla from {source}: {n_users} users x {n_items} items, train {train.nnz}, test {test.nnz} ({t_load:.1f} s)"
+    )
     g = torch.Generator().manual_seed(0)
     user_emb = torch.nn.functional.normalize(torch.randn(n_users, 64, generator=g), dim=1)
     item_emb = torch.nn.functional.normalize(torch.randn(n_items, 64, generator=g), dim=1)
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, cpu count {os.cpu_count()}, "
-          f"load average at start {os.getloadavg()[0]:.1f}")
+    print(
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads, cpu count {os.cpu_count()}, "
+        f"load average at start {os.getloadavg()[0]:.1f}"
+    )
 
     longtail = None if args.no_longtail else LongTail.from_train(train)
 
     def fast():
-        return evaluate_embeddings(user_emb, item_emb, train, test, ks=KS, chunk_size=args.chunk_size,
-                                   longtail=longtail)
+        return evaluate_embeddings(
+            user_emb, item_emb, train, test, ks=KS, chunk_size=args.chunk_size, longtail=longtail
+        )
 
     def naive():
         return naive_evaluate(user_emb, item_emb, train, test, KS)
@@ -170,9 +177,13 @@ def main() -> None:
             return lambda: rank_top_k(user_emb, item_emb, train, max(KS), method=method)
 
         print(f"rank_top_k alone (top-{max(KS)}), median / min of {args.rounds} after a warm-up:")
-        for label, method, chunk_threads in [("bf16", "bf16", True), ("blocked", "blocked", True),
-                                             ("topk", "topk", True), ("bf16, intra-op threads", "bf16", False),
-                                             ("topk, intra-op threads", "topk", False)]:
+        for label, method, chunk_threads in [
+            ("bf16", "bf16", True),
+            ("blocked", "blocked", True),
+            ("topk", "topk", True),
+            ("bf16, intra-op threads", "bf16", False),
+            ("topk, intra-op threads", "topk", False),
+        ]:
             ranking._CHUNK_THREADS = chunk_threads
             rank(method)()
             ts = [timed(rank(method))[0] for _ in range(args.rounds)]

@@ -74,8 +74,13 @@ class FullStep:
         self.batch = batch
 
     def __call__(self, loss_fn, steps: int) -> float:
-        batches = [(torch.randint(N_USERS, (self.batch,), generator=self.gen),
-                    torch.randint(N_ITEMS, (self.batch,), generator=self.gen)) for _ in range(steps)]
+        batches = [
+            (
+                torch.randint(N_USERS, (self.batch,), generator=self.gen),
+                torch.randint(N_ITEMS, (self.batch,), generator=self.gen),
+            )
+            for _ in range(steps)
+        ]
         start = time.perf_counter()
         for users, items in batches:
             loss = train_step(self.model, loss_fn, self.sampler, self.optimizer, users, items, self.settings)
@@ -90,7 +95,7 @@ def interleaved(bench, losses: dict, rounds: int, steps: int) -> dict[str, float
         bench(losses[name], 2)
     times = {name: [] for name in names}
     for r in range(rounds):
-        for name in names[r % len(names):] + names[:r % len(names)]:
+        for name in names[r % len(names) :] + names[: r % len(names)]:
             times[name].append(bench(losses[name], steps))
     return {name: statistics.median(t) for name, t in times.items()}
 
@@ -102,8 +107,20 @@ def memory_child(name: str, batch: int, n_neg: int, steps: int) -> None:
 
 
 def peak_memory(name: str, batch: int, n_neg: int, steps: int, threads: int) -> float:
-    cmd = [sys.executable, __file__, "--memory-child", name, "--batch", str(batch),
-           "--negatives", str(n_neg), "--steps", str(steps), "--threads", str(threads)]
+    cmd = [
+        sys.executable,
+        __file__,
+        "--memory-child",
+        name,
+        "--batch",
+        str(batch),
+        "--negatives",
+        str(n_neg),
+        "--steps",
+        str(steps),
+        "--threads",
+        str(threads),
+    ]
     out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout.strip().splitlines()[-1]
     return json.loads(out)["peak_rss_mib"]
 
@@ -128,9 +145,11 @@ def main():
 
     names = loss_names() if args.losses is None else ["mml"] + [n for n in args.losses if n != "mml"]
     losses = {name: build_loss(name) for name in names}
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} cpus, "
-          f"load avg {os.getloadavg()[0]:.2f}; B={args.batch}; median of {args.rounds} interleaved rounds "
-          f"({args.loss_steps} loss-only steps / {args.steps} full steps each)")
+    print(
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} cpus, "
+        f"load avg {os.getloadavg()[0]:.2f}; B={args.batch}; median of {args.rounds} interleaved rounds "
+        f"({args.loss_steps} loss-only steps / {args.steps} full steps each)"
+    )
     results = {}
     for n_neg in args.negatives:
         only = interleaved(LossOnly(args.batch, n_neg), losses, args.rounds, args.loss_steps)
@@ -152,8 +171,10 @@ def main():
                     over.append(f"{name}@N={n_neg}")
             print(row)
     if not args.no_full:
-        print(f"full-step target: every loss within {TARGET}x of MML -> "
-              + ("met" if not over else f"NOT met for {', '.join(over)}"))
+        print(
+            f"full-step target: every loss within {TARGET}x of MML -> "
+            + ("met" if not over else f"NOT met for {', '.join(over)}")
+        )
 
     if not args.no_memory:
         n_neg = max(args.negatives)

@@ -34,8 +34,16 @@ def stamp(text: str) -> float:
 
 
 def run(cwd: Path, *overrides: str) -> tuple[float, str]:
-    cmd = [sys.executable, "-m", "mmlexp", "-m", f"tracking.uri=sqlite:///{cwd}/mlflow.db",
-           f"tracking.artifact_location={cwd}/artifacts", "trainer.progress=false", *overrides]
+    cmd = [
+        sys.executable,
+        "-m",
+        "mmlexp",
+        "-m",
+        f"tracking.uri=sqlite:///{cwd}/mlflow.db",
+        f"tracking.artifact_location={cwd}/artifacts",
+        "trainer.progress=false",
+        *overrides,
+    ]
     start = time.perf_counter()
     proc = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, env=dict(os.environ, PYTHONUNBUFFERED="1"))
     wall = time.perf_counter() - start
@@ -53,17 +61,24 @@ def children(cwd: Path):
 
 def work_seconds(client: MlflowClient, run) -> float:
     """Training + evaluation time of a run: the sum over epochs of epoch_time_s and eval_time_s."""
-    return sum(m.value for key in ("epoch_time_s", "eval_time_s")
-               for m in client.get_metric_history(run.info.run_id, key))
+    return sum(
+        m.value for key in ("epoch_time_s", "eval_time_s") for m in client.get_metric_history(run.info.run_id, key)
+    )
 
 
 def overhead(trials: int) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         cwd = Path(tmp)
         started = time.time()
-        wall, log = run(cwd, "hparams_search=mml_optuna", f"hydra.sweeper.n_trials={trials}",
-                        f"hydra.sweeper.storage=sqlite:///{cwd}/optuna.db", "trainer.epochs=1",
-                        "trainer.max_steps=3", "num_negatives=10")
+        wall, log = run(
+            cwd,
+            "hparams_search=mml_optuna",
+            f"hydra.sweeper.n_trials={trials}",
+            f"hydra.sweeper.storage=sqlite:///{cwd}/optuna.db",
+            "trainer.epochs=1",
+            "trainer.max_steps=3",
+            "num_negatives=10",
+        )
         launches = {int(m["job"]): stamp(m["t"]) for m in map(LAUNCH.match, log.splitlines()) if m}
         ended = next(stamp(m["t"]) for m in map(DONE.match, log.splitlines()) if m)  # the last trial told
         client, runs = children(cwd)
@@ -74,28 +89,34 @@ def overhead(trials: int) -> None:
             per_job.append((until - launches[job], work_seconds(client, runs[job])))
         startup = launches[0] - started
         steady = [span - work for span, work in per_job[1:]]
-        print(f"Optuna sweep, basic launcher, {trials} trials of 3 steps on sample: wall {wall:.1f} s "
-              f"(process exit after the last trial: {started + wall - ended:.1f} s)")
+        print(
+            f"Optuna sweep, basic launcher, {trials} trials of 3 steps on sample: wall {wall:.1f} s "
+            f"(process exit after the last trial: {started + wall - ended:.1f} s)"
+        )
         print(f"  process start to first launch (imports, stores, study, parent run): {startup:.2f} s")
         for job, (span, work) in enumerate(per_job):
-            print(f"  trial {job}: {span:.2f} s, of which training+evaluation {work:.2f} s, "
-                  f"overhead {span - work:.2f} s{'  (first: warm-up)' if job == 0 else ''}")
-        print(f"  overhead per trial after the first: mean {sum(steady) / len(steady):.2f} s, "
-              f"max {max(steady):.2f} s")
+            print(
+                f"  trial {job}: {span:.2f} s, of which training+evaluation {work:.2f} s, "
+                f"overhead {span - work:.2f} s{'  (first: warm-up)' if job == 0 else ''}"
+            )
+        print(f"  overhead per trial after the first: mean {sum(steady) / len(steady):.2f} s, max {max(steady):.2f} s")
 
 
 def grid(epochs: int) -> None:
     grid_args = ["num_negatives=10,50,100,200,400,800", f"trainer.epochs={epochs}"]
-    for label, extra in (("1 worker (basic launcher, torch's default threads)", []),
-                         ("1 worker (basic launcher, trainer.num_threads=1)", ["trainer.num_threads=1"]),
-                         ("2 workers (joblib, n_jobs=2: 1 thread each)",
-                          ["hydra/launcher=joblib", "hydra.launcher.n_jobs=2"])):
+    for label, extra in (
+        ("1 worker (basic launcher, torch's default threads)", []),
+        ("1 worker (basic launcher, trainer.num_threads=1)", ["trainer.num_threads=1"]),
+        ("2 workers (joblib, n_jobs=2: 1 thread each)", ["hydra/launcher=joblib", "hydra.launcher.n_jobs=2"]),
+    ):
         with tempfile.TemporaryDirectory() as tmp:
             wall, _ = run(Path(tmp), *grid_args, *extra)
             client, runs = children(Path(tmp))
             work = sum(work_seconds(client, r) for r in runs.values())
-            print(f"6-point negatives grid, {epochs} epoch(s) on sample, {label}: wall {wall:.1f} s "
-                  f"(training+evaluation summed over jobs {work:.1f} s)")
+            print(
+                f"6-point negatives grid, {epochs} epoch(s) on sample, {label}: wall {wall:.1f} s "
+                f"(training+evaluation summed over jobs {work:.1f} s)"
+            )
 
 
 def main() -> None:
@@ -105,8 +126,9 @@ def main() -> None:
     parser.add_argument("--skip-grid", action="store_true")
     parser.add_argument("--skip-overhead", action="store_true")
     args = parser.parse_args()
-    print(f"{len(os.sched_getaffinity(0))} cores, python {sys.version.split()[0]}, "
-          f"load average {os.getloadavg()[0]:.1f}")
+    print(
+        f"{len(os.sched_getaffinity(0))} cores, python {sys.version.split()[0]}, load average {os.getloadavg()[0]:.1f}"
+    )
     if not args.skip_overhead:
         overhead(args.trials)
     if not args.skip_grid:

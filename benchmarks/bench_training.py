@@ -45,12 +45,13 @@ def mmlexp_training(users, items, n_users, n_items, num_negatives, batch_size, m
     users, items = users.to(device), items.to(device)
     optimizer_name = "sparse_adam" if variant == "sparse_adam" else "adam"
     optimizer = make_optimizer(model, 1e-4, optimizer_name, defer=variant == "deferred")
-    settings = TrainSettings(batch_size=batch_size, l2=1e-8, optimizer=optimizer_name,
-                             precision="bf16" if variant == "bf16" else "fp32")
+    settings = TrainSettings(
+        batch_size=batch_size, l2=1e-8, optimizer=optimizer_name, precision="bf16" if variant == "bf16" else "fp32"
+    )
     order = torch.randperm(users.shape[0], generator=gen, device=device)
     seen = 0
     for step in range(max_steps):
-        rows = order[step * batch_size:(step + 1) * batch_size]
+        rows = order[step * batch_size : (step + 1) * batch_size]
         loss = train_step(model, loss_fn, sampler, optimizer, users[rows], items[rows], settings)
         seen += rows.numel()
     loss.item()
@@ -71,9 +72,13 @@ def worker(args) -> None:
     loop, _, variant = args.worker.partition(":")
     if loop == "plain+malloc":
         from mmlexp.runtime import keep_freed_memory
+
         keep_freed_memory()
-    run = (lambda steps: plain_training(*common, steps, **device)) if loop.startswith("plain") else \
-        (lambda steps: mmlexp_training(*common, steps, variant=variant, **device))
+    run = (
+        (lambda steps: plain_training(*common, steps, **device))
+        if loop.startswith("plain")
+        else (lambda steps: mmlexp_training(*common, steps, variant=variant, **device))
+    )
     run(5)  # warm-up
     start = time.perf_counter()
     seen = run(args.steps)
@@ -85,8 +90,20 @@ def worker(args) -> None:
 
 
 def measure(loop: str, batch: int, n: int, args) -> dict:
-    cmd = [sys.executable, __file__, "--worker", loop, "--batch", str(batch), "--negatives", str(n),
-           "--steps", str(args.steps), "--device", args.device] + (["--threads", str(args.threads)] if args.threads else [])
+    cmd = [
+        sys.executable,
+        __file__,
+        "--worker",
+        loop,
+        "--batch",
+        str(batch),
+        "--negatives",
+        str(n),
+        "--steps",
+        str(args.steps),
+        "--device",
+        args.device,
+    ] + (["--threads", str(args.threads)] if args.threads else [])
     out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
     return json.loads(out.strip().splitlines()[-1])
 
@@ -105,24 +122,38 @@ def main():
     args = parser.parse_args()
     if args.worker:
         return worker(args)
-    loops = ["plain"] + ([] if args.no_malloc_column else ["plain+malloc"]) + ["mmlexp"] + \
-        [f"mmlexp:{v}" for v in args.variants]
+    loops = (
+        ["plain"]
+        + ([] if args.no_malloc_column else ["plain+malloc"])
+        + ["mmlexp"]
+        + [f"mmlexp:{v}" for v in args.variants]
+    )
     threads = args.threads or torch.get_num_threads()
     where = torch.cuda.get_device_name() if args.device.startswith("cuda") else f"{threads} threads"
-    print(f"torch {torch.__version__}, {args.device}: {where}, {os.cpu_count()} cpus, load {os.getloadavg()[0]:.1f}; "
-          f"MF + MML on Gowalla, {args.steps} steps per measurement, best of {args.repeats}")
-    print(f"{'B':>5} {'N':>5} " + " ".join(f"{loop:>17}" for loop in loops) + "   ratio   peak MiB (per loop; host RSS or GPU)")
+    print(
+        f"torch {torch.__version__}, {args.device}: {where}, {os.cpu_count()} cpus, load {os.getloadavg()[0]:.1f}; "
+        f"MF + MML on Gowalla, {args.steps} steps per measurement, best of {args.repeats}"
+    )
+    print(
+        f"{'B':>5} {'N':>5} "
+        + " ".join(f"{loop:>17}" for loop in loops)
+        + "   ratio   peak MiB (per loop; host RSS or GPU)"
+    )
     for batch in args.batch:
         for n in args.negatives:
             results = {loop: [] for loop in loops}
             for r in range(args.repeats):
-                for loop in (loops if r % 2 == 0 else loops[::-1]):
+                for loop in loops if r % 2 == 0 else loops[::-1]:
                     results[loop].append(measure(loop, batch, n, args))
             best = {loop: max(x["rate"] for x in results[loop]) for loop in loops}
             rss = {loop: max(x["rss_mib"] for x in results[loop]) for loop in loops}
-            print(f"{batch:>5} {n:>5} " + " ".join(f"{best[loop]:>13,.0f} i/s" for loop in loops)
-                  + f"  {best['mmlexp'] / best['plain']:>5.2f}x   " + " ".join(f"{rss[loop]:.0f}" for loop in loops),
-                  flush=True)
+            print(
+                f"{batch:>5} {n:>5} "
+                + " ".join(f"{best[loop]:>13,.0f} i/s" for loop in loops)
+                + f"  {best['mmlexp'] / best['plain']:>5.2f}x   "
+                + " ".join(f"{rss[loop]:.0f}" for loop in loops),
+                flush=True,
+            )
 
 
 if __name__ == "__main__":

@@ -16,10 +16,10 @@ import time
 import mlflow
 
 VARIANTS = {
-    "default": [],                                   # per-row negatives, dense Adam, L2 on the full tables, fp32
-    "shared": ["sampler=shared"],                    # one set of N negatives for the whole batch
+    "default": [],  # per-row negatives, dense Adam, L2 on the full tables, fp32
+    "shared": ["sampler=shared"],  # one set of N negatives for the whole batch
     "sparse_adam": ["trainer.optimizer=sparse_adam"],  # lazy Adam: only touched rows, L2 on them only
-    "bf16": ["trainer.precision=bf16"],              # gathered rows and their dots in bfloat16
+    "bf16": ["trainer.precision=bf16"],  # gathered rows and their dots in bfloat16
 }
 
 
@@ -35,10 +35,21 @@ def main():
     args = parser.parse_args()
     tag = time.strftime("%Y%m%d-%H%M%S")
     for name in args.variants:
-        cmd = [sys.executable, "-m", "mmlexp", f"dataset={args.dataset}", f"num_negatives={args.negatives}",
-               f"trainer.epochs={args.epochs}", f"trainer.num_threads={args.threads}", "trainer.progress=false",
-               f"tracking.uri={args.tracking_uri}", f"tracking.experiment={args.experiment}",
-               f"tracking.run_name={name}-{tag}", "tracking.save_checkpoint=false", *VARIANTS[name]]
+        cmd = [
+            sys.executable,
+            "-m",
+            "mmlexp",
+            f"dataset={args.dataset}",
+            f"num_negatives={args.negatives}",
+            f"trainer.epochs={args.epochs}",
+            f"trainer.num_threads={args.threads}",
+            "trainer.progress=false",
+            f"tracking.uri={args.tracking_uri}",
+            f"tracking.experiment={args.experiment}",
+            f"tracking.run_name={name}-{tag}",
+            "tracking.save_checkpoint=false",
+            *VARIANTS[name],
+        ]
         print("$", " ".join(cmd[1:]), flush=True)
         subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
     client = mlflow.MlflowClient(args.tracking_uri)
@@ -47,8 +58,12 @@ def main():
     for run in client.search_runs([experiment.experiment_id], f"attributes.run_name LIKE '%-{tag}'"):
         name = run.info.run_name.rsplit("-", 2)[0]
         speed = [m.value for m in client.get_metric_history(run.info.run_id, "interactions_per_s")]
-        rows[name] = (sum(speed) / len(speed), run.data.metrics["best/recall_at_20"],
-                      run.data.metrics["best/ndcg_at_20"], run.info.run_id)
+        rows[name] = (
+            sum(speed) / len(speed),
+            run.data.metrics["best/recall_at_20"],
+            run.data.metrics["best/ndcg_at_20"],
+            run.info.run_id,
+        )
     base = rows.get("default")
     print(f"\n{args.dataset}, MF + MML, N={args.negatives}, {args.epochs} epochs, {args.threads} thread(s)")
     print(f"{'variant':<12} {'int/s':>9} {'speed':>6} {'Recall@20':>10} {'Δ':>8} {'NDCG@20':>9} {'Δ':>8}  run")

@@ -31,7 +31,7 @@ def run(data, steps: int, negatives: int, defer: bool):
     order = torch.randperm(users.shape[0], generator=gen)
     for step in range(steps):
         first = (step * 256) % (users.shape[0] - 256)
-        rows = order[first:first + 256]
+        rows = order[first : first + 256]
         train_module.train_step(model, MultiMarginLoss(), sampler, optimizer, users[rows], items[rows], settings)
     optimizer.materialize()
     return model, optimizer, time.perf_counter() - start
@@ -44,20 +44,36 @@ def main():
     parser.add_argument("--dataset", default="gowalla")
     args = parser.parse_args()
     from mmlexp.data import load_dataset
+
     data = load_dataset(args.dataset)
     fast, fast_opt, fast_s = run(data, args.steps, args.negatives, True)
     dense, dense_opt, dense_s = run(data, args.steps, args.negatives, False)
-    print(f"{args.dataset}, {args.steps} steps, N={args.negatives}: deferred {fast_s:.1f} s, dense {dense_s:.1f} s; "
-          f"deferred/clip acting/fallback steps {fast_opt.deferred_steps}/{fast_opt.clipped_steps}/"
-          f"{fast_opt.fallback_steps}")
+    print(
+        f"{args.dataset}, {args.steps} steps, N={args.negatives}: deferred {fast_s:.1f} s, dense {dense_s:.1f} s; "
+        f"deferred/clip acting/fallback steps {fast_opt.deferred_steps}/{fast_opt.clipped_steps}/"
+        f"{fast_opt.fallback_steps}"
+    )
     for name in ("user_table", "item_table"):
         a, b = getattr(fast, name), getattr(dense, name)
         diffs = [(a - b).abs().max().item()] + [
-            (fast_opt.state[a][key] - dense_opt.state[b][key]).abs().max().item() for key in ("exp_avg", "exp_avg_sq")]
-        print(f"{name}: max |difference| of table, m, v: " + ", ".join(f"{d:.3g}" for d in diffs)
-              + ("  (bit-identical)" if all(torch.equal(x, y) for x, y in [
-                  (a, b), (fast_opt.state[a]["exp_avg"], dense_opt.state[b]["exp_avg"]),
-                  (fast_opt.state[a]["exp_avg_sq"], dense_opt.state[b]["exp_avg_sq"])]) else ""))
+            (fast_opt.state[a][key] - dense_opt.state[b][key]).abs().max().item() for key in ("exp_avg", "exp_avg_sq")
+        ]
+        print(
+            f"{name}: max |difference| of table, m, v: "
+            + ", ".join(f"{d:.3g}" for d in diffs)
+            + (
+                "  (bit-identical)"
+                if all(
+                    torch.equal(x, y)
+                    for x, y in [
+                        (a, b),
+                        (fast_opt.state[a]["exp_avg"], dense_opt.state[b]["exp_avg"]),
+                        (fast_opt.state[a]["exp_avg_sq"], dense_opt.state[b]["exp_avg_sq"]),
+                    ]
+                )
+                else ""
+            )
+        )
 
 
 if __name__ == "__main__":

@@ -26,8 +26,9 @@ class PlainMF(nn.Module):
         return torch.bmm(item, user.unsqueeze(-1)).squeeze(-1)
 
 
-def plain_training(users, items, n_users, n_items, num_negatives, batch_size, max_steps, l2=1e-8, lr=1e-4,
-                   device="cpu"):
+def plain_training(
+    users, items, n_users, n_items, num_negatives, batch_size, max_steps, l2=1e-8, lr=1e-4, device="cpu"
+):
     """Run ``max_steps`` steps; returns the number of interactions processed."""
     model = PlainMF(n_users, n_items).to(device)
     loss_fn = MultiMarginLoss()

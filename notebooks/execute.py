@@ -85,7 +85,9 @@ def this_python_kernel_manager():
     class ThisPythonKernelManager(AsyncKernelManager):
         @default("kernel_spec_manager")
         def _kernel_spec_manager_default(self):
-            return KernelSpecManager(kernel_dirs=[])  # -> ipykernel's built-in spec: [sys.executable, -m, ipykernel_launcher]
+            return KernelSpecManager(
+                kernel_dirs=[]
+            )  # -> ipykernel's built-in spec: [sys.executable, -m, ipykernel_launcher]
 
     return ThisPythonKernelManager
 
@@ -98,8 +100,13 @@ def execute(nb: nbformat.NotebookNode, cwd: Path | str, timeout: int = 600) -> n
     from nbclient import NotebookClient
 
     nb = nbformat.from_dict(nb)
-    NotebookClient(nb, timeout=timeout, kernel_name="python3", kernel_manager_class=this_python_kernel_manager(),
-                   resources={"metadata": {"path": str(cwd)}}).execute()
+    NotebookClient(
+        nb,
+        timeout=timeout,
+        kernel_name="python3",
+        kernel_manager_class=this_python_kernel_manager(),
+        resources={"metadata": {"path": str(cwd)}},
+    ).execute()
     return nb
 
 

@@ -41,9 +41,9 @@ warnings.filterwarnings("ignore", message="IProgress not found")  # tqdm.auto, i
 from mmlexp.__main__ import CONFIG_DIR
 from mmlexp.run import OWN_TARGETS, build
 
-N = 100       # negatives per row (the paper's baselines ran with 100)
-POS = 0.8     # the positive's score while a negative sweeps
-REST = 0.0    # the other N-1 negatives (random items sit near cosine 0)
+N = 100  # negatives per row (the paper's baselines ran with 100)
+POS = 0.8  # the positive's score while a negative sweeps
+REST = 0.0  # the other N-1 negatives (random items sit near cosine 0)
 GRID = np.linspace(-1.0, 1.0, 801)
 
 

@@ -33,11 +33,13 @@
 # Source of truth: `notebooks/negative_curves.py` (jupytext percent format, paired with the `.ipynb`).
 
 # %% tags=["parameters"]
-TRACKING_URI = "sqlite:///mlflow.db"  # the MLflow store; a relative SQLite path is looked up in the cwd, then the repo root
-EXPERIMENTS = None                    # experiment names (list, or one comma-separated string); None: every experiment
-FILTER = ""                           # extra MLflow search filter, e.g. "params.trainer.epochs = '100'"
-METRICS = ("recall@20", "ndcg@20")    # best-epoch metrics to draw
-CSV_OUT = None                        # also write the aggregated table to this CSV path; None: do not
+TRACKING_URI = (
+    "sqlite:///mlflow.db"  # the MLflow store; a relative SQLite path is looked up in the cwd, then the repo root
+)
+EXPERIMENTS = None  # experiment names (list, or one comma-separated string); None: every experiment
+FILTER = ""  # extra MLflow search filter, e.g. "params.trainer.epochs = '100'"
+METRICS = ("recall@20", "ndcg@20")  # best-epoch metrics to draw
+CSV_OUT = None  # also write the aggregated table to this CSV path; None: do not
 
 # %%
 # Environment variables win over the cell above (tests, CI, make): MMLEXP_TRACKING_URI,
@@ -76,8 +78,8 @@ CSV_OUT = os.environ.get("MMLEXP_CURVES_CSV", CSV_OUT)
 
 # Jupyter starts the kernel in notebooks/: a relative SQLite store is looked up there, then in the repo root.
 _SQLITE = "sqlite:///"
-if TRACKING_URI.startswith(_SQLITE) and not Path(TRACKING_URI[len(_SQLITE):]).is_absolute():
-    _store = Path(TRACKING_URI[len(_SQLITE):])
+if TRACKING_URI.startswith(_SQLITE) and not Path(TRACKING_URI[len(_SQLITE) :]).is_absolute():
+    _store = Path(TRACKING_URI[len(_SQLITE) :])
     for _base in (Path.cwd(), Path.cwd().parent):
         if (_base / _store).is_file():
             TRACKING_URI = _SQLITE + str((_base / _store).resolve())
@@ -95,9 +97,21 @@ runs, dropped = drop_duplicates(runs)
 runs = runs[runs["num_negatives"].notna()]
 print(f"{len(runs)} runs ({len(dropped)} older duplicates left out) in {runs['experiment'].nunique()} experiment(s)")
 if runs.empty:
-    raise ReportError(f"no finished runs with a number of negatives in {TRACKING_URI} (experiments {EXPERIMENTS or 'all'})")
-columns = ["experiment", "dataset", "encoder", "loss", "num_negatives", "seed", "epochs", "selection", "early_stop",
-           *[m for m in METRICS if m in runs]]
+    raise ReportError(
+        f"no finished runs with a number of negatives in {TRACKING_URI} (experiments {EXPERIMENTS or 'all'})"
+    )
+columns = [
+    "experiment",
+    "dataset",
+    "encoder",
+    "loss",
+    "num_negatives",
+    "seed",
+    "epochs",
+    "selection",
+    "early_stop",
+    *[m for m in METRICS if m in runs],
+]
 runs[columns].reset_index(drop=True)
 
 # %% [markdown]
@@ -117,9 +131,14 @@ for setting, group in runs.groupby(SETTING, dropna=False, sort=True):
     fig = plot_negative_curves(group, metrics=METRICS)
     fig.suptitle(label)
     show(fig)
-    wide = curves.assign(cell=curves.apply(
-        lambda r: f"{r['mean']:.4f}" + (f" ± {r['ci_half']:.4f}" if r["n"] > 1 else "") + f" (n={r['n']})", axis=1))
-    display(wide.pivot_table(index=["dataset", "loss", "num_negatives"], columns="metric", values="cell", aggfunc="first"))
+    wide = curves.assign(
+        cell=curves.apply(
+            lambda r: f"{r['mean']:.4f}" + (f" ± {r['ci_half']:.4f}" if r["n"] > 1 else "") + f" (n={r['n']})", axis=1
+        )
+    )
+    display(
+        wide.pivot_table(index=["dataset", "loss", "num_negatives"], columns="metric", values="cell", aggfunc="first")
+    )
 table = pd.concat(tables, ignore_index=True)
 
 # %% [markdown]

@@ -29,11 +29,11 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 CONF = REPO / "conf"
 
-SEC_PER_ROW = 3.2e-5        # per training row, independent of the negatives (MF, CPU, batch 256)
-SEC_PER_ROW_NEG = 4.2e-7    # per training row and negative
+SEC_PER_ROW = 3.2e-5  # per training row, independent of the negatives (MF, CPU, batch 256)
+SEC_PER_ROW_NEG = 4.2e-7  # per training row and negative
 ENCODER_FACTOR = {"mf": 1.0, "simplex": 1.5, "svdpp": 1.5, "lightgcn": 3.0, "ngcf": 4.0}
 EVAL_SECONDS = {"gowalla": 3.0, "yelp2018": 3.5, "sample": 0.3}
-OVERHEAD_SECONDS = 5.0      # per run: data from the cache, model, MLflow
+OVERHEAD_SECONDS = 5.0  # per run: data from the cache, model, MLflow
 MIN_MEASURED_ROWS = 50_000  # runs that trained fewer rows do not count as measurements
 TRAIN_ROWS = {"gowalla": 810_128, "yelp2018": 1_237_259}
 
@@ -73,7 +73,7 @@ def measured_rates(uri: str | None) -> tuple[dict, dict]:
     finished runs of an MLflow store (empty when there is none)."""
     if not uri:
         return {}, {}
-    if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).is_file():
+    if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///") :]).is_file():
         return {}, {}
     try:
         from mlflow.entities import ViewType
@@ -81,8 +81,13 @@ def measured_rates(uri: str | None) -> tuple[dict, dict]:
 
         client = MlflowClient(uri)
         ids = [e.experiment_id for e in client.search_experiments(view_type=ViewType.ACTIVE_ONLY)]
-        runs = client.search_runs(ids, "attributes.status = 'FINISHED' and metrics.interactions_per_s > 0",
-                                  max_results=5000) if ids else []
+        runs = (
+            client.search_runs(
+                ids, "attributes.status = 'FINISHED' and metrics.interactions_per_s > 0", max_results=5000
+            )
+            if ids
+            else []
+        )
     except Exception as err:  # an estimate never blocks a sweep
         print(f"(could not read measured speeds from {uri}: {type(err).__name__})", file=sys.stderr)
         return {}, {}
@@ -119,9 +124,18 @@ def job_estimate(cfg, choices: dict, rates: dict, evals: dict) -> dict:
         source = "estimate"
     eval_s = evals.get(dataset, (EVAL_SECONDS.get(dataset, 3.0), 0))[0]
     seconds = trained * per_row + n_evals * eval_s + OVERHEAD_SECONDS
-    return {"dataset": dataset, "encoder": encoder, "loss": choices.get("loss", "?"), "negatives": negatives,
-            "batch": batch, "epochs": n_epochs, "partial": trained < n_epochs * n_rows,
-            "epoch_s": n_rows * per_row + eval_s, "seconds": seconds, "source": source}
+    return {
+        "dataset": dataset,
+        "encoder": encoder,
+        "loss": choices.get("loss", "?"),
+        "negatives": negatives,
+        "batch": batch,
+        "epochs": n_epochs,
+        "partial": trained < n_epochs * n_rows,
+        "epoch_s": n_rows * per_row + eval_s,
+        "seconds": seconds,
+        "source": source,
+    }
 
 
 def human(seconds: float) -> str:
@@ -156,13 +170,19 @@ def estimate(sweeps: list[list[str]], uri: str | None, out=None) -> float:
         for (dataset, encoder, loss, negatives, batch), ests in sorted(groups.items()):
             e = ests[0]
             budget = f"{e['epochs']} epoch{'s' if e['epochs'] > 1 else ''}" + (" (max_steps)" if e["partial"] else "")
-            print(f"  {len(ests):3d} x {dataset:9s} {encoder:8s} {loss:8s} N={negatives:<4d} B={batch:<5d} "
-                  f"{budget:22s} {e['epoch_s']:7.0f} s/full epoch ({e['source']}) -> "
-                  f"{human(sum(x['seconds'] for x in ests))}", file=out)
+            print(
+                f"  {len(ests):3d} x {dataset:9s} {encoder:8s} {loss:8s} N={negatives:<4d} B={batch:<5d} "
+                f"{budget:22s} {e['epoch_s']:7.0f} s/full epoch ({e['source']}) -> "
+                f"{human(sum(x['seconds'] for x in ests))}",
+                file=out,
+            )
         total_runs, total = total_runs + len(jobs), total + seconds
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    print(f"ESTIMATED total: {total_runs} runs, ~{human(total)} on this machine's CPU ({cores} cores), one run at a "
-          "time; early stopping ignored. An estimate from measured or reference speeds, not a measurement.", file=out)
+    print(
+        f"ESTIMATED total: {total_runs} runs, ~{human(total)} on this machine's CPU ({cores} cores), one run at a "
+        "time; early stopping ignored. An estimate from measured or reference speeds, not a measurement.",
+        file=out,
+    )
     return total
 
 
@@ -170,8 +190,11 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("overrides", nargs="*", help="the overrides of one sweep (as after `python -m mmlexp -m`)")
     p.add_argument("--sweep", action="append", default=[], help="the overrides of one sweep, quoted (repeatable)")
-    p.add_argument("--tracking-uri", default=os.environ.get("MLFLOW_TRACKING_URI", "sqlite:///mlflow.db"),
-                   help="MLflow store whose finished runs give measured speeds (default sqlite:///mlflow.db)")
+    p.add_argument(
+        "--tracking-uri",
+        default=os.environ.get("MLFLOW_TRACKING_URI", "sqlite:///mlflow.db"),
+        help="MLflow store whose finished runs give measured speeds (default sqlite:///mlflow.db)",
+    )
     args = p.parse_args(argv)
     sweeps = [shlex.split(s) for s in args.sweep] + ([args.overrides] if args.overrides else [])
     if not sweeps:

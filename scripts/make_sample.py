@@ -21,8 +21,7 @@ DEFAULT_OUT = Path(__file__).resolve().parents[1] / "src" / "mmlexp" / "resource
 
 def _write(path: Path, mat) -> None:
     """Write a CSR matrix as LightGCN text, one line per user, items ascending."""
-    lines = [" ".join(map(str, [u, *mat.indices[mat.indptr[u]:mat.indptr[u + 1]]]))
-             for u in range(mat.shape[0])]
+    lines = [" ".join(map(str, [u, *mat.indices[mat.indptr[u] : mat.indptr[u + 1]]])) for u in range(mat.shape[0])]
     path.write_bytes(("\n".join(lines) + "\n").encode())
 
 
@@ -45,9 +44,13 @@ def main(out_dir: str | Path | None = None) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     _write(out / "train.txt", train)
     _write(out / "test.txt", test)
-    stats = {"users": train.shape[0], "items": train.shape[1], "train": int(train.nnz),
-             "test": int(test.nnz),
-             "bytes": sum((out / f).stat().st_size for f in ("train.txt", "test.txt"))}
+    stats = {
+        "users": train.shape[0],
+        "items": train.shape[1],
+        "train": int(train.nnz),
+        "test": int(test.nnz),
+        "bytes": sum((out / f).stat().st_size for f in ("train.txt", "test.txt")),
+    }
     print(stats)
     return stats
 

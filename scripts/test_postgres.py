@@ -77,20 +77,41 @@ def postgres(bindir: Path, tmp: Path):
     data, port = tmp / "pgdata", free_port()
     if os.geteuid() == 0:
         shutil.chown(tmp, user="postgres")
-    subprocess.run(as_server_user([str(bindir / "initdb"), "-D", str(data), "-U", "mmlexp", "--auth=trust",
-                                   "-E", "UTF8"]), check=True, stdout=subprocess.DEVNULL)
-    subprocess.run(as_server_user([str(bindir / "pg_ctl"), "-D", str(data), "-l", str(tmp / "postgres.log"),
-                                   "-o", f"-h 127.0.0.1 -p {port} -k {tmp}", "-w", "start"]), check=True,
-                   stdout=subprocess.DEVNULL)
+    subprocess.run(
+        as_server_user([str(bindir / "initdb"), "-D", str(data), "-U", "mmlexp", "--auth=trust", "-E", "UTF8"]),
+        check=True,
+        stdout=subprocess.DEVNULL,
+    )
+    subprocess.run(
+        as_server_user(
+            [
+                str(bindir / "pg_ctl"),
+                "-D",
+                str(data),
+                "-l",
+                str(tmp / "postgres.log"),
+                "-o",
+                f"-h 127.0.0.1 -p {port} -k {tmp}",
+                "-w",
+                "start",
+            ]
+        ),
+        check=True,
+        stdout=subprocess.DEVNULL,
+    )
     log(f"PostgreSQL {bindir.parent.name} on 127.0.0.1:{port}")
     try:
         for db in ("optuna", "mlflow"):
-            subprocess.run([str(bindir / "createdb"), "-h", "127.0.0.1", "-p", str(port), "-U", "mmlexp", db],
-                           check=True)
+            subprocess.run(
+                [str(bindir / "createdb"), "-h", "127.0.0.1", "-p", str(port), "-U", "mmlexp", db], check=True
+            )
         yield f"postgresql+psycopg2://mmlexp@127.0.0.1:{port}"
     finally:
-        subprocess.run(as_server_user([str(bindir / "pg_ctl"), "-D", str(data), "-m", "fast", "stop"]),
-                       stdout=subprocess.DEVNULL, check=False)
+        subprocess.run(
+            as_server_user([str(bindir / "pg_ctl"), "-D", str(data), "-m", "fast", "stop"]),
+            stdout=subprocess.DEVNULL,
+            check=False,
+        )
         log("PostgreSQL stopped")
 
 
@@ -99,10 +120,26 @@ def mlflow_server(backend: str, tmp: Path):
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     with open(tmp / "mlflow-server.log", "w") as out:
-        server = subprocess.Popen([str(Path(sys.executable).with_name("mlflow")), "server", "--backend-store-uri",
-                                   backend, "--artifacts-destination", str(tmp / "mlartifacts"), "--host",
-                                   "127.0.0.1", "--port", str(port), "--workers", "1"],
-                                  stdout=out, stderr=subprocess.STDOUT, start_new_session=True, cwd=tmp)
+        server = subprocess.Popen(
+            [
+                str(Path(sys.executable).with_name("mlflow")),
+                "server",
+                "--backend-store-uri",
+                backend,
+                "--artifacts-destination",
+                str(tmp / "mlartifacts"),
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                "--workers",
+                "1",
+            ],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            cwd=tmp,
+        )
     try:
         deadline = time.time() + 300
         while True:
@@ -128,13 +165,26 @@ def mlflow_server(backend: str, tmp: Path):
 def sweep_worker(name: str, storage: str, tracking: str, tmp: Path) -> subprocess.Popen:
     cwd = tmp / name  # each worker its own working dir, as on its own machine
     cwd.mkdir()
-    cmd = [sys.executable, "-m", "mmlexp", "-m", "hparams_search=mml_optuna", f"hydra.sweeper.storage={storage}",
-           f"hydra.sweeper.n_trials={N_TRIALS}", "hydra.sweeper.heartbeat_interval=5", f"tracking.uri={tracking}",
-           "tracking.artifact_location=null", "trainer.epochs=1", "trainer.max_steps=5", "trainer.progress=false",
-           "num_negatives=10"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "mmlexp",
+        "-m",
+        "hparams_search=mml_optuna",
+        f"hydra.sweeper.storage={storage}",
+        f"hydra.sweeper.n_trials={N_TRIALS}",
+        "hydra.sweeper.heartbeat_interval=5",
+        f"tracking.uri={tracking}",
+        "tracking.artifact_location=null",
+        "trainer.epochs=1",
+        "trainer.max_steps=5",
+        "trainer.progress=false",
+        "num_negatives=10",
+    ]
     out = open(cwd / "sweep.log", "w")
-    return subprocess.Popen(cmd, cwd=cwd, stdout=out, stderr=subprocess.STDOUT,
-                            env=dict(os.environ, PYTHONUNBUFFERED="1"))
+    return subprocess.Popen(
+        cmd, cwd=cwd, stdout=out, stderr=subprocess.STDOUT, env=dict(os.environ, PYTHONUNBUFFERED="1")
+    )
 
 
 GRID = ["loss=mml,ccl,bsl,bpr", "num_negatives=10,20"]
@@ -143,12 +193,25 @@ GRID = ["loss=mml,ccl,bsl,bpr", "num_negatives=10,20"]
 def grid_worker(name: str, storage: str, tracking: str, tmp: Path) -> subprocess.Popen:
     cwd = tmp / name
     cwd.mkdir()
-    cmd = [sys.executable, "-m", "mmlexp", "-m", *GRID, f"hydra.sweeper.storage={storage}",
-           "hydra.sweeper.poll_interval=1", f"tracking.uri={tracking}", "tracking.artifact_location=null",
-           "tracking.experiment=grid", "trainer.epochs=1", "trainer.max_steps=5", "trainer.progress=false"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "mmlexp",
+        "-m",
+        *GRID,
+        f"hydra.sweeper.storage={storage}",
+        "hydra.sweeper.poll_interval=1",
+        f"tracking.uri={tracking}",
+        "tracking.artifact_location=null",
+        "tracking.experiment=grid",
+        "trainer.epochs=1",
+        "trainer.max_steps=5",
+        "trainer.progress=false",
+    ]
     out = open(cwd / "sweep.log", "w")
-    return subprocess.Popen(cmd, cwd=cwd, stdout=out, stderr=subprocess.STDOUT,
-                            env=dict(os.environ, PYTHONUNBUFFERED="1"))
+    return subprocess.Popen(
+        cmd, cwd=cwd, stdout=out, stderr=subprocess.STDOUT, env=dict(os.environ, PYTHONUNBUFFERED="1")
+    )
 
 
 def check_grid(storage: str, tracking: str, tmp: Path) -> list[str]:
@@ -161,8 +224,9 @@ def check_grid(storage: str, tracking: str, tmp: Path) -> list[str]:
     log(f"two grid workers running (pids {workers[0].pid}, {workers[1].pid}), 8 points")
     for i, proc in enumerate(workers, 1):
         if proc.wait(timeout=900) != 0:
-            failures.append(f"grid worker {i} exited {proc.returncode}:\n"
-                            + (tmp / f"grid{i}" / "sweep.log").read_text()[-3000:])
+            failures.append(
+                f"grid worker {i} exited {proc.returncode}:\n" + (tmp / f"grid{i}" / "sweep.log").read_text()[-3000:]
+            )
     engine = create_engine(storage)
     with engine.connect() as db:
         rows = db.execute(text("SELECT idx, state, attempts, pid FROM mmlexp_grid_points")).fetchall()
@@ -175,8 +239,10 @@ def check_grid(storage: str, tracking: str, tmp: Path) -> list[str]:
     children = [r for r in runs if r.data.tags.get("sweep.role") != "parent"]
     points = sorted(int(r.data.tags["sweep.job_num"]) for r in children if r.info.status == "FINISHED")
     pids = {r.data.tags.get("mmlexp.pid") for r in children}
-    log(f"grid: {len(rows)} ledger rows, {len(children)} runs of points {points}, {len(parents)} parent(s), "
-        f"points run by {len(pids)} workers")
+    log(
+        f"grid: {len(rows)} ledger rows, {len(children)} runs of points {points}, {len(parents)} parent(s), "
+        f"points run by {len(pids)} workers"
+    )
     if points != list(range(8)) or len(children) != 8:
         failures.append(f"FINISHED runs of points {points} ({len(children)} runs), expected each of 0..7 once")
     if len(parents) != 1 or any(r.data.tags.get("mlflow.parentRunId") != parents[0].info.run_id for r in children):
@@ -222,20 +288,22 @@ def main() -> int:
                     break
                 time.sleep(1)
             second = sweep_worker("worker2", storage, tracking, tmp)
-            log(f"two sweep workers running (pids {first.pid}, {second.pid}), study mml_sample, "
-                f"n_trials={N_TRIALS}")
+            log(f"two sweep workers running (pids {first.pid}, {second.pid}), study mml_sample, n_trials={N_TRIALS}")
             for name, proc in (("worker1", first), ("worker2", second)):
                 if proc.wait(timeout=900) != 0:
-                    failures.append(f"{name} exited {proc.returncode}:\n"
-                                    + (tmp / name / "sweep.log").read_text()[-3000:])
+                    failures.append(
+                        f"{name} exited {proc.returncode}:\n" + (tmp / name / "sweep.log").read_text()[-3000:]
+                    )
 
             study = optuna.load_study(study_name="mml_sample", storage=storage)
             complete = [t for t in study.trials if t.state == TrialState.COMPLETE]
             running = [t for t in study.trials if t.state == TrialState.RUNNING]
             skipped = [t for t in study.trials if t.user_attrs.get("skipped")]
             pids = {t.user_attrs.get("worker", {}).get("pid") for t in complete}
-            log(f"study: {len(complete)} complete, {len(running)} running, {len(skipped)} surplus asks refused, "
-                f"{len(study.trials)} trials; complete trials run by {len(pids)} workers")
+            log(
+                f"study: {len(complete)} complete, {len(running)} running, {len(skipped)} surplus asks refused, "
+                f"{len(study.trials)} trials; complete trials run by {len(pids)} workers"
+            )
             if len(complete) != N_TRIALS:
                 failures.append(f"{len(complete)} complete trials, expected {N_TRIALS}")
             if running:

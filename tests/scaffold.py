@@ -122,8 +122,9 @@ def train_step_touches_exactly(sampler, items=None, model=None) -> Step:
     before_u, before_i = model.user_table.detach().clone(), model.item_table.detach().clone()
     # margin -1: every negative is active, so every sampled row must receive a gradient
     loss_fn = MultiMarginLoss(margins=[-1.0], weights=[1.0], neg_weight=1.0)
-    loss = train_step(model, loss_fn, recorder, make_optimizer(model, 1e-2), users, items,
-                      TrainSettings(l2=0.0, progress=False))
+    loss = train_step(
+        model, loss_fn, recorder, make_optimizer(model, 1e-2), users, items, TrainSettings(l2=0.0, progress=False)
+    )
     assert torch.isfinite(loss)
     negatives = recorder.negatives
     changed_items = set(torch.nonzero((model.item_table != before_i).any(1)).flatten().tolist())

@@ -122,17 +122,26 @@ def test_targets_outside_the_allow_list_are_refused(make_cfg):
 
 
 def test_own_loss_plugs_in_through_allowed_targets(make_cfg, tmp_path, monkeypatch):
-    (tmp_path / "mylab_losses.py").write_text(textwrap.dedent("""
+    (tmp_path / "mylab_losses.py").write_text(
+        textwrap.dedent("""
         import torch
         class SquaredHinge(torch.nn.Module):
             def __init__(self, margin=0.5):
                 super().__init__(); self.margin = margin
             def forward(self, scores, users=None):
                 return (torch.relu(scores[:, 1:] - self.margin) ** 2).mean() + (1 - scores[:, 0]).mean()
-    """))
+    """)
+    )
     monkeypatch.syspath_prepend(str(tmp_path))
-    cfg = make_cfg("loss._target_=mylab_losses.SquaredHinge", "~loss.margins", "~loss.weights",
-                   "~loss.neg_weight", "~loss.pos_weight", "+loss.margin=0.3", "allowed_targets=[mylab_losses.*]")
+    cfg = make_cfg(
+        "loss._target_=mylab_losses.SquaredHinge",
+        "~loss.margins",
+        "~loss.weights",
+        "~loss.neg_weight",
+        "~loss.pos_weight",
+        "+loss.margin=0.3",
+        "allowed_targets=[mylab_losses.*]",
+    )
     validate(cfg)
     loss = build("loss", cfg.loss, OWN_TARGETS + list(cfg.allowed_targets))
     assert loss(torch.tensor([[1.0, 0.5]])).item() == pytest.approx(0.04)

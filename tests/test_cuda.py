@@ -18,8 +18,15 @@ from tests.reference import FixedSampler, reference_step
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
-TINY = ["trainer.epochs=1", "trainer.max_steps=3", "num_negatives=8", "trainer.batch_size=64",
-        "tracking.enabled=false", "tracking.save_checkpoint=false", "device=cuda"]
+TINY = [
+    "trainer.epochs=1",
+    "trainer.max_steps=3",
+    "num_negatives=8",
+    "trainer.batch_size=64",
+    "tracking.enabled=false",
+    "tracking.save_checkpoint=false",
+    "device=cuda",
+]
 
 
 @pytest.mark.parametrize("dtype, tol", [(torch.float64, 1e-12), (torch.float32, 1e-5)])
@@ -75,16 +82,18 @@ def test_samplers_draw_on_the_device_with_the_cpu_distribution():
     counts = np.arange(1, n_items + 1)  # item i has i+1 users (users 0..i)
     items, users = np.tril_indices(n_items)
     train = sp.csr_matrix((np.ones(items.size), (users, items)), shape=(n_items, n_items))
-    sampler = PopularitySampler(200, n_items, train=train, device="cuda",
-                                generator=torch.Generator("cuda").manual_seed(0))
+    sampler = PopularitySampler(
+        200, n_items, train=train, device="cuda", generator=torch.Generator("cuda").manual_seed(0)
+    )
     draw = sampler.sample(torch.zeros(500, dtype=torch.long, device="cuda"))
     assert draw.device.type == "cuda"
     freq = torch.bincount(draw.flatten().cpu(), minlength=n_items).double() / draw.numel()
     torch.testing.assert_close(freq, torch.from_numpy(counts / counts.sum()), rtol=0, atol=3e-3)
 
     train = sp.csr_matrix((np.ones(3), ([0, 0, 1], [1, 2, 3])), shape=(2, 5))
-    uniform = UniformSampler(400, 5, train=train, exclude_positives=True, device="cuda",
-                             generator=torch.Generator("cuda").manual_seed(0))
+    uniform = UniformSampler(
+        400, 5, train=train, exclude_positives=True, device="cuda", generator=torch.Generator("cuda").manual_seed(0)
+    )
     neg = uniform.sample(torch.tensor([0, 1], device="cuda"))
     assert neg.device.type == "cuda"
     assert not torch.isin(neg[0], torch.tensor([1, 2], device="cuda")).any()
@@ -96,9 +105,13 @@ SAMPLERS = sorted(p.stem for p in (CONF / "sampler").glob("*.yaml"))
 ENCODERS = sorted(p.stem for p in (CONF / "encoder").glob("*.yaml"))
 
 
-@pytest.mark.parametrize("override", [f"loss={x}" for x in LOSSES] + [f"sampler={x}" for x in SAMPLERS]
-                         + [f"encoder={x}" for x in ENCODERS]
-                         + ["trainer.optimizer=sparse_adam", "trainer.precision=bf16"])
+@pytest.mark.parametrize(
+    "override",
+    [f"loss={x}" for x in LOSSES]
+    + [f"sampler={x}" for x in SAMPLERS]
+    + [f"encoder={x}" for x in ENCODERS]
+    + ["trainer.optimizer=sparse_adam", "trainer.precision=bf16"],
+)
 def test_every_option_trains_through_the_entrypoint_on_cuda(make_cfg, override):
     value = train(make_cfg(override, *TINY))
     assert math.isfinite(value) and 0 <= value <= 1
@@ -107,7 +120,14 @@ def test_every_option_trains_through_the_entrypoint_on_cuda(make_cfg, override):
 def test_device_auto_picks_cuda_and_learns(make_cfg):
     """``device=auto`` trains on the GPU and learns: Recall@20 far above random (20/2995) after 2 epochs."""
     from mmlexp.run import resolve_device
+
     assert resolve_device("auto").type == "cuda"
-    cfg = make_cfg("device=auto", "trainer.epochs=2", "trainer.lr=1e-3", "trainer.batch_size=512",
-                   "tracking.enabled=false", "tracking.save_checkpoint=false")
+    cfg = make_cfg(
+        "device=auto",
+        "trainer.epochs=2",
+        "trainer.lr=1e-3",
+        "trainer.batch_size=512",
+        "tracking.enabled=false",
+        "tracking.save_checkpoint=false",
+    )
     assert train(cfg) > 10 * 20 / 2995

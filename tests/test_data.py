@@ -45,7 +45,7 @@ def _write(path: Path, text: str) -> Path:
 
 
 def _rows(mat) -> list[list[int]]:
-    return [mat.indices[mat.indptr[u]:mat.indptr[u + 1]].tolist() for u in range(mat.shape[0])]
+    return [mat.indices[mat.indptr[u] : mat.indptr[u + 1]].tolist() for u in range(mat.shape[0])]
 
 
 def _doctored_gowalla(tmp_path: Path, edit) -> Path:
@@ -60,6 +60,7 @@ def _doctored_gowalla(tmp_path: Path, edit) -> Path:
 
 
 # ---------------------------------------------------------------- parsing
+
 
 def test_parse_handwritten_file(tmp_path):
     # trailing spaces, unordered items, a duplicate, a user without items, a blank line,
@@ -84,12 +85,15 @@ def test_parse_handwritten_file(tmp_path):
     assert u.tolist() == [0, 0, 0, 2, 2, 3, 3] and i.tolist() == [1, 2, 3, 0, 3, 1, 2]
 
 
-@pytest.mark.parametrize("text, line, token", [
-    ("0 1 2\n1 2 x3\n", 2, "x3"),
-    ("0 1\n1 2\n2 -5 3\n", 3, "-5"),
-    ("0 1\n\n1 2.0\n", 3, "2.0"),
-    ("0 1\n1 99999999999\n", 2, "99999999999"),
-])
+@pytest.mark.parametrize(
+    "text, line, token",
+    [
+        ("0 1 2\n1 2 x3\n", 2, "x3"),
+        ("0 1\n1 2\n2 -5 3\n", 3, "-5"),
+        ("0 1\n\n1 2.0\n", 3, "2.0"),
+        ("0 1\n1 99999999999\n", 2, "99999999999"),
+    ],
+)
 def test_parse_malformed(tmp_path, text, line, token):
     f = _write(tmp_path / "bad.txt", text)
     with pytest.raises(DataError) as e:
@@ -109,6 +113,7 @@ def test_parse_range_limits(tmp_path):
 
 
 # ---------------------------------------------------------------- names, custom, sample
+
 
 def test_unknown_name_lists_allowed():
     with pytest.raises(DataError) as e:
@@ -165,6 +170,7 @@ def test_make_sample_is_reproducible(env, tmp_path):
 
 
 # ---------------------------------------------------------------- real datasets, cache
+
 
 @pytest.mark.parametrize("name, expected", [("gowalla", GOWALLA), ("yelp2018", YELP)])
 def test_real_datasets(env, name, expected):
@@ -230,6 +236,7 @@ def test_missing_files_without_download(env, tmp_path):
 
 # ---------------------------------------------------------------- download over loopback HTTP
 
+
 class _Quiet(http.server.SimpleHTTPRequestHandler):
     def log_message(self, *args):
         pass
@@ -266,8 +273,7 @@ def serve():
     servers = []
 
     def start(handler=_Quiet):
-        srv = http.server.ThreadingHTTPServer(
-            ("127.0.0.1", 0), functools.partial(handler, directory=str(SHARED)))
+        srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(handler, directory=str(SHARED)))
         threading.Thread(target=srv.serve_forever, daemon=True).start()
         servers.append(srv)
         return f"http://127.0.0.1:{srv.server_address[1]}"

@@ -22,8 +22,19 @@ def sample():
     return data, users, items
 
 
-def train(sample, steps, defer=True, l2=1e-8, clip=10.0, lr=1e-3, dim=16, batch=24,
-          sampler_cls=UniformSampler, init_std=1e-1, state=None):
+def train(
+    sample,
+    steps,
+    defer=True,
+    l2=1e-8,
+    clip=10.0,
+    lr=1e-3,
+    dim=16,
+    batch=24,
+    sampler_cls=UniformSampler,
+    init_std=1e-1,
+    state=None,
+):
     """``steps`` train_step calls of MF + MML on ``sample`` (dropout on, fixed seeds); the dense path where
     ``defer`` is False.  ``state``: (model, optimizer, gen, first step) to continue."""
     data, users, items = sample
@@ -38,7 +49,7 @@ def train(sample, steps, defer=True, l2=1e-8, clip=10.0, lr=1e-3, dim=16, batch=
     order = torch.randperm(users.shape[0], generator=torch.Generator().manual_seed(1))
     for step in range(first, first + steps):
         torch.manual_seed(step)  # dropout: the same mask whatever happened before
-        rows = order[(step * batch) % (users.shape[0] - batch):][:batch]
+        rows = order[(step * batch) % (users.shape[0] - batch) :][:batch]
         train_step(model, MultiMarginLoss(), sampler, optimizer, users[rows], items[rows], settings)
     return model, optimizer, gen
 
@@ -48,8 +59,11 @@ def assert_same(a, b, exact=True):
     oa.materialize()
     ob.materialize()
     for pa, pb in zip(ma.parameters(), mb.parameters()):
-        for x, y in [(pa, pb), (oa.state[pa]["exp_avg"], ob.state[pb]["exp_avg"]),
-                     (oa.state[pa]["exp_avg_sq"], ob.state[pb]["exp_avg_sq"])]:
+        for x, y in [
+            (pa, pb),
+            (oa.state[pa]["exp_avg"], ob.state[pb]["exp_avg"]),
+            (oa.state[pa]["exp_avg_sq"], ob.state[pb]["exp_avg_sq"]),
+        ]:
             if exact:
                 assert torch.equal(x, y)
             else:
@@ -153,11 +167,11 @@ def test_replay_kernel_equals_steps_one_by_one():
             want[1][r] = b1 * want[1][r] + c1 * g
             want[2][r] = b2 * want[2][r] + c2 * g * g
             want[0][r] = want[0][r] - step * want[1][r] / (np.sqrt(want[2][r]) / bc + eps)
-    before = (p ** 2).sum()
+    before = (p**2).sum()
     change = deferred.replay_rows(p, m, v, deferred.pending_rows(np.array([4, 0, 1, 0, 2, 3]), done, 3), done, 3, hist)
     for got, expected in zip((p, m, v), want):
         np.testing.assert_allclose(got, expected, rtol=1e-12)
-    assert done.tolist() == [3] * 5 and change == pytest.approx((p ** 2).sum() - before, rel=1e-9)
+    assert done.tolist() == [3] * 5 and change == pytest.approx((p**2).sum() - before, rel=1e-9)
 
 
 def test_rows_read_falls_back_where_deferral_cannot_apply(sample):
@@ -176,8 +190,12 @@ def test_adam_ratio_bound_holds_on_adversarial_gradients():
     b1, b2 = 0.9, 0.999
     bound = deferred.adam_ratio_bound(b1, b2)
     rng = np.random.default_rng(0)
-    for grads in [np.r_[np.ones(50), np.zeros(200)], np.tile([1.0, -1.0], 100), rng.standard_normal(500),
-                  np.r_[np.zeros(10), 1e3, np.full(300, 1e-6)]]:
+    for grads in [
+        np.r_[np.ones(50), np.zeros(200)],
+        np.tile([1.0, -1.0], 100),
+        rng.standard_normal(500),
+        np.r_[np.zeros(10), 1e3, np.full(300, 1e-6)],
+    ]:
         m = v = 0.0
         for g in grads:
             m, v = b1 * m + (1 - b1) * g, b2 * v + (1 - b2) * g * g

@@ -36,8 +36,11 @@ def gpus(monkeypatch):
 def job(tmp_path: Path, num: int, *launcher: str, mode: str = "MULTIRUN") -> None:
     """Hydra's config of job ``num`` of a sweep in ``tmp_path`` with the given launcher overrides."""
     with initialize_config_dir(config_dir=str(CONF)):
-        cfg = compose("config", return_hydra_config=True, overrides=[
-            f"hydra.sweep.dir={tmp_path}/multirun", f"hydra.job.num={num}", f"hydra.mode={mode}", *launcher])
+        cfg = compose(
+            "config",
+            return_hydra_config=True,
+            overrides=[f"hydra.sweep.dir={tmp_path}/multirun", f"hydra.job.num={num}", f"hydra.mode={mode}", *launcher],
+        )
     HydraConfig.instance().set_config(cfg)
 
 
@@ -92,9 +95,11 @@ def test_a_worker_releases_its_slot_when_it_starts_its_next_job(tmp_path, gpus):
 
 def test_a_killed_job_frees_its_slot(tmp_path):
     slots = tmp_path / "slots"
-    code = (f"from pathlib import Path; from mmlexp.devices import claim_gpu; "
-            f"g, f = claim_gpu(Path({str(slots)!r}), 2, 1, prefer=0); print(g, flush=True); import time; "
-            f"time.sleep(60)")
+    code = (
+        f"from pathlib import Path; from mmlexp.devices import claim_gpu; "
+        f"g, f = claim_gpu(Path({str(slots)!r}), 2, 1, prefer=0); print(g, flush=True); import time; "
+        f"time.sleep(60)"
+    )
     proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
     try:
         assert proc.stdout.readline().strip() == "0"
@@ -116,15 +121,18 @@ def test_submitit_local_jobs_spread_too(tmp_path, gpus):
     assert gpus(2) == ["cuda:1"]  # torch's default CUDA device follows
 
 
-@pytest.mark.parametrize("case, launcher, n_gpus, name, expected", [
-    ("explicit index", JOBLIB, 4, "cuda:3", "cuda:3"),
-    ("one gpu", JOBLIB, 1, "auto", "cuda"),
-    ("cpu", JOBLIB, 4, "cpu", "cpu"),
-    ("no gpu", JOBLIB, 0, "auto", "cpu"),
-    ("basic launcher", (), 4, "auto", "cuda"),
-    ("joblib one job at a time", ("hydra/launcher=joblib", "hydra.launcher.n_jobs=1"), 4, "auto", "cuda"),
-    ("slurm", ("hydra/launcher=slurm_example",), 4, "auto", "cuda"),
-])
+@pytest.mark.parametrize(
+    "case, launcher, n_gpus, name, expected",
+    [
+        ("explicit index", JOBLIB, 4, "cuda:3", "cuda:3"),
+        ("one gpu", JOBLIB, 1, "auto", "cuda"),
+        ("cpu", JOBLIB, 4, "cpu", "cpu"),
+        ("no gpu", JOBLIB, 0, "auto", "cpu"),
+        ("basic launcher", (), 4, "auto", "cuda"),
+        ("joblib one job at a time", ("hydra/launcher=joblib", "hydra.launcher.n_jobs=1"), 4, "auto", "cuda"),
+        ("slurm", ("hydra/launcher=slurm_example",), 4, "auto", "cuda"),
+    ],
+)
 def test_unchanged_cases(tmp_path, gpus, case, launcher, n_gpus, name, expected):
     gpus(n_gpus)
     job(tmp_path, 1, *launcher)

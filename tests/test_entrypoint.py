@@ -12,9 +12,16 @@ from tests.conftest import REPO
 
 def run_cli(tmp_path, *overrides, check=True):
     env = dict(os.environ, PYTHONUNBUFFERED="1")
-    cmd = [sys.executable, "-m", "mmlexp", f"tracking.uri=sqlite:///{tmp_path}/mlflow.db",
-           f"tracking.artifact_location={tmp_path}/artifacts", f"hydra.run.dir={tmp_path}/run",
-           "trainer.progress=false", *overrides]
+    cmd = [
+        sys.executable,
+        "-m",
+        "mmlexp",
+        f"tracking.uri=sqlite:///{tmp_path}/mlflow.db",
+        f"tracking.artifact_location={tmp_path}/artifacts",
+        f"hydra.run.dir={tmp_path}/run",
+        "trainer.progress=false",
+        *overrides,
+    ]
     proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
     if check:
         assert proc.returncode == 0, proc.stderr[-3000:]
@@ -102,9 +109,16 @@ def test_sigterm_marks_the_run_killed(tmp_path):
     import signal
     import time
 
-    cmd = [sys.executable, "-m", "mmlexp", f"tracking.uri=sqlite:///{tmp_path}/mlflow.db",
-           f"tracking.artifact_location={tmp_path}/artifacts", f"hydra.run.dir={tmp_path}/run",
-           "trainer.progress=false", "trainer.epochs=1000"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "mmlexp",
+        f"tracking.uri=sqlite:///{tmp_path}/mlflow.db",
+        f"tracking.artifact_location={tmp_path}/artifacts",
+        f"hydra.run.dir={tmp_path}/run",
+        "trainer.progress=false",
+        "trainer.epochs=1000",
+    ]
     proc = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 600
     while time.time() < deadline:  # wait until the run is tracked (RUNNING)

@@ -36,25 +36,34 @@ def csr(rows, n_items):
 # ---------------------------------------------------------------- hand-made case
 
 # item i = e_i, so score(u, i) = user_emb[u, i]
-HAND_USERS = torch.tensor([
-    [6.0, 5.0, 4.0, 3.0, 2.0, 1.0],  # u0: order 0 1 2 3 4 5; train {0} -> ranking 1 2 3 4 5
-    [1.0, 2.0, 3.0, 4.0, 5.0, 6.0],  # u1: order 5 4 3 2 1 0; train {4, 5} -> ranking 3 2 1 0
-    [9.0, 8.0, 7.0, 6.0, 5.0, 4.0],  # u2: no test item -> skipped
-])
+HAND_USERS = torch.tensor(
+    [
+        [6.0, 5.0, 4.0, 3.0, 2.0, 1.0],  # u0: order 0 1 2 3 4 5; train {0} -> ranking 1 2 3 4 5
+        [1.0, 2.0, 3.0, 4.0, 5.0, 6.0],  # u1: order 5 4 3 2 1 0; train {4, 5} -> ranking 3 2 1 0
+        [9.0, 8.0, 7.0, 6.0, 5.0, 4.0],  # u2: no test item -> skipped
+    ]
+)
 HAND_TRAIN = [[0], [4, 5], [0, 1, 2]]
 HAND_TEST = [[1, 3], [2], []]
 L3, L4 = math.log2(3), math.log2(4)
 HAND_EXPECTED = {
     # K=1: u0 R=[1] hit, |T|=2: recall 1/2, prec 1, ndcg (1/log2 2)/(1/log2 2) = 1
     #      u1 R=[3] miss: all 0
-    "recall@1": (1 / 2 + 0) / 2, "precision@1": (1 + 0) / 2, "hit@1": (1 + 0) / 2, "ndcg@1": (1 + 0) / 2,
+    "recall@1": (1 / 2 + 0) / 2,
+    "precision@1": (1 + 0) / 2,
+    "hit@1": (1 + 0) / 2,
+    "ndcg@1": (1 + 0) / 2,
     # K=2: u0 R=[1,2] hits [1,0]: recall 1/2, prec 1/2, DCG 1, IDCG 1 + 1/log2 3
     #      u1 R=[3,2] hits [0,1]: recall 1, prec 1/2, DCG 1/log2 3, IDCG (min(2,1)=1) 1
-    "recall@2": (1 / 2 + 1) / 2, "precision@2": (1 / 2 + 1 / 2) / 2, "hit@2": 1.0,
+    "recall@2": (1 / 2 + 1) / 2,
+    "precision@2": (1 / 2 + 1 / 2) / 2,
+    "hit@2": 1.0,
     "ndcg@2": (1 / (1 + 1 / L3) + (1 / L3) / 1) / 2,
     # K=3: u0 R=[1,2,3] hits [1,0,1]: recall 2/2, prec 2/3, DCG 1 + 1/log2 4, IDCG 1 + 1/log2 3
     #      u1 R=[3,2,1] hits [0,1,0]: recall 1, prec 1/3, DCG 1/log2 3, IDCG 1
-    "recall@3": (1 + 1) / 2, "precision@3": (2 / 3 + 1 / 3) / 2, "hit@3": 1.0,
+    "recall@3": (1 + 1) / 2,
+    "precision@3": (2 / 3 + 1 / 3) / 2,
+    "hit@3": 1.0,
     "ndcg@3": ((1 + 1 / L4) / (1 + 1 / L3) + (1 / L3) / 1) / 2,
 }
 
@@ -83,11 +92,11 @@ def reference(user_emb, item_emb, train, test, ks):
     scores = user_emb.double().numpy() @ item_emb.double().numpy().T
     sums = {f"{m}@{k}": [] for k in ks for m in METRICS}
     for u in range(scores.shape[0]):
-        truth = set(test.indices[test.indptr[u]:test.indptr[u + 1]].tolist())
+        truth = set(test.indices[test.indptr[u] : test.indptr[u + 1]].tolist())
         if not truth:
             continue
         s = scores[u].copy()
-        s[train.indices[train.indptr[u]:train.indptr[u + 1]]] = -np.inf
+        s[train.indices[train.indptr[u] : train.indptr[u + 1]]] = -np.inf
         order = np.argsort(-s, kind="stable")
         for k in ks:
             hits = [1.0 if i in truth else 0.0 for i in order[:k]]
@@ -108,12 +117,11 @@ def random_case(n_users=50, n_items=200, d=16, seed=0, dtype=torch.float64, exac
     rng = np.random.default_rng(seed)
     train_rows, test_rows = [], []
     for u in range(n_users):
-        items = rng.permutation(n_items)[:rng.integers(0, 40)]
+        items = rng.permutation(n_items)[: rng.integers(0, 40)]
         cut = rng.integers(0, len(items) + 1) if u % 5 else len(items)
         train_rows.append(sorted(items[:cut].tolist()))
         test_rows.append(sorted(items[cut:].tolist()))
-    pop = np.bincount(np.concatenate([np.array(r, dtype=np.int64) for r in train_rows + test_rows]),
-                      minlength=n_items)
+    pop = np.bincount(np.concatenate([np.array(r, dtype=np.int64) for r in train_rows + test_rows]), minlength=n_items)
     g = torch.Generator().manual_seed(seed)
     if exact:
         assert n_items <= 4096
@@ -165,8 +173,7 @@ def test_random_case_default_blocks_and_chunks(method):
 
 
 def test_methods_return_the_same_ranking():
-    user_emb, item_emb, train, _ = random_case(n_users=64, n_items=1000, d=32, seed=2, dtype=torch.float32,
-                                               exact=True)
+    user_emb, item_emb, train, _ = random_case(n_users=64, n_items=1000, d=32, seed=2, dtype=torch.float32, exact=True)
     scores = user_emb.double() @ item_emb.double().T
     scores[torch.from_numpy(train.tocoo().row).long(), torch.from_numpy(train.tocoo().col).long()] = -math.inf
     want = torch.topk(scores, 30, dim=1).indices
@@ -367,7 +374,7 @@ def test_bf16_bound_holds_on_wide_embeddings():
     want = rank_top_k(user_emb.double(), item_emb.double(), train, 25, method="topk")
     ranker = ev._BlockedTopK(item_emb, 25, bf16=True)
     mask = ev._ChunkMask(train, "cpu")
-    got = torch.cat([ranker(user_emb[s:s + 16], mask, s, min(s + 16, 40)) for s in range(0, 40, 16)])
+    got = torch.cat([ranker(user_emb[s : s + 16], mask, s, min(s + 16, 40)) for s in range(0, 40, 16)])
     assert ranker.exact_fallback is None
     assert torch.equal(got, want)
 
@@ -375,10 +382,19 @@ def test_bf16_bound_holds_on_wide_embeddings():
 # ---------------------------------------------------------------- validation and helpers
 
 
-@pytest.mark.parametrize("ks, match", [
-    ((), "empty"), ([0], "0"), ((-1,), "-1"), ((7,), "7.*n_items \\(6\\)"), ((2.5,), "2.5"),
-    ((True,), "True"), ("20", "'2'"), (None, "None"),
-])
+@pytest.mark.parametrize(
+    "ks, match",
+    [
+        ((), "empty"),
+        ([0], "0"),
+        ((-1,), "-1"),
+        ((7,), "7.*n_items \\(6\\)"),
+        ((2.5,), "2.5"),
+        ((True,), "True"),
+        ("20", "'2'"),
+        (None, "None"),
+    ],
+)
 def test_bad_ks_are_rejected(ks, match):
     with pytest.raises(ValueError, match=match):
         evaluate_embeddings(HAND_USERS, torch.eye(6), csr(HAND_TRAIN, 6), csr(HAND_TEST, 6), ks=ks)
@@ -417,8 +433,9 @@ def test_shape_mismatches_are_rejected():
 
 
 def test_progress_bar_runs(capsys):
-    got = evaluate_embeddings(HAND_USERS, torch.eye(6), csr(HAND_TRAIN, 6), csr(HAND_TEST, 6), ks=(2,),
-                              progress=True, chunk_size=1)
+    got = evaluate_embeddings(
+        HAND_USERS, torch.eye(6), csr(HAND_TRAIN, 6), csr(HAND_TEST, 6), ks=(2,), progress=True, chunk_size=1
+    )
     assert got["recall@2"] == pytest.approx(HAND_EXPECTED["recall@2"])
 
 
@@ -431,8 +448,9 @@ def test_metric_key_for_mlflow():
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_cuda_matches_cpu():
-    user_emb, item_emb, train, test = random_case(n_users=200, n_items=3000, d=32, seed=10, dtype=torch.float32,
-                                                  exact=True)
+    user_emb, item_emb, train, test = random_case(
+        n_users=200, n_items=3000, d=32, seed=10, dtype=torch.float32, exact=True
+    )
     cpu = evaluate_embeddings(user_emb, item_emb, train, test, ks=(20, 50))
     gpu = evaluate_embeddings(user_emb.cuda(), item_emb.cuda(), train, test, ks=(20, 50))
     assert gpu == pytest.approx(cpu, abs=1e-6)

@@ -17,11 +17,11 @@ def naive_recall_ndcg(user_emb, item_emb, train, test, k):
     recalls, ndcgs = [], []
     scores = (user_emb @ item_emb.T).numpy()
     for u in range(train.shape[0]):
-        truth = set(test.indices[test.indptr[u]:test.indptr[u + 1]])
+        truth = set(test.indices[test.indptr[u] : test.indptr[u + 1]])
         if not truth:
             continue
         s = scores[u].copy()
-        s[train.indices[train.indptr[u]:train.indptr[u + 1]]] = -np.inf
+        s[train.indices[train.indptr[u] : train.indptr[u + 1]]] = -np.inf
         top = np.argsort(-s, kind="stable")[:k]
         hits = [1.0 if i in truth else 0.0 for i in top]
         recalls.append(sum(hits) / len(truth))

@@ -50,7 +50,7 @@ def test_finished_points_are_never_handed_out_again_and_failed_ones_are_retried_
     for p in led.claim(3):
         led.finish(p.idx, FINISHED if p.idx != 1 else FAILED, "boom" if p.idx == 1 else None)
     assert led.claim(3) == []  # same pass: the failed point waits for the next invocation
-    again = ledger(tmp_path)   # the same command again
+    again = ledger(tmp_path)  # the same command again
     assert again.states() == {0: FINISHED, 1: PENDING, 2: FINISHED}
     assert [(p.idx, p.attempts) for p in again.claim(3)] == [(1, 2)]
 

@@ -25,8 +25,13 @@ def ledger_states(tmp_path: Path) -> dict[int, str]:
 
 def start(tmp_path: Path, *overrides: str, log: str = "first.log") -> subprocess.Popen:
     cmd = [sys.executable, "-m", "mmlexp", "-m", *store_args(tmp_path), "num_negatives=10", *overrides]
-    return subprocess.Popen(cmd, cwd=tmp_path, stdout=open(tmp_path / log, "w"), stderr=subprocess.STDOUT,
-                            env=dict(os.environ, PYTHONUNBUFFERED="1"))
+    return subprocess.Popen(
+        cmd,
+        cwd=tmp_path,
+        stdout=open(tmp_path / log, "w"),
+        stderr=subprocess.STDOUT,
+        env=dict(os.environ, PYTHONUNBUFFERED="1"),
+    )
 
 
 def wait_for(predicate, proc: subprocess.Popen, timeout: float = 300, what: str = "") -> None:
@@ -87,8 +92,9 @@ def test_an_unknown_key_in_one_point_names_that_point(tmp_path):
 
 
 def test_a_diverging_point_fails_alone_and_the_grid_carries_on(tmp_path):
-    proc = sweep_cli(tmp_path, "trainer.lr=1e-3,1e30,1e-3", "encoder.similarity=dot", "loss=mse",
-                     "trainer.log_every=1", check=False)
+    proc = sweep_cli(
+        tmp_path, "trainer.lr=1e-3,1e30,1e-3", "encoder.similarity=dot", "loss=mse", "trainer.log_every=1", check=False
+    )
     assert proc.returncode == 1
     assert "1 of 3 grid points failed" in proc.stderr and "diverged at epoch 1, step" in proc.stderr
     (parent,), children = mlflow_runs(tmp_path)
@@ -101,8 +107,14 @@ def test_a_diverging_point_fails_alone_and_the_grid_carries_on(tmp_path):
 
 
 def test_two_workers_split_one_grid_and_run_every_point_once(tmp_path):
-    grid = ["trainer.lr=1e-4,2e-4,3e-4,4e-4", "trainer.epochs=2", "trainer.max_steps=null", "trainer.progress=false",
-            "trainer.num_threads=1", "hydra.sweeper.poll_interval=0.5"]
+    grid = [
+        "trainer.lr=1e-4,2e-4,3e-4,4e-4",
+        "trainer.epochs=2",
+        "trainer.max_steps=null",
+        "trainer.progress=false",
+        "trainer.num_threads=1",
+        "hydra.sweeper.poll_interval=0.5",
+    ]
     workers = [start(tmp_path, *grid, log=f"worker{i}.log") for i in range(2)]
     for w in workers:
         assert w.wait(timeout=600) == 0, (tmp_path / "worker0.log").read_text()[-3000:]
@@ -127,7 +139,8 @@ def test_fresh_runs_the_grid_again_under_a_new_parent(tmp_path):
 
 def test_a_grid_storage_that_cannot_be_opened_is_refused(tmp_path):
     (tmp_path / "file").write_text("")
-    proc = sweep_cli(tmp_path, "num_negatives=10,20", f"hydra.sweeper.storage=sqlite:///{tmp_path}/file/x.db",
-                     check=False)
+    proc = sweep_cli(
+        tmp_path, "num_negatives=10,20", f"hydra.sweeper.storage=sqlite:///{tmp_path}/file/x.db", check=False
+    )
     assert proc.returncode == 2 and "cannot open the grid ledger" in proc.stderr
     assert not (tmp_path / "multirun").exists() and not (tmp_path / "mlflow.db").exists()

@@ -88,8 +88,8 @@ def test_group_recalls_sum_to_recall(method, split):
         assert total == pytest.approx(out[f"recall@{k}"], abs=1e-12)
         assert out[f"recall@{k}"] > 0
     assert set(out) == {f"{m}@{k}" for m in METRICS for k in (10, 50)} | {
-        f"tail_recall@{k}_g{g}" for k in (10, 50) for g in range(5)} | {
-        f"{m}@{k}" for m in ("avg_popularity", "coverage") for k in (10, 50)}
+        f"tail_recall@{k}_g{g}" for k in (10, 50) for g in range(5)
+    } | {f"{m}@{k}" for m in ("avg_popularity", "coverage") for k in (10, 50)}
 
 
 def test_without_longtail_the_keys_are_unchanged():

@@ -31,8 +31,9 @@ nbx = _load_helper()
 
 
 def images(nb) -> int:
-    return sum("image/png" in out.get("data", {}) for cell in nb.cells if cell.cell_type == "code"
-               for out in cell.outputs)
+    return sum(
+        "image/png" in out.get("data", {}) for cell in nb.cells if cell.cell_type == "code" for out in cell.outputs
+    )
 
 
 def text_of(nb) -> str:
@@ -44,6 +45,7 @@ def text_of(nb) -> str:
 
 
 # ------------------------------------------------------------------------------------------- the pairs
+
 
 @pytest.mark.parametrize("name", nbx.NOTEBOOKS)
 def test_ipynb_is_the_stripped_pair_of_its_py(name):
@@ -60,7 +62,7 @@ def test_the_sync_check_catches_drift_and_outputs(tmp_path):
         shutil.copy(NOTEBOOKS / f"negative_curves{suffix}", tmp_path)
     assert nbx.problems("negative_curves", tmp_path) == []
     py = tmp_path / "negative_curves.py"
-    py.write_text(py.read_text().replace('FILTER = ""', 'FILTER = "params.seed = \'1\'"'))
+    py.write_text(py.read_text().replace('FILTER = ""', "FILTER = \"params.seed = '1'\""))
     assert any("differ" in p for p in nbx.problems("negative_curves", tmp_path))
     nbx.sync("negative_curves", tmp_path)  # the .py wins, outputs stay out
     assert nbx.problems("negative_curves", tmp_path) == []
@@ -71,6 +73,7 @@ def test_the_sync_check_catches_drift_and_outputs(tmp_path):
 
 
 # ------------------------------------------------------------------------------------------- execution
+
 
 def test_loss_landscape_runs_and_draws(tmp_path):
     nb = nbx.execute(nbx.read_source("loss_landscape"), cwd=tmp_path, timeout=TIMEOUT)
@@ -83,15 +86,28 @@ def test_loss_landscape_runs_and_draws(tmp_path):
 
 
 def _mmlexp(cwd: Path, *args: str) -> None:
-    proc = subprocess.run([sys.executable, "-m", "mmlexp", *args], cwd=cwd, env=dict(os.environ, PYTHONUNBUFFERED="1"),
-                          capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(
+        [sys.executable, "-m", "mmlexp", *args],
+        cwd=cwd,
+        env=dict(os.environ, PYTHONUNBUFFERED="1"),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stderr[-4000:]
 
 
 def test_negative_curves_on_a_tracked_sweep(tmp_path, monkeypatch):
     store = f"sqlite:///{tmp_path}/mlflow.db"
-    common = ["dataset=sample", "trainer.epochs=1", "trainer.max_steps=5", "trainer.progress=false",
-              "tracking.save_checkpoint=false", f"tracking.uri={store}", f"tracking.artifact_location={tmp_path}/art"]
+    common = [
+        "dataset=sample",
+        "trainer.epochs=1",
+        "trainer.max_steps=5",
+        "trainer.progress=false",
+        "tracking.save_checkpoint=false",
+        f"tracking.uri={store}",
+        f"tracking.artifact_location={tmp_path}/art",
+    ]
     _mmlexp(tmp_path, "-m", "loss=mml,ccl", "num_negatives=5,20", "seed=1,2", "tracking.experiment=nbtest", *common)
     _mmlexp(tmp_path, "loss=bpr", "num_negatives=10", "tracking.experiment=other", *common)  # must be left out
 

@@ -11,8 +11,13 @@ from tests.conftest import CONF
 LOSSES = sorted(p.stem for p in (CONF / "loss").glob("*.yaml"))
 SAMPLERS = sorted(p.stem for p in (CONF / "sampler").glob("*.yaml"))
 ENCODERS = sorted(p.stem for p in (CONF / "encoder").glob("*.yaml"))
-TINY = ["trainer.epochs=1", "trainer.max_steps=3", "num_negatives=8", "trainer.batch_size=64",
-        "tracking.save_checkpoint=false"]
+TINY = [
+    "trainer.epochs=1",
+    "trainer.max_steps=3",
+    "num_negatives=8",
+    "trainer.batch_size=64",
+    "tracking.save_checkpoint=false",
+]
 
 
 def finished_runs(cfg):
@@ -48,8 +53,9 @@ def test_every_encoder_trains_on_sample(make_cfg, encoder):
 @pytest.mark.parametrize("variant", ["trainer.optimizer=sparse_adam", "trainer.precision=bf16", "sampler=shared"])
 def test_fast_variants_learn_on_sample(make_cfg, variant):
     """Each named fast variant trains and beats a random ranking by far (Recall@20 of random ~ 20/2995)."""
-    cfg = make_cfg(variant, "trainer.epochs=2", "trainer.lr=1e-3", "trainer.batch_size=512",
-                   "tracking.save_checkpoint=false")
+    cfg = make_cfg(
+        variant, "trainer.epochs=2", "trainer.lr=1e-3", "trainer.batch_size=512", "tracking.save_checkpoint=false"
+    )
     assert train(cfg) > 10 * 20 / 2995
     (run,) = finished_runs(cfg)
     key, value = variant.split("=")

@@ -23,16 +23,24 @@ TINY = ["trainer.progress=false", "num_negatives=10"]
 def hydra_job_config(tmp_path: Path, *overrides: str):
     """The composed config of a job of ``hparams_search=mml_optuna`` (with its ``hydra`` node), as a job sees it."""
     with initialize_config_dir(config_dir=str(CONF)):
-        cfg = compose("config", return_hydra_config=True, overrides=[
-            "hparams_search=mml_optuna", f"hydra.sweeper.storage=sqlite:///{tmp_path}/optuna.db", *overrides])
+        cfg = compose(
+            "config",
+            return_hydra_config=True,
+            overrides=[
+                "hparams_search=mml_optuna",
+                f"hydra.sweeper.storage=sqlite:///{tmp_path}/optuna.db",
+                *overrides,
+            ],
+        )
     HydraConfig.instance().set_config(cfg)
     return cfg
 
 
 def finished_study(tmp_path: Path, pruner) -> optuna.Study:
     """Three complete trials whose recall@20 was 0.10, 0.20, 0.30 at every epoch: the median is 0.20."""
-    study = optuna.create_study(study_name="mml_sample", storage=f"sqlite:///{tmp_path}/optuna.db",
-                                direction="maximize", pruner=pruner)
+    study = optuna.create_study(
+        study_name="mml_sample", storage=f"sqlite:///{tmp_path}/optuna.db", direction="maximize", pruner=pruner
+    )
     for value in (0.1, 0.2, 0.3):
         trial = study.ask()
         for epoch in (1, 2, 3):
@@ -54,8 +62,12 @@ def test_pruner_configs_compose_and_build(tmp_path, pruner):
 
 def test_reporter_prunes_a_trial_below_the_median_and_keeps_one_above(tmp_path, monkeypatch):
     study = finished_study(tmp_path, optuna.pruners.NopPruner())
-    cfg = hydra_job_config(tmp_path, "hydra/sweeper/pruner=median", "hydra.sweeper.pruner.n_startup_trials=1",
-                           "hydra.sweeper.pruner.n_warmup_steps=2")
+    cfg = hydra_job_config(
+        tmp_path,
+        "hydra/sweeper/pruner=median",
+        "hydra.sweeper.pruner.n_startup_trials=1",
+        "hydra.sweeper.pruner.n_warmup_steps=2",
+    )
     good, bad = study.ask(), study.ask()  # RUNNING, as the sweeper leaves them while the jobs train
 
     monkeypatch.setenv(TRIAL_ENV, str(good.number))
@@ -70,8 +82,10 @@ def test_reporter_prunes_a_trial_below_the_median_and_keeps_one_above(tmp_path, 
     with pytest.raises(optuna.TrialPruned) as pruned:
         report(2, {"recall@20": 0.02})
     assert pruned.value.epoch == 2 and is_pruned(pruned.value)
-    trials = {t.number: t for t in optuna.load_study(study_name="mml_sample",
-                                                     storage=f"sqlite:///{tmp_path}/optuna.db").trials}
+    trials = {
+        t.number: t
+        for t in optuna.load_study(study_name="mml_sample", storage=f"sqlite:///{tmp_path}/optuna.db").trials
+    }
     assert trials[good.number].intermediate_values == {1: 0.25, 2: 0.25, 3: 0.25}
     assert trials[bad.number].intermediate_values == {1: 0.01, 2: 0.02}
 
@@ -79,8 +93,12 @@ def test_reporter_prunes_a_trial_below_the_median_and_keeps_one_above(tmp_path, 
 def test_reporter_uses_the_configured_pruner_not_the_one_stored_with_the_study(tmp_path, monkeypatch):
     """The study was created without a pruner; the job's hydra config names median: the job prunes."""
     study = finished_study(tmp_path, optuna.pruners.NopPruner())
-    cfg = hydra_job_config(tmp_path, "hydra/sweeper/pruner=median", "hydra.sweeper.pruner.n_startup_trials=1",
-                           "hydra.sweeper.pruner.n_warmup_steps=0")
+    cfg = hydra_job_config(
+        tmp_path,
+        "hydra/sweeper/pruner=median",
+        "hydra.sweeper.pruner.n_startup_trials=1",
+        "hydra.sweeper.pruner.n_warmup_steps=0",
+    )
     monkeypatch.setenv(TRIAL_ENV, str(study.ask().number))
     with pytest.raises(optuna.TrialPruned):
         trial_reporter(cfg)(1, {"recall@20": 0.0})
@@ -122,17 +140,29 @@ def test_check_pruner_argv():
     assert check_pruner_argv(["hparams_search=mml_optuna", "hydra/sweeper/pruner=median"], CONF) is None
     assert check_pruner_argv(["trainer.epochs=3"], CONF) is None
     assert check_pruner_argv(["+hydra/sweeper/pruner=medain"], CONF) == (
-        "hydra/sweeper/pruner='medain': no such pruner; choose one of hyperband, median, none")
+        "hydra/sweeper/pruner='medain': no such pruner; choose one of hyperband, median, none"
+    )
 
 
 # ------------------------------------------------------------------------------------- the real entrypoint
 
+
 def cli(tmp_path: Path, *overrides: str) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, "-m", "mmlexp", "-m", f"tracking.uri=sqlite:///{tmp_path}/mlflow.db",
-           f"tracking.artifact_location={tmp_path}/artifacts", "hparams_search=mml_optuna",
-           f"hydra.sweeper.storage=sqlite:///{tmp_path}/optuna.db", *TINY, *overrides]
-    return subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=600,
-                          env=dict(os.environ, PYTHONUNBUFFERED="1"))
+    cmd = [
+        sys.executable,
+        "-m",
+        "mmlexp",
+        "-m",
+        f"tracking.uri=sqlite:///{tmp_path}/mlflow.db",
+        f"tracking.artifact_location={tmp_path}/artifacts",
+        "hparams_search=mml_optuna",
+        f"hydra.sweeper.storage=sqlite:///{tmp_path}/optuna.db",
+        *TINY,
+        *overrides,
+    ]
+    return subprocess.run(
+        cmd, cwd=tmp_path, capture_output=True, text=True, timeout=600, env=dict(os.environ, PYTHONUNBUFFERED="1")
+    )
 
 
 def check_pruned_runs(tmp_path: Path, proc: subprocess.CompletedProcess, n_trials: int) -> dict[int, int]:
@@ -161,26 +191,45 @@ SHORT = ["trainer.epochs=2", "trainer.batch_size=2048"]  # short epochs
 
 
 def test_a_median_pruned_search_ends_with_pruned_trials_tagged_in_mlflow(tmp_path):
-    proc = cli(tmp_path, "hydra/sweeper/pruner=median", "hydra.sweeper.pruner.n_startup_trials=1",
-               "hydra.sweeper.pruner.n_warmup_steps=0", "hydra.sweeper.n_trials=4", *SHORT)
+    proc = cli(
+        tmp_path,
+        "hydra/sweeper/pruner=median",
+        "hydra.sweeper.pruner.n_startup_trials=1",
+        "hydra.sweeper.pruner.n_warmup_steps=0",
+        "hydra.sweeper.n_trials=4",
+        *SHORT,
+    )
     assert check_pruned_runs(tmp_path, proc, 4), "no trial pruned"
 
 
-@pytest.mark.parametrize("launcher", [["hydra/launcher=joblib", "hydra.launcher.n_jobs=2"],
-                                      ["hydra/launcher=submitit_local", "hydra.sweeper.n_jobs=2",
-                                       "hydra.launcher.timeout_min=10"]], ids=["joblib", "submitit_local"])
+@pytest.mark.parametrize(
+    "launcher",
+    [
+        ["hydra/launcher=joblib", "hydra.launcher.n_jobs=2"],
+        ["hydra/launcher=submitit_local", "hydra.sweeper.n_jobs=2", "hydra.launcher.timeout_min=10"],
+    ],
+    ids=["joblib", "submitit_local"],
+)
 def test_jobs_of_other_processes_find_their_trial_through_the_storage(tmp_path, launcher):
     """A pruner that prunes every trial at its first report (optuna's ThresholdPruner, recall@20 < 0.9)."""
-    proc = cli(tmp_path, "hydra.sweeper.pruner._target_=optuna.pruners.ThresholdPruner",
-               "+hydra.sweeper.pruner.lower=0.9", "hydra.sweeper.n_trials=3", *SHORT, *launcher)
+    proc = cli(
+        tmp_path,
+        "hydra.sweeper.pruner._target_=optuna.pruners.ThresholdPruner",
+        "+hydra.sweeper.pruner.lower=0.9",
+        "hydra.sweeper.n_trials=3",
+        *SHORT,
+        *launcher,
+    )
     assert check_pruned_runs(tmp_path, proc, 3) == {0: 1, 1: 1, 2: 1}
 
 
 def test_an_unknown_pruner_exits_2_before_anything_is_written(tmp_path):
     proc = cli(tmp_path, "hydra/sweeper/pruner=medain", "hydra.sweeper.n_trials=1")
     assert proc.returncode == 2
-    assert "mmlexp: error: hydra/sweeper/pruner='medain': no such pruner; choose one of hyperband, median, none" \
+    assert (
+        "mmlexp: error: hydra/sweeper/pruner='medain': no such pruner; choose one of hyperband, median, none"
         in proc.stderr
+    )
     assert "Traceback" not in proc.stderr
     assert list(tmp_path.iterdir()) == []  # no multirun/, no Optuna or MLflow store
 

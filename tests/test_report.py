@@ -21,6 +21,8 @@ from tests.conftest import EXPERIMENT
 
 REPO = Path(__file__).resolve().parents[1]
 PAPER = REPO / "src" / "mmlexp" / "resources" / "paper"
+
+
 def child_runs(uri: str) -> list:
     client = MlflowClient(uri)
     exp = client.get_experiment_by_name(EXPERIMENT)
@@ -40,8 +42,9 @@ def by_cell(uri: str, metric: str) -> dict[tuple[str, int], dict[int, float]]:
     cells = defaultdict(dict)
     for r in child_runs(uri):
         p = r.data.params
-        cells[(r.data.tags["choice.loss"], int(p["num_negatives"]))][int(p["seed"])] = \
-            r.data.metrics[f"best/{metric.replace('@', '_at_')}"]
+        cells[(r.data.tags["choice.loss"], int(p["num_negatives"]))][int(p["seed"])] = r.data.metrics[
+            f"best/{metric.replace('@', '_at_')}"
+        ]
     return cells
 
 
@@ -163,8 +166,22 @@ def test_unknown_experiment_is_a_clear_error_and_writes_nothing(store, tmp_path,
 
 def test_cli_runs_as_a_module(store, tmp_path):
     uri, _ = store
-    proc = subprocess.run([sys.executable, "-m", "mmlexp.report", "--tracking-uri", uri, "--experiment", "nope",
-                           "--out", str(tmp_path / "r")], capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "mmlexp.report",
+            "--tracking-uri",
+            uri,
+            "--experiment",
+            "nope",
+            "--out",
+            str(tmp_path / "r"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 2 and "unknown experiment 'nope'" in proc.stderr and not (tmp_path / "r").exists()
 
 
@@ -172,16 +189,44 @@ def test_selection_protocols_are_reported_apart(store, tmp_path):
     """Runs selected on a validation split (eval.selection=valid) are cells of their own, labelled `valid`."""
     uri, tmp = store
     env = dict(os.environ, PYTHONUNBUFFERED="1", MMLEXP_CACHE_DIR=str(tmp / "cache"))
-    cmd = [sys.executable, "-m", "mmlexp", "-m", "dataset=sample", "loss=mml,ccl", "num_negatives=100", "seed=1",
-           "eval.selection=valid", "trainer.epochs=1", "trainer.batch_size=8192", "trainer.progress=false",
-           "tracking.save_checkpoint=false", "tracking.experiment=report-test-valid", f"tracking.uri={uri}",
-           f"tracking.artifact_location={tmp}/artifacts"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "mmlexp",
+        "-m",
+        "dataset=sample",
+        "loss=mml,ccl",
+        "num_negatives=100",
+        "seed=1",
+        "eval.selection=valid",
+        "trainer.epochs=1",
+        "trainer.batch_size=8192",
+        "trainer.progress=false",
+        "tracking.save_checkpoint=false",
+        "tracking.experiment=report-test-valid",
+        f"tracking.uri={uri}",
+        f"tracking.artifact_location={tmp}/artifacts",
+    ]
     proc = subprocess.run(cmd, cwd=tmp, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-4000:]
     df = fetch_runs(uri, [EXPERIMENT, "report-test-valid"])
     assert (df.loc[df["experiment"] == "report-test-valid", "selection"] == "valid").all()
-    assert main(["--tracking-uri", uri, "--experiment", EXPERIMENT, "report-test-valid", "--out", str(tmp_path),
-                 "--name", "both"]) == 0
+    assert (
+        main(
+            [
+                "--tracking-uri",
+                uri,
+                "--experiment",
+                EXPERIMENT,
+                "report-test-valid",
+                "--out",
+                str(tmp_path),
+                "--name",
+                "both",
+            ]
+        )
+        == 0
+    )
     table3 = pd.read_csv(tmp_path / "both" / "table3.csv")
     assert set(table3["selection"]) == {"paper", "valid"}
     valid = table3[(table3["selection"] == "valid") & (table3["dataset"] == "sample")]
@@ -197,10 +242,21 @@ def test_mean_ci_and_curves_units():
     assert one["n"] == 1 and one["mean"] == 0.5 and math.isnan(one["ci_low"]) and math.isnan(one["ci_high"])
     three = mean_ci([1.0, 2.0, 3.0])
     assert three["ci_half"] == pytest.approx(stats.t.ppf(0.975, 2) * 1.0 / math.sqrt(3))
-    df = pd.DataFrame({"run_id": list("abcdef"), "dataset": ["gowalla"] * 6, "encoder": "mf",
-                       "loss": ["mml", "mml", "ccl", "ccl", "mml", "ccl"], "num_negatives": [10, 10, 10, 10, 800, 800],
-                       "seed": [1, 2, 1, 2, 1, 1], "early_stop": "N", "selection": "paper", "epochs": 100,
-                       "recall@20": [0.1, 0.2, 0.1, 0.1, 0.3, 0.25], "ndcg@20": [0.05, 0.1, 0.05, 0.05, 0.2, 0.1]})
+    df = pd.DataFrame(
+        {
+            "run_id": list("abcdef"),
+            "dataset": ["gowalla"] * 6,
+            "encoder": "mf",
+            "loss": ["mml", "mml", "ccl", "ccl", "mml", "ccl"],
+            "num_negatives": [10, 10, 10, 10, 800, 800],
+            "seed": [1, 2, 1, 2, 1, 1],
+            "early_stop": "N",
+            "selection": "paper",
+            "epochs": 100,
+            "recall@20": [0.1, 0.2, 0.1, 0.1, 0.3, 0.25],
+            "ndcg@20": [0.05, 0.1, 0.05, 0.05, 0.2, 0.1],
+        }
+    )
     curves = negative_curves(df)
     assert len(curves) == 8 and set(curves["num_negatives"]) == {10, 800}
     row = curves[(curves["loss"] == "mml") & (curves["num_negatives"] == 10) & (curves["metric"] == "recall@20")]
@@ -239,8 +295,9 @@ def test_experiment_files_expand_to_the_paper_grids():
     assert {j["loss"] for j in changed} == {"mml", "ccl"}
 
 
-@pytest.mark.parametrize("name", ["table2", "table3", "fig3", "quick_fig3", "quick_table2", "quick_table3",
-                                  "quick_tta"])
+@pytest.mark.parametrize(
+    "name", ["table2", "table3", "fig3", "quick_fig3", "quick_table2", "quick_table3", "quick_tta"]
+)
 def test_every_job_of_the_experiment_files_is_a_valid_config(name):
     """What `python -m mmlexp -m +experiment=<name>` would run: each job composes and passes validation, with the
     paper's epochs (or the quick budget) and its own MLflow experiment."""
@@ -302,11 +359,25 @@ def test_time_to_accuracy_tells_repeated_settings_apart():
     """Two runs of the same settings (e.g. before and after a speed-up) get distinct legend entries and styles."""
     from mmlexp.report import plot_time_to_accuracy
 
-    runs = pd.DataFrame({"run_id": ["aaaa1111", "bbbb2222"], "run_name": ["before", "after"],
-                         "dataset": ["gowalla"] * 2, "encoder": ["mf"] * 2, "loss": ["mml"] * 2,
-                         "num_negatives": [100] * 2, "seed": [2019] * 2})
-    history = pd.DataFrame({"run_id": ["aaaa1111"] * 2 + ["bbbb2222"] * 2, "epoch": [1, 2, 1, 2],
-                            "recall@20": [0.1, 0.15, 0.1, 0.16], "seconds": [40.0, 80.0, 20.0, 40.0]})
+    runs = pd.DataFrame(
+        {
+            "run_id": ["aaaa1111", "bbbb2222"],
+            "run_name": ["before", "after"],
+            "dataset": ["gowalla"] * 2,
+            "encoder": ["mf"] * 2,
+            "loss": ["mml"] * 2,
+            "num_negatives": [100] * 2,
+            "seed": [2019] * 2,
+        }
+    )
+    history = pd.DataFrame(
+        {
+            "run_id": ["aaaa1111"] * 2 + ["bbbb2222"] * 2,
+            "epoch": [1, 2, 1, 2],
+            "recall@20": [0.1, 0.15, 0.1, 0.16],
+            "seconds": [40.0, 80.0, 20.0, 40.0],
+        }
+    )
     (ax,) = plot_time_to_accuracy(history, runs).axes
     labels = [line.get_label() for line in ax.get_lines()]
     assert labels == ["MML mf N=100 seed 2019 (before)", "MML mf N=100 seed 2019 (after)"]

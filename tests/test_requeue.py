@@ -21,8 +21,9 @@ CONF = Path(__file__).resolve().parents[1] / "conf"
 
 def test_slurm_example_composes_with_requeue_settings():
     with initialize_config_dir(config_dir=str(CONF)):
-        cfg = compose("config", return_hydra_config=True,
-                      overrides=["hparams_search=mml_optuna", "hydra/launcher=slurm_example"])
+        cfg = compose(
+            "config", return_hydra_config=True, overrides=["hparams_search=mml_optuna", "hydra/launcher=slurm_example"]
+        )
     launcher = cfg.hydra.launcher
     assert launcher._target_ == "hydra_plugins.hydra_submitit_launcher.submitit_launcher.SlurmLauncher"
     assert launcher.max_num_timeout > 0 and launcher.signal_delay_s > 0  # time limits are requeued too
@@ -62,11 +63,28 @@ def _task(proc: subprocess.Popen) -> psutil.Process | None:
 
 
 def test_a_preempted_submitit_job_is_requeued_in_the_same_run_directory(tmp_path):
-    cmd = [sys.executable, "-m", "mmlexp", "-m", "hydra/launcher=submitit_local", "hydra.launcher.timeout_min=60",
-           f"tracking.uri=sqlite:///{tmp_path}/mlflow.db", f"tracking.artifact_location={tmp_path}/artifacts",
-           "trainer.epochs=20", "trainer.progress=false", "num_negatives=10", "trainer.batch_size=1024"]
-    proc = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            env=dict(os.environ, PYTHONUNBUFFERED="1"))
+    cmd = [
+        sys.executable,
+        "-m",
+        "mmlexp",
+        "-m",
+        "hydra/launcher=submitit_local",
+        "hydra.launcher.timeout_min=60",
+        f"tracking.uri=sqlite:///{tmp_path}/mlflow.db",
+        f"tracking.artifact_location={tmp_path}/artifacts",
+        "trainer.epochs=20",
+        "trainer.progress=false",
+        "num_negatives=10",
+        "trainer.batch_size=1024",
+    ]
+    proc = subprocess.Popen(
+        cmd,
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=dict(os.environ, PYTHONUNBUFFERED="1"),
+    )
     try:
         deadline, preempted = time.time() + 400, None
         while time.time() < deadline and proc.poll() is None:

@@ -21,8 +21,10 @@ RESULTS = REPO / "results" / "gowalla"
 def exported(store, tmp_path_factory):
     uri, _ = store
     out = tmp_path_factory.mktemp("results")
-    assert main(["--tracking-uri", uri, "--experiment", EXPERIMENT, "--out", str(out), "--name", "tiny",
-                 "--export-csv"]) == 0
+    assert (
+        main(["--tracking-uri", uri, "--experiment", EXPERIMENT, "--out", str(out), "--name", "tiny", "--export-csv"])
+        == 0
+    )
     return out / "tiny"
 
 
@@ -34,8 +36,15 @@ def test_epoch_csvs_are_the_mlflow_histories(store, exported):
     uri, _ = store
     client = MlflowClient(uri)
     runs = pd.read_csv(exported / "runs.csv")
-    assert len(runs) == 8 and runs["epochs_csv"].str.fullmatch(r"epochs/sample-mf-(mml|ccl)-N(10|100)-paper-seed[12]"
-                                                               r"\.csv").all()
+    assert (
+        len(runs) == 8
+        and runs["epochs_csv"]
+        .str.fullmatch(
+            r"epochs/sample-mf-(mml|ccl)-N(10|100)-paper-seed[12]"
+            r"\.csv"
+        )
+        .all()
+    )
     assert runs["epochs_csv"].is_unique
     for _, r in runs.iterrows():
         epochs = pd.read_csv(exported / r.epochs_csv)
@@ -116,11 +125,15 @@ def _table(rows) -> dict[str, pd.DataFrame]:
 
 
 def test_cells_more_than_3pct_off_are_flagged(tmp_path):
-    tables = _table([("gowalla", "mf", "bpr", 100, "N", "paper", "recall@20", 0.0708, 0.0708 * 0.969, 1),
-                     ("gowalla", "mf", "mml", 100, "N", "paper", "recall@20", 0.1816, 0.1816 * 0.971, 1),
-                     ("gowalla", "mf", "ccl", 100, "N", "paper", "ndcg@20", 0.1426, 0.1426 * 1.04, 1),
-                     ("gowalla", "mf", "ccl", 100, "N", "valid", "ndcg@20", 0.1426, 0.1426 * 0.5, 1),
-                     ("gowalla", "mf", "bsl", 100, "N", "paper", "ndcg@20", 0.1521, float("nan"), 0)])
+    tables = _table(
+        [
+            ("gowalla", "mf", "bpr", 100, "N", "paper", "recall@20", 0.0708, 0.0708 * 0.969, 1),
+            ("gowalla", "mf", "mml", 100, "N", "paper", "recall@20", 0.1816, 0.1816 * 0.971, 1),
+            ("gowalla", "mf", "ccl", 100, "N", "paper", "ndcg@20", 0.1426, 0.1426 * 1.04, 1),
+            ("gowalla", "mf", "ccl", 100, "N", "valid", "ndcg@20", 0.1426, 0.1426 * 0.5, 1),
+            ("gowalla", "mf", "bsl", 100, "N", "paper", "ndcg@20", 0.1521, float("nan"), 0),
+        ]
+    )
     off = off_cells(tables)
     assert list(off["cell"]) == ["gowalla-mf-bpr-N100-paper", "gowalla-mf-ccl-N100-paper"]  # valid: not flagged
     (tmp_path / "explanations.md").write_text("## gowalla-mf-ccl-N100-paper\nCCL evidence.\n")
@@ -135,15 +148,37 @@ def test_cells_more_than_3pct_off_are_flagged(tmp_path):
 
 def _fake_results(folder: Path) -> None:
     folder.mkdir(parents=True)
-    rows = [("mml", 100, "paper", "recall@20", 0.1770, "a" * 32), ("mml", 100, "paper", "ndcg@20", 0.1400, "a" * 32),
-            ("bpr", 100, "paper", "recall@20", 0.0600, "b" * 32), ("mml", 10, "paper", "recall@20", 0.1500, "c" * 32),
-            ("ccl", 100, "valid", "recall@20", 0.1700, "d" * 32)]
-    cells = pd.DataFrame([{"dataset": "gowalla", "encoder": "mf", "loss": loss, "num_negatives": n, "early_stop": "N",
-                           "selection": sel, "metric": m, "n": 1, "mean": v, "ci_half": float("nan"), "seeds": "1",
-                           "run_ids": rid, "epochs": "100"} for loss, n, sel, m, v, rid in rows])
+    rows = [
+        ("mml", 100, "paper", "recall@20", 0.1770, "a" * 32),
+        ("mml", 100, "paper", "ndcg@20", 0.1400, "a" * 32),
+        ("bpr", 100, "paper", "recall@20", 0.0600, "b" * 32),
+        ("mml", 10, "paper", "recall@20", 0.1500, "c" * 32),
+        ("ccl", 100, "valid", "recall@20", 0.1700, "d" * 32),
+    ]
+    cells = pd.DataFrame(
+        [
+            {
+                "dataset": "gowalla",
+                "encoder": "mf",
+                "loss": loss,
+                "num_negatives": n,
+                "early_stop": "N",
+                "selection": sel,
+                "metric": m,
+                "n": 1,
+                "mean": v,
+                "ci_half": float("nan"),
+                "seeds": "1",
+                "run_ids": rid,
+                "epochs": "100",
+            }
+            for loss, n, sel, m, v, rid in rows
+        ]
+    )
     cells.to_csv(folder / "cells.csv", index=False)
-    pd.DataFrame({"run_id": ["a" * 32, "b" * 32, "c" * 32, "d" * 32],
-                  "epochs_csv": [f"epochs/{x}.csv" for x in "abcd"]}).to_csv(folder / "runs.csv", index=False)
+    pd.DataFrame(
+        {"run_id": ["a" * 32, "b" * 32, "c" * 32, "d" * 32], "epochs_csv": [f"epochs/{x}.csv" for x in "abcd"]}
+    ).to_csv(folder / "runs.csv", index=False)
 
 
 def test_readme_table_from_fake_cells(tmp_path, capsys):
@@ -187,14 +222,42 @@ def test_committed_report_is_what_the_committed_csvs_give(tmp_path):
 def test_figure3_claims_are_marked_holds_or_not():
     from mmlexp.report.status import claim_verdicts
 
-    means = {("mml", 10): 0.150, ("ccl", 10): 0.140, ("mml", 100): 0.180, ("ccl", 100): 0.178, ("bsl", 100): 0.180,
-             ("mml", 800): 0.181, ("ccl", 800): 0.183, ("bsl", 800): 0.190}
-    curves = pd.DataFrame([{"dataset": "gowalla", "metric": "recall@20", "loss": loss, "num_negatives": n, "mean": v}
-                           for (loss, n), v in means.items()])
-    claims = pd.DataFrame([{"dataset": "gowalla", "metric": "recall@20", "num_negatives": 10, "loss": "mml",
-                            "baseline": "ccl", "paper_relative_gain_pct": 13.0},
-                           {"dataset": "gowalla", "metric": "ndcg@20", "num_negatives": 10, "loss": "mml",
-                            "baseline": "ccl", "paper_relative_gain_pct": 15.1}])  # no ndcg runs: left out
+    means = {
+        ("mml", 10): 0.150,
+        ("ccl", 10): 0.140,
+        ("mml", 100): 0.180,
+        ("ccl", 100): 0.178,
+        ("bsl", 100): 0.180,
+        ("mml", 800): 0.181,
+        ("ccl", 800): 0.183,
+        ("bsl", 800): 0.190,
+    }
+    curves = pd.DataFrame(
+        [
+            {"dataset": "gowalla", "metric": "recall@20", "loss": loss, "num_negatives": n, "mean": v}
+            for (loss, n), v in means.items()
+        ]
+    )
+    claims = pd.DataFrame(
+        [
+            {
+                "dataset": "gowalla",
+                "metric": "recall@20",
+                "num_negatives": 10,
+                "loss": "mml",
+                "baseline": "ccl",
+                "paper_relative_gain_pct": 13.0,
+            },
+            {
+                "dataset": "gowalla",
+                "metric": "ndcg@20",
+                "num_negatives": 10,
+                "loss": "mml",
+                "baseline": "ccl",
+                "paper_relative_gain_pct": 15.1,
+            },
+        ]
+    )  # no ndcg runs: left out
     text = "\n".join(claim_verdicts(curves, claims))
     assert f"MML beats CCL (paper +13.0%): **HOLDS**, ours {100 * (0.150 - 0.140) / 0.140:+.1f}%" in text
     assert "MML ≥ CCL: **DOES NOT HOLD** (0.1810 vs 0.1830)" in text and "MML < BSL: **HOLDS**" in text

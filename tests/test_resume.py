@@ -24,8 +24,15 @@ RUN = ["trainer.progress=false", "num_negatives=10", "trainer.num_threads=1"]
 
 
 def cli(tmp_path: Path, *overrides: str) -> list[str]:
-    return [sys.executable, "-m", "mmlexp", f"tracking.uri=sqlite:///{tmp_path}/mlflow.db",
-            f"tracking.artifact_location={tmp_path}/artifacts", *RUN, *overrides]
+    return [
+        sys.executable,
+        "-m",
+        "mmlexp",
+        f"tracking.uri=sqlite:///{tmp_path}/mlflow.db",
+        f"tracking.artifact_location={tmp_path}/artifacts",
+        *RUN,
+        *overrides,
+    ]
 
 
 def runs(tmp_path: Path):
@@ -86,11 +93,14 @@ def finished_run(make_cfg, tmp_path, monkeypatch):
     return path
 
 
-@pytest.mark.parametrize("setting, message", [
-    ("{tmp}/nowhere.pt", r"trainer.resume='.*nowhere.pt': no checkpoint at .*allowed: auto, never"),
-    ("{tmp}/garbage.pt", r"cannot load the checkpoint .*garbage.pt"),
-    ("{tmp}/other.pt", r"not an mmlexp checkpoint"),
-])
+@pytest.mark.parametrize(
+    "setting, message",
+    [
+        ("{tmp}/nowhere.pt", r"trainer.resume='.*nowhere.pt': no checkpoint at .*allowed: auto, never"),
+        ("{tmp}/garbage.pt", r"cannot load the checkpoint .*garbage.pt"),
+        ("{tmp}/other.pt", r"not an mmlexp checkpoint"),
+    ],
+)
 def test_a_missing_or_broken_checkpoint_is_a_clear_error(make_cfg, tmp_path, monkeypatch, setting, message):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "garbage.pt").write_bytes(b"not a checkpoint")
@@ -114,18 +124,23 @@ def test_a_checkpoint_of_another_dataset_is_refused(make_cfg, finished_run):
 
 
 def test_auto_resume_refuses_a_run_directory_of_other_settings(tmp_path):
-    first = subprocess.run(cli(tmp_path, "trainer.epochs=1", "trainer.max_steps=3", f"hydra.run.dir={tmp_path}/r"),
-                           capture_output=True, text=True)
+    first = subprocess.run(
+        cli(tmp_path, "trainer.epochs=1", "trainer.max_steps=3", f"hydra.run.dir={tmp_path}/r"),
+        capture_output=True,
+        text=True,
+    )
     assert first.returncode == 0, first.stderr[-2000:]
-    other = subprocess.run(cli(tmp_path, "trainer.epochs=1", "loss=ccl", f"hydra.run.dir={tmp_path}/r"),
-                           capture_output=True, text=True)
+    other = subprocess.run(
+        cli(tmp_path, "trainer.epochs=1", "loss=ccl", f"hydra.run.dir={tmp_path}/r"), capture_output=True, text=True
+    )
     assert other.returncode == 2 and "holds the checkpoint of a run with other settings (loss." in other.stderr
     assert "Traceback" not in other.stderr
 
 
 def test_a_single_run_killed_with_kill_9_is_closed_by_the_next_run(tmp_path):
-    proc = subprocess.Popen(cli(tmp_path, "trainer.epochs=1000"), cwd=tmp_path, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        cli(tmp_path, "trainer.epochs=1000"), cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     deadline = time.time() + 300
     while not running_runs(tmp_path):  # read-only: the run owns the store while it creates its tables
         assert proc.poll() is None and time.time() < deadline
@@ -134,16 +149,23 @@ def test_a_single_run_killed_with_kill_9_is_closed_by_the_next_run(tmp_path):
     proc.wait()
     (dead,) = runs(tmp_path)
     assert dead.info.status == "RUNNING"
-    subprocess.run(cli(tmp_path, "trainer.epochs=1", "trainer.max_steps=2"), cwd=tmp_path, check=True,
-                   capture_output=True)
+    subprocess.run(
+        cli(tmp_path, "trainer.epochs=1", "trainer.max_steps=2"), cwd=tmp_path, check=True, capture_output=True
+    )
     closed = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db").get_run(dead.info.run_id)
     assert closed.info.status == "KILLED"
     assert closed.data.tags["mmlexp.killed"].startswith(f"left RUNNING: process {proc.pid} on ")
 
 
 def test_a_diverging_run_fails_with_one_clear_line(tmp_path):
-    proc = subprocess.run(cli(tmp_path, "trainer.epochs=2", "trainer.lr=1e30", "encoder.similarity=dot", "loss=mse",
-                              "trainer.log_every=1"), cwd=tmp_path, capture_output=True, text=True)
+    proc = subprocess.run(
+        cli(
+            tmp_path, "trainer.epochs=2", "trainer.lr=1e30", "encoder.similarity=dot", "loss=mse", "trainer.log_every=1"
+        ),
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+    )
     assert proc.returncode == 1 and "Traceback" not in proc.stderr
     assert "mmlexp: error: the run FAILED: diverged at epoch 1, step " in proc.stderr
     (run,) = runs(tmp_path)
@@ -184,7 +206,24 @@ def test_fit_stops_at_the_first_check_after_a_non_finite_loss():
 
 def test_resume_state_holds_everything_fit_needs(make_cfg, finished_run):
     state = torch.load(finished_run, weights_only=True)
-    expected = {"model", "optimizer", "rng", "epoch", "step", "best_epoch", "best_metrics", "best_state", "history",
-                "best_score", "bad_evals", "elapsed_s", "stopped_early", "dataset", "shapes", "run_id", "config"}
+    expected = {
+        "model",
+        "optimizer",
+        "rng",
+        "epoch",
+        "step",
+        "best_epoch",
+        "best_metrics",
+        "best_state",
+        "history",
+        "best_score",
+        "bad_evals",
+        "elapsed_s",
+        "stopped_early",
+        "dataset",
+        "shapes",
+        "run_id",
+        "config",
+    }
     assert expected <= set(state)
     assert state["epoch"] == 1 and state["step"] == 3 and os.path.basename(finished_run) == CHECKPOINT_FILE

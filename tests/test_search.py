@@ -109,7 +109,8 @@ def test_hook_samples_draws_and_stores_the_overrides_they_map_to():
         trial = study.ask()
         custom_search_space(cfg, trial)
         assert sorted(trial.params) == [f"{DRAW_PREFIX}margin{i}" for i in range(1, 5)] + [
-            f"{DRAW_PREFIX}weight{i}" for i in range(1, 4)]
+            f"{DRAW_PREFIX}weight{i}" for i in range(1, 4)
+        ]
         out = trial.user_attrs[OVERRIDES_ATTR]
         assert set(out) == {"loss.margins", "loss.weights"}
         assert 0.5 < out["loss.margins"][0] < out["loss.margins"][-1] < 0.99

@@ -25,7 +25,7 @@ def random_train(seed=0, n_users=300, n_items=500):
 
 def as_sets(m):
     m = sp.csr_matrix(m)
-    return [set(m.indices[m.indptr[u]:m.indptr[u + 1]].tolist()) for u in range(m.shape[0])]
+    return [set(m.indices[m.indptr[u] : m.indptr[u + 1]].tolist()) for u in range(m.shape[0])]
 
 
 @pytest.mark.parametrize("fraction", [0.1, 0.25, 0.5, 0.9])
@@ -180,8 +180,9 @@ def test_valid_training_never_sees_the_slice(make_cfg, monkeypatch):
         return real_fit(model, loss_fn, sampler, optimizer, users, items, *args, **kwargs)
 
     monkeypatch.setattr(run_module, "fit", spy_fit)
-    run_module.train(make_cfg("eval.selection=valid", "trainer.max_steps=1", "num_negatives=4",
-                              "tracking.enabled=false"))
+    run_module.train(
+        make_cfg("eval.selection=valid", "trainer.max_steps=1", "num_negatives=4", "tracking.enabled=false")
+    )
     data = load_dataset("sample")
     rest, valid = holdout(data.train, 0.1, 2019)
     vu, vi = valid.nonzero()
@@ -194,8 +195,15 @@ def test_entrypoint_runs_with_valid_selection(tmp_path):
     client, (run,) = runs(tmp_path)
     assert run.info.status == "FINISHED" and run.data.tags["selection"] == "valid"
     m = run.data.metrics
-    for key in ("best/recall_at_20", "best/valid/recall_at_20", "best/tail_recall_at_20_g0",
-                "best/avg_popularity_at_50", "best/coverage_at_20", "valid/ndcg_at_50", "tail_recall_at_50_g4"):
+    for key in (
+        "best/recall_at_20",
+        "best/valid/recall_at_20",
+        "best/tail_recall_at_20_g0",
+        "best/avg_popularity_at_50",
+        "best/coverage_at_20",
+        "valid/ndcg_at_50",
+        "tail_recall_at_50_g4",
+    ):
         assert key in m, key
     assert sum(m[f"best/tail_recall_at_20_g{g}"] for g in range(5)) == pytest.approx(m["best/recall_at_20"])
     assert len(client.get_metric_history(run.info.run_id, "valid/recall_at_20")) == 2

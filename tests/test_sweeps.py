@@ -30,8 +30,12 @@ def store_args(tmp_path: Path) -> list[str]:
 
 
 def optuna_args(tmp_path: Path, n_trials: int, *extra: str) -> list[str]:
-    return ["hparams_search=mml_optuna", f"hydra.sweeper.storage=sqlite:///{tmp_path}/optuna.db",
-            f"hydra.sweeper.n_trials={n_trials}", *extra]
+    return [
+        "hparams_search=mml_optuna",
+        f"hydra.sweeper.storage=sqlite:///{tmp_path}/optuna.db",
+        f"hydra.sweeper.n_trials={n_trials}",
+        *extra,
+    ]
 
 
 def sweep_cmd(tmp_path: Path, *overrides: str) -> list[str]:
@@ -41,8 +45,9 @@ def sweep_cmd(tmp_path: Path, *overrides: str) -> list[str]:
 def sweep_cli(tmp_path: Path, *overrides: str, check: bool = True, timeout: int = 600) -> subprocess.CompletedProcess:
     """Run a sweep in ``tmp_path`` (so ``multirun/`` lands there)."""
     env = dict(os.environ, PYTHONUNBUFFERED="1")
-    proc = subprocess.run(sweep_cmd(tmp_path, *overrides), cwd=tmp_path, env=env, capture_output=True, text=True,
-                          timeout=timeout)
+    proc = subprocess.run(
+        sweep_cmd(tmp_path, *overrides), cwd=tmp_path, env=env, capture_output=True, text=True, timeout=timeout
+    )
     if check:
         assert proc.returncode == 0, proc.stderr[-4000:]
     return proc
@@ -64,6 +69,7 @@ def load_study(tmp_path: Path, name: str = "mml_sample") -> optuna.Study:
 def peek(tmp_path: Path) -> tuple[dict[int, str], set[str]]:
     """Trial states and the trial numbers of RUNNING MLflow runs, read-only (a running sweep owns the stores:
     opening them through Optuna or MLflow would race it to create their tables)."""
+
     def query(name: str, sql: str) -> list:
         try:
             with contextlib.closing(sqlite3.connect(f"file:{tmp_path / name}?mode=ro", uri=True)) as db:
@@ -72,8 +78,14 @@ def peek(tmp_path: Path) -> tuple[dict[int, str], set[str]]:
             return []
 
     trials = dict(query("optuna.db", "SELECT number, state FROM trials"))
-    live = {v for (v,) in query("mlflow.db", "SELECT t.value FROM runs r JOIN tags t ON t.run_uuid = r.run_uuid "
-                                             "WHERE t.key = 'optuna.trial_number' AND r.status = 'RUNNING'")}
+    live = {
+        v
+        for (v,) in query(
+            "mlflow.db",
+            "SELECT t.value FROM runs r JOIN tags t ON t.run_uuid = r.run_uuid "
+            "WHERE t.key = 'optuna.trial_number' AND r.status = 'RUNNING'",
+        )
+    }
     return trials, live
 
 
@@ -93,6 +105,7 @@ def check_trials_match_runs(study: optuna.Study, parent, children) -> None:
 
 
 # ------------------------------------------------------------------------------------------------ grids
+
 
 def test_grid_jobs_are_child_runs_of_one_parent_run(tmp_path):
     sweep_cli(tmp_path, "loss=mml,ccl")
@@ -134,10 +147,21 @@ def test_job_tags_are_empty_outside_a_sweep():
         ({"_target_": "hydra_plugins.hydra_joblib_launcher.joblib_launcher.JoblibLauncher", "n_jobs": 2}, {}, 8, 4),
         ({"_target_": "hydra_plugins.hydra_joblib_launcher.joblib_launcher.JoblibLauncher", "n_jobs": -1}, {}, 8, 1),
         ({"_target_": "hydra_plugins.hydra_joblib_launcher.joblib_launcher.JoblibLauncher", "n_jobs": 3}, {}, 2, 1),
-        ({"_target_": "hydra_plugins.hydra_submitit_launcher.submitit_launcher.SlurmLauncher",
-          "cpus_per_task": 6}, {}, 2, 6),
-        ({"_target_": "hydra_plugins.hydra_submitit_launcher.submitit_launcher.LocalLauncher",
-          "cpus_per_task": None}, {"n_jobs": 2}, 2, 1),
+        (
+            {"_target_": "hydra_plugins.hydra_submitit_launcher.submitit_launcher.SlurmLauncher", "cpus_per_task": 6},
+            {},
+            2,
+            6,
+        ),
+        (
+            {
+                "_target_": "hydra_plugins.hydra_submitit_launcher.submitit_launcher.LocalLauncher",
+                "cpus_per_task": None,
+            },
+            {"n_jobs": 2},
+            2,
+            1,
+        ),
     ],
 )
 def test_threads_per_job_do_not_oversubscribe_the_cores(launcher, sweeper, cores, expected):
@@ -147,13 +171,15 @@ def test_threads_per_job_do_not_oversubscribe_the_cores(launcher, sweeper, cores
 
 # ----------------------------------------------------------------------------------------------- Optuna
 
+
 def test_optuna_study_resumes_after_kill_9_and_runs_only_the_missing_trials(tmp_path):
     """Start a 3-trial study, `kill -9` the sweep in the middle of a trial, re-run the same command.
     Each trial trains 2 full epochs on `sample` (about a second), so the 0.2 s poll sees one running."""
     args = optuna_args(tmp_path, 3, "trainer.max_steps=null", "trainer.epochs=2")
     with open(tmp_path / "first.log", "w") as log:
-        proc = subprocess.Popen(sweep_cmd(tmp_path, *args), cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT,
-                                start_new_session=True)
+        proc = subprocess.Popen(
+            sweep_cmd(tmp_path, *args), cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
     killed, before = None, {}
     try:
         deadline = time.time() + 300
@@ -209,8 +235,12 @@ def test_parallel_joblib_workers_lose_and_duplicate_no_trial(tmp_path):
 
 
 def test_submitit_local_launcher_runs_the_trials(tmp_path):
-    sweep_cli(tmp_path, *optuna_args(tmp_path, 2, "hydra/launcher=submitit_local", "hydra.sweeper.n_jobs=2",
-                                     "hydra.launcher.timeout_min=10"))
+    sweep_cli(
+        tmp_path,
+        *optuna_args(
+            tmp_path, 2, "hydra/launcher=submitit_local", "hydra.sweeper.n_jobs=2", "hydra.launcher.timeout_min=10"
+        ),
+    )
     study = load_study(tmp_path)
     assert [t.state for t in study.trials] == [TrialState.COMPLETE] * 2
     (parent,), children = mlflow_runs(tmp_path)
@@ -221,8 +251,16 @@ def bare_sweeper(tmp_path: Path, n_trials: int = 2, heartbeat: int | None = 1):
     from mmlexp.sweep import OptunaSweeper
 
     sampler = OmegaConf.create({"_target_": "optuna.samplers.RandomSampler", "seed": 0})
-    return OptunaSweeper(sampler, "maximize", f"sqlite:///{tmp_path}/optuna.db", "s", n_trials, 1,
-                         heartbeat_interval=heartbeat, grace_period=heartbeat)
+    return OptunaSweeper(
+        sampler,
+        "maximize",
+        f"sqlite:///{tmp_path}/optuna.db",
+        "s",
+        n_trials,
+        1,
+        heartbeat_interval=heartbeat,
+        grace_period=heartbeat,
+    )
 
 
 @pytest.mark.filterwarnings("ignore:Heartbeat of storage")
@@ -259,6 +297,7 @@ def test_concurrent_workers_never_exceed_n_trials(tmp_path):
 
 # -------------------------------------------------------------------------------------------- bad input
 
+
 def _digest(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
@@ -267,8 +306,7 @@ def _digest(path: Path) -> str:
 def store_template(tmp_path_factory):
     """A study with one complete trial and an MLflow store with one run, made once without the CLI."""
     path = tmp_path_factory.mktemp("stores")
-    study = optuna.create_study(study_name="mml_sample", storage=f"sqlite:///{path}/optuna.db",
-                                direction="maximize")
+    study = optuna.create_study(study_name="mml_sample", storage=f"sqlite:///{path}/optuna.db", direction="maximize")
     study.enqueue_trial({"loss.neg_weight": 100.0})
     study.optimize(lambda t: t.suggest_float("loss.neg_weight", 10, 2000, log=True) / 1e4, n_trials=1)
     client = MlflowClient(f"sqlite:///{path}/mlflow.db")
@@ -292,12 +330,22 @@ def existing_stores(tmp_path, store_template):
         (["hydra.sweeper.space.k=20", "hydra.sweeper.space.min_gap=0.05"], "cannot be sorted inside (0.0, 1.0)"),
         (["hydra.sweeper.space.low=0.9", "hydra.sweeper.space.high=0.5"], "low=0.9, high=0.5"),
         (["hydra.sweeper.n_trials=0"], "hydra.sweeper.n_trials=0: must be an integer >= 1"),
-        (["hydra.sweeper.storage=postgresql+psycopg2://me:secret@127.0.0.1:1/db"],
-         "hydra.sweeper.storage='postgresql+psycopg2://me:***@127.0.0.1:1/db': cannot open the Optuna storage"),
+        (
+            ["hydra.sweeper.storage=postgresql+psycopg2://me:secret@127.0.0.1:1/db"],
+            "hydra.sweeper.storage='postgresql+psycopg2://me:***@127.0.0.1:1/db': cannot open the Optuna storage",
+        ),
         (["hydra.sweeper.storage=sqlite:////proc/no/such/dir/optuna.db"], "cannot open the Optuna storage"),
     ],
-    ids=["unknown-key", "unknown-space-key", "space-of-another-loss", "margins-do-not-fit", "low-above-high",
-         "n-trials-0", "storage-refused", "storage-unwritable"],
+    ids=[
+        "unknown-key",
+        "unknown-space-key",
+        "space-of-another-loss",
+        "margins-do-not-fit",
+        "low-above-high",
+        "n-trials-0",
+        "storage-refused",
+        "storage-unwritable",
+    ],
 )
 def test_bad_input_is_refused_before_anything_is_written(tmp_path, existing_stores, overrides, message):
     keys = {o.split("=")[0] for o in overrides}

@@ -76,6 +76,7 @@ def tiny_fit(evaluate, **overrides):
     users, items = torch.arange(4).repeat(5), torch.arange(20) % 10
     settings = TrainSettings(batch_size=8, progress=False, **overrides)
     from mmlexp.samplers import UniformSampler
+
     sampler = UniformSampler(3, 10, generator=gen)
     return fit(model, MultiMarginLoss(), sampler, make_optimizer(model, 1e-2), users, items, evaluate, settings, gen)
 

@@ -48,9 +48,24 @@ def ui(tmp_path_factory):
     port = free_port()
     mlflow = Path(sys.executable).with_name("mlflow")
     with open(tmp / "server.log", "w") as log:
-        server = subprocess.Popen([str(mlflow), "ui", "--backend-store-uri", f"sqlite:///{tmp}/mlflow.db",
-                                   "--host", "127.0.0.1", "--port", str(port), "--workers", "1"], cwd=tmp,
-                                  stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        server = subprocess.Popen(
+            [
+                str(mlflow),
+                "ui",
+                "--backend-store-uri",
+                f"sqlite:///{tmp}/mlflow.db",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                "--workers",
+                "1",
+            ],
+            cwd=tmp,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.time() + 120
@@ -93,16 +108,28 @@ def test_rest_api_shows_the_parent_run_and_its_child_runs_with_metrics(ui):
     assert parent_metrics["finished_jobs"] == 2 and tags(parents[0])["best.run_id"] == best["info"]["run_id"]
 
 
-CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                  "--disable-component-update", "--no-first-run", "--hide-scrollbars", "--window-size=1600,900",
-                  "--virtual-time-budget=20000"]
+CHROMIUM_FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--no-first-run",
+    "--hide-scrollbars",
+    "--window-size=1600,900",
+    "--virtual-time-budget=20000",
+]
 
 
 def screenshot(url: str, path: Path, profile: Path) -> None:
     path.parent.mkdir(exist_ok=True)
     path.unlink(missing_ok=True)
-    subprocess.run([CHROMIUM, *CHROMIUM_FLAGS, f"--user-data-dir={profile}", f"--screenshot={path}", url],
-                   capture_output=True, timeout=180, check=False)
+    subprocess.run(
+        [CHROMIUM, *CHROMIUM_FLAGS, f"--user-data-dir={profile}", f"--screenshot={path}", url],
+        capture_output=True,
+        timeout=180,
+        check=False,
+    )
     assert path.exists() and path.stat().st_size > 10_000
     from PIL import Image
 
@@ -114,8 +141,13 @@ def screenshot(url: str, path: Path, profile: Path) -> None:
 
 def page_text(url: str, profile: Path) -> str:
     """The page's text once its scripts have rendered it (Chromium's --dump-dom, tags and scripts stripped)."""
-    out = subprocess.run([CHROMIUM, *CHROMIUM_FLAGS, f"--user-data-dir={profile}", "--dump-dom", url],
-                         capture_output=True, text=True, timeout=180, check=False)
+    out = subprocess.run(
+        [CHROMIUM, *CHROMIUM_FLAGS, f"--user-data-dir={profile}", "--dump-dom", url],
+        capture_output=True,
+        text=True,
+        timeout=180,
+        check=False,
+    )
     body = re.sub(r"<(script|style)\b.*?</\1>", " ", out.stdout, flags=re.S)
     return re.sub(r"\s+", " ", html.unescape(re.sub(r"<[^>]+>", " ", body)))
 
@@ -138,9 +170,14 @@ def test_browser_shows_the_sweep_its_child_runs_and_their_metrics(ui, tmp_path):
     names = [c["info"]["run_name"] for c in children]
     assert len(names) == 2 and all(tags(c)["mlflow.parentRunId"] == parent["info"]["run_id"] for c in children)
 
-    query = urllib.parse.urlencode({"searchFilter": f"tags.`mlflow.parentRunId` = '{parent['info']['run_id']}'",
-                                    "orderByKey": "metrics.`best/recall_at_20`", "orderByAsc": "false"},
-                                   quote_via=urllib.parse.quote)
+    query = urllib.parse.urlencode(
+        {
+            "searchFilter": f"tags.`mlflow.parentRunId` = '{parent['info']['run_id']}'",
+            "orderByKey": "metrics.`best/recall_at_20`",
+            "orderByAsc": "false",
+        },
+        quote_via=urllib.parse.quote,
+    )
     table = f"{ui}/#/experiments/{exp}/runs?{query}"
     text = page_text(table, tmp_path / "profile")
     assert all(name in text for name in names), text[:3000]
@@ -155,10 +192,11 @@ def test_browser_shows_the_sweep_its_child_runs_and_their_metrics(ui, tmp_path):
     screenshot(parent_page, PARENT_SCREENSHOT, tmp_path / "profile")
 
     ids = urllib.parse.quote(json.dumps([c["info"]["run_id"] for c in children]))
-    text = page_text(f"{ui}/#/compare-runs?runs={ids}&experiments={urllib.parse.quote(json.dumps([exp]))}",
-                     tmp_path / "profile")
+    text = page_text(
+        f"{ui}/#/compare-runs?runs={ids}&experiments={urllib.parse.quote(json.dumps([exp]))}", tmp_path / "profile"
+    )
     assert f"Run Name: {names[0]} {names[1]}" in text, text[:3000]
-    metrics = text[text.index("Metrics Show diff only"):text.index("Artifacts")]
+    metrics = text[text.index("Metrics Show diff only") : text.index("Artifacts")]
     assert "best/recall_at_20" in metrics and "best/ndcg_at_20" in metrics
     for child in children:
         value = {m["key"]: m["value"] for m in child["data"]["metrics"]}["best/recall_at_20"]

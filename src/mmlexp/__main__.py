@@ -25,8 +25,10 @@ def main(cfg: DictConfig) -> float:
         if in_multirun():  # the sweeper records the failed job and carries on with the others
             raise
         if isinstance(err, Diverged):
-            print(f"mmlexp: error: the run FAILED: {err}; try a lower trainer.lr or trainer.clip_grad_norm",
-                  file=sys.stderr)
+            print(
+                f"mmlexp: error: the run FAILED: {err}; try a lower trainer.lr or trainer.clip_grad_norm",
+                file=sys.stderr,
+            )
             sys.exit(1)
         print(f"mmlexp: error: {err}", file=sys.stderr)
         sys.exit(2)

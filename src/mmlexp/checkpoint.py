@@ -25,8 +25,18 @@ from mmlexp.tracking import flatten
 
 CHECKPOINT_FILE = "checkpoint.pt"
 # Settings a resumed run may change: how long it trains, where it logs, how it shows progress.
-MAY_CHANGE = ("trainer.epochs", "trainer.max_steps", "trainer.max_minutes", "trainer.resume", "trainer.checkpoint",
-              "trainer.progress", "trainer.log_every", "trainer.num_threads", "device", "tracking.")
+MAY_CHANGE = (
+    "trainer.epochs",
+    "trainer.max_steps",
+    "trainer.max_minutes",
+    "trainer.resume",
+    "trainer.checkpoint",
+    "trainer.progress",
+    "trainer.log_every",
+    "trainer.num_threads",
+    "device",
+    "tracking.",
+)
 
 log = logging.getLogger("mmlexp")
 
@@ -46,11 +56,15 @@ def load(path: Path, setting: str) -> dict[str, Any]:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:
         reason = str(err).strip().splitlines()[0] if str(err).strip() else ""
-        raise ConfigError(f"trainer.resume={setting!r}: cannot load the checkpoint {path} "
-                          f"({type(err).__name__}: {reason[:300]}); use trainer.resume=never to start over") from err
+        raise ConfigError(
+            f"trainer.resume={setting!r}: cannot load the checkpoint {path} "
+            f"({type(err).__name__}: {reason[:300]}); use trainer.resume=never to start over"
+        ) from err
     if not isinstance(state, dict) or "model" not in state or "epoch" not in state:
-        raise ConfigError(f"trainer.resume={setting!r}: {path} is not an mmlexp checkpoint (no model state or "
-                          "epoch); a checkpoint is <run dir>/checkpoint.pt")
+        raise ConfigError(
+            f"trainer.resume={setting!r}: {path} is not an mmlexp checkpoint (no model state or "
+            "epoch); a checkpoint is <run dir>/checkpoint.pt"
+        )
     return state
 
 
@@ -64,8 +78,13 @@ def changed_settings(saved_yaml: str | None, config: dict[str, Any]) -> list[str
     return [k for k in keys if not k.startswith(MAY_CHANGE)]
 
 
-def find_resume(setting: Any, run_dir: Path, dataset: dict[str, Any], shapes: dict[str, list[int]],
-                config: dict[str, Any] | None = None) -> dict[str, Any] | None:
+def find_resume(
+    setting: Any,
+    run_dir: Path,
+    dataset: dict[str, Any],
+    shapes: dict[str, list[int]],
+    config: dict[str, Any] | None = None,
+) -> dict[str, Any] | None:
     """The training state to resume from (``setting`` is ``trainer.resume``), or None to start afresh.
     ``auto`` refuses a checkpoint of other settings (two runs sharing a run directory); an explicit path
     accepts it with a warning."""
@@ -81,34 +100,43 @@ def find_resume(setting: Any, run_dir: Path, dataset: dict[str, Any], shapes: di
         if path.is_dir():
             path = path / CHECKPOINT_FILE
         if not path.is_file():
-            raise ConfigError(f"trainer.resume={setting!r}: no checkpoint at {path} (allowed: auto, never, or a "
-                              f"{CHECKPOINT_FILE} file or a run directory holding one)")
+            raise ConfigError(
+                f"trainer.resume={setting!r}: no checkpoint at {path} (allowed: auto, never, or a "
+                f"{CHECKPOINT_FILE} file or a run directory holding one)"
+            )
     state = load(path, setting)
     check_same_run(state, dataset, shapes, setting, path)
     changed = changed_settings(state.get("config"), config or {})
     if changed and setting == "auto":
         shown = ", ".join(changed[:6]) + (" ..." if len(changed) > 6 else "")
-        raise ConfigError(f"trainer.resume='auto': the run directory {Path(run_dir)} holds the checkpoint of a run "
-                          f"with other settings ({shown}); use another hydra.run.dir, trainer.resume={path} to "
-                          "continue it with these settings, or trainer.resume=never to start over")
+        raise ConfigError(
+            f"trainer.resume='auto': the run directory {Path(run_dir)} holds the checkpoint of a run "
+            f"with other settings ({shown}); use another hydra.run.dir, trainer.resume={path} to "
+            "continue it with these settings, or trainer.resume=never to start over"
+        )
     if changed:
         log.warning(f"Resuming {path} with changed settings: {', '.join(changed)}")
     state["path"], state["changed"] = str(path), changed
     return state
 
 
-def check_same_run(state: dict[str, Any], dataset: dict[str, Any], shapes: dict[str, list[int]], setting: str,
-                   path: Path) -> None:
+def check_same_run(
+    state: dict[str, Any], dataset: dict[str, Any], shapes: dict[str, list[int]], setting: str, path: Path
+) -> None:
     """A checkpoint of another dataset or model shape is refused, naming what differs."""
     theirs = state.get("dataset") or {}
     if {k: str(v) for k, v in theirs.items()} != {k: str(v) for k, v in dataset.items()}:
         differ = sorted(k for k in set(theirs) | set(dataset) if str(theirs.get(k)) != str(dataset.get(k)))
         shown = ", ".join(f"{k}: {theirs.get(k)} there, {dataset.get(k)} here" for k in differ[:4])
-        raise ConfigError(f"trainer.resume={setting!r}: {path} is a checkpoint of another dataset ({shown}); "
-                          "use the run's own dataset, or trainer.resume=never to start over")
+        raise ConfigError(
+            f"trainer.resume={setting!r}: {path} is a checkpoint of another dataset ({shown}); "
+            "use the run's own dataset, or trainer.resume=never to start over"
+        )
     their_shapes = state.get("shapes") or {k: list(v.shape) for k, v in state["model"].items()}
     if their_shapes != shapes:
         differ = sorted(k for k in set(their_shapes) | set(shapes) if their_shapes.get(k) != shapes.get(k))
         shown = ", ".join(f"{k}: {their_shapes.get(k)} there, {shapes.get(k)} here" for k in differ[:4])
-        raise ConfigError(f"trainer.resume={setting!r}: {path} is a checkpoint of another model shape ({shown}); "
-                          "use the run's own encoder settings, or trainer.resume=never to start over")
+        raise ConfigError(
+            f"trainer.resume={setting!r}: {path} is a checkpoint of another model shape ({shown}); "
+            "use the run's own encoder settings, or trainer.resume=never to start over"
+        )

@@ -39,17 +39,25 @@ def optional(rule: tuple[Callable[[Any], bool], str]) -> tuple[Callable[[Any], b
 POSITIVE = (lambda v: _is_num(v) and v > 0), "a number > 0"
 NON_NEGATIVE = (lambda v: _is_num(v) and v >= 0), "a number >= 0"
 BOOL = (lambda v: isinstance(v, bool)), "true or false"
-DEVICE = (lambda v: isinstance(v, str) and re.fullmatch(r"auto|cpu|cuda(:\d+)?|mps", v) is not None,
-          "auto, cpu, cuda, cuda:N or mps")
-KS = (lambda v: isinstance(v, (list, tuple)) and len(v) > 0 and all(_is_int(k) and k >= 1 for k in v),
-      "a non-empty list of integers >= 1")
+DEVICE = (
+    lambda v: isinstance(v, str) and re.fullmatch(r"auto|cpu|cuda(:\d+)?|mps", v) is not None,
+    "auto, cpu, cuda, cuda:N or mps",
+)
+KS = (
+    lambda v: isinstance(v, (list, tuple)) and len(v) > 0 and all(_is_int(k) and k >= 1 for k in v),
+    "a non-empty list of integers >= 1",
+)
+
+
 def one_of(*options: str) -> tuple[Callable[[Any], bool], str]:
     return (lambda v: isinstance(v, str) and v in options), f"one of {', '.join(options)}"
 
 
 OPEN_UNIT = (lambda v: _is_num(v) and 0 < v < 1), "a number in (0, 1) (exclusive)"
-TARGETS = (lambda v: isinstance(v, (list, tuple)) and all(isinstance(t, str) and t for t in v),
-           "a list of module prefixes such as 'mylab.losses.*'")
+TARGETS = (
+    lambda v: isinstance(v, (list, tuple)) and all(isinstance(t, str) and t for t in v),
+    "a list of module prefixes such as 'mylab.losses.*'",
+)
 
 RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "seed": int_at_least(0),
@@ -71,8 +79,10 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "trainer.log_every": int_at_least(1),
     "trainer.num_threads": optional(int_at_least(1)),
     "trainer.checkpoint": BOOL,
-    "trainer.resume": ((lambda v: v is None or (isinstance(v, str) and v != "")),
-                       "auto, never, or the path of a checkpoint file or run directory"),
+    "trainer.resume": (
+        (lambda v: v is None or (isinstance(v, str) and v != "")),
+        "auto, never, or the path of a checkpoint file or run directory",
+    ),
     "eval.ks": KS,
     "eval.chunk_size": optional(int_at_least(1)),
     "eval.selection": one_of(*SELECTIONS),

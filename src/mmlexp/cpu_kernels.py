@@ -19,6 +19,7 @@ try:
     import numba as nb
     from llvmlite import ir
     from numba.extending import intrinsic
+
     AVAILABLE = True
 except ImportError:  # pragma: no cover - numba is a dependency; the PyTorch paths stay correct without it
     nb, AVAILABLE = None, False
@@ -33,11 +34,13 @@ def _jit(fn):
 
 
 if AVAILABLE:
+
     @intrinsic
     def prefetch_row(typingctx, array, row):
         """Hint the cache to fetch ``array[row]`` (``llvm.prefetch``; no effect on results).  The gathers below
         read rows in a random order that no hardware prefetcher predicts: asking a few rows ahead halves
         their time when the table is not in cache."""
+
         def codegen(context, builder, signature, args):
             ary = context.make_array(signature.args[0])(context, builder, args[0])
             byte = ir.IntType(8).as_pointer()
@@ -45,10 +48,16 @@ if AVAILABLE:
             offset = builder.mul(row, builder.extract_value(ary.strides, 0))
             address = builder.inttoptr(builder.add(builder.ptrtoint(ary.data, ir.IntType(64)), offset), byte)
             i32 = ir.IntType(32)
-            fn = builder.module.declare_intrinsic("llvm.prefetch", fnty=ir.FunctionType(ir.VoidType(), [byte, i32, i32, i32]))
-            builder.call(fn, [address, ir.Constant(i32, 0), ir.Constant(i32, 3), ir.Constant(i32, 1)])  # read, keep, data
+            fn = builder.module.declare_intrinsic(
+                "llvm.prefetch", fnty=ir.FunctionType(ir.VoidType(), [byte, i32, i32, i32])
+            )
+            builder.call(
+                fn, [address, ir.Constant(i32, 0), ir.Constant(i32, 3), ir.Constant(i32, 1)]
+            )  # read, keep, data
             return context.get_dummy_value()
+
         return nb.types.void(array, row), codegen
+
 
 _AHEAD = 8  # rows prefetched ahead in the random gathers
 
@@ -57,8 +66,11 @@ def applies_to(*tensors) -> bool:
     """Whether the kernels can take these tensors: numba is there and each is a plain CPU fp32/fp64 tensor
     (not a ``torch.func`` transform's wrapper, which has no memory of its own to hand to numba)."""
     return AVAILABLE and all(
-        t.device.type == "cpu" and t.dtype in (torch.float32, torch.float64)
-        and not torch._C._functorch.is_functorch_wrapped_tensor(t) for t in tensors)
+        t.device.type == "cpu"
+        and t.dtype in (torch.float32, torch.float64)
+        and not torch._C._functorch.is_functorch_wrapped_tensor(t)
+        for t in tensors
+    )
 
 
 def set_threads(n: int) -> None:

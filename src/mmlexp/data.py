@@ -74,8 +74,12 @@ class InteractionData:
 
     def fingerprint(self) -> dict:
         """Counts that identify the dataset: users, items, train and test nnz."""
-        return {"users": self.n_users, "items": self.n_items,
-                "train": int(self.train.nnz), "test": int(self.test.nnz)} | self.info
+        return {
+            "users": self.n_users,
+            "items": self.n_items,
+            "train": int(self.train.nnz),
+            "test": int(self.test.nnz),
+        } | self.info
 
     def train_pairs(self) -> tuple[np.ndarray, np.ndarray]:
         """(users, items) int64 arrays, one entry per train interaction, row-major."""
@@ -85,6 +89,7 @@ class InteractionData:
 
 
 # ---------------------------------------------------------------- parsing
+
 
 def _line_of(data: bytes, pos: int) -> int:
     """1-based line number of byte offset ``pos``."""
@@ -98,13 +103,16 @@ def _bad_token(data: bytes, source: str) -> DataError:
         if not tok.isdigit():
             line = _line_of(data, m.start())
             what = "negative id" if re.fullmatch(rb"-[0-9]+", tok) else "non-integer token"
-            return DataError(f"{source}, line {line}: {what} {tok.decode(errors='replace')!r}; "
-                             "expected 'user item item ...' with non-negative integer ids")
+            return DataError(
+                f"{source}, line {line}: {what} {tok.decode(errors='replace')!r}; "
+                "expected 'user item item ...' with non-negative integer ids"
+            )
     return DataError(f"{source}: unreadable content")
 
 
-def _parse_bytes(data: bytes, source: str, n_users: int | None = None,
-                 n_items: int | None = None) -> tuple[np.ndarray, np.ndarray, int]:
+def _parse_bytes(
+    data: bytes, source: str, n_users: int | None = None, n_items: int | None = None
+) -> tuple[np.ndarray, np.ndarray, int]:
     """Parse LightGCN text. Returns (users, items, 1 + largest user id seen)."""
     if re.fullmatch(rb"[0-9\s]*", data) is None:
         raise _bad_token(data, source)
@@ -118,8 +126,7 @@ def _parse_bytes(data: bytes, source: str, n_users: int | None = None,
     if flat.dtype.itemsize > 10:  # cannot fit in int32
         big = next(i for i, t in enumerate(flat) if len(t) > 10)
         line = lineno[np.searchsorted(np.cumsum(counts), big, side="right")]
-        raise DataError(f"{source}, line {line}: id {flat[big].decode()} too large "
-                        f"(ids must be <= {MAX_ID})")
+        raise DataError(f"{source}, line {line}: id {flat[big].decode()} too large (ids must be <= {MAX_ID})")
     flat = flat.astype(np.int64)
     starts = np.cumsum(counts) - counts
     row_users = flat[starts]
@@ -128,20 +135,19 @@ def _parse_bytes(data: bytes, source: str, n_users: int | None = None,
     users = np.repeat(row_users, counts - 1)
     items = flat[is_item]
     item_line = np.repeat(lineno, counts - 1)
-    for kind, ids, lines_of, limit in (("user", row_users, lineno, n_users),
-                                      ("item", items, item_line, n_items)):
+    for kind, ids, lines_of, limit in (("user", row_users, lineno, n_users), ("item", items, item_line, n_items)):
         top = MAX_ID + 1 if limit is None else limit
         bad = np.flatnonzero(ids >= top)
         if bad.size:
             i = bad[0]
             allowed = f"0..{top - 1}" + ("" if limit is None else f" ({limit} {kind}s expected)")
-            raise DataError(f"{source}, line {lines_of[i]}: {kind} id {ids[i]} out of range; "
-                            f"allowed {allowed}")
+            raise DataError(f"{source}, line {lines_of[i]}: {kind} id {ids[i]} out of range; allowed {allowed}")
     return users, items, int(row_users.max()) + 1
 
 
-def parse_lightgcn(path: Path, n_items: int | None = None,
-                   n_users: int | None = None) -> tuple[np.ndarray, np.ndarray, int]:
+def parse_lightgcn(
+    path: Path, n_items: int | None = None, n_users: int | None = None
+) -> tuple[np.ndarray, np.ndarray, int]:
     """Parse a LightGCN file into (users, items) int64 arrays and 1 + max user id.
 
     A line is ``user item item ...``; a line with only a user id is allowed.
@@ -163,12 +169,10 @@ def _to_csr(users: np.ndarray, items: np.ndarray, shape: tuple[int, int]) -> sp.
     indptr = np.zeros(shape[0] + 1, np.int64)
     np.cumsum(np.bincount(key // shape[1], minlength=shape[0]), out=indptr[1:])
     indices = (key % shape[1]).astype(np.int32)
-    return sp.csr_matrix((np.ones(key.size, np.float32), indices, indptr.astype(np.int32)),
-                         shape=shape)
+    return sp.csr_matrix((np.ones(key.size, np.float32), indices, indptr.astype(np.int32)), shape=shape)
 
 
-def _build(name: str, raw: dict[str, bytes], sources: dict[str, str],
-           expected: dict | None = None) -> InteractionData:
+def _build(name: str, raw: dict[str, bytes], sources: dict[str, str], expected: dict | None = None) -> InteractionData:
     """Parse train/test bytes into validated InteractionData."""
     lim_u = expected["users"] if expected else None
     lim_i = expected["items"] if expected else None
@@ -181,27 +185,30 @@ def _build(name: str, raw: dict[str, bytes], sources: dict[str, str],
     tr, te = (_to_csr(*parsed[f][:2], shape) for f in FILES)
     overlap = tr.multiply(te).nnz
     if overlap:
-        raise DataError(f"{name}: {overlap} interactions appear in both "
-                        f"{sources['train.txt']} and {sources['test.txt']}; train and "
-                        "test must be disjoint")
+        raise DataError(
+            f"{name}: {overlap} interactions appear in both "
+            f"{sources['train.txt']} and {sources['test.txt']}; train and "
+            "test must be disjoint"
+        )
     data = InteractionData(name, tr, te)
     if expected is not None and data.fingerprint() != expected:
-        raise DataError(f"{name}: data does not match the known fingerprint; expected "
-                        f"{expected}, got {data.fingerprint()} (files: {sources['train.txt']}, "
-                        f"{sources['test.txt']}). Delete them to re-download.")
+        raise DataError(
+            f"{name}: data does not match the known fingerprint; expected "
+            f"{expected}, got {data.fingerprint()} (files: {sources['train.txt']}, "
+            f"{sources['test.txt']}). Delete them to re-download."
+        )
     return data
 
 
 # ---------------------------------------------------------------- files, download, cache
 
+
 def _data_dir(data_dir) -> Path:
-    return Path(data_dir or os.environ.get("MMLEXP_DATA_DIR")
-                or platformdirs.user_data_dir("mmlexp"))
+    return Path(data_dir or os.environ.get("MMLEXP_DATA_DIR") or platformdirs.user_data_dir("mmlexp"))
 
 
 def _cache_dir(cache_dir) -> Path:
-    return Path(cache_dir or os.environ.get("MMLEXP_CACHE_DIR")
-                or platformdirs.user_cache_dir("mmlexp"))
+    return Path(cache_dir or os.environ.get("MMLEXP_CACHE_DIR") or platformdirs.user_cache_dir("mmlexp"))
 
 
 def _fetch(name: str, folder: Path, base_url: str | None, download: bool) -> None:
@@ -211,16 +218,23 @@ def _fetch(name: str, folder: Path, base_url: str | None, download: bool) -> Non
         if target.is_file():
             continue
         if not download:
-            raise DataError(f"{name}: missing file {target}; set MMLEXP_DATA_DIR (or data_dir=) "
-                            "to a folder holding <name>/train.txt and test.txt, or allow "
-                            "download=True")
+            raise DataError(
+                f"{name}: missing file {target}; set MMLEXP_DATA_DIR (or data_dir=) "
+                "to a folder holding <name>/train.txt and test.txt, or allow "
+                "download=True"
+            )
         import pooch
 
-        base = (base_url or os.environ.get("MMLEXP_DATA_URL") or KNOWN_DATASETS[name]["url"])
+        base = base_url or os.environ.get("MMLEXP_DATA_URL") or KNOWN_DATASETS[name]["url"]
         url = f"{base.rstrip('/')}/{name}/{fname}"
         try:
-            pooch.retrieve(url, known_hash="sha256:" + KNOWN_DATASETS[name]["sha256"][fname],
-                           fname=fname, path=folder, progressbar=True)
+            pooch.retrieve(
+                url,
+                known_hash="sha256:" + KNOWN_DATASETS[name]["sha256"][fname],
+                fname=fname,
+                path=folder,
+                progressbar=True,
+            )
         except Exception as e:  # hash mismatch (ValueError), HTTP/connection errors, OSError
             raise DataError(f"{name}: download of {url} into {target} failed: {e}") from e
 
@@ -231,9 +245,13 @@ def _read_cache(file: Path, name: str) -> tuple[InteractionData, dict] | None:
         with np.load(file, allow_pickle=False) as z:
             arr = {k: z[k] for k in z.files}
         shape = tuple(int(s) for s in arr.pop("shape"))
-        mats = [sp.csr_matrix((np.ones(arr[f"{k}_indices"].size, np.float32),
-                               arr.pop(f"{k}_indices"), arr.pop(f"{k}_indptr")), shape=shape)
-                for k in ("train", "test")]
+        mats = [
+            sp.csr_matrix(
+                (np.ones(arr[f"{k}_indices"].size, np.float32), arr.pop(f"{k}_indices"), arr.pop(f"{k}_indptr")),
+                shape=shape,
+            )
+            for k in ("train", "test")
+        ]
         return InteractionData(name, *mats), arr
     except Exception:
         return None
@@ -252,9 +270,15 @@ def _save_cache(file: Path, data: InteractionData, **extra: Any) -> None:
         fd, tmp = tempfile.mkstemp(dir=file.parent, prefix=file.name, suffix=".tmp")
         try:
             with os.fdopen(fd, "wb") as fh:
-                np.savez(fh, shape=np.array(data.train.shape),
-                         train_indptr=data.train.indptr, train_indices=data.train.indices,
-                         test_indptr=data.test.indptr, test_indices=data.test.indices, **extra)
+                np.savez(
+                    fh,
+                    shape=np.array(data.train.shape),
+                    train_indptr=data.train.indptr,
+                    train_indices=data.train.indices,
+                    test_indptr=data.test.indptr,
+                    test_indices=data.test.indices,
+                    **extra,
+                )
             os.replace(tmp, file)
         finally:
             if os.path.exists(tmp):
@@ -277,8 +301,16 @@ def _load_known(name, data_dir, cache_dir, base_url, download) -> InteractionDat
     return data
 
 
-def load_dataset(name: str, *, path: str | Path | None = None, data_dir=None, cache_dir=None,
-                 base_url: str | None = None, download: bool = True, options=None) -> InteractionData:
+def load_dataset(
+    name: str,
+    *,
+    path: str | Path | None = None,
+    data_dir=None,
+    cache_dir=None,
+    base_url: str | None = None,
+    download: bool = True,
+    options=None,
+) -> InteractionData:
     """Load a dataset by name: ``sample``, ``gowalla``, ``yelp2018``, ``custom`` or ``interactions`` (need ``path``).
 
     ``options``: the ``interactions`` loader's settings (columns, filters, split: conf/dataset/interactions.yaml).

@@ -179,8 +179,10 @@ class DeferredTable:
 
     def check_unchanged(self) -> None:
         if self.version != self.p._version and self.pending:
-            raise RuntimeError("a table changed outside TableAdam while it had deferred rows: call "
-                               "optimizer.materialize() before writing to the parameters")
+            raise RuntimeError(
+                "a table changed outside TableAdam while it had deferred rows: call "
+                "optimizer.materialize() before writing to the parameters"
+            )
         if self.version != self.p._version:  # nothing pending: start again from the new values
             self.sq, self.version = float(table_sq_norm(self.p.detach().numpy())), self.p._version
 

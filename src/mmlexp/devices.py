@@ -106,8 +106,10 @@ def claim_gpu(slots: Path, n_gpus: int, jobs_per_gpu: int, prefer: int = 0) -> t
                 f.close()
                 continue
             if slot >= jobs_per_gpu:
-                log.warning(f"every GPU already runs {jobs_per_gpu} job(s) (jobs_per_gpu): cuda:{gpu} is shared by "
-                            f"{slot + 1}; run fewer jobs at once (the launcher's n_jobs) or raise jobs_per_gpu")
+                log.warning(
+                    f"every GPU already runs {jobs_per_gpu} job(s) (jobs_per_gpu): cuda:{gpu} is shared by "
+                    f"{slot + 1}; run fewer jobs at once (the launcher's n_jobs) or raise jobs_per_gpu"
+                )
             f.truncate(0)
             f.write(f"{os.getpid()}\n")
             f.flush()

@@ -30,8 +30,7 @@ def scatter_rows_(out: torch.Tensor, items: torch.Tensor, weights: torch.Tensor,
         x = vecs.detach().to(out.dtype).contiguous().numpy()
         flat = items.reshape(-1).to(torch.int64).contiguous().numpy()
         if _csc_matvecs is not None:
-            _csc_matvecs(out.shape[0], batch, dim, indptr, flat, values, x.ravel(),
-                         out.numpy().ravel())
+            _csc_matvecs(out.shape[0], batch, dim, indptr, flat, values, x.ravel(), out.numpy().ravel())
         else:
             csc = scipy.sparse.csc_matrix((values, flat, indptr), shape=(out.shape[0], batch))
             out += torch.from_numpy(np.ascontiguousarray(csc @ x))
@@ -52,8 +51,7 @@ class _CosineGatherScores(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, user_vecs: torch.Tensor, table: torch.Tensor, items: torch.Tensor, eps: float,
-                sparse_grad: bool):
+    def forward(ctx, user_vecs: torch.Tensor, table: torch.Tensor, items: torch.Tensor, eps: float, sparse_grad: bool):
         batch, cols = items.shape
         ctx.sparse_grad, ctx.kernel = sparse_grad, _on_kernel_path(user_vecs, table)
         if ctx.kernel:  # CPU: one numba pass, the rows are read once and never copied
@@ -61,8 +59,14 @@ class _CosineGatherScores(torch.autograd.Function):
             items = items.to(torch.int64).contiguous()
             scores = torch.empty(batch, cols, dtype=table.dtype)
             inv_norm = torch.empty(batch, cols, dtype=table.dtype)
-            cpu_kernels.cosine_scores(user_vecs.detach().contiguous().numpy(), table.detach().numpy(), items.numpy(),
-                                      eps, scores.numpy(), inv_norm.numpy())
+            cpu_kernels.cosine_scores(
+                user_vecs.detach().contiguous().numpy(),
+                table.detach().numpy(),
+                items.numpy(),
+                eps,
+                scores.numpy(),
+                inv_norm.numpy(),
+            )
             ctx.save_for_backward(user_vecs, table, items, inv_norm, scores)
             return scores
         flat = items.reshape(-1)
@@ -84,7 +88,7 @@ class _CosineGatherScores(torch.autograd.Function):
         if ctx.kernel:
             return _kernel_backward(ctx, grad)
         user_vecs, table, items, rows, inv_norm, scores = ctx.saved_tensors
-        g = grad * inv_norm                                          # [B, C]
+        g = grad * inv_norm  # [B, C]
         grad_user = None
         if ctx.needs_input_grad[0]:
             grad_user = torch.bmm(g.to(rows.dtype).unsqueeze(1), rows).squeeze(1).to(user_vecs.dtype)
@@ -99,8 +103,12 @@ class _CosineGatherScores(torch.autograd.Function):
 
 
 def _on_kernel_path(user_vecs: torch.Tensor, table: torch.Tensor) -> bool:
-    return (cpu_kernels.applies_to(user_vecs, table) and user_vecs.dtype == table.dtype and table.is_contiguous()
-            and not torch.is_autocast_enabled("cpu"))
+    return (
+        cpu_kernels.applies_to(user_vecs, table)
+        and user_vecs.dtype == table.dtype
+        and table.is_contiguous()
+        and not torch.is_autocast_enabled("cpu")
+    )
 
 
 def _kernel_backward(ctx, grad: torch.Tensor):
@@ -116,20 +124,31 @@ def _kernel_backward(ctx, grad: torch.Tensor):
     if ctx.needs_input_grad[1]:
         row_coef = -(g * scores * inv_norm)
         rows, slot = cpu_kernels.touched_rows(items.numpy(), table.shape[0])
-        vals = torch.from_numpy(cpu_kernels.cosine_rows_grad(
-            weights, items.numpy(), g.numpy(), row_coef.numpy(), user_vecs.detach().contiguous().numpy(), rows, slot,
-            cpu_kernels.nb.get_num_threads()))
+        vals = torch.from_numpy(
+            cpu_kernels.cosine_rows_grad(
+                weights,
+                items.numpy(),
+                g.numpy(),
+                row_coef.numpy(),
+                user_vecs.detach().contiguous().numpy(),
+                rows,
+                slot,
+                cpu_kernels.nb.get_num_threads(),
+            )
+        )
         rows = torch.from_numpy(rows)
         if ctx.sparse_grad:
-            grad_table = torch.sparse_coo_tensor(rows.unsqueeze(0), vals, table.shape, is_coalesced=True,
-                                                 check_invariants=False)
+            grad_table = torch.sparse_coo_tensor(
+                rows.unsqueeze(0), vals, table.shape, is_coalesced=True, check_invariants=False
+            )
         else:
             grad_table = torch.zeros_like(table).index_copy_(0, rows, vals)
     return grad_user, grad_table, None, None, None
 
 
-def cosine_gather_scores(user_vecs: torch.Tensor, table: torch.Tensor, items: torch.Tensor,
-                         eps: float = 1e-12, sparse_grad: bool = False) -> torch.Tensor:
+def cosine_gather_scores(
+    user_vecs: torch.Tensor, table: torch.Tensor, items: torch.Tensor, eps: float = 1e-12, sparse_grad: bool = False
+) -> torch.Tensor:
     """Scores ``[B, C]`` of ``user_vecs[B, d]`` against the L2-normalised rows ``table[items]``.
 
     ``items`` is ``[B, C]`` (a list per row) or ``[1, C]`` (one list shared by all rows: the C rows

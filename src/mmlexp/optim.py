@@ -52,8 +52,14 @@ class TableAdam(torch.optim.Optimizer):
     date (``state_dict()`` does it first); a ``step`` without ``prepare`` is dense.  Same results as dense.
     """
 
-    def __init__(self, params, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
-                 defer: bool = False):
+    def __init__(
+        self,
+        params,
+        lr: float = 1e-3,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-8,
+        defer: bool = False,
+    ):
         if not lr > 0:
             raise ValueError(f"lr={lr}: must be > 0")
         super().__init__(params, dict(lr=lr, betas=betas, eps=eps, decay=True))
@@ -67,8 +73,11 @@ class TableAdam(torch.optim.Optimizer):
     def _state(self, p: torch.Tensor) -> dict:
         state = self.state[p]
         if not state:
-            state.update(step=torch.zeros((), dtype=torch.float32, device=p.device),
-                         exp_avg=torch.zeros_like(p), exp_avg_sq=torch.zeros_like(p))
+            state.update(
+                step=torch.zeros((), dtype=torch.float32, device=p.device),
+                exp_avg=torch.zeros_like(p),
+                exp_avg_sq=torch.zeros_like(p),
+            )
         return state
 
     def _rows(self, p: torch.Tensor):
@@ -81,9 +90,16 @@ class TableAdam(torch.optim.Optimizer):
         None, or parameters the deferred path does not cover: everything is materialised, the step is dense."""
         self._reads = None
         params = [p for group in self.param_groups for p in group["params"]]
-        if not self.defer or reads is None or not all(
+        if (
+            not self.defer
+            or reads is None
+            or not all(
                 group["decay"] and p.dim() == 2 and _on_kernel_path(p) and any(p is q for q in reads)
-                for group in self.param_groups for p in group["params"]) or len(reads) != len(params):
+                for group in self.param_groups
+                for p in group["params"]
+            )
+            or len(reads) != len(params)
+        ):
             self.materialize()
             return
         cpu_kernels.set_threads(torch.get_num_threads())
@@ -119,8 +135,11 @@ class TableAdam(torch.optim.Optimizer):
         self.materialize()
         state = super().state_dict()
         index = {id(p): i for i, p in enumerate(p for group in self.param_groups for p in group["params"])}
-        state["param_sq"] = {index[id(p)]: sq for p, (version, sq) in self._param_sq.items()
-                             if version is _LOADED or version == p._version}
+        state["param_sq"] = {
+            index[id(p)]: sq
+            for p, (version, sq) in self._param_sq.items()
+            if version is _LOADED or version == p._version
+        }
         return state
 
     def load_state_dict(self, state_dict: dict) -> None:
@@ -130,8 +149,11 @@ class TableAdam(torch.optim.Optimizer):
         kept = state_dict.pop("param_sq", {})
         super().load_state_dict(state_dict)
         params = [p for group in self.param_groups for p in group["params"]]
-        self._deferred, self._reads, self._param_sq = {}, None, {params[int(i)]: (_LOADED, float(sq))
-                                                                  for i, sq in kept.items()}
+        self._deferred, self._reads, self._param_sq = (
+            {},
+            None,
+            {params[int(i)]: (_LOADED, float(sq)) for i, sq in kept.items()},
+        )
 
     @torch.no_grad()
     def step(self, closure=None, l2: float = 0.0, max_norm: float | None = None):
@@ -166,10 +188,23 @@ class TableAdam(torch.optim.Optimizer):
             (b1, b2), lr, eps = group["betas"], group["lr"], group["eps"]
             t = float(state["step"].add_(1))
             scalar = ops.param.dtype.type
-            sq = cpu_kernels.adam_rows(ops.param, _as_rows(state["exp_avg"]), _as_rows(state["exp_avg_sq"]), ops.rows,
-                                       ops.vals, ops.l2, scalar(coef), scalar(lr / (1 - b1 ** t)), scalar(b1),
-                                       scalar(1 - b1), scalar(b2), scalar(1 - b2), scalar(eps),
-                                       scalar(math.sqrt(1 - b2 ** t)), ops.dense)
+            sq = cpu_kernels.adam_rows(
+                ops.param,
+                _as_rows(state["exp_avg"]),
+                _as_rows(state["exp_avg_sq"]),
+                ops.rows,
+                ops.vals,
+                ops.l2,
+                scalar(coef),
+                scalar(lr / (1 - b1**t)),
+                scalar(b1),
+                scalar(1 - b1),
+                scalar(b2),
+                scalar(1 - b2),
+                scalar(eps),
+                scalar(math.sqrt(1 - b2**t)),
+                ops.dense,
+            )
             increment_version(p)
             self._param_sq[p] = (p._version, sq)
 
@@ -188,13 +223,23 @@ class TableAdam(torch.optim.Optimizer):
             (b1, b2), lr, eps = group["betas"], group["lr"], group["eps"]
             t = float(state["step"].add_(1))
             scalar = ops.param.dtype.type
-            hist = np.array([ops.l2 * scalar(coef), lr / (1 - b1 ** t), b1, 1 - b1, b2, 1 - b2, eps,
-                             math.sqrt(1 - b2 ** t)], dtype=ops.param.dtype)  # the columns of deferred.replay_rows
+            hist = np.array(
+                [ops.l2 * scalar(coef), lr / (1 - b1**t), b1, 1 - b1, b2, 1 - b2, eps, math.sqrt(1 - b2**t)],
+                dtype=ops.param.dtype,
+            )  # the columns of deferred.replay_rows
             table = self._deferred[p]
             if ops.rows.size:
-                table.sq += deferred.adam_touched(ops.param, _as_rows(state["exp_avg"]), _as_rows(state["exp_avg_sq"]),
-                                                  ops.rows, ops.vals, ops.l2, scalar(coef), *hist[1:])
-            table.push(hist, (lr / (1 - b1 ** t)) * math.sqrt(1 - b2 ** t) * deferred.adam_ratio_bound(b1, b2))
+                table.sq += deferred.adam_touched(
+                    ops.param,
+                    _as_rows(state["exp_avg"]),
+                    _as_rows(state["exp_avg_sq"]),
+                    ops.rows,
+                    ops.vals,
+                    ops.l2,
+                    scalar(coef),
+                    *hist[1:],
+                )
+            table.push(hist, (lr / (1 - b1**t)) * math.sqrt(1 - b2**t) * deferred.adam_ratio_bound(b1, b2))
             table.done[ops.rows] = table.steps
             increment_version(p)
             table.version = p._version
@@ -206,8 +251,10 @@ class TableAdam(torch.optim.Optimizer):
         """The dense path's ``coef`` (``_kernel_step``: the same sums, in its order, rounded to each table's dtype)
         evaluated at both ends of the range of ||E||^2 (``DeferredTable.sq_range``; a dense gradient's
         norm is summed in fp32 lanes there: 1% either way); None where the two ends round differently."""
-        touched = [cpu_kernels.touched_grad_sq(ops.param, ops.rows, ops.vals, ops.l2) if ops.rows.size else 0.0
-                   for ops in parts]
+        touched = [
+            cpu_kernels.touched_grad_sq(ops.param, ops.rows, ops.vals, ops.l2) if ops.rows.size else 0.0
+            for ops in parts
+        ]
         ends = []
         for side in (0, 1):  # 0: the smallest ||E||, the largest coef
             total = []
@@ -256,11 +303,24 @@ class TableAdam(torch.optim.Optimizer):
             fused = all(p.device.type in ("cpu", "cuda") and p.dtype in (torch.float32, torch.float64) for p in params)
             if not fused and scale is not None:
                 torch._foreach_div_([g for _, g, _ in items], scale)
-            functional_adam(params, [g for _, g, _ in items], [s["exp_avg"] for _, _, s in items],
-                            [s["exp_avg_sq"] for _, _, s in items], [], [s["step"] for _, _, s in items],
-                            fused=fused or None, foreach=None if fused else False,
-                            grad_scale=scale.to(params[0].device) if fused and scale is not None else None,
-                            amsgrad=False, beta1=b1, beta2=b2, lr=lr, weight_decay=0.0, eps=eps, maximize=False)
+            functional_adam(
+                params,
+                [g for _, g, _ in items],
+                [s["exp_avg"] for _, _, s in items],
+                [s["exp_avg_sq"] for _, _, s in items],
+                [],
+                [s["step"] for _, _, s in items],
+                fused=fused or None,
+                foreach=None if fused else False,
+                grad_scale=scale.to(params[0].device) if fused and scale is not None else None,
+                amsgrad=False,
+                beta1=b1,
+                beta2=b2,
+                lr=lr,
+                weight_decay=0.0,
+                eps=eps,
+                maximize=False,
+            )
 
 
 def takes_sparse_grads(params) -> bool:
@@ -284,6 +344,7 @@ _NO_ROWS = np.empty(0, dtype=np.int64)
 class _Operands(NamedTuple):
     """A parameter and its gradient G as ``cpu_kernels`` read them: ``dense`` (vals = G's rows), or sparse
     (row ``rows[k]`` has ``vals[k]``, rows sorted and distinct), G None being sparse and empty."""
+
     param: np.ndarray
     rows: np.ndarray
     vals: np.ndarray
@@ -312,8 +373,9 @@ def coalesced(grad: torch.Tensor) -> torch.Tensor:
         return grad
     rows = grad._indices()[0]
     if grad.sparse_dim() == 1 and (rows.numel() < 2 or bool((rows[1:] > rows[:-1]).all())):
-        return torch.sparse_coo_tensor(grad._indices(), grad._values(), grad.shape, is_coalesced=True,
-                                       check_invariants=False)
+        return torch.sparse_coo_tensor(
+            grad._indices(), grad._values(), grad.shape, is_coalesced=True, check_invariants=False
+        )
     return grad.coalesce()
 
 
@@ -334,8 +396,14 @@ def _distinct_rows(grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 class LazyAdam(torch.optim.Optimizer):
-    def __init__(self, params, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
-                 weight_decay: float = 0.0):
+    def __init__(
+        self,
+        params,
+        lr: float = 1e-3,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-8,
+        weight_decay: float = 0.0,
+    ):
         if not lr > 0:
             raise ValueError(f"lr={lr}: must be > 0")
         super().__init__(params, dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay))
@@ -357,9 +425,20 @@ class LazyAdam(torch.optim.Optimizer):
                     cpu_kernels.set_threads(torch.get_num_threads())
                     scalar = _as_rows(p).dtype.type
                     cpu_kernels.lazy_adam_rows(
-                        _as_rows(p), _as_rows(state["exp_avg"]), _as_rows(state["exp_avg_sq"]),
-                        rows.numpy(), grad.contiguous().numpy(), scalar(wd), scalar(lr / (1 - b1 ** t)), scalar(b1),
-                        scalar(1 - b1), scalar(b2), scalar(1 - b2), scalar(eps), scalar(math.sqrt(1 - b2 ** t)))
+                        _as_rows(p),
+                        _as_rows(state["exp_avg"]),
+                        _as_rows(state["exp_avg_sq"]),
+                        rows.numpy(),
+                        grad.contiguous().numpy(),
+                        scalar(wd),
+                        scalar(lr / (1 - b1**t)),
+                        scalar(b1),
+                        scalar(1 - b1),
+                        scalar(b2),
+                        scalar(1 - b2),
+                        scalar(eps),
+                        scalar(math.sqrt(1 - b2**t)),
+                    )
                     increment_version(p)
                     continue
                 if rows is None:  # dense update of the whole parameter
@@ -367,14 +446,14 @@ class LazyAdam(torch.optim.Optimizer):
                     grad = grad + wd * p if wd else grad
                     m.lerp_(grad, 1 - b1)
                     v.mul_(b2).addcmul_(grad, grad, value=1 - b2)
-                    p.addcdiv_(m, (v / (1 - b2 ** t)).sqrt_().add_(eps), value=-lr / (1 - b1 ** t))
+                    p.addcdiv_(m, (v / (1 - b2**t)).sqrt_().add_(eps), value=-lr / (1 - b1**t))
                     continue
                 param, m, v = p[rows], state["exp_avg"][rows], state["exp_avg_sq"][rows]
                 if wd:
                     grad = grad + wd * param
                 m.lerp_(grad, 1 - b1)
                 v.mul_(b2).addcmul_(grad, grad, value=1 - b2)
-                param.addcdiv_(m, (v / (1 - b2 ** t)).sqrt_().add_(eps), value=-lr / (1 - b1 ** t))
+                param.addcdiv_(m, (v / (1 - b2**t)).sqrt_().add_(eps), value=-lr / (1 - b1**t))
                 p.index_copy_(0, rows, param)
                 state["exp_avg"].index_copy_(0, rows, m)
                 state["exp_avg_sq"].index_copy_(0, rows, v)

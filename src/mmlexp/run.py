@@ -42,7 +42,8 @@ def build(group: str, node: DictConfig, allowed: list[str], **kwargs: Any) -> An
             raise ConfigError(f"{group}.{err.__cause__}") from err
         raise ConfigError(
             f"{group}._target_={node.get('_target_')!r}: {err}\n"
-            f"Allowed targets: {allowed} (extend with allowed_targets=['mypkg.*'])") from err
+            f"Allowed targets: {allowed} (extend with allowed_targets=['mypkg.*'])"
+        ) from err
     except (ValueError, TypeError) as err:  # the constructor refused a value (Hydra re-raises it as is)
         raise ConfigError(f"{group}.{err}") from err
 
@@ -51,16 +52,22 @@ def group_choices(cfg: DictConfig) -> dict[str, str]:
     """The option picked in each group (Hydra's runtime choices, else derived from the config)."""
     with contextlib.suppress(Exception):
         from hydra.core.hydra_config import HydraConfig
+
         return {k: str(v) for k, v in HydraConfig.get().runtime.choices.items() if v is not None}
     # option, module and file share one name: mmlexp.losses.mml.MultiMarginLoss -> "mml"
     target = lambda node: str(node.get("_target_", "?")).split(".")[-2:][0]  # noqa: E731
-    return {"dataset": cfg.dataset.name, "encoder": target(cfg.encoder), "loss": target(cfg.loss),
-            "sampler": target(cfg.sampler)}
+    return {
+        "dataset": cfg.dataset.name,
+        "encoder": target(cfg.encoder),
+        "loss": target(cfg.loss),
+        "sampler": target(cfg.sampler),
+    }
 
 
 def run_directory(cfg: DictConfig) -> Path:
     with contextlib.suppress(Exception):
         from hydra.core.hydra_config import HydraConfig
+
         return Path(HydraConfig.get().runtime.output_dir)
     base = Path("outputs") / time.strftime("%Y-%m-%d/%H-%M-%S")  # outside Hydra (a notebook): a new directory
     for n in range(1000):
@@ -109,11 +116,20 @@ def sweep_job_tags(tracking_uri: str) -> dict[str, str]:
 
 def load_data(cfg: DictConfig) -> InteractionData:
     if OmegaConf.is_missing(cfg.dataset, "path"):
-        raise ConfigError(f"dataset.path is required for dataset={cfg.dataset.name}: " + (
-            "a CSV, TSV, Parquet or RecBole .inter file" if cfg.dataset.name == "interactions"
-            else "a directory with LightGCN-format train.txt and test.txt"))
-    return load_dataset(cfg.dataset.name, path=cfg.dataset.get("path"), download=cfg.dataset.get("download", True),
-                        options=OmegaConf.to_container(cfg.dataset, resolve=True))
+        raise ConfigError(
+            f"dataset.path is required for dataset={cfg.dataset.name}: "
+            + (
+                "a CSV, TSV, Parquet or RecBole .inter file"
+                if cfg.dataset.name == "interactions"
+                else "a directory with LightGCN-format train.txt and test.txt"
+            )
+        )
+    return load_dataset(
+        cfg.dataset.name,
+        path=cfg.dataset.get("path"),
+        download=cfg.dataset.get("download", True),
+        options=OmegaConf.to_container(cfg.dataset, resolve=True),
+    )
 
 
 def train(cfg: DictConfig) -> float:
@@ -136,16 +152,20 @@ def _train(cfg: DictConfig) -> float:
     if selection == "valid":
         fit_train, valid = holdout(data.train, cfg.eval.valid_fraction, cfg.eval.valid_seed)
         if valid.nnz == 0:
-            raise ConfigError(f"eval.valid_fraction={cfg.eval.valid_fraction!r}: holds out no interaction of "
-                              f"{data.name} (a user keeps round(fraction * n) of its n train items, at least one "
-                              "in train); use a larger fraction or eval.selection=paper")
+            raise ConfigError(
+                f"eval.valid_fraction={cfg.eval.valid_fraction!r}: holds out no interaction of "
+                f"{data.name} (a user keeps round(fraction * n) of its n train items, at least one "
+                "in train); use a larger fraction or eval.selection=paper"
+            )
 
-    model = build("encoder", cfg.encoder, allowed, n_users=data.n_users, n_items=data.n_items,
-                  train=fit_train).to(device)
+    model = build("encoder", cfg.encoder, allowed, n_users=data.n_users, n_items=data.n_items, train=fit_train).to(
+        device
+    )
     loss_fn = build("loss", cfg.loss, allowed).to(device)
     generator = torch.Generator(device=device).manual_seed(cfg.seed)
-    sampler = build("sampler", cfg.sampler, allowed, n_items=data.n_items, train=fit_train,
-                    generator=generator, device=device)
+    sampler = build(
+        "sampler", cfg.sampler, allowed, n_items=data.n_items, train=fit_train, generator=generator, device=device
+    )
     optimizer = make_optimizer(model, cfg.trainer.lr, cfg.trainer.optimizer, cfg.trainer.l2)
     settings = TrainSettings(**{k: cfg.trainer[k] for k in TrainSettings.__dataclass_fields__})
     out_dir = run_directory(cfg)
@@ -155,17 +175,20 @@ def _train(cfg: DictConfig) -> float:
     users, items = (torch.from_numpy(a).to(device) for a in replace(data, train=fit_train).train_pairs())
     ks = list(cfg.eval.ks)
     longtail_cfg = cfg.eval.get("longtail") or {}
-    longtail = LongTail.from_train(data.train, longtail_cfg.get("groups", 5),
-                                   longtail_cfg.get("split", "equal_interactions")) \
-        if longtail_cfg.get("enabled", False) else None
+    longtail = (
+        LongTail.from_train(data.train, longtail_cfg.get("groups", 5), longtail_cfg.get("split", "equal_interactions"))
+        if longtail_cfg.get("enabled", False)
+        else None
+    )
     if valid is not None:
         settings.monitor = f"valid/{settings.monitor}"  # select on the slice; best/ holds the test metrics there
 
     def evaluate() -> dict[str, float]:
         """Test metrics (all train items masked), plus ``valid/`` metrics on the held-out slice."""
         user_emb, item_emb = model.all_embeddings()
-        metrics = evaluate_embeddings(user_emb, item_emb, data.train, data.test, ks=ks,
-                                      chunk_size=cfg.eval.chunk_size, longtail=longtail)
+        metrics = evaluate_embeddings(
+            user_emb, item_emb, data.train, data.test, ks=ks, chunk_size=cfg.eval.chunk_size, longtail=longtail
+        )
         if valid is not None:
             on_valid = evaluate_embeddings(user_emb, item_emb, fit_train, valid, ks=ks, chunk_size=cfg.eval.chunk_size)
             metrics |= {f"valid/{k}": v for k, v in on_valid.items()}
@@ -173,25 +196,39 @@ def _train(cfg: DictConfig) -> float:
 
     choices = group_choices(cfg)
     run_name = cfg.tracking.run_name or "-".join(
-        [choices.get("encoder", "?"), choices.get("loss", "?"), data.name, f"N{cfg.sampler.get('num_negatives', '-')}"])
+        [choices.get("encoder", "?"), choices.get("loss", "?"), data.name, f"N{cfg.sampler.get('num_negatives', '-')}"]
+    )
     tracker = Tracker(cfg.tracking.uri, cfg.tracking.experiment, cfg.tracking.artifact_location, cfg.tracking.enabled)
     tags = {f"choice.{k}": v for k, v in choices.items()} | {
-        "dataset": data.name, "device": str(device), "git_commit": git_commit(),
-        "mlflow.source.git.commit": git_commit(), "torch": torch.__version__,
-        **{f"dataset.{k}": v for k, v in data.fingerprint().items()}, "selection": selection}
+        "dataset": data.name,
+        "device": str(device),
+        "git_commit": git_commit(),
+        "mlflow.source.git.commit": git_commit(),
+        "torch": torch.__version__,
+        **{f"dataset.{k}": v for k, v in data.fingerprint().items()},
+        "selection": selection,
+    }
     if valid is not None:
         tags |= {"valid.interactions": int(valid.nnz), "valid.users": int((valid.getnnz(axis=1) > 0).sum())}
     tags |= sweep_job_tags(cfg.tracking.uri)  # in a sweep: mlflow.parentRunId, sweep.id, sweep.job_num, ...
     tracker.close_dead_runs()  # runs of this store left RUNNING by dead processes -> KILLED
-    reopened = resume is not None and resume.get("tracking_uri") == cfg.tracking.uri and \
-        tracker.reopen(str(resume.get("run_id")))
+    reopened = (
+        resume is not None
+        and resume.get("tracking_uri") == cfg.tracking.uri
+        and tracker.reopen(str(resume.get("run_id")))
+    )
     if not reopened:
         tracker.start(run_name, flatten(resolved), tags | ({"resumed_from": resume["path"]} if resume else {}))
     if resume is not None:
         log.info(f"Resuming from {resume['path']} (epoch {resume['epoch']}, step {resume['step']})")
         tracker.set_tags({"resumed_at_epoch": resume["epoch"], "resumed_with_changes": ",".join(resume["changed"])})
-    identity = {"dataset": data.fingerprint(), "shapes": shapes, "tracking_uri": cfg.tracking.uri,
-                "run_id": tracker.run_id, "config": OmegaConf.to_yaml(resolved)}
+    identity = {
+        "dataset": data.fingerprint(),
+        "shapes": shapes,
+        "tracking_uri": cfg.tracking.uri,
+        "run_id": tracker.run_id,
+        "config": OmegaConf.to_yaml(resolved),
+    }
 
     def save_checkpoint(state: dict) -> None:
         save_atomic(state | identity, out_dir / CHECKPOINT_FILE)
@@ -214,15 +251,33 @@ def _train(cfg: DictConfig) -> float:
             tracker.log_text(OmegaConf.to_yaml(resolved), "config.yaml")
             for name, text in data.artifacts.items():  # dataset=interactions: id mappings, split record
                 tracker.log_text(text, name)
-        result = fit(model, loss_fn, sampler, optimizer, users, items, evaluate, settings, generator,
-                     on_epoch_end=on_epoch_end,
-                     checkpoint=save_checkpoint if cfg.trainer.get("checkpoint", True) else None, resume=resume)
+        result = fit(
+            model,
+            loss_fn,
+            sampler,
+            optimizer,
+            users,
+            items,
+            evaluate,
+            settings,
+            generator,
+            on_epoch_end=on_epoch_end,
+            checkpoint=save_checkpoint if cfg.trainer.get("checkpoint", True) else None,
+            resume=resume,
+        )
         best = {f"best/{k}": v for k, v in result.best_metrics.items()}
         tracker.log_metrics(best | {"best_epoch": result.best_epoch, "steps": result.steps}, step=result.best_epoch)
         if cfg.tracking.save_checkpoint:
             path = out_dir / "best.pt"
-            torch.save({"state_dict": result.best_state, "config": OmegaConf.to_yaml(resolved),
-                        "best_epoch": result.best_epoch, "metrics": result.best_metrics}, path)
+            torch.save(
+                {
+                    "state_dict": result.best_state,
+                    "config": OmegaConf.to_yaml(resolved),
+                    "best_epoch": result.best_epoch,
+                    "metrics": result.best_metrics,
+                },
+                path,
+            )
             tracker.log_artifact(path)
         status = "FINISHED"
     except (KeyboardInterrupt, SystemExit):  # SystemExit: submitit requeues a preempted job (resumes here)

@@ -20,9 +20,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
-DRAW_PREFIX = "draw."        # trial params that are raw draws, not config keys
+DRAW_PREFIX = "draw."  # trial params that are raw draws, not config keys
 OVERRIDES_ATTR = "overrides"  # trial user attribute: {config key: value} the draws map to
-EPS = 1e-6                    # draws lie in [EPS, 1 - EPS], strictly inside (0, 1)
+EPS = 1e-6  # draws lie in [EPS, 1 - EPS], strictly inside (0, 1)
 
 
 class SearchSpaceError(ValueError):
@@ -33,7 +33,7 @@ class SearchSpaceError(ValueError):
 class MarginSpace:
     """``hydra.sweeper.space``: k margins in (low, high) for ``margins_key``, k weights for ``weights_key``."""
 
-    k: int = 3                 # the MML paper's number of margins (Gowalla; Yelp2018 uses 4)
+    k: int = 3  # the MML paper's number of margins (Gowalla; Yelp2018 uses 4)
     low: float = 0.0
     high: float = 1.0
     min_gap: float = 0.01
@@ -52,11 +52,13 @@ class MarginSpace:
         if not 0.0 <= self.low < self.high <= 1.0:
             raise SearchSpaceError(
                 f"{where}: low={self.low}, high={self.high}: margins are sampled sorted strictly inside "
-                "(low, high), which must lie in [0, 1] with low < high")
+                "(low, high), which must lie in [0, 1] with low < high"
+            )
         if self.min_gap < 0 or (k + 1) * self.min_gap >= self.high - self.low:
             raise SearchSpaceError(
                 f"{where}: {k} margins with gaps >= min_gap={self.min_gap} cannot be sorted inside "
-                f"({self.low}, {self.high}): need 0 <= min_gap and (k + 1) * min_gap < high - low")
+                f"({self.low}, {self.high}): need 0 <= min_gap and (k + 1) * min_gap < high - low"
+            )
 
     @classmethod
     def from_config(cls, node: Mapping[str, Any] | None) -> "MarginSpace":
@@ -111,8 +113,9 @@ def sorted_in_interval(draws: Sequence[float], low: float, high: float, min_gap:
     return values
 
 
-def margins_and_weights(margin_draws: Sequence[float], weight_draws: Sequence[float] | None,
-                        space: MarginSpace) -> dict[str, list[float]]:
+def margins_and_weights(
+    margin_draws: Sequence[float], weight_draws: Sequence[float] | None, space: MarginSpace
+) -> dict[str, list[float]]:
     """The overrides one trial's draws map to: ``{margins_key: [...], weights_key: [...]}``."""
     out = {space.margins_key: sorted_in_interval(margin_draws, space.low, space.high, space.min_gap)}
     if space.weights_key:
@@ -140,5 +143,14 @@ def format_override(key: str, value: Any) -> str:
     return f"{key}={value!r}" if isinstance(value, float) else f"{key}={value}"
 
 
-__all__ = ["MarginSpace", "SearchSpaceError", "simplex", "sorted_in_interval", "margins_and_weights",
-           "custom_search_space", "format_override", "DRAW_PREFIX", "OVERRIDES_ATTR"]
+__all__ = [
+    "MarginSpace",
+    "SearchSpaceError",
+    "simplex",
+    "sorted_in_interval",
+    "margins_and_weights",
+    "custom_search_space",
+    "format_override",
+    "DRAW_PREFIX",
+    "OVERRIDES_ATTR",
+]

@@ -58,8 +58,7 @@ def holdout(train: sp.spmatrix, fraction: float, seed: int) -> tuple[sp.csr_matr
     items = csr.indices.astype(np.int64)
 
     def build(mask: np.ndarray) -> sp.csr_matrix:
-        m = sp.csr_matrix((np.ones(int(mask.sum()), np.float32), (rows[mask], items[mask])),
-                          shape=(n_users, n_items))
+        m = sp.csr_matrix((np.ones(int(mask.sum()), np.float32), (rows[mask], items[mask])), shape=(n_users, n_items))
         m.sum_duplicates()
         return m
 

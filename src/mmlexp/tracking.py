@@ -26,7 +26,12 @@ MAX_PARAM_LENGTH = 6000
 HEARTBEAT_S = 60.0
 STALE_AFTER_S = 600.0  # another host's run without a heartbeat for this long is dead
 HOST_TAG, PID_TAG, PID_STARTED_TAG, HEARTBEAT_TAG, KILLED_TAG = (
-    "mmlexp.host", "mmlexp.pid", "mmlexp.pid_started", "mmlexp.heartbeat", "mmlexp.killed")
+    "mmlexp.host",
+    "mmlexp.pid",
+    "mmlexp.pid_started",
+    "mmlexp.heartbeat",
+    "mmlexp.killed",
+)
 
 log = logging.getLogger("mmlexp")
 
@@ -45,8 +50,12 @@ def alive_since(pid, started: float | None) -> bool:
 def liveness_tags() -> dict[str, str]:
     import psutil
 
-    return {HOST_TAG: socket.gethostname(), PID_TAG: str(os.getpid()),
-            PID_STARTED_TAG: f"{psutil.Process().create_time():.3f}", HEARTBEAT_TAG: f"{time.time():.0f}"}
+    return {
+        HOST_TAG: socket.gethostname(),
+        PID_TAG: str(os.getpid()),
+        PID_STARTED_TAG: f"{psutil.Process().create_time():.3f}",
+        HEARTBEAT_TAG: f"{time.time():.0f}",
+    }
 
 
 def dead_reason(tags: Mapping[str, str], now: float, grace_s: float = STALE_AFTER_S) -> str | None:
@@ -80,12 +89,15 @@ def close_dead_runs(client, grace_s: float = STALE_AFTER_S) -> list[str]:
         if reason is None:
             continue
         with contextlib.suppress(Exception):
-            client.log_batch(run.info.run_id, tags=[RunTag(KILLED_TAG, f"left RUNNING: {reason}; closed by "
-                                                              f"pid {os.getpid()} at {time.ctime(now)}")])
+            client.log_batch(
+                run.info.run_id,
+                tags=[RunTag(KILLED_TAG, f"left RUNNING: {reason}; closed by pid {os.getpid()} at {time.ctime(now)}")],
+            )
             client.set_terminated(run.info.run_id, status="KILLED")
             closed.append(run.info.run_id)
-            log.warning(f"MLflow run {run.info.run_id} ({run.info.run_name}) was left RUNNING ({reason}): "
-                        "marked KILLED")
+            log.warning(
+                f"MLflow run {run.info.run_id} ({run.info.run_name}) was left RUNNING ({reason}): marked KILLED"
+            )
     return closed
 
 
@@ -108,8 +120,9 @@ def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
 
 def git_commit() -> str | None:
     try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent,
-                             capture_output=True, text=True, timeout=5)
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True, text=True, timeout=5
+        )
     except (OSError, subprocess.SubprocessError):
         return None
     return out.stdout.strip() or None if out.returncode == 0 else None
@@ -118,7 +131,7 @@ def git_commit() -> str | None:
 def _sqlite_parent(uri: str) -> None:
     """Create the folder of a ``sqlite:///path`` store so a first run just works."""
     if uri.startswith("sqlite:///"):
-        Path(uri[len("sqlite:///"):]).expanduser().resolve().parent.mkdir(parents=True, exist_ok=True)
+        Path(uri[len("sqlite:///") :]).expanduser().resolve().parent.mkdir(parents=True, exist_ok=True)
 
 
 @contextlib.contextmanager
@@ -130,7 +143,7 @@ def _store_lock(uri: str):
         return
     import fcntl
 
-    path = Path(uri[len("sqlite:///"):]).expanduser().resolve()
+    path = Path(uri[len("sqlite:///") :]).expanduser().resolve()
     with open(path.with_name(path.name + ".lock"), "a") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         try:
@@ -188,15 +201,16 @@ class Tracker:
         if not self.enabled:
             return None
         tags = {**tags, **liveness_tags()}
-        run = self.client.create_run(self.experiment_id, run_name=run_name,
-                                     tags={k: str(v) for k, v in tags.items() if v is not None})
+        run = self.client.create_run(
+            self.experiment_id, run_name=run_name, tags={k: str(v) for k, v in tags.items() if v is not None}
+        )
         self.run_id = run.info.run_id
         self._start_heartbeat()
         from mlflow.entities import Param
 
         items = [Param(k, v) for k, v in params.items()]
         for i in range(0, len(items), 100):
-            self.client.log_batch(self.run_id, params=items[i:i + 100], synchronous=True)
+            self.client.log_batch(self.run_id, params=items[i : i + 100], synchronous=True)
         return self.run_id
 
     def reopen(self, run_id: str) -> bool:
@@ -222,8 +236,11 @@ class Tracker:
         from mlflow.entities import Metric
 
         now = int(time.time() * 1000)
-        batch = [Metric(mlflow_key(k), float(v), now, step) for k, v in metrics.items()
-                 if v is not None and math.isfinite(float(v))]
+        batch = [
+            Metric(mlflow_key(k), float(v), now, step)
+            for k, v in metrics.items()
+            if v is not None and math.isfinite(float(v))
+        ]
         self.client.log_batch(self.run_id, metrics=batch, synchronous=True)
 
     def set_tags(self, tags: Mapping[str, Any]) -> None:

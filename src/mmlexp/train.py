@@ -81,8 +81,9 @@ def set_rng_state(state: dict, generator: torch.Generator | None) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def make_optimizer(model: nn.Module, lr: float, name: str = "adam", l2: float = 0.0,
-                   defer: bool = False) -> torch.optim.Optimizer:
+def make_optimizer(
+    model: nn.Module, lr: float, name: str = "adam", l2: float = 0.0, defer: bool = False
+) -> torch.optim.Optimizer:
     """``adam``: dense Adam with torch defaults (paper-reference §3) as ``mmlexp.optim.TableAdam``: the
     embedding tables in its L2 group, other parameters without L2 (``train_step`` passes ``l2`` and the clip
     norm to each step).  A model with a ``sparse_grad`` switch gets it on where TableAdam reads sparse
@@ -95,8 +96,10 @@ def make_optimizer(model: nn.Module, lr: float, name: str = "adam", l2: float = 
         optimizer = LazyAdam(params, lr=lr, weight_decay=l2)
     elif name == "adam":
         tables = {id(t) for t in model.embedding_tables()} if hasattr(model, "embedding_tables") else set()
-        groups = [{"params": [p for p in params if id(p) in tables]},
-                  {"params": [p for p in params if id(p) not in tables], "decay": False}]
+        groups = [
+            {"params": [p for p in params if id(p) in tables]},
+            {"params": [p for p in params if id(p) not in tables], "decay": False},
+        ]
         optimizer = TableAdam([g for g in groups if g["params"]], lr=lr, defer=defer)
         if defer:
             _materialize_on_model_io(model, optimizer)
@@ -115,6 +118,7 @@ def _materialize_on_model_io(model: nn.Module, optimizer: TableAdam) -> None:
     def hook(*_args, **_kwargs):
         if ref() is not None:
             ref().materialize()
+
     model.register_state_dict_pre_hook(hook)
     model.register_load_state_dict_pre_hook(hook)
 
@@ -223,16 +227,21 @@ def fit(
         model.load_state_dict(resume["model"])
         optimizer.load_state_dict(resume["optimizer"])
         set_rng_state(resume["rng"], generator)
-        best = FitResult(best_epoch=resume["best_epoch"], best_metrics=dict(resume["best_metrics"]),
-                         best_state=resume["best_state"], history=list(resume["history"]))
+        best = FitResult(
+            best_epoch=resume["best_epoch"],
+            best_metrics=dict(resume["best_metrics"]),
+            best_state=resume["best_state"],
+            history=list(resume["history"]),
+        )
         best_score, bad_evals, step = resume["best_score"], resume["bad_evals"], resume["step"]
         first_epoch, elapsed = resume["epoch"] + 1, resume["elapsed_s"]
         best.stopped_early = bool(resume.get("stopped_early", False))
     keep_freed_memory()  # large per-step temporaries reused, not page-faulted in again (mmlexp.runtime)
     fit_start = time.perf_counter() - elapsed
     deadline = fit_start + 60 * settings.max_minutes if settings.max_minutes else float("inf")
-    if resume is not None and (best.stopped_early or step >= (settings.max_steps or float("inf"))
-                               or time.perf_counter() >= deadline):
+    if resume is not None and (
+        best.stopped_early or step >= (settings.max_steps or float("inf")) or time.perf_counter() >= deadline
+    ):
         best.steps = step  # the checkpoint is of the run's last epoch: nothing left to train
         return best
     for epoch in range(first_epoch, settings.epochs + 1):
@@ -240,11 +249,18 @@ def fit(
         start, loss_sum, loss_rows = time.perf_counter(), torch.zeros((), device=users.device), 0
         order = torch.randperm(n_rows, generator=generator, device=generator.device if generator else "cpu")
         order = order.to(users.device)
-        bar = tqdm(total=n_rows, desc=f"epoch {epoch}", unit="int", unit_scale=True,
-                   disable=not settings.progress, leave=False, mininterval=0.5)
+        bar = tqdm(
+            total=n_rows,
+            desc=f"epoch {epoch}",
+            unit="int",
+            unit_scale=True,
+            disable=not settings.progress,
+            leave=False,
+            mininterval=0.5,
+        )
         out_of_budget = False
         for first in range(0, n_rows, batch):
-            rows = order[first:first + batch]
+            rows = order[first : first + batch]
             if rows.numel() == 1 and first > 0:
                 break  # a trailing batch of one row is skipped (in-batch negatives need two rows)
             loss = train_step(model, loss_fn, sampler, optimizer, users[rows], items[rows], settings)
@@ -257,8 +273,9 @@ def fit(
                     raise Diverged(epoch, step, f"loss {value}")
                 bar.set_postfix(loss=f"{value:.4f}", refresh=False)
             bar.update(rows.numel())
-            out_of_budget = (settings.max_steps is not None and step >= settings.max_steps) or \
-                time.perf_counter() >= deadline
+            out_of_budget = (
+                settings.max_steps is not None and step >= settings.max_steps
+            ) or time.perf_counter() >= deadline
             if out_of_budget:
                 break
         bar.close()
@@ -267,9 +284,14 @@ def fit(
         seconds = time.perf_counter() - start
         if not math.isfinite(loss_sum.item()):
             raise Diverged(epoch, step, f"mean loss of the epoch {loss_sum.item()}")
-        record = {"epoch": epoch, "train_loss": loss_sum.item() / max(loss_rows, 1),
-                  "l2_penalty": l2_penalty(model.embedding_tables(), settings.l2),
-                  "epoch_time_s": seconds, "interactions_per_s": loss_rows / seconds, "step": step}
+        record = {
+            "epoch": epoch,
+            "train_loss": loss_sum.item() / max(loss_rows, 1),
+            "l2_penalty": l2_penalty(model.embedding_tables(), settings.l2),
+            "epoch_time_s": seconds,
+            "interactions_per_s": loss_rows / seconds,
+            "step": step,
+        }
         done = epoch == settings.epochs or out_of_budget
         evaluated = epoch % settings.eval_every == 0 or done
         if evaluated:
@@ -295,9 +317,20 @@ def fit(
         if on_epoch_end is not None:
             on_epoch_end(epoch, record)
         if evaluated and checkpoint is not None:
-            checkpoint(training_state(model, optimizer, generator, best, epoch=epoch, step=step,
-                                      best_score=best_score, bad_evals=bad_evals, stopped_early=best.stopped_early,
-                                      elapsed_s=time.perf_counter() - fit_start))
+            checkpoint(
+                training_state(
+                    model,
+                    optimizer,
+                    generator,
+                    best,
+                    epoch=epoch,
+                    step=step,
+                    best_score=best_score,
+                    bad_evals=bad_evals,
+                    stopped_early=best.stopped_early,
+                    elapsed_s=time.perf_counter() - fit_start,
+                )
+            )
         if done:
             break
     best.steps = step
@@ -307,6 +340,13 @@ def fit(
 def training_state(model, optimizer, generator, best: FitResult, **counters) -> dict:
     """Everything ``fit(resume=...)`` needs: model, optimizer and RNG states, the counters, the best epoch so far
     (its weights too) and the history of records."""
-    return {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "rng": rng_state(generator),
-            "best_epoch": best.best_epoch, "best_metrics": best.best_metrics, "best_state": best.best_state,
-            "history": best.history, **counters}
+    return {
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "rng": rng_state(generator),
+        "best_epoch": best.best_epoch,
+        "best_metrics": best.best_metrics,
+        "best_state": best.best_state,
+        "history": best.history,
+        **counters,
+    }

@@ -29,8 +29,10 @@ ENCODERS = {
     "mf": (MatrixFactorization, {}),
     "simplex": (SimpleX, dict(gamma=0.5)),
     "simplex_mean_shared": (SimpleX, dict(aggregator="mean", gamma=0.3, share_history_table=True, max_history=2)),
-    "simplex_self_attention_quirk": (SimpleX, dict(aggregator="self_attention", pad_in_softmax_quirk=True,
-                                                   attention_dropout=0.2)),
+    "simplex_self_attention_quirk": (
+        SimpleX,
+        dict(aggregator="self_attention", pad_in_softmax_quirk=True, attention_dropout=0.2),
+    ),
     "svdpp": (SVDPlusPlus, dict(dropout=0.1)),
     "lightgcn": (LightGCN, dict(n_layers=2, dropout=0.1)),
     "ngcf": (NGCF, dict(n_layers=2)),
@@ -46,7 +48,7 @@ def make(name, similarity="cosine", **extra):
 
 
 USERS = torch.tensor([0, 2, 2, 4, 6, 1])
-POS = torch.tensor([5, 0, 8, 9, 3, 1])            # each row's positive is one of the user's train items
+POS = torch.tensor([5, 0, 8, 9, 3, 1])  # each row's positive is one of the user's train items
 NEG = torch.tensor([[1, 10, 3], [7, 7, 9], [10, 0, 4], [0, 1, 2], [5, 6, 10], [0, 9, 2]])
 
 
@@ -62,7 +64,7 @@ def test_scores_shapes_shared_negatives_and_full_ranking_agree(name, similarity)
     assert user_vecs.shape[0] == N_USERS and item_vecs.shape[0] == N_ITEMS
     items = torch.cat([POS.unsqueeze(1), NEG], dim=1)
     torch.testing.assert_close(model.score(USERS, items), (user_vecs[USERS].unsqueeze(1) * item_vecs[items]).sum(-1))
-    everything = torch.arange(N_ITEMS).expand(6, -1)   # B*C > n_items: the whole-catalogue path
+    everything = torch.arange(N_ITEMS).expand(6, -1)  # B*C > n_items: the whole-catalogue path
     torch.testing.assert_close(model.score(USERS, everything), user_vecs[USERS] @ item_vecs.T)
     norms = torch.cat([user_vecs.norm(dim=1), item_vecs.norm(dim=1)])
     if similarity == "cosine":
@@ -114,11 +116,14 @@ def test_train_is_required_and_checked(name):
 
 
 @pytest.mark.parametrize("name", ENCODERS)
-@pytest.mark.parametrize("kwargs, text", [
-    (dict(similarity="euclid"), "similarity='euclid': must be one of cosine, dot"),
-    (dict(dim=0), "dim=0: must be an integer >= 1"),
-    (dict(init_std=0.0), "init_std=0.0: must be > 0"),
-])
+@pytest.mark.parametrize(
+    "kwargs, text",
+    [
+        (dict(similarity="euclid"), "similarity='euclid': must be one of cosine, dot"),
+        (dict(dim=0), "dim=0: must be an integer >= 1"),
+        (dict(init_std=0.0), "init_std=0.0: must be > 0"),
+    ],
+)
 def test_common_bad_arguments(name, kwargs, text):
     cls, own = ENCODERS[name]
     with pytest.raises(ValueError, match=text):
@@ -141,12 +146,15 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
-@pytest.mark.parametrize("name, kwargs", [
-    ("simplex", {}),
-    ("svdpp", {}),
-    ("lightgcn", {}),
-    ("ngcf", dict(n_layers=2)),
-])
+@pytest.mark.parametrize(
+    "name, kwargs",
+    [
+        ("simplex", {}),
+        ("svdpp", {}),
+        ("lightgcn", {}),
+        ("ngcf", dict(n_layers=2)),
+    ],
+)
 def test_one_epoch_on_sample_beats_random_ranking(name, kwargs, one_thread):
     """MML, uniform N=50, batch 512, lr 1e-3, one epoch; Recall@20 >= 3x that of a random ranking."""
     data = load_dataset("sample")
@@ -154,23 +162,37 @@ def test_one_epoch_on_sample_beats_random_ranking(name, kwargs, one_thread):
     model = ENCODERS[name][0](data.n_users, data.n_items, train=data.train, **kwargs)
     gen = torch.Generator().manual_seed(0)
     users, items = (torch.from_numpy(a) for a in data.train_pairs())
-    result = fit(model, MultiMarginLoss(), UniformSampler(50, data.n_items, generator=gen),
-                 make_optimizer(model, 1e-3), users, items,
-                 lambda: evaluate_embeddings(*model.all_embeddings(), data.train, data.test, ks=[20]),
-                 TrainSettings(epochs=1, batch_size=512, lr=1e-3, progress=False), gen)
+    result = fit(
+        model,
+        MultiMarginLoss(),
+        UniformSampler(50, data.n_items, generator=gen),
+        make_optimizer(model, 1e-3),
+        users,
+        items,
+        lambda: evaluate_embeddings(*model.all_embeddings(), data.train, data.test, ks=[20]),
+        TrainSettings(epochs=1, batch_size=512, lr=1e-3, progress=False),
+        gen,
+    )
     assert result.best_metrics["recall@20"] > 3 * 20 / data.n_items
 
 
 @pytest.mark.parametrize("sampler", sorted(p.stem for p in (CONF / "sampler").glob("*.yaml")))
 def test_every_encoder_takes_a_training_step_with_every_sampler(make_cfg, sampler):
     from mmlexp.train import train_step
+
     cfg = make_cfg(f"sampler={sampler}", "num_negatives=3")
     for name in ENCODERS:
         model = make(name).train()
-        s = build("sampler", cfg.sampler, OWN_TARGETS, n_items=N_ITEMS, train=tiny_train(),
-                  generator=torch.Generator().manual_seed(0), device="cpu")
+        s = build(
+            "sampler",
+            cfg.sampler,
+            OWN_TARGETS,
+            n_items=N_ITEMS,
+            train=tiny_train(),
+            generator=torch.Generator().manual_seed(0),
+            device="cpu",
+        )
         before = [p.detach().clone() for p in model.parameters()]
-        loss = train_step(model, MultiMarginLoss(), s, make_optimizer(model, 1e-2), USERS, POS,
-                          TrainSettings(l2=1e-4))
+        loss = train_step(model, MultiMarginLoss(), s, make_optimizer(model, 1e-2), USERS, POS, TrainSettings(l2=1e-4))
         assert torch.isfinite(loss)
         assert all(not torch.equal(a, p) for a, p in zip(before, model.parameters(), strict=True)), name

@@ -10,21 +10,22 @@ from mmlexp.encoders import normalized_adjacency
 from mmlexp.encoders.graph import batch_csr, propagate, row_entries
 
 # 3 users x 4 items; item 3 has no interaction.  Degrees: users 2, 1, 2; items 2, 2, 1, 0.
-R = sp.csr_matrix(np.array([[1, 1, 0, 0],
-                            [0, 1, 0, 0],
-                            [1, 0, 1, 0]], dtype=np.float32))
-H = 0.5                # 1/sqrt(2*2)
+R = sp.csr_matrix(np.array([[1, 1, 0, 0], [0, 1, 0, 0], [1, 0, 1, 0]], dtype=np.float32))
+H = 0.5  # 1/sqrt(2*2)
 S = 0.7071067811865476  # 1/sqrt(1*2) = 1/sqrt(2*1)
 # rows/cols: u0 u1 u2 i0 i1 i2 i3, written by hand
-EXPECTED = torch.tensor([
-    [0, 0, 0, H, H, 0, 0],   # u0 - i0 (deg 2, 2), u0 - i1 (2, 2)
-    [0, 0, 0, 0, S, 0, 0],   # u1 - i1 (1, 2)
-    [0, 0, 0, H, 0, S, 0],   # u2 - i0 (2, 2), u2 - i2 (2, 1)
-    [H, 0, H, 0, 0, 0, 0],
-    [H, S, 0, 0, 0, 0, 0],
-    [0, 0, S, 0, 0, 0, 0],
-    [0, 0, 0, 0, 0, 0, 0],   # isolated item: zero row and column
-], dtype=torch.float32)
+EXPECTED = torch.tensor(
+    [
+        [0, 0, 0, H, H, 0, 0],  # u0 - i0 (deg 2, 2), u0 - i1 (2, 2)
+        [0, 0, 0, 0, S, 0, 0],  # u1 - i1 (1, 2)
+        [0, 0, 0, H, 0, S, 0],  # u2 - i0 (2, 2), u2 - i2 (2, 1)
+        [H, 0, H, 0, 0, 0, 0],
+        [H, S, 0, 0, 0, 0, 0],
+        [0, 0, S, 0, 0, 0, 0],
+        [0, 0, 0, 0, 0, 0, 0],  # isolated item: zero row and column
+    ],
+    dtype=torch.float32,
+)
 
 
 def test_normalized_adjacency_matches_hand_computed_values():
@@ -35,8 +36,10 @@ def test_normalized_adjacency_matches_hand_computed_values():
 
 
 def test_duplicate_and_non_binary_entries_count_once():
-    coo = sp.coo_matrix((np.array([1, 1, 3, 1, 1, 2], np.float32),
-                         (np.array([0, 0, 0, 1, 2, 2]), np.array([0, 0, 1, 1, 0, 2]))), shape=(3, 4))
+    coo = sp.coo_matrix(
+        (np.array([1, 1, 3, 1, 1, 2], np.float32), (np.array([0, 0, 0, 1, 2, 2]), np.array([0, 0, 1, 1, 0, 2]))),
+        shape=(3, 4),
+    )
     torch.testing.assert_close(normalized_adjacency(coo).to_dense(), EXPECTED)
 
 
@@ -60,7 +63,7 @@ def test_row_entries_and_batch_csr_equal_scipy_row_slicing():
     take = torch.full_like(rows, 2)
     seg, pos, offset, lengths = row_entries(indptr, rows, take)
     for b, r in enumerate(rows.tolist()):
-        expected = m.indices[m.indptr[r]:m.indptr[r + 1]][-2:]
+        expected = m.indices[m.indptr[r] : m.indptr[r + 1]][-2:]
         assert indices[pos[seg == b]].tolist() == expected.tolist()
         assert offset[seg == b].tolist() == list(range(len(expected))) and lengths[b] == len(expected)
 

@@ -61,8 +61,9 @@ def test_adjacency_is_a_sparse_buffer_that_moves_with_the_module():
     torch.testing.assert_close(model.adjacency.to_dense(), dense_adjacency())
 
 
-@pytest.mark.parametrize("n_layers, text", [(-1, "n_layers=-1: must be an integer >= 0"),
-                                            (1.5, "n_layers=1.5: must be an integer >= 0")])
+@pytest.mark.parametrize(
+    "n_layers, text", [(-1, "n_layers=-1: must be an integer >= 0"), (1.5, "n_layers=1.5: must be an integer >= 0")]
+)
 def test_bad_layers(n_layers, text):
     with pytest.raises(ValueError, match=text):
         LightGCN(4, 5, n_layers=n_layers, train=TRAIN)

@@ -11,9 +11,12 @@ def test_scores_are_cosines_of_the_table_rows():
     torch.manual_seed(0)
     mf = MatrixFactorization(5, 7, dim=4, dropout=0.5).eval()
     users, items = torch.tensor([0, 3]), torch.tensor([[1, 2, 6], [0, 0, 4]])
-    expected = torch.stack([
-        torch.stack([F.cosine_similarity(mf.user_table[u], mf.item_table[i], dim=0) for i in row])
-        for u, row in zip(users, items, strict=True)])
+    expected = torch.stack(
+        [
+            torch.stack([F.cosine_similarity(mf.user_table[u], mf.item_table[i], dim=0) for i in row])
+            for u, row in zip(users, items, strict=True)
+        ]
+    )
     torch.testing.assert_close(mf(users, items[:, 0], items[:, 1:]), expected)
     torch.testing.assert_close(mf.score(users, items), expected)
 

@@ -31,7 +31,7 @@ def test_layers_match_the_dense_matrix_form(n_layers):
     torch.testing.assert_close(items, F.normalize(final[4:], dim=1).detach())
     cols = torch.cat([POS.unsqueeze(1), NEG], 1)
     expected = F.cosine_similarity(final[USERS].unsqueeze(1), final[4 + cols], dim=-1)
-    scores = model(USERS, POS, NEG)   # eval mode: no message dropout
+    scores = model(USERS, POS, NEG)  # eval mode: no message dropout
     torch.testing.assert_close(scores, expected)
     scores.sum().backward(), expected.sum().backward()
     torch.testing.assert_close(model.user_table.grad, u.grad)
@@ -53,9 +53,14 @@ def test_zero_layers_keeps_the_tables():
     assert len(model.w1) == 0 and items.shape == (5, 3)
 
 
-@pytest.mark.parametrize("kwargs, text", [(dict(n_layers=-2), "n_layers=-2: must be an integer >= 0"),
-                                          (dict(message_dropout=1.0), r"message_dropout=1.0: must lie in \[0, 1\)"),
-                                          (dict(negative_slope=-1), "negative_slope=-1: must be a number >= 0")])
+@pytest.mark.parametrize(
+    "kwargs, text",
+    [
+        (dict(n_layers=-2), "n_layers=-2: must be an integer >= 0"),
+        (dict(message_dropout=1.0), r"message_dropout=1.0: must lie in \[0, 1\)"),
+        (dict(negative_slope=-1), "negative_slope=-1: must be a number >= 0"),
+    ],
+)
 def test_bad_arguments(kwargs, text):
     with pytest.raises(ValueError, match=text):
         NGCF(4, 5, train=TRAIN, **kwargs)

@@ -78,8 +78,9 @@ def test_histories_are_capped_and_leave_the_target_out(cap):
 @pytest.mark.parametrize("quirk", [False, True])
 @pytest.mark.parametrize("cap, shared", [(None, False), (3, True)])
 def test_aggregators_match_explicit_per_user_loops(aggregator, quirk, cap, shared):
-    model = simplex(aggregator=aggregator, gamma=0.4, max_history=cap, share_history_table=shared,
-                    pad_in_softmax_quirk=quirk).eval()
+    model = simplex(
+        aggregator=aggregator, gamma=0.4, max_history=cap, share_history_table=shared, pad_in_softmax_quirk=quirk
+    ).eval()
     assert model.pad_length == (cap or LONGEST)
     train_rows = model.raw_user_vectors(USERS, POS, training=False)
     eval_rows = model.raw_user_vectors(torch.arange(N_USERS), None, training=False)
@@ -99,7 +100,7 @@ def test_quirk_denominator_counts_the_pads():
     padded length P, each weight is 1 / P instead of 1 / L."""
     model = simplex(aggregator="self_attention", gamma=0.0, pad_in_softmax_quirk=True)
     with torch.no_grad():
-        model.query.zero_()          # every score 0
+        model.query.zero_()  # every score 0
         model.w_v.weight.copy_(torch.eye(6))
     table = model.history_table
     for u in (0, 2, 6):
@@ -108,8 +109,9 @@ def test_quirk_denominator_counts_the_pads():
         torch.testing.assert_close(got, table[h].sum(0) / (LONGEST + 1e-9))
         proper = simplex(aggregator="self_attention", gamma=0.0)
         proper.load_state_dict(model.state_dict())
-        torch.testing.assert_close(proper.raw_user_vectors(torch.tensor([u]), None, training=False)[0],
-                                   table[h].mean(0))
+        torch.testing.assert_close(
+            proper.raw_user_vectors(torch.tensor([u]), None, training=False)[0], table[h].mean(0)
+        )
 
 
 def test_attention_is_stable_for_large_scores_and_empty_histories():
@@ -170,12 +172,26 @@ def test_all_embeddings_in_chunks_equal_one_pass():
         torch.testing.assert_close(x, y)
 
 
-@pytest.mark.parametrize("dataset, expected", [
-    ("gowalla", dict(aggregator="user_attention", gamma=0.8, net_dropout=0.1, max_history=None,
-                     share_history_table=False, l2=1e-7)),
-    ("yelp2018", dict(aggregator="mean", gamma=1.0, net_dropout=0.1, max_history=500,
-                      share_history_table=True, l2=1e-8)),
-])
+@pytest.mark.parametrize(
+    "dataset, expected",
+    [
+        (
+            "gowalla",
+            dict(
+                aggregator="user_attention",
+                gamma=0.8,
+                net_dropout=0.1,
+                max_history=None,
+                share_history_table=False,
+                l2=1e-7,
+            ),
+        ),
+        (
+            "yelp2018",
+            dict(aggregator="mean", gamma=1.0, net_dropout=0.1, max_history=500, share_history_table=True, l2=1e-8),
+        ),
+    ],
+)
 def test_paper_settings_per_dataset_instantiate(dataset, expected):
     setting = OmegaConf.load(CONF / "dataset_encoder" / f"{dataset}_simplex.yaml")
     encoder = OmegaConf.merge(OmegaConf.load(CONF / "encoder" / "simplex.yaml"), setting.encoder)
@@ -194,16 +210,19 @@ def test_parameter_count_of_the_gowalla_setting():
     assert sum(p.numel() for p in model.parameters()) + 4 * 64 == 7_164_992
 
 
-@pytest.mark.parametrize("kwargs, text", [
-    (dict(aggregator="max"), "aggregator='max': must be one of mean, user_attention, self_attention"),
-    (dict(gamma=1.5), r"gamma=1.5: must be a number in \[0, 1\]"),
-    (dict(gamma=-0.1), r"gamma=-0.1: must be a number in \[0, 1\]"),
-    (dict(max_history=0), "max_history=0: must be null .no cap. or an integer >= 1"),
-    (dict(max_history=2.5), "max_history=2.5: must be null"),
-    (dict(net_dropout=1.0), r"net_dropout=1.0: must lie in \[0, 1\)"),
-    (dict(share_history_table="yes"), "share_history_table=yes: must be true or false"),
-    (dict(pad_in_softmax_quirk=1), "pad_in_softmax_quirk=1: must be true or false"),
-])
+@pytest.mark.parametrize(
+    "kwargs, text",
+    [
+        (dict(aggregator="max"), "aggregator='max': must be one of mean, user_attention, self_attention"),
+        (dict(gamma=1.5), r"gamma=1.5: must be a number in \[0, 1\]"),
+        (dict(gamma=-0.1), r"gamma=-0.1: must be a number in \[0, 1\]"),
+        (dict(max_history=0), "max_history=0: must be null .no cap. or an integer >= 1"),
+        (dict(max_history=2.5), "max_history=2.5: must be null"),
+        (dict(net_dropout=1.0), r"net_dropout=1.0: must lie in \[0, 1\)"),
+        (dict(share_history_table="yes"), "share_history_table=yes: must be true or false"),
+        (dict(pad_in_softmax_quirk=1), "pad_in_softmax_quirk=1: must be true or false"),
+    ],
+)
 def test_bad_arguments(kwargs, text):
     with pytest.raises(ValueError, match=text):
         simplex(**kwargs)

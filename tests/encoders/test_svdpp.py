@@ -52,8 +52,10 @@ def test_implicit_gradient_is_the_normalised_sum_gradient():
     assert [t.shape for t in m.embedding_tables()] == [(7, 3), (11, 3), (11, 3)]
 
 
-@pytest.mark.parametrize("kwargs, text", [(dict(dropout=-0.1), r"dropout=-0.1: must lie in \[0, 1\)"),
-                                          (dict(dim=2.5), "dim=2.5: must be an integer >= 1")])
+@pytest.mark.parametrize(
+    "kwargs, text",
+    [(dict(dropout=-0.1), r"dropout=-0.1: must lie in \[0, 1\)"), (dict(dim=2.5), "dim=2.5: must be an integer >= 1")],
+)
 def test_bad_arguments(kwargs, text):
     with pytest.raises(ValueError, match=text):
         model(**kwargs)

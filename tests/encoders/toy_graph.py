@@ -4,10 +4,7 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
-TRAIN = sp.csr_matrix(np.array([[1, 1, 0, 0, 1],
-                                [0, 1, 0, 0, 0],
-                                [1, 0, 1, 0, 0],
-                                [0, 0, 1, 0, 1]], dtype=np.float32))
+TRAIN = sp.csr_matrix(np.array([[1, 1, 0, 0, 1], [0, 1, 0, 0, 0], [1, 0, 1, 0, 0], [0, 0, 1, 0, 1]], dtype=np.float32))
 USERS, POS = torch.tensor([0, 1, 2, 3, 0]), torch.tensor([0, 1, 2, 4, 4])
 NEG = torch.tensor([[3, 1], [0, 0], [4, 3], [1, 2], [2, 3]])
 

@@ -28,7 +28,8 @@ def test_matches_loop_values_and_gradients(formula_scores):
 def test_sum_reduction_scales_with_entries(rows, n_neg):
     # every entry at s = 0 costs log 2, whatever its label: the SUM is B * (1+N) * log 2
     assert BinaryCrossEntropyLoss()(torch.zeros(rows, 1 + n_neg)).item() == pytest.approx(
-        rows * (1 + n_neg) * math.log(2), rel=1e-6)
+        rows * (1 + n_neg) * math.log(2), rel=1e-6
+    )
 
 
 def test_gradient_of_an_entry_does_not_shrink_with_batch():

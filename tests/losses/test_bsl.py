@@ -36,8 +36,9 @@ REPEATED = torch.tensor([3, 1, 3, 0, 1, 3, 7, 2])  # groups {0,2,5}, {1,4}, {3},
 @pytest.mark.parametrize("mode", ["multi", "single", "reweight"])
 def test_matches_loop_values_and_gradients(formula_scores, mode):
     tau1, tau2 = 0.11, 1.10
-    assert_matches_formula(BilateralSoftmaxLoss(tau1, tau2, mode), lambda s, u: bsl_loop(s, tau1, tau2, mode, u),
-                           formula_scores, REPEATED)
+    assert_matches_formula(
+        BilateralSoftmaxLoss(tau1, tau2, mode), lambda s, u: bsl_loop(s, tau1, tau2, mode, u), formula_scores, REPEATED
+    )
 
 
 def test_multi_hand_loop_over_groups_couples_rows_of_a_user():
@@ -81,11 +82,16 @@ def test_multi_with_distinct_users_is_single_with_tau2_on_the_negatives(n_neg):
     # with distinct users is single with tau2 on the log-mean of the negatives.
     scores = random_scores(8, 1 + n_neg, seed=4)
     users = torch.tensor([5, 0, 9, 2, 7, 1, 3, 8])
-    torch.testing.assert_close(BilateralSoftmaxLoss(0.1, 1.0, "multi")(scores, users),
-                               BilateralSoftmaxLoss(0.1, 1.0, "single")(scores, users), rtol=1e-12, atol=0)
+    torch.testing.assert_close(
+        BilateralSoftmaxLoss(0.1, 1.0, "multi")(scores, users),
+        BilateralSoftmaxLoss(0.1, 1.0, "single")(scores, users),
+        rtol=1e-12,
+        atol=0,
+    )
     tau1, tau2 = 0.1, 1.3
-    expected = sum(-scores[b, 0] / tau1 + tau2 * torch.log(torch.exp(scores[b, 1:] / tau1).mean())
-                   for b in range(8)) / 8
+    expected = (
+        sum(-scores[b, 0] / tau1 + tau2 * torch.log(torch.exp(scores[b, 1:] / tau1).mean()) for b in range(8)) / 8
+    )
     torch.testing.assert_close(BilateralSoftmaxLoss(tau1, tau2, "multi")(scores, users), expected, rtol=1e-12, atol=0)
 
 
@@ -103,8 +109,12 @@ def test_single_and_reweight_differ_by_tau2_log_n_at_tau2_one(n_neg):
 
 def test_single_ignores_tau2():
     scores = random_scores(8, 11, seed=5)
-    torch.testing.assert_close(BilateralSoftmaxLoss(0.08, 1.22, "single")(scores),
-                               BilateralSoftmaxLoss(0.08, 1.0, "single")(scores), rtol=0, atol=0)
+    torch.testing.assert_close(
+        BilateralSoftmaxLoss(0.08, 1.22, "single")(scores),
+        BilateralSoftmaxLoss(0.08, 1.0, "single")(scores),
+        rtol=0,
+        atol=0,
+    )
 
 
 @pytest.mark.parametrize("tau1", [0.05, 0.01])
@@ -118,8 +128,9 @@ def test_no_overflow_at_small_temperature(tau1, mode):
     assert torch.isfinite(value) and torch.isfinite(grad).all()
     # the float64 loop still fits (exp(120) ~ 1e52); rows 1 and 4 form a group whose positives both
     # sit 240 below the batch max: a per-group shift keeps them finite where a global one would not
-    torch.testing.assert_close(value.double(), bsl_loop(scores.double(), tau1, 1.22, mode, REPEATED),
-                               rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(
+        value.double(), bsl_loop(scores.double(), tau1, 1.22, mode, REPEATED), rtol=1e-5, atol=1e-5
+    )
 
 
 @pytest.mark.parametrize("mode", ["multi", "single", "reweight"])

@@ -18,7 +18,7 @@ def contrastive_loop(scores, margin):
         for j in range(1, cols):
             d = torch.sqrt(2 - 2 * scores[b, j]) if scores[b, j] < 1 else 0 * scores[b, j]
             gap = margin - d
-            total = total + 0.5 * (gap ** 2 if gap > 0 else 0 * gap) / (cols - 1)
+            total = total + 0.5 * (gap**2 if gap > 0 else 0 * gap) / (cols - 1)
     return total / rows
 
 
@@ -64,8 +64,10 @@ def test_finite_in_bfloat16():
     assert_finite_in_bfloat16(ContrastiveLoss(), reference=ContrastiveLoss(), rel=3e-2)
 
 
-@pytest.mark.parametrize("margin, message", [(-0.1, "margin=-0.1: must be a number in [0, 2]"),
-                                             (2.5, "margin=2.5: must be a number in [0, 2] (a distance")])
+@pytest.mark.parametrize(
+    "margin, message",
+    [(-0.1, "margin=-0.1: must be a number in [0, 2]"), (2.5, "margin=2.5: must be a number in [0, 2] (a distance")],
+)
 def test_bad_margin_is_named(margin, message):
     with refused(message):
         ContrastiveLoss(margin)

@@ -37,9 +37,14 @@ def test_finite_in_bfloat16():
     assert_finite_in_bfloat16(PairwiseHingeLoss())
 
 
-@pytest.mark.parametrize("margin, message", [(1.5, "margin=1.5: must be a number in [-1, 1] (cosine scores)"),
-                                             (-2, "margin=-2.0: must be a number in [-1, 1]"),
-                                             (float("nan"), "margin=nan: must be a number in [-1, 1]")])
+@pytest.mark.parametrize(
+    "margin, message",
+    [
+        (1.5, "margin=1.5: must be a number in [-1, 1] (cosine scores)"),
+        (-2, "margin=-2.0: must be a number in [-1, 1]"),
+        (float("nan"), "margin=nan: must be a number in [-1, 1]"),
+    ],
+)
 def test_bad_margin_is_named(margin, message):
     with refused(message):
         PairwiseHingeLoss(margin)

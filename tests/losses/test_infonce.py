@@ -46,9 +46,14 @@ def test_finite_in_bfloat16():
     assert_finite_in_bfloat16(InfoNCELoss(0.05), reference=InfoNCELoss(0.05), rel=3e-2)
 
 
-@pytest.mark.parametrize("tau, message", [(0, "tau=0.0: must be a finite number > 0"),
-                                          (-0.2, "tau=-0.2: must be a finite number > 0"),
-                                          (float("nan"), "tau=nan: must be a finite number > 0")])
+@pytest.mark.parametrize(
+    "tau, message",
+    [
+        (0, "tau=0.0: must be a finite number > 0"),
+        (-0.2, "tau=-0.2: must be a finite number > 0"),
+        (float("nan"), "tau=nan: must be a finite number > 0"),
+    ],
+)
 def test_bad_temperature_is_named(tau, message):
     with refused(message):
         InfoNCELoss(tau)

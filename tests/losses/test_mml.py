@@ -94,9 +94,16 @@ def test_bad_hyper_parameters_are_named(kwargs, fragment):
 
 
 @pytest.mark.skipif(not cpu_kernels.AVAILABLE, reason="numba is not installed: only the PyTorch expression runs")
-@pytest.mark.parametrize("loss_fn", [MultiMarginLoss(), MultiMarginLoss([0.5], [1.0], neg_weight=3.0),
-                                     CosineContrastiveLoss(), CosineContrastiveLoss(neg_weight=None)],
-                         ids=["mml", "mml-one-margin", "ccl", "ccl-sum"])
+@pytest.mark.parametrize(
+    "loss_fn",
+    [
+        MultiMarginLoss(),
+        MultiMarginLoss([0.5], [1.0], neg_weight=3.0),
+        CosineContrastiveLoss(),
+        CosineContrastiveLoss(neg_weight=None),
+    ],
+    ids=["mml", "mml-one-margin", "ccl", "ccl-sum"],
+)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_hand_written_pass_equals_the_torch_expression(loss_fn, dtype, monkeypatch):
     """The CPU kernel (loss and gradient in one pass) against the PyTorch expression it replaces, with scores

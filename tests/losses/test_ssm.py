@@ -22,8 +22,9 @@ def ssm_loop(scores, tau, reduction="sum"):
 @pytest.mark.parametrize("reduction", ["sum", "mean"])
 def test_matches_loop_values_and_gradients(formula_scores, reduction):
     tol = {torch.float32: dict(rtol=2e-5, atol=1e-5)}  # reduction=sum: values of tens, so a wider fp32 atol
-    assert_matches_formula(SampledSoftmaxLoss(0.12, reduction), lambda s: ssm_loop(s, 0.12, reduction),
-                           formula_scores, tol=tol)
+    assert_matches_formula(
+        SampledSoftmaxLoss(0.12, reduction), lambda s: ssm_loop(s, 0.12, reduction), formula_scores, tol=tol
+    )
 
 
 def test_default_reduction_is_the_reference_sum():

@@ -49,8 +49,13 @@ def test_finite_in_bfloat16():
     assert_finite_in_bfloat16(TripletLoss())
 
 
-@pytest.mark.parametrize("margin, message", [(-0.1, "margin=-0.1: must be a number in [0, 4]"),
-                                             (4.5, "margin=4.5: must be a number in [0, 4] (a squared distance")])
+@pytest.mark.parametrize(
+    "margin, message",
+    [
+        (-0.1, "margin=-0.1: must be a number in [0, 4]"),
+        (4.5, "margin=4.5: must be a number in [0, 4] (a squared distance"),
+    ],
+)
 def test_bad_margin_is_named(margin, message):
     with refused(message):
         TripletLoss(margin)

@@ -23,8 +23,9 @@ class IdScore:
 
 
 def sampler(n=10, pool_size=40, n_items=20, seed=0, **kw):
-    return HardNegativeSampler(n, n_items=n_items, pool_size=pool_size,
-                               generator=torch.Generator().manual_seed(seed), **kw)
+    return HardNegativeSampler(
+        n, n_items=n_items, pool_size=pool_size, generator=torch.Generator().manual_seed(seed), **kw
+    )
 
 
 def test_shape_dtype_range_and_one_scoring_call():

@@ -24,14 +24,14 @@ def test_row_b_gets_the_other_positives_in_order(batch):
 def test_num_negatives_is_ignored_and_n_follows_the_batch():
     s = InBatchSampler(17, n_items=10)
     assert s.sample(torch.arange(5), torch.arange(5)).shape == (5, 4)
-    assert s.sample(torch.arange(3), torch.arange(3)).shape == (3, 2)   # a smaller last batch
+    assert s.sample(torch.arange(3), torch.arange(3)).shape == (3, 2)  # a smaller last batch
 
 
 def test_duplicates_are_kept_by_default():
     pos = torch.tensor([3, 1, 3, 3, 0])
     neg = InBatchSampler(n_items=5).sample(torch.arange(5), pos)
     assert torch.equal(neg, expected_negatives(pos))
-    assert (neg == pos.unsqueeze(1)).sum() == 6         # rows 0, 2, 3 each see item 3 twice
+    assert (neg == pos.unsqueeze(1)).sum() == 6  # rows 0, 2, 3 each see item 3 twice
 
 
 def test_masking_replaces_exactly_the_duplicates():
@@ -41,8 +41,8 @@ def test_masking_replaces_exactly_the_duplicates():
     plain = expected_negatives(pos)
     dup = plain == pos.unsqueeze(1)
     assert dup.any()
-    assert torch.equal(neg[~dup], plain[~dup])           # other columns untouched
-    assert not (neg == pos.unsqueeze(1)).any()           # never the row's own positive
+    assert torch.equal(neg[~dup], plain[~dup])  # other columns untouched
+    assert not (neg == pos.unsqueeze(1)).any()  # never the row's own positive
     assert neg.min() >= 0 and neg.max() < 8
 
 
@@ -57,8 +57,11 @@ def test_masked_replacements_are_uniform_over_the_other_items():
 
 def test_same_seed_same_masking():
     pos = torch.tensor([2, 2, 2, 5, 2])
-    draw = lambda seed: InBatchSampler(n_items=50, mask_duplicates=True,  # noqa: E731
-                                       generator=torch.Generator().manual_seed(seed)).sample(torch.arange(5), pos)
+    draw = lambda seed: InBatchSampler(
+        n_items=50,
+        mask_duplicates=True,  # noqa: E731
+        generator=torch.Generator().manual_seed(seed),
+    ).sample(torch.arange(5), pos)
     assert torch.equal(draw(4), draw(4)) and not torch.equal(draw(4), draw(5))
 
 

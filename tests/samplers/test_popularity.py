@@ -20,8 +20,9 @@ def train_with_popularity(pop=POP):
 
 
 def sampler(n=13, seed=0, **kw):
-    return PopularitySampler(n, n_items=len(POP), train=train_with_popularity(),
-                             generator=torch.Generator().manual_seed(seed), **kw)
+    return PopularitySampler(
+        n, n_items=len(POP), train=train_with_popularity(), generator=torch.Generator().manual_seed(seed), **kw
+    )
 
 
 def test_shape_dtype_and_range():
@@ -42,10 +43,10 @@ def test_distribution_is_popularity_to_the_beta_chi_square(beta, shared):
     draws = s.sample(torch.zeros(40, dtype=torch.long)).flatten().numpy()
     assert draws.size == 40_000
     drawn = counts(draws, len(POP))
-    weights = POP.astype(float) ** beta          # 0 ** 0 = 1: beta = 0 is uniform over every item
+    weights = POP.astype(float) ** beta  # 0 ** 0 = 1: beta = 0 is uniform over every item
     np.testing.assert_allclose(s.probs, weights / weights.sum())
     support = weights > 0
-    assert drawn[~support].sum() == 0            # beta > 0: item 0 (no training user) is never drawn
+    assert drawn[~support].sum() == 0  # beta > 0: item 0 (no training user) is never drawn
     expected = weights[support] / weights[support].sum() * drawn.sum()
     # 40,000 draws over 11-12 items: the intended distribution passes at the 0.1% level
     assert_chi_square_fits(drawn[support], expected)
@@ -105,7 +106,8 @@ def test_bad_num_negatives(n):
 @pytest.mark.parametrize("shared", [False, True])
 def test_train_step_runs_and_updates_exactly_the_touched_rows(shared):
     pop = np.random.default_rng(0).integers(0, 6, size=30)
-    s = PopularitySampler(7, n_items=30, train=train_with_popularity(pop), shared=shared,
-                          generator=torch.Generator().manual_seed(0))
+    s = PopularitySampler(
+        7, n_items=30, train=train_with_popularity(pop), shared=shared, generator=torch.Generator().manual_seed(0)
+    )
     step = train_step_touches_exactly(s)
     assert not set(step.negatives.flatten().tolist()) & set(np.flatnonzero(pop == 0).tolist())

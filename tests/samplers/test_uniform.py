@@ -35,8 +35,9 @@ def test_positives_are_kept_by_default():
 
 
 def test_exclusion_excludes_and_stays_uniform_on_the_rest():
-    s = UniformSampler(3000, n_items=8, train=tiny_train(), exclude_positives=True,
-                       generator=torch.Generator().manual_seed(3))
+    s = UniformSampler(
+        3000, n_items=8, train=tiny_train(), exclude_positives=True, generator=torch.Generator().manual_seed(3)
+    )
     neg = s.sample(torch.tensor([0, 1]))
     assert not set(neg[0].tolist()) & {0, 1, 2}
     assert 5 not in set(neg[1].tolist())

@@ -41,12 +41,15 @@ def check_init_std(init_std) -> float:
 def check_train(train, n_users: int, n_items: int, who: str):
     """``train`` must be the users x items training matrix (scipy sparse); returned as canonical CSR."""
     if train is None:
-        raise ValueError(f"train=None: must be the training interactions (scipy CSR, users x items); "
-                         f"{who} is built from them (the runner passes train=data.train)")
+        raise ValueError(
+            f"train=None: must be the training interactions (scipy CSR, users x items); "
+            f"{who} is built from them (the runner passes train=data.train)"
+        )
     if not hasattr(train, "tocsr") or tuple(train.shape) != (n_users, n_items):
         shape = getattr(train, "shape", type(train).__name__)
-        raise ValueError(f"train.shape={shape}: must be a scipy sparse matrix of shape "
-                         f"(n_users, n_items) = ({n_users}, {n_items})")
+        raise ValueError(
+            f"train.shape={shape}: must be a scipy sparse matrix of shape (n_users, n_items) = ({n_users}, {n_items})"
+        )
     train = train.tocsr(copy=True)
     train.sum_duplicates()
     train.sort_indices()
@@ -61,8 +64,9 @@ def dot_gather_scores(user_vecs: torch.Tensor, table: torch.Tensor, items: torch
     return torch.bmm(rows, user_vecs.unsqueeze(-1)).squeeze(-1)
 
 
-def gather_scores(user_vecs: torch.Tensor, table: torch.Tensor, items: torch.Tensor, similarity: str,
-                  sparse_grad: bool = False) -> torch.Tensor:
+def gather_scores(
+    user_vecs: torch.Tensor, table: torch.Tensor, items: torch.Tensor, similarity: str, sparse_grad: bool = False
+) -> torch.Tensor:
     """``user_vecs`` already finished (normalised when cosine); ``table`` the raw item matrix.
     ``sparse_grad``: the table's gradient as sparse rows (cosine path; see ``cosine_gather_scores``)."""
     if similarity == "cosine":
@@ -75,13 +79,20 @@ def finish(vecs: torch.Tensor, similarity: str) -> torch.Tensor:
     return F.normalize(vecs, dim=-1) if similarity == "cosine" else vecs
 
 
-def pair_scores(user_vecs: torch.Tensor, table: torch.Tensor, pos_items: torch.Tensor, negatives: torch.Tensor,
-                similarity: str, sparse_grad: bool = False) -> torch.Tensor:
+def pair_scores(
+    user_vecs: torch.Tensor,
+    table: torch.Tensor,
+    pos_items: torch.Tensor,
+    negatives: torch.Tensor,
+    similarity: str,
+    sparse_grad: bool = False,
+) -> torch.Tensor:
     """The training score matrix ``[B, 1+N]``: column 0 the positive, then the negatives.
     Per-row negatives are scored in one gather with their positive; shared ``[1, N]`` ones by a matmul."""
     if negatives.shape[0] == pos_items.shape[0]:
-        return gather_scores(user_vecs, table, torch.cat([pos_items.unsqueeze(1), negatives], dim=1), similarity,
-                             sparse_grad)
+        return gather_scores(
+            user_vecs, table, torch.cat([pos_items.unsqueeze(1), negatives], dim=1), similarity, sparse_grad
+        )
     pos = gather_scores(user_vecs, table, pos_items.unsqueeze(1), similarity)
     return torch.cat([pos, gather_scores(user_vecs, table, negatives, similarity)], dim=1)
 

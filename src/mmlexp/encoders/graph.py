@@ -23,9 +23,12 @@ def torch_csr(matrix: sp.spmatrix, dtype: torch.dtype = torch.float32) -> torch.
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
         return torch.sparse_csr_tensor(
-            torch.from_numpy(matrix.indptr.astype(index)), torch.from_numpy(matrix.indices.astype(index)),
-            torch.from_numpy(matrix.data.astype(np.float32)).to(dtype), size=matrix.shape,
-            check_invariants=False)
+            torch.from_numpy(matrix.indptr.astype(index)),
+            torch.from_numpy(matrix.indices.astype(index)),
+            torch.from_numpy(matrix.data.astype(np.float32)).to(dtype),
+            size=matrix.shape,
+            check_invariants=False,
+        )
 
 
 def bipartite_adjacency(train: sp.spmatrix) -> sp.csr_matrix:
@@ -97,16 +100,18 @@ def row_entries(indptr: torch.Tensor, rows: torch.Tensor, take_last: torch.Tenso
     return seg, starts[seg] + offset, offset, lengths
 
 
-def batch_csr(indptr: torch.Tensor, indices: torch.Tensor, values: torch.Tensor, rows: torch.Tensor,
-              n_cols: int) -> torch.Tensor:
+def batch_csr(
+    indptr: torch.Tensor, indices: torch.Tensor, values: torch.Tensor, rows: torch.Tensor, n_cols: int
+) -> torch.Tensor:
     """Rows ``rows`` of the CSR matrix (indptr, indices, values) as a ``[B, n_cols]`` torch sparse CSR tensor."""
     _, pos, _, lengths = row_entries(indptr, rows)
     crow = torch.zeros(rows.numel() + 1, dtype=indptr.dtype, device=indptr.device)
     torch.cumsum(lengths, 0, out=crow[1:])
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
-        return torch.sparse_csr_tensor(crow, indices[pos].to(indptr.dtype), values[pos],
-                                       size=(rows.numel(), n_cols), check_invariants=False)
+        return torch.sparse_csr_tensor(
+            crow, indices[pos].to(indptr.dtype), values[pos], size=(rows.numel(), n_cols), check_invariants=False
+        )
 
 
 # ---------------------------------------------------------------- packed segments
@@ -114,6 +119,7 @@ def batch_csr(indptr: torch.Tensor, indices: torch.Tensor, values: torch.Tensor,
 # ``segment_sum`` and ``segment_expand`` are adjoint; each is the other's backward.  On CPU they are
 # several times faster than index_add / scatter_add (which serialise on the few output rows) and
 # than index_select's backward (an index_add).
+
 
 class _SegmentSum(torch.autograd.Function):
     @staticmethod

@@ -40,8 +40,17 @@ def check_layers(n_layers) -> int:
 class LightGCN(nn.Module):
     adjacency: torch.Tensor  # buffer (register_buffer): the normalised adjacency
 
-    def __init__(self, n_users: int, n_items: int, dim: int = 64, n_layers: int = 3, dropout: float = 0.0,
-                 init_std: float = 1e-4, similarity: str = "cosine", train=None):
+    def __init__(
+        self,
+        n_users: int,
+        n_items: int,
+        dim: int = 64,
+        n_layers: int = 3,
+        dropout: float = 0.0,
+        init_std: float = 1e-4,
+        similarity: str = "cosine",
+        train=None,
+    ):
         super().__init__()
         dim, self.n_layers = check_dim(dim), check_layers(n_layers)
         self.similarity = check_similarity(similarity)

@@ -19,8 +19,16 @@ from mmlexp.encoders._scoring import check_similarity, eval_scores, finish, pair
 
 
 class MatrixFactorization(nn.Module):
-    def __init__(self, n_users: int, n_items: int, dim: int = 64, dropout: float = 0.1, init_std: float = 1e-4,
-                 similarity: str = "cosine", train=None):
+    def __init__(
+        self,
+        n_users: int,
+        n_items: int,
+        dim: int = 64,
+        dropout: float = 0.1,
+        init_std: float = 1e-4,
+        similarity: str = "cosine",
+        train=None,
+    ):
         super().__init__()
         self.similarity = check_similarity(similarity)
         if dim < 1:
@@ -53,8 +61,9 @@ class MatrixFactorization(nn.Module):
     def forward(self, users: torch.Tensor, pos_items: torch.Tensor, negatives: torch.Tensor) -> torch.Tensor:
         """Score matrix ``[B, 1+N]``: column 0 ``pos_items[B]``, then ``negatives`` ``[B, N]`` (or ``[1, N]``
         shared by every row).  One user vector per row (one dropout mask for the whole row)."""
-        return pair_scores(self.user_vectors(users), self.item_table, pos_items, negatives, self.similarity,
-                           self.sparse_grad)
+        return pair_scores(
+            self.user_vectors(users), self.item_table, pos_items, negatives, self.similarity, self.sparse_grad
+        )
 
     @torch.no_grad()
     def score(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:

@@ -39,9 +39,19 @@ from mmlexp.encoders.lightgcn import check_layers
 class NGCF(nn.Module):
     adjacency: torch.Tensor  # buffer (register_buffer): the normalised adjacency
 
-    def __init__(self, n_users: int, n_items: int, dim: int = 64, n_layers: int = 3, message_dropout: float = 0.1,
-                 negative_slope: float = 0.2, dropout: float = 0.0, init_std: float = 1e-4,
-                 similarity: str = "cosine", train=None):
+    def __init__(
+        self,
+        n_users: int,
+        n_items: int,
+        dim: int = 64,
+        n_layers: int = 3,
+        message_dropout: float = 0.1,
+        negative_slope: float = 0.2,
+        dropout: float = 0.0,
+        init_std: float = 1e-4,
+        similarity: str = "cosine",
+        train=None,
+    ):
         super().__init__()
         dim, self.n_layers = check_dim(dim), check_layers(n_layers)
         self.similarity = check_similarity(similarity)
@@ -54,10 +64,12 @@ class NGCF(nn.Module):
         self.n_users, self.n_items = n_users, n_items
         self.user_table = nn.Parameter(torch.randn(n_users, dim) * init_std)
         self.item_table = nn.Parameter(torch.randn(n_items, dim) * init_std)
-        self.w1 = nn.ParameterList([nn.Parameter(nn.init.xavier_normal_(torch.empty(dim, dim)))
-                                    for _ in range(self.n_layers)])
-        self.w2 = nn.ParameterList([nn.Parameter(nn.init.xavier_normal_(torch.empty(dim, dim)))
-                                    for _ in range(self.n_layers)])
+        self.w1 = nn.ParameterList(
+            [nn.Parameter(nn.init.xavier_normal_(torch.empty(dim, dim))) for _ in range(self.n_layers)]
+        )
+        self.w2 = nn.ParameterList(
+            [nn.Parameter(nn.init.xavier_normal_(torch.empty(dim, dim))) for _ in range(self.n_layers)]
+        )
         self.dropout = nn.Dropout(check_dropout("dropout", dropout))
         self.register_buffer("adjacency", normalized_adjacency(train), persistent=False)
 
@@ -69,7 +81,7 @@ class NGCF(nn.Module):
         x = torch.cat([self.user_table, self.item_table])
         layers = [x]
         for w1, w2 in zip(self.w1, self.w2, strict=True):
-            side = propagate(self.adjacency, x)                       # A_hat E
+            side = propagate(self.adjacency, x)  # A_hat E
             x = F.leaky_relu((side + x) @ w1 + (side * x) @ w2, self.negative_slope)
             x = F.dropout(x, self.message_dropout, training=training)
             layers.append(x)

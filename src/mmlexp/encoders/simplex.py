@@ -86,11 +86,14 @@ class SimpleX(nn.Module):
             raise ValueError(f"aggregator={aggregator!r}: must be one of {', '.join(AGGREGATORS)}")
         if isinstance(gamma, bool) or not isinstance(gamma, (int, float)) or not 0.0 <= gamma <= 1.0:
             raise ValueError(f"gamma={gamma}: must be a number in [0, 1] (1 = user embedding only)")
-        if max_history is not None and (isinstance(max_history, bool) or not isinstance(max_history, int)
-                                        or max_history < 1):
+        if max_history is not None and (
+            isinstance(max_history, bool) or not isinstance(max_history, int) or max_history < 1
+        ):
             raise ValueError(f"max_history={max_history}: must be null (no cap) or an integer >= 1")
-        for name, flag in (("share_history_table", share_history_table),
-                           ("pad_in_softmax_quirk", pad_in_softmax_quirk)):
+        for name, flag in (
+            ("share_history_table", share_history_table),
+            ("pad_in_softmax_quirk", pad_in_softmax_quirk),
+        ):
             if not isinstance(flag, bool):
                 raise ValueError(f"{name}={flag}: must be true or false")
         if isinstance(eval_chunk_users, bool) or not isinstance(eval_chunk_users, int) or eval_chunk_users < 1:
@@ -129,8 +132,9 @@ class SimpleX(nn.Module):
         return tables if self.history_table is None else tables + [self.history_table]
 
     # ------------------------------------------------------------------ history
-    def history(self, users: torch.Tensor, pos_items: torch.Tensor | None = None
-                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def history(
+        self, users: torch.Tensor, pos_items: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Packed histories: ``(seg [T], ids [T], counts [B])``; entry t is item ``ids[t]`` of row ``seg[t]``.
 
         With ``pos_items`` (training rows) the row's positive is left out (leave-target-out) and the cap
@@ -151,11 +155,12 @@ class SimpleX(nn.Module):
             seg, ids = seg[keep], ids[keep]
         return seg, ids, torch.bincount(seg, minlength=users.numel())
 
-    def aggregate(self, user_emb: torch.Tensor, seg: torch.Tensor, ids: torch.Tensor, counts: torch.Tensor,
-                  training: bool) -> torch.Tensor:
+    def aggregate(
+        self, user_emb: torch.Tensor, seg: torch.Tensor, ids: torch.Tensor, counts: torch.Tensor, training: bool
+    ) -> torch.Tensor:
         """agg(history) ``[B, d]`` (before W_v); rows with an empty history give 0."""
         table = self.item_table if self.history_table is None else self.history_table
-        h = F.embedding(ids, table)                                          # [T, d] (fast sparse backward)
+        h = F.embedding(ids, table)  # [T, d] (fast sparse backward)
         if self.aggregator == "mean":
             return segment_sum(h, seg, counts) / (counts.to(h.dtype) + 1e-9).unsqueeze(1)
         assert self.w_k is not None  # every aggregator but mean has its key layer
@@ -203,7 +208,9 @@ class SimpleX(nn.Module):
     def all_embeddings(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Eval-mode user vectors (full histories, in chunks of ``eval_chunk_users``) and item vectors."""
         users = torch.arange(self.n_users, device=self.indptr.device)
-        user_vecs = torch.cat([self.raw_user_vectors(chunk, None, False)
-                               for chunk in users.split(self.eval_chunk_users)]) if self.n_users else \
-            self.user_table.detach().clone()
+        user_vecs = (
+            torch.cat([self.raw_user_vectors(chunk, None, False) for chunk in users.split(self.eval_chunk_users)])
+            if self.n_users
+            else self.user_table.detach().clone()
+        )
         return finish(user_vecs, self.similarity), finish(self.item_table, self.similarity)

@@ -38,8 +38,16 @@ class SVDPlusPlus(nn.Module):
     indices: torch.Tensor
     weights: torch.Tensor
 
-    def __init__(self, n_users: int, n_items: int, dim: int = 64, dropout: float = 0.0, init_std: float = 1e-4,
-                 similarity: str = "cosine", train=None):
+    def __init__(
+        self,
+        n_users: int,
+        n_items: int,
+        dim: int = 64,
+        dropout: float = 0.0,
+        init_std: float = 1e-4,
+        similarity: str = "cosine",
+        train=None,
+    ):
         super().__init__()
         dim = check_dim(dim)
         self.similarity = check_similarity(similarity)
@@ -51,8 +59,8 @@ class SVDPlusPlus(nn.Module):
         self.implicit_table = nn.Parameter(torch.randn(n_items, dim) * init_std)
         self.dropout = nn.Dropout(check_dropout("dropout", dropout))
         counts = np.diff(train.indptr)
-        scale = np.maximum(counts, 1).astype(np.float64) ** -0.5           # |N(u)|^-1/2 per user
-        weights = np.repeat(scale, counts).astype(np.float32)              # one value per stored entry
+        scale = np.maximum(counts, 1).astype(np.float64) ** -0.5  # |N(u)|^-1/2 per user
+        weights = np.repeat(scale, counts).astype(np.float32)  # one value per stored entry
         self.register_buffer("indptr", torch.from_numpy(train.indptr.astype(np.int64)), persistent=False)
         self.register_buffer("indices", torch.from_numpy(train.indices.astype(np.int64)), persistent=False)
         self.register_buffer("weights", torch.from_numpy(weights), persistent=False)
@@ -78,5 +86,4 @@ class SVDPlusPlus(nn.Module):
     @torch.no_grad()
     def all_embeddings(self) -> tuple[torch.Tensor, torch.Tensor]:
         users = torch.arange(self.n_users, device=self.indptr.device)
-        return (finish(self.raw_user_vectors(users), self.similarity),
-                finish(self.item_table, self.similarity))
+        return (finish(self.raw_user_vectors(users), self.similarity), finish(self.item_table, self.similarity))

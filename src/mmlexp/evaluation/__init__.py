@@ -12,5 +12,14 @@ from mmlexp.evaluation.longtail import LONGTAIL_SPLITS, LongTail, popularity_gro
 from mmlexp.evaluation.metrics import METRICS, SELECTIONS, evaluate_embeddings, metric_key_for_mlflow
 from mmlexp.evaluation.ranking import METHODS, rank_top_k
 
-__all__ = ["METRICS", "METHODS", "LONGTAIL_SPLITS", "SELECTIONS", "LongTail", "popularity_groups",
-           "evaluate_embeddings", "rank_top_k", "metric_key_for_mlflow"]
+__all__ = [
+    "METRICS",
+    "METHODS",
+    "LONGTAIL_SPLITS",
+    "SELECTIONS",
+    "LongTail",
+    "popularity_groups",
+    "evaluate_embeddings",
+    "rank_top_k",
+    "metric_key_for_mlflow",
+]

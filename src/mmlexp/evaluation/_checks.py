@@ -20,11 +20,14 @@ def _check_embeddings(user_emb, item_emb) -> tuple[int, int]:
         if not t.is_floating_point():
             raise ValueError(f"{name} must have a floating dtype, got {t.dtype}")
     if user_emb.shape[1] != item_emb.shape[1]:
-        raise ValueError(f"embedding sizes differ: user_emb has d={user_emb.shape[1]}, "
-                         f"item_emb has d={item_emb.shape[1]}; they must be equal")
+        raise ValueError(
+            f"embedding sizes differ: user_emb has d={user_emb.shape[1]}, "
+            f"item_emb has d={item_emb.shape[1]}; they must be equal"
+        )
     if user_emb.device != item_emb.device:
-        raise ValueError(f"user_emb is on {user_emb.device} but item_emb on {item_emb.device}; "
-                         "they must be on the same device")
+        raise ValueError(
+            f"user_emb is on {user_emb.device} but item_emb on {item_emb.device}; they must be on the same device"
+        )
     if item_emb.shape[0] < 1:
         raise ValueError("item_emb has no rows: at least one item is needed")
     for name, t in (("user_emb", user_emb), ("item_emb", item_emb)):
@@ -57,8 +60,10 @@ def _as_csr(m, name: str, shape: tuple[int, int]) -> sp.csr_matrix:
     if not sp.issparse(m):
         raise TypeError(f"{name} must be a scipy.sparse matrix (CSR), got {type(m).__name__}")
     if tuple(m.shape) != tuple(shape):
-        raise ValueError(f"{name} has shape {tuple(m.shape)}, but the embeddings give "
-                         f"(n_users, n_items) = {tuple(shape)}; they must match")
+        raise ValueError(
+            f"{name} has shape {tuple(m.shape)}, but the embeddings give "
+            f"(n_users, n_items) = {tuple(shape)}; they must match"
+        )
     csr = sp.csr_matrix(m)  # new object; data shared until modified below
     if not csr.has_canonical_format or (csr.data == 0).any():
         csr = csr.copy()

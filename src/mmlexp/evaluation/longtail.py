@@ -83,8 +83,9 @@ def popularity_groups(popularity: np.ndarray, n_groups: int, split: str) -> np.n
     return groups
 
 
-def _longtail_metrics(top: torch.Tensor, hits: torch.Tensor, n_test: torch.Tensor, ks: Iterable[int],
-                      lt: LongTail, n_items: int) -> dict[str, float]:
+def _longtail_metrics(
+    top: torch.Tensor, hits: torch.Tensor, n_test: torch.Tensor, ks: Iterable[int], lt: LongTail, n_items: int
+) -> dict[str, float]:
     """tail_recall@K_g*, avg_popularity@K, coverage@K from the top-K lists (module docstring).
 
     numpy on the CPU tensors (~10 ms on Gowalla at K=20, 50; torch's scatter/index ops cost ~10x):

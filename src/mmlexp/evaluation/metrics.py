@@ -41,9 +41,17 @@ def metric_key_for_mlflow(key: str) -> str:
     return f"{name}_at_{k}"
 
 
-def evaluate_embeddings(user_emb: torch.Tensor, item_emb: torch.Tensor, train: sp.csr_matrix,
-                        test: sp.csr_matrix, ks=(20,), *, chunk_size: int | None = None,
-                        progress: bool = False, longtail: LongTail | None = None) -> dict[str, float]:
+def evaluate_embeddings(
+    user_emb: torch.Tensor,
+    item_emb: torch.Tensor,
+    train: sp.csr_matrix,
+    test: sp.csr_matrix,
+    ks=(20,),
+    *,
+    chunk_size: int | None = None,
+    progress: bool = False,
+    longtail: LongTail | None = None,
+) -> dict[str, float]:
     """Recall/NDCG/Precision/HitRate@K for every K in ``ks`` (see module docstring).
 
     ``user_emb`` [n_users, d], ``item_emb`` [n_items, d]: any float dtype, any (common) device;
@@ -62,8 +70,10 @@ def evaluate_embeddings(user_emb: torch.Tensor, item_emb: torch.Tensor, train: s
         if not isinstance(longtail, LongTail):
             raise TypeError(f"longtail must be a LongTail (LongTail.from_train), got {type(longtail).__name__}")
         if longtail.groups.shape != (n_items,) or longtail.popularity.shape != (n_items,):
-            raise ValueError(f"longtail covers {longtail.groups.shape[0]} items, but the embeddings "
-                             f"have n_items={n_items}; build it from this dataset's train matrix")
+            raise ValueError(
+                f"longtail covers {longtail.groups.shape[0]} items, but the embeddings "
+                f"have n_items={n_items}; build it from this dataset's train matrix"
+            )
     n_test = np.diff(test.indptr)
     users = np.flatnonzero(n_test)
     if users.size == 0:
@@ -92,8 +102,9 @@ def _hits(top: torch.Tensor, test_rows: sp.csr_matrix) -> torch.Tensor:
     """[n, k] float64: 1 where top[i, r] is in row i of test_rows (canonical CSR)."""
     n, n_items = test_rows.shape
     counts = torch.from_numpy(np.diff(test_rows.indptr).astype(np.int64))
-    keys = torch.repeat_interleave(torch.arange(n) * n_items, counts) \
-        + torch.from_numpy(test_rows.indices.astype(np.int64))  # sorted: rows, then items
+    keys = torch.repeat_interleave(torch.arange(n) * n_items, counts) + torch.from_numpy(
+        test_rows.indices.astype(np.int64)
+    )  # sorted: rows, then items
     query = (torch.arange(n)[:, None] * n_items + top).view(-1)
     pos = torch.searchsorted(keys, query).clamp_(max=keys.numel() - 1)
     return (keys[pos] == query).view(n, -1).double()

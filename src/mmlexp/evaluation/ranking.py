@@ -70,8 +70,10 @@ def _resolve_method(method: str, device: torch.device) -> str:
             return "topk"
         return "bf16" if _cpu_bf16_matmul() else "blocked"
     if method == "bf16" and device.type != "cpu":
-        raise ValueError(f"method='bf16' is for CPU tensors only (its error bound assumes fp32 "
-                         f"accumulation); embeddings are on {device}. Use 'topk' or 'blocked'")
+        raise ValueError(
+            f"method='bf16' is for CPU tensors only (its error bound assumes fp32 "
+            f"accumulation); embeddings are on {device}. Use 'topk' or 'blocked'"
+        )
     return method
 
 
@@ -82,9 +84,17 @@ def _cpu_bf16_matmul() -> bool:
         return False
 
 
-def rank_top_k(user_emb: torch.Tensor, item_emb: torch.Tensor, train: sp.spmatrix, k_max: int,
-               users=None, chunk_size: int | None = None, *, method: str = "auto",
-               progress: bool = False) -> torch.Tensor:
+def rank_top_k(
+    user_emb: torch.Tensor,
+    item_emb: torch.Tensor,
+    train: sp.spmatrix,
+    k_max: int,
+    users=None,
+    chunk_size: int | None = None,
+    *,
+    method: str = "auto",
+    progress: bool = False,
+) -> torch.Tensor:
     """Top-``k_max`` items per user by ``user_emb @ item_emb.T``, excluding the user's train items.
 
     ``users``: indices of the users to rank (default all), in output order. Returns a CPU
@@ -102,8 +112,9 @@ def rank_top_k(user_emb: torch.Tensor, item_emb: torch.Tensor, train: sp.spmatri
     return _rank(user_emb, item_emb, train, int(k_max), users, chunk_size, method, progress)
 
 
-def _rank(user_emb, item_emb, exclude: sp.csr_matrix, k: int, users: np.ndarray, chunk_size,
-          method: str, progress: bool) -> torch.Tensor:
+def _rank(
+    user_emb, item_emb, exclude: sp.csr_matrix, k: int, users: np.ndarray, chunk_size, method: str, progress: bool
+) -> torch.Tensor:
     if chunk_size is not None and (not _is_int(chunk_size) or chunk_size < 1):
         raise ValueError(f"chunk_size must be a positive int or None, got {chunk_size!r}")
     device = item_emb.device
@@ -115,8 +126,7 @@ def _rank(user_emb, item_emb, exclude: sp.csr_matrix, k: int, users: np.ndarray,
     dtype = torch.float64 if torch.float64 in (user_emb.dtype, item_emb.dtype) else torch.float32
     u = user_emb.detach()[torch.from_numpy(users).to(device)].to(dtype).contiguous()
     v = item_emb.detach().to(dtype).contiguous()
-    rows = exclude if n_eval == exclude.shape[0] and np.array_equal(users, np.arange(n_eval)) \
-        else exclude[users]
+    rows = exclude if n_eval == exclude.shape[0] and np.array_equal(users, np.arange(n_eval)) else exclude[users]
     mask = _ChunkMask(rows, device)
 
     ranker: _DenseTopK | _BlockedTopK
@@ -141,6 +151,7 @@ def _rank(user_emb, item_emb, exclude: sp.csr_matrix, k: int, users: np.ndarray,
     bar = None
     if progress:
         from tqdm.auto import tqdm
+
         bar = tqdm(total=n_eval, desc="evaluate", unit="user", leave=False)
 
     def work(w: int) -> None:
@@ -257,7 +268,7 @@ class _BlockedTopK:
         # item-major coarse scores [n_pad, n]; padding rows and train items -> -inf
         scores = _buffer(self, "buf", n_pad * n, self.coarse_dtype, dev).view(n_pad, n)
         torch.mm(self.vc, u.to(self.coarse_dtype).T, out=scores)
-        scores[self.n_items:] = -math.inf
+        scores[self.n_items :] = -math.inf
         flat = scores.view(-1)
         flat[mask.flat(s, e, True, n)] = -math.inf
 

@@ -34,5 +34,6 @@ def hinge_family_loss(scores: torch.Tensor, margins, weights, pos_weight: float,
     if not (cpu_kernels.applies_to(scores) and scores.dim() == 2 and scores.shape[1] > 1):
         return None
     dtype = np.float32 if scores.dtype == torch.float32 else np.float64  # margins compared as the expression does
-    return _HingeFamilyLoss.apply(scores, np.asarray(margins, dtype), np.asarray(weights, dtype),
-                                  float(pos_weight), float(neg_weight))
+    return _HingeFamilyLoss.apply(
+        scores, np.asarray(margins, dtype), np.asarray(weights, dtype), float(pos_weight), float(neg_weight)
+    )

@@ -1,6 +1,6 @@
 """BPR (RecBox PairwiseLogisticLoss; paper-reference §7).
 
-    L = mean_{b,j} -log sigmoid(s_b0 - s_bj)
+L = mean_{b,j} -log sigmoid(s_b0 - s_bj)
 """
 
 import torch

@@ -30,9 +30,7 @@ class MultiMarginLoss(nn.Module):
         margins = check_margins("margins", margins)
         weights = [check_weight("weights", w) for w in weights]
         if len(weights) != len(margins):
-            raise ValueError(
-                f"weights={weights}: need one weight per margin ({len(margins)} margins: {margins})"
-            )
+            raise ValueError(f"weights={weights}: need one weight per margin ({len(margins)} margins: {margins})")
         self.margins, self.weights = margins, weights
         self.neg_weight = check_weight("neg_weight", neg_weight)
         self.pos_weight = check_weight("pos_weight", pos_weight)
@@ -49,5 +47,7 @@ class MultiMarginLoss(nn.Module):
         return per_row.mean()
 
     def extra_repr(self) -> str:
-        return (f"margins={self.margins}, weights={self.weights}, neg_weight={self.neg_weight}, "
-                f"pos_weight={self.pos_weight}")
+        return (
+            f"margins={self.margins}, weights={self.weights}, neg_weight={self.neg_weight}, "
+            f"pos_weight={self.pos_weight}"
+        )

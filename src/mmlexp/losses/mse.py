@@ -1,7 +1,7 @@
 """Mean squared error towards 1 / 0 (RecBox MSELoss; paper-reference §7).
 
-    l_b = (s_b0 - 1)^2 / 2 + sum_j s_bj^2 / 2      (SUM over the negatives)
-    L   = mean_b l_b
+l_b = (s_b0 - 1)^2 / 2 + sum_j s_bj^2 / 2      (SUM over the negatives)
+L   = mean_b l_b
 """
 
 import torch

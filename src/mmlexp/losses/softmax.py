@@ -1,7 +1,7 @@
 """Softmax cross-entropy (RecBox SoftmaxCrossEntropyLoss; paper-reference §7), no temperature.
 
-    l_b = -log softmax(S_b)[0] = logsumexp_c(s_bc) - s_b0
-    L   = mean_b l_b
+l_b = -log softmax(S_b)[0] = logsumexp_c(s_bc) - s_b0
+L   = mean_b l_b
 """
 
 import torch

@@ -16,6 +16,21 @@ from mmlexp.report.figures import plot_long_tail, plot_negative_curves, plot_tim
 from mmlexp.report.runs import CELL_KEYS, ReportError, drop_duplicates, fetch_runs, metric_history
 from mmlexp.report.stats import aggregate, mean_ci, negative_curves, paired_tests
 
-__all__ = ["fetch_runs", "negative_curves", "plot_negative_curves", "mean_ci", "aggregate", "paired_tests",
-           "metric_history", "plot_time_to_accuracy", "plot_long_tail", "paper_numbers", "paper_table",
-           "build_report", "Options", "ReportError", "CELL_KEYS", "drop_duplicates"]
+__all__ = [
+    "fetch_runs",
+    "negative_curves",
+    "plot_negative_curves",
+    "mean_ci",
+    "aggregate",
+    "paired_tests",
+    "metric_history",
+    "plot_time_to_accuracy",
+    "plot_long_tail",
+    "paper_numbers",
+    "paper_table",
+    "build_report",
+    "Options",
+    "ReportError",
+    "CELL_KEYS",
+    "drop_duplicates",
+]

@@ -18,16 +18,24 @@ from mmlexp.report.runs import CELL_KEYS, ReportError, drop_duplicates, fetch_ru
 from mmlexp.report.stats import METRICS, aggregate, negative_curves, paired_tests
 
 DASH = "—"
-SELECTION_NOTE = {"paper": "best epoch chosen on the test split, as in the paper and all its reference codebases",
-                  "valid": "best epoch chosen on a held-out validation split, reported on test"}
-TABLES = {  # paper table -> (its row keys, which of our cells belong to it besides the paper's rows)
-    "table2": (("encoder", "loss", "early_stop"), lambda c, paper: (c["num_negatives"] == 100)
-               & c["loss"].isin(paper["loss"].unique())),
-    "table3": (("loss",), lambda c, paper: (c["num_negatives"] == 100) & (c["encoder"] == "mf")
-               & (c["early_stop"] == "N")),
+SELECTION_NOTE = {
+    "paper": "best epoch chosen on the test split, as in the paper and all its reference codebases",
+    "valid": "best epoch chosen on a held-out validation split, reported on test",
 }
-TITLES = {"table2": "Table 2: MF / SimpleX × CCL / MML × early stop (100 negatives)",
-          "table3": "Table 3: losses with MF, 100 negatives, no early stop"}
+TABLES = {  # paper table -> (its row keys, which of our cells belong to it besides the paper's rows)
+    "table2": (
+        ("encoder", "loss", "early_stop"),
+        lambda c, paper: (c["num_negatives"] == 100) & c["loss"].isin(paper["loss"].unique()),
+    ),
+    "table3": (
+        ("loss",),
+        lambda c, paper: (c["num_negatives"] == 100) & (c["encoder"] == "mf") & (c["early_stop"] == "N"),
+    ),
+}
+TITLES = {
+    "table2": "Table 2: MF / SimpleX × CCL / MML × early stop (100 negatives)",
+    "table3": "Table 3: losses with MF, 100 negatives, no early stop",
+}
 
 
 def paper_numbers(name: str) -> pd.DataFrame:
@@ -62,8 +70,12 @@ class Options:
 
 
 def select(df: pd.DataFrame, opts: Options) -> pd.DataFrame:
-    for col, wanted in (("dataset", opts.datasets), ("encoder", opts.encoders), ("loss", opts.losses),
-                        ("selection", opts.selections)):
+    for col, wanted in (
+        ("dataset", opts.datasets),
+        ("encoder", opts.encoders),
+        ("loss", opts.losses),
+        ("selection", opts.selections),
+    ):
         if wanted:
             df = df[df[col].isin(wanted)]
     if opts.sweep_ids:
@@ -121,8 +133,9 @@ def paper_table(name: str, cells: pd.DataFrame, selections: Sequence[str]) -> pd
         full = rows.merge(cols, how="cross").merge(grid, how="left", on=[*keys, *fixed, "dataset", "metric"])
         full["selection"] = selection
         stats_cols = ["n", "mean", "std", "ci_low", "ci_high", "ci_half", "seeds", "epochs", "run_ids"]
-        full = full.merge(mine[[*keys, *fixed, "dataset", "metric", *stats_cols]], how="left",
-                          on=[*keys, *fixed, "dataset", "metric"])
+        full = full.merge(
+            mine[[*keys, *fixed, "dataset", "metric", *stats_cols]], how="left", on=[*keys, *fixed, "dataset", "metric"]
+        )
         frames.append(full)
     out = pd.concat(frames, ignore_index=True)
     out["diff"] = out["mean"] - out["paper"]
@@ -145,22 +158,31 @@ def paper_table_md(name: str, table: pd.DataFrame) -> str:
         row_keys = sel[list(keys)].drop_duplicates()
         for _, rk in row_keys.iterrows():
             sub = sel[(sel[list(keys)] == rk.values).all(axis=1)].set_index(["dataset", "metric"])
-            row_label = [figures.LOSS_LABELS.get(v, v) if k == "loss" else ("SimpleX" if v == "simplex" else
-                         "MF" if v == "mf" else v) for k, v in rk.items()]
+            row_label = [
+                figures.LOSS_LABELS.get(v, v)
+                if k == "loss"
+                else ("SimpleX" if v == "simplex" else "MF" if v == "mf" else v)
+                for k, v in rk.items()
+            ]
             cells = []
             for d, m in cols:
                 r = sub.loc[(d, m)] if (d, m) in sub.index else pd.Series(dtype=object)
                 cells += [fmt_ours(r), fmt(r.get("paper")), fmt(r.get("diff"), sign=True)]
             rows.append([*row_label, *cells])
-        parts.append(f"Selection `{selection}` ({SELECTION_NOTE.get(selection, selection)}):\n\n"
-                     + md_table(header, rows))
+        parts.append(
+            f"Selection `{selection}` ({SELECTION_NOTE.get(selection, selection)}):\n\n" + md_table(header, rows)
+        )
     return "\n\n".join(parts)
 
 
 def _curve_mean(curves: pd.DataFrame, claim: pd.Series, loss: str) -> float:
     """Our mean of ``loss`` in the claim's (dataset, metric, negatives) cell of the curves; NaN if absent."""
-    hit = curves[(curves["dataset"] == claim["dataset"]) & (curves["metric"] == claim["metric"])
-                 & (curves["loss"] == loss) & (curves["num_negatives"] == claim["num_negatives"])]
+    hit = curves[
+        (curves["dataset"] == claim["dataset"])
+        & (curves["metric"] == claim["metric"])
+        & (curves["loss"] == loss)
+        & (curves["num_negatives"] == claim["num_negatives"])
+    ]
     return float(hit["mean"].iloc[0]) if len(hit) else math.nan
 
 
@@ -170,9 +192,15 @@ def figure3_claims(curves: pd.DataFrame) -> pd.DataFrame:
     rows = []
     for _, c in claims.iterrows():
         ours, base = _curve_mean(curves, c, c["loss"]), _curve_mean(curves, c, c["baseline"])
-        rows.append({**c.to_dict(), "paper_relative_gain_pct": c["relative_gain_pct"],
-                     "ours_relative_gain_pct": 100 * (ours - base) / base if base else math.nan,
-                     "ours_mean": ours, "ours_baseline_mean": base})
+        rows.append(
+            {
+                **c.to_dict(),
+                "paper_relative_gain_pct": c["relative_gain_pct"],
+                "ours_relative_gain_pct": 100 * (ours - base) / base if base else math.nan,
+                "ours_mean": ours,
+                "ours_baseline_mean": base,
+            }
+        )
     out = pd.DataFrame(rows).drop(columns="relative_gain_pct")
     return out
 
@@ -205,21 +233,28 @@ def build_report(opts: Options) -> Path:
     failure leaves nothing behind (and an earlier report of that name untouched). With ``runs_csv`` the runs come
     from a committed runs.csv; with ``export_csv`` they are exported to CSV first and the report is built from
     those CSVs, so both give the same bytes (no timestamp, no store path)."""
-    runs = export.read_runs(opts.runs_csv) if opts.runs_csv else fetch_runs(opts.tracking_uri, opts.experiments,
-                                                                             opts.filter_string)
+    runs = (
+        export.read_runs(opts.runs_csv)
+        if opts.runs_csv
+        else fetch_runs(opts.tracking_uri, opts.experiments, opts.filter_string)
+    )
     runs = select(runs, opts)
     narrowed = any((opts.datasets, opts.encoders, opts.losses, opts.selections, opts.sweep_ids))
     if runs.empty:
-        raise ReportError("no FINISHED runs match (experiments "
-                          f"{', '.join(opts.experiments) if opts.experiments else 'all'}"
-                          f"{', filter ' + repr(opts.filter_string) if opts.filter_string else ''}"
-                          f"{', and the --dataset/--encoder/--loss/--selection/--sweep options' if narrowed else ''})")
+        raise ReportError(
+            "no FINISHED runs match (experiments "
+            f"{', '.join(opts.experiments) if opts.experiments else 'all'}"
+            f"{', filter ' + repr(opts.filter_string) if opts.filter_string else ''}"
+            f"{', and the --dataset/--encoder/--loss/--selection/--sweep options' if narrowed else ''})"
+        )
     notes = list(opts.notes)
     if not opts.keep_duplicates:
         runs, dropped = drop_duplicates(runs)
         if len(dropped):
-            notes.append(f"{len(dropped)} older run(s) repeating a (cell, seed, epochs) were left out (latest kept; "
-                         f"--keep-duplicates keeps all): {' '.join(dropped['run_id'])}")
+            notes.append(
+                f"{len(dropped)} older run(s) repeating a (cell, seed, epochs) were left out (latest kept; "
+                f"--keep-duplicates keeps all): {' '.join(dropped['run_id'])}"
+            )
     name = opts.name or ("-".join(opts.experiments) if opts.experiments else "all")
     final = Path(opts.out) / name
     final.parent.mkdir(parents=True, exist_ok=True)
@@ -228,7 +263,7 @@ def build_report(opts: Options) -> Path:
         if opts.export_csv or opts.runs_csv:
             source = Path(opts.runs_csv).parent if opts.runs_csv else final
             runs = select(export.stage(runs, opts.tracking_uri if opts.export_csv else None, source, tmp), opts)
-            for note in notes[len(opts.notes):]:  # not in report.md: a rebuild from the CSVs could not know them
+            for note in notes[len(opts.notes) :]:  # not in report.md: a rebuild from the CSVs could not know them
                 print(f"mmlexp.report: note: {note}", file=sys.stderr)
             notes = list(opts.notes)
         _write(runs, opts, tmp, name, notes)
@@ -245,27 +280,44 @@ def _write(runs: pd.DataFrame, opts: Options, out: Path, name: str, notes: list[
     metric_cols = [c for c in runs.columns if "@" in c and runs[c].notna().any()]
     cells = aggregate(runs, CELL_KEYS, metric_cols, opts.confidence)
     selections = [s for s in ("paper", "valid") if s in set(runs["selection"])] + sorted(
-        set(runs["selection"]) - {"paper", "valid"})
+        set(runs["selection"]) - {"paper", "valid"}
+    )
     committed = export.EPOCHS_COLUMN in runs
-    origin = ("[runs.csv](runs.csv) (per-epoch metrics: [epochs/](epochs/); rebuild without MLflow: "
-              "`python -m mmlexp.report --from-csv runs.csv`)" if committed else
-              f"`{opts.tracking_uri}` on {dt.datetime.now().isoformat(timespec='seconds')}")
-    md = [f"# Reproduction report: {name}", "",
-          f"Generated from {origin}, "
-          f"experiment(s) {', '.join(f'`{e}`' for e in sorted(runs['experiment'].unique()))}: "
-          f"{len(runs)} finished runs in {len(cells[cells['metric'] == 'recall@20'])} cells "
-          f"(dataset × encoder × loss × negatives × early stop × selection)."
-          + (f" Filter: `{opts.filter_string}`." if opts.filter_string else ""), "",
-          f"Numbers are the best epoch's metrics (`best/…`). Several seeds: mean ± half-width of the "
-          f"{opts.confidence:.0%} t-interval over seeds (n = seeds; a single seed has no interval). "
-          "Δ = ours − paper. Selection protocols present: "
-          + "; ".join(f"`{s}` = {SELECTION_NOTE.get(s, s)}" for s in selections) + ". "
-          "Every run behind a number is in [runs.csv](runs.csv) and in the `run_ids` column of each CSV.", ""]
+    origin = (
+        "[runs.csv](runs.csv) (per-epoch metrics: [epochs/](epochs/); rebuild without MLflow: "
+        "`python -m mmlexp.report --from-csv runs.csv`)"
+        if committed
+        else f"`{opts.tracking_uri}` on {dt.datetime.now().isoformat(timespec='seconds')}"
+    )
+    md = [
+        f"# Reproduction report: {name}",
+        "",
+        f"Generated from {origin}, "
+        f"experiment(s) {', '.join(f'`{e}`' for e in sorted(runs['experiment'].unique()))}: "
+        f"{len(runs)} finished runs in {len(cells[cells['metric'] == 'recall@20'])} cells "
+        f"(dataset × encoder × loss × negatives × early stop × selection)."
+        + (f" Filter: `{opts.filter_string}`." if opts.filter_string else ""),
+        "",
+        f"Numbers are the best epoch's metrics (`best/…`). Several seeds: mean ± half-width of the "
+        f"{opts.confidence:.0%} t-interval over seeds (n = seeds; a single seed has no interval). "
+        "Δ = ours − paper. Selection protocols present: "
+        + "; ".join(f"`{s}` = {SELECTION_NOTE.get(s, s)}" for s in selections)
+        + ". "
+        "Every run behind a number is in [runs.csv](runs.csv) and in the `run_ids` column of each CSV.",
+        "",
+    ]
     if not runs["epochs"].dropna().eq(100).all():
         budgets = ", ".join(str(e) for e in sorted(runs["epochs"].dropna().unique()))
-        md += [f"**Epoch budget differs from the paper's 100** (epochs: {budgets}"
-               + (f"; max_steps: {', '.join(str(s) for s in sorted(runs['max_steps'].dropna().unique()))}"
-                  if runs["max_steps"].notna().any() else "") + "): compare with the paper's numbers accordingly.", ""]
+        md += [
+            f"**Epoch budget differs from the paper's 100** (epochs: {budgets}"
+            + (
+                f"; max_steps: {', '.join(str(s) for s in sorted(runs['max_steps'].dropna().unique()))}"
+                if runs["max_steps"].notna().any()
+                else ""
+            )
+            + "): compare with the paper's numbers accordingly.",
+            "",
+        ]
 
     # --- paper tables
     tables = {}
@@ -273,8 +325,14 @@ def _write(runs: pd.DataFrame, opts: Options, out: Path, name: str, notes: list[
         table = tables[tname] = paper_table(tname, cells, selections)
         table.to_csv(out / f"{tname}.csv", index=False)
         filled = int((table["n"] > 0).sum())
-        md += [f"## {TITLES[tname]}", "", f"[{tname}.csv]({tname}.csv) · {filled} of {len(table)} cells have runs"
-               " (— = no run).", "", paper_table_md(tname, table), ""]
+        md += [
+            f"## {TITLES[tname]}",
+            "",
+            f"[{tname}.csv]({tname}.csv) · {filled} of {len(table)} cells have runs (— = no run).",
+            "",
+            paper_table_md(tname, table),
+            "",
+        ]
 
     md += status.explanation_section(tables, out)
 
@@ -287,43 +345,105 @@ def _write(runs: pd.DataFrame, opts: Options, out: Path, name: str, notes: list[
     figures.save(fig, out / "figure3_negatives")
     claims = figure3_claims(curves)
     claims.to_csv(out / "figure3_claims.csv", index=False)
-    md += ["## Figure 3: accuracy against the number of negatives", "",
-           f"Runs: {fdesc}; error bars = {opts.confidence:.0%} t-interval where a point has several seeds. "
-           "Data: [figure3_negatives.csv](figure3_negatives.csv).", "",
-           "![Figure 3](figure3_negatives.png)", "", "[SVG](figure3_negatives.svg)", "",
-           "The paper's Figure 3 prose, MML's relative gain over CCL at 10 negatives "
-           "([figure3_claims.csv](figure3_claims.csv)); the paper also states that at 800 negatives "
-           "MML ≥ CCL but < BSL, and that all losses level off by 100 negatives:", "",
-           md_table(["dataset", "metric", "N", "paper gain %", "ours gain %", "ours MML", "ours CCL"],
-                    [[c.dataset, c.metric, c.num_negatives, f"{c.paper_relative_gain_pct:+.1f}",
-                      fmt(c.ours_relative_gain_pct, 1, sign=True), fmt(c.ours_mean), fmt(c.ours_baseline_mean)]
-                     for c in claims.itertuples()]), ""]
+    md += [
+        "## Figure 3: accuracy against the number of negatives",
+        "",
+        f"Runs: {fdesc}; error bars = {opts.confidence:.0%} t-interval where a point has several seeds. "
+        "Data: [figure3_negatives.csv](figure3_negatives.csv).",
+        "",
+        "![Figure 3](figure3_negatives.png)",
+        "",
+        "[SVG](figure3_negatives.svg)",
+        "",
+        "The paper's Figure 3 prose, MML's relative gain over CCL at 10 negatives "
+        "([figure3_claims.csv](figure3_claims.csv)); the paper also states that at 800 negatives "
+        "MML ≥ CCL but < BSL, and that all losses level off by 100 negatives:",
+        "",
+        md_table(
+            ["dataset", "metric", "N", "paper gain %", "ours gain %", "ours MML", "ours CCL"],
+            [
+                [
+                    c.dataset,
+                    c.metric,
+                    c.num_negatives,
+                    f"{c.paper_relative_gain_pct:+.1f}",
+                    fmt(c.ours_relative_gain_pct, 1, sign=True),
+                    fmt(c.ours_mean),
+                    fmt(c.ours_baseline_mean),
+                ]
+                for c in claims.itertuples()
+            ],
+        ),
+        "",
+    ]
     if len(curves):
-        at800 = curves[curves["num_negatives"] == 800].pivot_table(index=["dataset", "metric"], columns="loss",
-                                                                   values="mean")
+        at800 = curves[curves["num_negatives"] == 800].pivot_table(
+            index=["dataset", "metric"], columns="loss", values="mean"
+        )
         if {"mml", "ccl", "bsl"} <= set(at800.columns) and len(at800):
-            md += ["At 800 negatives (ours): " + "; ".join(
-                f"{d} {m}: MML {r['mml']:.4f} {'≥' if r['mml'] >= r['ccl'] else '<'} CCL {r['ccl']:.4f}, "
-                f"MML {'<' if r['mml'] < r['bsl'] else '≥'} BSL {r['bsl']:.4f}"
-                for (d, m), r in at800.iterrows()), ""]
+            md += [
+                "At 800 negatives (ours): "
+                + "; ".join(
+                    f"{d} {m}: MML {r['mml']:.4f} {'≥' if r['mml'] >= r['ccl'] else '<'} CCL {r['ccl']:.4f}, "
+                    f"MML {'<' if r['mml'] < r['bsl'] else '≥'} BSL {r['bsl']:.4f}"
+                    for (d, m), r in at800.iterrows()
+                ),
+                "",
+            ]
 
     md += status.claim_verdicts(curves, claims)
 
     # --- paired tests
     tests = paired_tests(runs, baseline=opts.baseline_loss, metrics=METRICS)
     tests.to_csv(out / "paired_tests.csv", index=False)
-    md += [f"## Paired tests against {figures.LOSS_LABELS.get(opts.baseline_loss, opts.baseline_loss)}", "",
-           f"Each loss against `{opts.baseline_loss}` in the same setting, paired by seed: mean difference "
-           "(loss − baseline) and the paired t-test (`scipy.stats.ttest_rel`) over the common seeds (p needs ≥ 2 "
-           "pairs). [paired_tests.csv](paired_tests.csv) has the run ids.", ""]
+    md += [
+        f"## Paired tests against {figures.LOSS_LABELS.get(opts.baseline_loss, opts.baseline_loss)}",
+        "",
+        f"Each loss against `{opts.baseline_loss}` in the same setting, paired by seed: mean difference "
+        "(loss − baseline) and the paired t-test (`scipy.stats.ttest_rel`) over the common seeds (p needs ≥ 2 "
+        "pairs). [paired_tests.csv](paired_tests.csv) has the run ids.",
+        "",
+    ]
     if len(tests):
-        md.append(md_table(
-            ["dataset", "encoder", "N", "early stop", "selection", "loss", "metric", "pairs", "mean", "baseline",
-             "mean diff", "rel %", "t", "p"],
-            [[r.dataset, r.encoder, r.num_negatives, r.early_stop, r.selection,
-              figures.LOSS_LABELS.get(r.loss, r.loss), r.metric, r.n_pairs, fmt(r.mean), fmt(r.baseline_mean),
-              fmt(r.mean_diff, sign=True), fmt(r.rel_diff_pct, 1, sign=True), fmt(r.t, 2), fmt_p(r.p_value)]
-             for r in tests.itertuples()]))
+        md.append(
+            md_table(
+                [
+                    "dataset",
+                    "encoder",
+                    "N",
+                    "early stop",
+                    "selection",
+                    "loss",
+                    "metric",
+                    "pairs",
+                    "mean",
+                    "baseline",
+                    "mean diff",
+                    "rel %",
+                    "t",
+                    "p",
+                ],
+                [
+                    [
+                        r.dataset,
+                        r.encoder,
+                        r.num_negatives,
+                        r.early_stop,
+                        r.selection,
+                        figures.LOSS_LABELS.get(r.loss, r.loss),
+                        r.metric,
+                        r.n_pairs,
+                        fmt(r.mean),
+                        fmt(r.baseline_mean),
+                        fmt(r.mean_diff, sign=True),
+                        fmt(r.rel_diff_pct, 1, sign=True),
+                        fmt(r.t, 2),
+                        fmt_p(r.p_value),
+                    ]
+                    for r in tests.itertuples()
+                ],
+            )
+        )
     else:
         md.append(f"No setting has both `{opts.baseline_loss}` and another loss on common seeds.")
     md.append("")
@@ -337,16 +457,24 @@ def _write(runs: pd.DataFrame, opts: Options, out: Path, name: str, notes: list[
         pool = fruns[fruns["num_negatives"] == n_focus] if n_focus is not None else fruns
         tta = pool.sort_values("seed").groupby(["dataset", "loss"], sort=True).head(1)
         tdesc = f"{fdesc}, {n_focus} negatives, the lowest seed of each loss"
-    history = (export.history_from_csv(runs, out, list(tta["run_id"])) if committed
-               else metric_history(opts.tracking_uri, list(tta["run_id"])))
+    history = (
+        export.history_from_csv(runs, out, list(tta["run_id"]))
+        if committed
+        else metric_history(opts.tracking_uri, list(tta["run_id"]))
+    )
     history.to_csv(out / "time_to_accuracy.csv", index=False)
     figures.save(figures.plot_time_to_accuracy(history, tta), out / "time_to_accuracy")
     sources = ", ".join(f"`{s}`" for s in history["time_source"].unique()) if len(history) else "none"
-    md += ["## Time to accuracy", "",
-           f"Recall@20 after each epoch against wall-clock seconds since training start, for {tdesc} "
-           f"(time from {sources}; `epoch_time_s+eval_time_s` = cumulative sum of per-epoch train and eval time, "
-           "for runs logged before `wall_time_s` existed). Data: [time_to_accuracy.csv](time_to_accuracy.csv).",
-           "", "![Time to accuracy](time_to_accuracy.png)", ""]
+    md += [
+        "## Time to accuracy",
+        "",
+        f"Recall@20 after each epoch against wall-clock seconds since training start, for {tdesc} "
+        f"(time from {sources}; `epoch_time_s+eval_time_s` = cumulative sum of per-epoch train and eval time, "
+        "for runs logged before `wall_time_s` existed). Data: [time_to_accuracy.csv](time_to_accuracy.csv).",
+        "",
+        "![Time to accuracy](time_to_accuracy.png)",
+        "",
+    ]
 
     # --- long tail
     pool = fruns[fruns["num_negatives"] == n_focus] if n_focus is not None else fruns
@@ -359,27 +487,63 @@ def _write(runs: pd.DataFrame, opts: Options, out: Path, name: str, notes: list[
         tail = aggregate(pool, ("dataset", "loss"), figures.tail_columns(pool) + extra, opts.confidence)
         tail.to_csv(out / "long_tail.csv", index=False)
         figures.save(tail_fig, out / "long_tail")
-        md += [f"Recall@20 per item-popularity group (g0 = least popular) for {fdesc}, {n_focus} negatives. "
-               "Data (with average popularity and coverage of the top-20): [long_tail.csv](long_tail.csv).", "",
-               "![Long tail](long_tail.png)", ""]
+        md += [
+            f"Recall@20 per item-popularity group (g0 = least popular) for {fdesc}, {n_focus} negatives. "
+            "Data (with average popularity and coverage of the top-20): [long_tail.csv](long_tail.csv).",
+            "",
+            "![Long tail](long_tail.png)",
+            "",
+        ]
         if extra:
             piv = tail[tail["metric"].isin(extra)]
-            md += [md_table(["dataset", "loss", "metric", "ours"],
-                            [[r.dataset, figures.LOSS_LABELS.get(r.loss, r.loss), r.metric, fmt_ours(r._asdict())]
-                             for r in piv.itertuples()]), ""]
+            md += [
+                md_table(
+                    ["dataset", "loss", "metric", "ours"],
+                    [
+                        [r.dataset, figures.LOSS_LABELS.get(r.loss, r.loss), r.metric, fmt_ours(r._asdict())]
+                        for r in piv.itertuples()
+                    ],
+                ),
+                "",
+            ]
 
     # --- every cell, every run
     cells.to_csv(out / "cells.csv", index=False)
     main = cells[cells["metric"].isin(METRICS)]
-    md += ["## All cells", "", "Every setting in the runs ([cells.csv](cells.csv) has every `best/` metric).", "",
-           md_table(["dataset", "encoder", "loss", "N", "early stop", "selection", "metric", "ours", "epochs",
-                     "seeds", "runs"],
-                    [[r.dataset, r.encoder, r.loss, r.num_negatives, r.early_stop, r.selection, r.metric,
-                      fmt_ours(r._asdict()), r.epochs, r.seeds, " ".join(x[:8] for x in r.run_ids.split())]
-                     for r in main.itertuples()]), ""]
+    md += [
+        "## All cells",
+        "",
+        "Every setting in the runs ([cells.csv](cells.csv) has every `best/` metric).",
+        "",
+        md_table(
+            ["dataset", "encoder", "loss", "N", "early stop", "selection", "metric", "ours", "epochs", "seeds", "runs"],
+            [
+                [
+                    r.dataset,
+                    r.encoder,
+                    r.loss,
+                    r.num_negatives,
+                    r.early_stop,
+                    r.selection,
+                    r.metric,
+                    fmt_ours(r._asdict()),
+                    r.epochs,
+                    r.seeds,
+                    " ".join(x[:8] for x in r.run_ids.split()),
+                ]
+                for r in main.itertuples()
+            ],
+        ),
+        "",
+    ]
     runs.to_csv(out / "runs.csv", index=False)
-    md += ["## Runs", "", f"[runs.csv](runs.csv): {len(runs)} runs with their MLflow run id, experiment, settings, "
-           "selection protocol and metrics (open one with `mlflow ui`: experiment → run id).", ""]
+    md += [
+        "## Runs",
+        "",
+        f"[runs.csv](runs.csv): {len(runs)} runs with their MLflow run id, experiment, settings, "
+        "selection protocol and metrics (open one with `mlflow ui`: experiment → run id).",
+        "",
+    ]
     if notes:
         md += ["## Notes", "", *(f"* {n}" for n in notes), ""]
     (out / "report.md").write_text("\n".join(md))

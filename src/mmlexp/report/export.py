@@ -18,11 +18,20 @@ EPOCHS_COLUMN = "epochs_csv"  # runs.csv: the run's per-epoch CSV, relative to r
 # files written by hand next to the generated ones (kept when the folder is regenerated)
 HAND_WRITTEN = ("explanations.md",)
 INT_COLUMNS = ("num_negatives", "seed", "patience", "epochs", "max_steps", "best_epoch")
-REQUIRED = ("run_id", "experiment", "run_name", *CELL_KEYS, "seed", "epochs", "start_time", "recall@20", "ndcg@20",
-            EPOCHS_COLUMN)
+REQUIRED = (
+    "run_id",
+    "experiment",
+    "run_name",
+    *CELL_KEYS,
+    "seed",
+    "epochs",
+    "start_time",
+    "recall@20",
+    "ndcg@20",
+    EPOCHS_COLUMN,
+)
 # overrides that name a place on the machine that ran them (not a setting of the run)
-PATH_KEYS = ("tracking.uri", "tracking.artifact_location", "hydra.sweeper.storage", "hydra.sweep.dir",
-             "hydra.run.dir")
+PATH_KEYS = ("tracking.uri", "tracking.artifact_location", "hydra.sweeper.storage", "hydra.sweep.dir", "hydra.run.dir")
 ABSOLUTE = re.compile(r"(^|[=:,\[])(/|~/|[A-Za-z]:\\)|:///")
 NOT_PER_EPOCH = ("best_epoch", "steps", "epoch")  # "epoch" is the step itself
 
@@ -37,16 +46,20 @@ def clean_overrides(text) -> str:
     """The sweep overrides less those naming a machine path (stores, artifact and output folders)."""
     if not isinstance(text, str):
         return text
-    keep = [tok for tok in text.split() if tok.split("=", 1)[0].lstrip("+~") not in PATH_KEYS
-            and not ABSOLUTE.search(tok.split("=", 1)[-1])]
+    keep = [
+        tok
+        for tok in text.split()
+        if tok.split("=", 1)[0].lstrip("+~") not in PATH_KEYS and not ABSOLUTE.search(tok.split("=", 1)[-1])
+    ]
     return " ".join(keep)
 
 
 def epoch_history(client, run_id: str) -> pd.DataFrame:
     """Every per-epoch metric of a run (``best/…``, ``best_epoch`` and ``steps`` left out): one row per epoch, one
     column per metric (``@`` names, sorted). A step logged twice (a resumed epoch) keeps its latest value."""
-    keys = sorted(k for k in client.get_run(run_id).data.metrics
-                  if not k.startswith("best/") and k not in NOT_PER_EPOCH)
+    keys = sorted(
+        k for k in client.get_run(run_id).data.metrics if not k.startswith("best/") and k not in NOT_PER_EPOCH
+    )
     series = {}
     for key in keys:
         hist = sorted(client.get_metric_history(run_id, key), key=lambda m: (m.step, m.timestamp))
@@ -59,8 +72,10 @@ def epoch_history(client, run_id: str) -> pd.DataFrame:
 def epoch_file_names(runs: pd.DataFrame) -> list[str]:
     """``epochs/<cell id>-seed<k>.csv`` per run; a repeat of the same cell and seed gets its run id's head."""
     stems = [f"{cell_id(r)}-seed{r['seed']}" for _, r in runs.iterrows()]
-    return [f"{EPOCHS_DIR}/{s}{'-' + rid[:8] if stems.count(s) > 1 else ''}.csv"
-            for s, rid in zip(stems, runs["run_id"], strict=True)]
+    return [
+        f"{EPOCHS_DIR}/{s}{'-' + rid[:8] if stems.count(s) > 1 else ''}.csv"
+        for s, rid in zip(stems, runs["run_id"], strict=True)
+    ]
 
 
 def export_runs(runs: pd.DataFrame, tracking_uri: str, out: Path) -> Path:
@@ -89,8 +104,10 @@ def read_runs(path: str | Path) -> pd.DataFrame:
         raise ReportError(f"--from-csv {path}: not a CSV file ({str(err).splitlines()[0]})") from err
     missing = [c for c in REQUIRED if c not in df.columns]
     if missing:
-        raise ReportError(f"--from-csv {path}: missing column{'s' if len(missing) > 1 else ''} "
-                          f"{', '.join(missing)} (expected a runs.csv written by --export-csv)")
+        raise ReportError(
+            f"--from-csv {path}: missing column{'s' if len(missing) > 1 else ''} "
+            f"{', '.join(missing)} (expected a runs.csv written by --export-csv)"
+        )
     for col in INT_COLUMNS:
         if col in df:
             df[col] = pd.array(pd.to_numeric(df[col]), dtype="Int64")
@@ -99,8 +116,9 @@ def read_runs(path: str | Path) -> pd.DataFrame:
     return df[[c for c in BASE_COLUMNS if c in df.columns] + [EPOCHS_COLUMN] + metric_cols]
 
 
-def history_from_csv(runs: pd.DataFrame, base: Path, run_ids: Sequence[str],
-                     metrics: Sequence[str] = ("recall@20", "ndcg@20")) -> pd.DataFrame:
+def history_from_csv(
+    runs: pd.DataFrame, base: Path, run_ids: Sequence[str], metrics: Sequence[str] = ("recall@20", "ndcg@20")
+) -> pd.DataFrame:
     """``metric_history``'s frame for ``run_ids`` from their per-epoch CSVs (``epochs_csv``, relative to ``base``)."""
     where = runs.set_index("run_id")[EPOCHS_COLUMN]
     frames = []
@@ -109,8 +127,11 @@ def history_from_csv(runs: pd.DataFrame, base: Path, run_ids: Sequence[str],
         if not path.is_file():
             raise ReportError(f"run {run_id}: no per-epoch CSV at {path}")
         frame = pd.read_csv(path)
-        frame = tracked.with_seconds(frame[[c for c in frame.columns if c in ("epoch", *metrics, "wall_time_s",
-                                                                       "epoch_time_s", "eval_time_s")]].copy())
+        frame = tracked.with_seconds(
+            frame[
+                [c for c in frame.columns if c in ("epoch", *metrics, "wall_time_s", "epoch_time_s", "eval_time_s")]
+            ].copy()
+        )
         if frame is None:
             continue
         frame.insert(0, "run_id", run_id)

@@ -12,9 +12,20 @@ from matplotlib.figure import Figure
 from mmlexp.report.stats import METRICS, aggregate, negative_curves
 
 LOSS_ORDER = ("mml", "ccl", "bsl", "ssm", "mse", "softmax", "infonce", "bpr", "hinge", "triplet", "contrastive", "bce")
-LOSS_LABELS = {"mml": "MML", "ccl": "CCL", "bsl": "BSL", "ssm": "SSM", "mse": "MSE", "softmax": "Softmax CE",
-               "infonce": "InfoNCE", "bpr": "BPR", "hinge": "Pairwise hinge", "triplet": "Triplet",
-               "contrastive": "Contrastive", "bce": "BCE"}
+LOSS_LABELS = {
+    "mml": "MML",
+    "ccl": "CCL",
+    "bsl": "BSL",
+    "ssm": "SSM",
+    "mse": "MSE",
+    "softmax": "Softmax CE",
+    "infonce": "InfoNCE",
+    "bpr": "BPR",
+    "hinge": "Pairwise hinge",
+    "triplet": "Triplet",
+    "contrastive": "Contrastive",
+    "bce": "BCE",
+}
 DATASET_LABELS = {"gowalla": "Gowalla", "yelp2018": "Yelp2018", "sample": "sample"}
 METRIC_LABELS = {"recall@20": "Recall@20", "ndcg@20": "NDCG@20"}
 TAIL = re.compile(r"^tail_recall@(\d+)_g(\d+)$")
@@ -53,8 +64,11 @@ def plot_negative_curves(df: pd.DataFrame, metrics: Sequence[str] = METRICS) -> 
             ax.set_xscale("log")
             ax.set_xlabel("number of negatives")
             ax.set_ylabel(METRIC_LABELS.get(metric, metric))
-            ax.set_title(f"{DATASET_LABELS.get(dataset, dataset)} — {METRIC_LABELS.get(metric, metric)}"
-                         if dataset else "no runs")
+            ax.set_title(
+                f"{DATASET_LABELS.get(dataset, dataset)} — {METRIC_LABELS.get(metric, metric)}"
+                if dataset
+                else "no runs"
+            )
             sub = curves[(curves["dataset"] == dataset) & (curves["metric"] == metric)] if dataset else curves.iloc[:0]
             ticks = sorted(sub["num_negatives"].unique()) if len(sub) else []
             for loss in losses:
@@ -62,9 +76,16 @@ def plot_negative_curves(df: pd.DataFrame, metrics: Sequence[str] = METRICS) -> 
                 if line.empty:
                     continue
                 err = line["ci_half"].where(line["n"] > 1)
-                ax.errorbar(line["num_negatives"], line["mean"], yerr=None if err.isna().all() else err.fillna(0),
-                            label=LOSS_LABELS.get(loss, loss), capsize=3, linewidth=1.5, markersize=5,
-                            **loss_style(loss, losses))
+                ax.errorbar(
+                    line["num_negatives"],
+                    line["mean"],
+                    yerr=None if err.isna().all() else err.fillna(0),
+                    label=LOSS_LABELS.get(loss, loss),
+                    capsize=3,
+                    linewidth=1.5,
+                    markersize=5,
+                    **loss_style(loss, losses),
+                )
             if ticks:
                 ax.set_xticks(ticks)
                 ax.set_xticklabels([str(int(t)) for t in ticks])
@@ -95,8 +116,10 @@ def plot_time_to_accuracy(history: pd.DataFrame, runs: pd.DataFrame, metric: str
         for run_id, line in data.groupby("run_id", sort=False):
             row = info.loc[run_id]
             if row["dataset"] == dataset:
-                label = (f"{LOSS_LABELS.get(row['loss'], row['loss'])} {row['encoder']} N={row['num_negatives']} "
-                         f"seed {row['seed']}")
+                label = (
+                    f"{LOSS_LABELS.get(row['loss'], row['loss'])} {row['encoder']} N={row['num_negatives']} "
+                    f"seed {row['seed']}"
+                )
                 lines.append((label, row, run_id, line.sort_values("epoch")))
         seen: dict[str, int] = {}
         for label, row, run_id, line in lines:
@@ -143,8 +166,15 @@ def plot_long_tail(df: pd.DataFrame, k: int = 20) -> Figure | None:
                 continue
             err = sub["ci_half"].where(sub["n"] > 1)
             x = np.arange(len(cols)) + (i - (len(losses) - 1) / 2) * width
-            ax.bar(x, sub["mean"], width, yerr=None if err.isna().all() else err.fillna(0), capsize=2,
-                   label=LOSS_LABELS.get(loss, loss), color=loss_style(loss, losses)["color"])
+            ax.bar(
+                x,
+                sub["mean"],
+                width,
+                yerr=None if err.isna().all() else err.fillna(0),
+                capsize=2,
+                label=LOSS_LABELS.get(loss, loss),
+                color=loss_style(loss, losses)["color"],
+            )
         ax.set_xticks(np.arange(len(cols)))
         ax.set_xticklabels([f"g{tail_group(c)}" for c in cols])
         ax.set_xlabel("item popularity group (g0 = least popular)")
@@ -161,8 +191,11 @@ def save(fig: Figure, path_stem) -> list[str]:
     names = []
     with rc_context({"svg.hashsalt": "mmlexp"}):
         for ext in ("png", "svg"):
-            fig.savefig(f"{path_stem}.{ext}", dpi=150 if ext == "png" else None,
-                        metadata={"Date": None} if ext == "svg" else None)
+            fig.savefig(
+                f"{path_stem}.{ext}",
+                dpi=150 if ext == "png" else None,
+                metadata={"Date": None} if ext == "svg" else None,
+            )
             names.append(f"{path_stem}.{ext}")
     return names
 

@@ -17,11 +17,26 @@ from mmlexp.report.status import THRESHOLD_PCT
 
 START, END = "<!-- reproduction-status:start -->", "<!-- reproduction-status:end -->"
 # The runs of the reproduction issue (MF, no early stop, 100 epochs): (loss, negatives, selection)
-EXPECTED = ([(loss, 100, "paper") for loss in ("bpr", "hinge", "softmax", "mse", "ccl", "bsl", "mml")]
-            + [(loss, n, "paper") for n in (10, 800) for loss in ("mml", "ccl", "bsl")]
-            + [(loss, 100, "valid") for loss in ("mml", "ccl")])
-CELLS_COLUMNS = ("dataset", "encoder", "loss", "num_negatives", "early_stop", "selection", "metric", "n", "mean",
-                 "ci_half", "seeds", "run_ids", "epochs")
+EXPECTED = (
+    [(loss, 100, "paper") for loss in ("bpr", "hinge", "softmax", "mse", "ccl", "bsl", "mml")]
+    + [(loss, n, "paper") for n in (10, 800) for loss in ("mml", "ccl", "bsl")]
+    + [(loss, 100, "valid") for loss in ("mml", "ccl")]
+)
+CELLS_COLUMNS = (
+    "dataset",
+    "encoder",
+    "loss",
+    "num_negatives",
+    "early_stop",
+    "selection",
+    "metric",
+    "n",
+    "mean",
+    "ci_half",
+    "seeds",
+    "run_ids",
+    "epochs",
+)
 METRICS = ("recall@20", "ndcg@20")
 
 
@@ -31,8 +46,10 @@ def _read(path: Path, columns, what: str) -> pd.DataFrame:
     df = pd.read_csv(path, dtype={"run_ids": str, "seeds": str, "epochs": str, "run_id": str})
     missing = [c for c in columns if c not in df.columns]
     if missing:
-        raise ReportError(f"{path}: missing column{'s' if len(missing) > 1 else ''} {', '.join(missing)} "
-                          f"(expected the {what} written by python -m mmlexp.report --export-csv)")
+        raise ReportError(
+            f"{path}: missing column{'s' if len(missing) > 1 else ''} {', '.join(missing)} "
+            f"(expected the {what} written by python -m mmlexp.report --export-csv)"
+        )
     return df
 
 
@@ -46,8 +63,9 @@ def status_table(results: Path, dataset: str, link_base: Path) -> str:
     paper = paper_numbers("table3")
     paper = paper[paper["dataset"] == dataset].set_index(["loss", "metric"])["paper"]
     where = dict(zip(runs["run_id"], runs["epochs_csv"], strict=True))
-    present = list(dict.fromkeys(zip(cells["loss"], cells["num_negatives"].astype(int), cells["selection"],
-                                     strict=True)))
+    present = list(
+        dict.fromkeys(zip(cells["loss"], cells["num_negatives"].astype(int), cells["selection"], strict=True))
+    )
     order = EXPECTED + [c for c in present if c not in EXPECTED]
     rel = os.path.relpath(results, link_base).replace(os.sep, "/")
     rows, done, off = [], 0, 0
@@ -75,14 +93,28 @@ def status_table(results: Path, dataset: str, link_base: Path) -> str:
         else:
             row += ["—", "—", "pending"]
         rows.append(row)
-    header = ["cell (MF)", "Recall@20 ours", "paper", "Δ %", "NDCG@20 ours", "paper", "Δ %", "epochs", "seeds",
-              "runs (per-epoch CSV)"]
-    lines = [f"{done} of {len(order)} cells have finished runs; {off} more than {THRESHOLD_PCT:g}% (relative) from "
-             f"the paper (⚠, explained in [report.md]({rel}/report.md)). Paper = Table 3 (100 negatives; at 10 and "
-             "800 negatives the paper gives only Figure 3's relative gains, compared in the report). Selection "
-             "`valid` rows are set against the paper's test-selected number to show what choosing the epoch on "
-             "test is worth.", "",
-             "| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    header = [
+        "cell (MF)",
+        "Recall@20 ours",
+        "paper",
+        "Δ %",
+        "NDCG@20 ours",
+        "paper",
+        "Δ %",
+        "epochs",
+        "seeds",
+        "runs (per-epoch CSV)",
+    ]
+    lines = [
+        f"{done} of {len(order)} cells have finished runs; {off} more than {THRESHOLD_PCT:g}% (relative) from "
+        f"the paper (⚠, explained in [report.md]({rel}/report.md)). Paper = Table 3 (100 negatives; at 10 and "
+        "800 negatives the paper gives only Figure 3's relative gains, compared in the report). Selection "
+        "`valid` rows are set against the paper's test-selected number to show what choosing the epoch on "
+        "test is worth.",
+        "",
+        "| " + " | ".join(header) + " |",
+        "|" + "|".join("---" for _ in header) + "|",
+    ]
     lines += ["| " + " | ".join(r) + " |" for r in rows]
     return "\n".join(lines)
 
@@ -121,8 +153,11 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if args.check:
         if new != text:
-            print(f"{readme}: the reproduction status table is out of date (run python -m mmlexp.report.readme "
-                  f"--results {args.results})", file=sys.stderr)
+            print(
+                f"{readme}: the reproduction status table is out of date (run python -m mmlexp.report.readme "
+                f"--results {args.results})",
+                file=sys.stderr,
+            )
             return 1
         return 0
     if new != text:

@@ -9,9 +9,31 @@ import pandas as pd
 
 # A cell of a results table: runs that differ only by their seed.
 CELL_KEYS = ("dataset", "encoder", "loss", "num_negatives", "early_stop", "selection")
-BASE_COLUMNS = ("run_id", "experiment", "run_name", "dataset", "encoder", "loss", "sampler", "num_negatives", "seed",
-                "selection", "early_stop", "patience", "epochs", "max_steps", "best_epoch", "recall@20", "ndcg@20",
-                "wall_time_s", "duration_s", "start_time", "parent_run_id", "sweep_id", "overrides")
+BASE_COLUMNS = (
+    "run_id",
+    "experiment",
+    "run_name",
+    "dataset",
+    "encoder",
+    "loss",
+    "sampler",
+    "num_negatives",
+    "seed",
+    "selection",
+    "early_stop",
+    "patience",
+    "epochs",
+    "max_steps",
+    "best_epoch",
+    "recall@20",
+    "ndcg@20",
+    "wall_time_s",
+    "duration_s",
+    "start_time",
+    "parent_run_id",
+    "sweep_id",
+    "overrides",
+)
 NULLS = {"", "none", "null", "nan"}
 
 
@@ -21,7 +43,7 @@ class ReportError(ValueError):
 
 def metric_name(mlflow_key: str) -> str:
     """``best/recall_at_20`` -> ``recall@20`` (the inverse of ``mmlexp.tracking.mlflow_key``, prefix dropped)."""
-    name = mlflow_key[len("best/"):] if mlflow_key.startswith("best/") else mlflow_key
+    name = mlflow_key[len("best/") :] if mlflow_key.startswith("best/") else mlflow_key
     return name.replace("_at_", "@")
 
 
@@ -30,10 +52,12 @@ def client_for(tracking_uri: str):
     from mlflow.tracking import MlflowClient
 
     if tracking_uri.startswith("sqlite:///"):
-        path = Path(tracking_uri[len("sqlite:///"):]).expanduser()
+        path = Path(tracking_uri[len("sqlite:///") :]).expanduser()
         if not path.is_file():
-            raise ReportError(f"--tracking-uri {tracking_uri}: no MLflow store at {path.resolve()} "
-                              "(run an experiment first, or point --tracking-uri at the store)")
+            raise ReportError(
+                f"--tracking-uri {tracking_uri}: no MLflow store at {path.resolve()} "
+                "(run an experiment first, or point --tracking-uri at the store)"
+            )
     elif "://" not in tracking_uri and not Path(tracking_uri).exists():
         raise ReportError(f"--tracking-uri {tracking_uri}: no such MLflow store")
     return MlflowClient(tracking_uri=tracking_uri)
@@ -50,8 +74,10 @@ def resolve_experiments(client, experiments: Sequence[str] | str | None) -> dict
     unknown = [n for n in names if n not in existing]
     if unknown:
         listed = ", ".join(sorted(existing)) or "(none)"
-        raise ReportError(f"unknown experiment{'s' if len(unknown) > 1 else ''} "
-                          f"{', '.join(repr(n) for n in unknown)}; existing experiments: {listed}")
+        raise ReportError(
+            f"unknown experiment{'s' if len(unknown) > 1 else ''} "
+            f"{', '.join(repr(n) for n in unknown)}; existing experiments: {listed}"
+        )
     return {n: existing[n] for n in names}
 
 
@@ -79,20 +105,30 @@ def run_row(run, experiment: str) -> dict:
     num_neg = params.get("num_negatives", params.get("sampler.num_negatives"))
     start, end = run.info.start_time, run.info.end_time
     row = {
-        "run_id": run.info.run_id, "experiment": experiment, "run_name": run.info.run_name,
+        "run_id": run.info.run_id,
+        "experiment": experiment,
+        "run_name": run.info.run_name,
         "dataset": tags.get("dataset") or tags.get("choice.dataset") or params.get("dataset.name"),
-        "encoder": _option(tags, params, "encoder"), "loss": _option(tags, params, "loss"),
-        "sampler": _option(tags, params, "sampler"), "num_negatives": _int(num_neg), "seed": _int(params.get("seed")),
+        "encoder": _option(tags, params, "encoder"),
+        "loss": _option(tags, params, "loss"),
+        "sampler": _option(tags, params, "sampler"),
+        "num_negatives": _int(num_neg),
+        "seed": _int(params.get("seed")),
         # before eval.selection existed every run picked its best epoch on the test split: the paper's protocol
         "selection": tags.get("selection") or params.get("eval.selection") or "paper",
-        "early_stop": "Y" if early else "N", "patience": patience, "epochs": epochs,
-        "max_steps": _int(params.get("trainer.max_steps")), "best_epoch": _int(metrics.get("best_epoch")),
+        "early_stop": "Y" if early else "N",
+        "patience": patience,
+        "epochs": epochs,
+        "max_steps": _int(params.get("trainer.max_steps")),
+        "best_epoch": _int(metrics.get("best_epoch")),
         "wall_time_s": metrics.get("wall_time_s", math.nan),
         "duration_s": (end - start) / 1000 if start and end else math.nan,
         "start_time": pd.Timestamp(start, unit="ms") if start else pd.NaT,
-        "parent_run_id": tags.get("mlflow.parentRunId"), "sweep_id": tags.get("sweep.id"),
+        "parent_run_id": tags.get("mlflow.parentRunId"),
+        "sweep_id": tags.get("sweep.id"),
         "overrides": tags.get("sweep.overrides"),
-        "recall@20": math.nan, "ndcg@20": math.nan,
+        "recall@20": math.nan,
+        "ndcg@20": math.nan,
     }
     for key, value in metrics.items():
         if key.startswith("best/"):
@@ -105,8 +141,13 @@ def _search(client, experiment_ids: Iterable[str], filter_string: str) -> list:
 
     runs, token = [], None
     while True:
-        page = client.search_runs(list(experiment_ids), filter_string=filter_string, run_view_type=ViewType.ACTIVE_ONLY,
-                                  max_results=1000, page_token=token)
+        page = client.search_runs(
+            list(experiment_ids),
+            filter_string=filter_string,
+            run_view_type=ViewType.ACTIVE_ONLY,
+            max_results=1000,
+            page_token=token,
+        )
         runs.extend(page)
         token = page.token
         if not token:
@@ -134,15 +175,15 @@ def fetch_runs(tracking_uri: str, experiments: list[str] | str | None = None, fi
             found = _search(client, ids.values(), query)
         except Exception as err:  # MLflow's parser refuses the filter
             raise ReportError(f"--filter {filter_string!r}: {str(err).splitlines()[0]}") from err
-        rows = [run_row(r, names[r.info.experiment_id]) for r in found
-                if r.data.tags.get("sweep.role") != "parent"]
+        rows = [run_row(r, names[r.info.experiment_id]) for r in found if r.data.tags.get("sweep.role") != "parent"]
     df = pd.DataFrame(rows, columns=None if rows else list(BASE_COLUMNS))
     for col in ("num_negatives", "seed", "patience", "epochs", "max_steps", "best_epoch"):
         df[col] = pd.array(df[col], dtype="Int64")
     metric_cols = sorted(c for c in df.columns if c not in BASE_COLUMNS)
     df = df[list(BASE_COLUMNS) + metric_cols]
-    return df.sort_values(["dataset", "encoder", "loss", "num_negatives", "seed", "start_time"],
-                          na_position="last", ignore_index=True)
+    return df.sort_values(
+        ["dataset", "encoder", "loss", "num_negatives", "seed", "start_time"], na_position="last", ignore_index=True
+    )
 
 
 def drop_duplicates(df: pd.DataFrame, keys: Sequence[str] = CELL_KEYS) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -153,8 +194,9 @@ def drop_duplicates(df: pd.DataFrame, keys: Sequence[str] = CELL_KEYS) -> tuple[
     return order[~dup].sort_index(), order[dup].sort_index()
 
 
-def metric_history(tracking_uri: str, run_ids: Sequence[str],
-                   metrics: Sequence[str] = ("recall@20", "ndcg@20")) -> pd.DataFrame:
+def metric_history(
+    tracking_uri: str, run_ids: Sequence[str], metrics: Sequence[str] = ("recall@20", "ndcg@20")
+) -> pd.DataFrame:
     """Per-epoch history of ``run_ids``: columns run_id, epoch, the ``metrics`` (``@`` names), seconds (wall-clock
     since training start) and time_source (``wall_time_s`` when the run logged it, else the cumulative sum of
     ``epoch_time_s`` + ``eval_time_s``)."""

@@ -35,8 +35,9 @@ def _join(values) -> str:
     return " ".join(str(v) for v in values)
 
 
-def aggregate(df: pd.DataFrame, by: Sequence[str] = CELL_KEYS, metrics: Sequence[str] = METRICS,
-              confidence: float = 0.95) -> pd.DataFrame:
+def aggregate(
+    df: pd.DataFrame, by: Sequence[str] = CELL_KEYS, metrics: Sequence[str] = METRICS, confidence: float = 0.95
+) -> pd.DataFrame:
     """Long table: one row per (``by``..., metric) with n seeds, mean, std, 95% t-interval, the seeds, the run ids
     and the epoch budgets of its runs."""
     rows = []
@@ -48,15 +49,25 @@ def aggregate(df: pd.DataFrame, by: Sequence[str] = CELL_KEYS, metrics: Sequence
                 sub = group[group[metric].notna()]
                 if sub.empty:
                     continue
-                rows.append({**cell, "metric": metric, **mean_ci(sub[metric].tolist(), confidence),
-                             "seeds": _join(sorted(sub["seed"].dropna().astype(int))),
-                             "run_ids": _join(sub["run_id"]),
-                             "epochs": _join(sorted(sub["epochs"].dropna().astype(int).unique()))})
+                rows.append(
+                    {
+                        **cell,
+                        "metric": metric,
+                        **mean_ci(sub[metric].tolist(), confidence),
+                        "seeds": _join(sorted(sub["seed"].dropna().astype(int))),
+                        "run_ids": _join(sub["run_id"]),
+                        "epochs": _join(sorted(sub["epochs"].dropna().astype(int).unique())),
+                    }
+                )
     return pd.DataFrame(rows, columns=[*by, *STAT_COLUMNS])
 
 
-def negative_curves(df: pd.DataFrame, metrics: Sequence[str] = METRICS,
-                    by: Sequence[str] = ("dataset", "loss", "num_negatives"), confidence: float = 0.95) -> pd.DataFrame:
+def negative_curves(
+    df: pd.DataFrame,
+    metrics: Sequence[str] = METRICS,
+    by: Sequence[str] = ("dataset", "loss", "num_negatives"),
+    confidence: float = 0.95,
+) -> pd.DataFrame:
     """Figure 3 data from ``fetch_runs`` output: mean and t-interval over seeds per (dataset, loss, num_negatives,
     metric). Filter ``df`` first to one encoder / early-stop / selection setting (``report`` does)."""
     out = aggregate(df[df["num_negatives"].notna()], by=by, metrics=metrics, confidence=confidence)
@@ -65,13 +76,28 @@ def negative_curves(df: pd.DataFrame, metrics: Sequence[str] = METRICS,
     return out.sort_values([*by, "metric"], ignore_index=True)
 
 
-def paired_tests(df: pd.DataFrame, baseline: str = "ccl", metrics: Sequence[str] = METRICS,
-                 by: Sequence[str] = SETTING_KEYS) -> pd.DataFrame:
+def paired_tests(
+    df: pd.DataFrame, baseline: str = "ccl", metrics: Sequence[str] = METRICS, by: Sequence[str] = SETTING_KEYS
+) -> pd.DataFrame:
     """Each loss against ``baseline`` in the same setting (``by``), paired by seed: mean difference (loss minus
     baseline) and ``scipy.stats.ttest_rel(loss, baseline)`` over the common seeds (needs >= 2 pairs; NaN
     otherwise). Several runs of one seed are averaged first."""
-    cols = [*by, "loss", "baseline", "metric", "n_pairs", "seeds", "mean", "baseline_mean", "mean_diff",
-            "rel_diff_pct", "t", "p_value", "run_ids", "baseline_run_ids"]
+    cols = [
+        *by,
+        "loss",
+        "baseline",
+        "metric",
+        "n_pairs",
+        "seeds",
+        "mean",
+        "baseline_mean",
+        "mean_diff",
+        "rel_diff_pct",
+        "t",
+        "p_value",
+        "run_ids",
+        "baseline_run_ids",
+    ]
     rows = []
     metrics = [m for m in metrics if m in df.columns]
     data = df[df["seed"].notna()]
@@ -93,11 +119,22 @@ def paired_tests(df: pd.DataFrame, baseline: str = "ccl", metrics: Sequence[str]
                     res = stats.ttest_rel(x, y)
                     t, p = float(res.statistic), float(res.pvalue)
                 diff = float((x - y).mean())
-                rows.append({**dict(zip(by, key, strict=True)), "loss": loss, "baseline": baseline, "metric": metric,
-                             "n_pairs": len(seeds), "seeds": _join(int(s) for s in seeds), "mean": float(x.mean()),
-                             "baseline_mean": float(y.mean()), "mean_diff": diff,
-                             "rel_diff_pct": 100 * diff / float(y.mean()) if y.mean() else math.nan, "t": t,
-                             "p_value": p,
-                             "run_ids": _join(other[other["seed"].isin(seeds)]["run_id"]),
-                             "baseline_run_ids": _join(base[base["seed"].isin(seeds)]["run_id"])})
+                rows.append(
+                    {
+                        **dict(zip(by, key, strict=True)),
+                        "loss": loss,
+                        "baseline": baseline,
+                        "metric": metric,
+                        "n_pairs": len(seeds),
+                        "seeds": _join(int(s) for s in seeds),
+                        "mean": float(x.mean()),
+                        "baseline_mean": float(y.mean()),
+                        "mean_diff": diff,
+                        "rel_diff_pct": 100 * diff / float(y.mean()) if y.mean() else math.nan,
+                        "t": t,
+                        "p_value": p,
+                        "run_ids": _join(other[other["seed"].isin(seeds)]["run_id"]),
+                        "baseline_run_ids": _join(base[base["seed"].isin(seeds)]["run_id"]),
+                    }
+                )
     return pd.DataFrame(rows, columns=cols)

@@ -12,9 +12,10 @@ THRESHOLD_PCT = 3.0
 EXPLANATIONS = "explanations.md"
 CAVEATS = {  # paper-reference §10.2: where the paper's Table 3 baseline numbers may come from
     loss: "paper-reference §10.2: the paper's Table 3 numbers for BPR, pairwise hinge, softmax CE and MSE may "
-          "come from another setting (re-run by the author with N=100 in the MF + cosine config, or copied from "
-          "the SimpleX paper); check before reading the gap as ours"
-    for loss in ("bpr", "hinge", "softmax", "mse")}
+    "come from another setting (re-run by the author with N=100 in the MF + cosine config, or copied from "
+    "the SimpleX paper); check before reading the gap as ours"
+    for loss in ("bpr", "hinge", "softmax", "mse")
+}
 CELL_COLUMNS = ("dataset", "encoder", "loss", "num_negatives", "early_stop", "selection")
 HEADING = re.compile(r"^## +(\S+)\s*$")
 
@@ -24,8 +25,12 @@ def off_cells(tables: dict[str, pd.DataFrame], threshold: float = THRESHOLD_PCT)
     ``threshold`` % (relative) from the paper's, one row per (cell, metric), with ``cell`` = ``cell_id``."""
     cols = [*CELL_COLUMNS, "metric", "paper", "mean", "n", "rel_diff_pct"]
     rows = pd.concat([t[[c for c in cols if c in t]] for t in tables.values()], ignore_index=True)
-    rows = rows[(rows["selection"] == "paper") & rows["paper"].notna() & rows["mean"].notna()
-                & (rows["rel_diff_pct"].abs() > threshold)]
+    rows = rows[
+        (rows["selection"] == "paper")
+        & rows["paper"].notna()
+        & rows["mean"].notna()
+        & (rows["rel_diff_pct"].abs() > threshold)
+    ]
     rows = rows.drop_duplicates([*CELL_COLUMNS, "metric"]).reset_index(drop=True)
     rows.insert(0, "cell", [cell_id(r) for _, r in rows.iterrows()] if len(rows) else [])
     return rows
@@ -54,25 +59,39 @@ def explanation_section(tables: dict[str, pd.DataFrame], folder: Path) -> list[s
     notes = read_explanations(folder / EXPLANATIONS)
     md = [f"## Cells more than {THRESHOLD_PCT:g}% from the paper", ""]
     if off.empty:
-        md += [f"None: every cell with runs and a paper number (selection `paper`) is within {THRESHOLD_PCT:g}% "
-               "(relative) of the paper.", ""]
+        md += [
+            f"None: every cell with runs and a paper number (selection `paper`) is within {THRESHOLD_PCT:g}% "
+            "(relative) of the paper.",
+            "",
+        ]
     else:
         missing = [c for c in dict.fromkeys(off["cell"]) if not notes.get(c)]
-        md += [f"{off['cell'].nunique()} cell(s) more than {THRESHOLD_PCT:g}% (relative) from the paper"
-               + (f"; **{len(missing)} NEED AN EXPLANATION**: {', '.join(missing)}" if missing else "") + ". "
-               f"Each gets its evidence in a `## <cell>` section of [{EXPLANATIONS}]({EXPLANATIONS}) (written by "
-               "hand, copied here when the report is rebuilt).", "",
-               "| cell | metric | ours | paper | Δ % | n |", "|---|---|---|---|---|---|"]
-        md += [f"| {r.cell} | {r.metric} | {r.mean:.4f} | {r.paper:.4f} | {r.rel_diff_pct:+.1f} | {r.n} |"
-               for r in off.itertuples()]
+        md += [
+            f"{off['cell'].nunique()} cell(s) more than {THRESHOLD_PCT:g}% (relative) from the paper"
+            + (f"; **{len(missing)} NEED AN EXPLANATION**: {', '.join(missing)}" if missing else "")
+            + ". "
+            f"Each gets its evidence in a `## <cell>` section of [{EXPLANATIONS}]({EXPLANATIONS}) (written by "
+            "hand, copied here when the report is rebuilt).",
+            "",
+            "| cell | metric | ours | paper | Δ % | n |",
+            "|---|---|---|---|---|---|",
+        ]
+        md += [
+            f"| {r.cell} | {r.metric} | {r.mean:.4f} | {r.paper:.4f} | {r.rel_diff_pct:+.1f} | {r.n} |"
+            for r in off.itertuples()
+        ]
         md.append("")
         for cell, group in off.groupby("cell", sort=False):
             loss = group["loss"].iloc[0]
             md += [f"### {cell}", ""]
             if loss in CAVEATS:
                 md += [f"Caveat: {CAVEATS[loss]}.", ""]
-            md += [notes[cell] if notes.get(cell) else
-                   f"**NEEDS EXPLANATION**: add a `## {cell}` section with the evidence to {EXPLANATIONS}.", ""]
+            md += [
+                notes[cell]
+                if notes.get(cell)
+                else f"**NEEDS EXPLANATION**: add a `## {cell}` section with the evidence to {EXPLANATIONS}.",
+                "",
+            ]
     extra = [c for c in notes if c not in set(off["cell"]) and notes[c]]
     if extra:
         md += ["Other notes from " + EXPLANATIONS + " (cells within the threshold, or rows of their own):", ""]
@@ -82,8 +101,12 @@ def explanation_section(tables: dict[str, pd.DataFrame], folder: Path) -> list[s
 
 
 def _mean(curves: pd.DataFrame, dataset: str, metric: str, loss: str, n: int) -> float | None:
-    hit = curves[(curves["dataset"] == dataset) & (curves["metric"] == metric) & (curves["loss"] == loss)
-                 & (curves["num_negatives"] == n)]
+    hit = curves[
+        (curves["dataset"] == dataset)
+        & (curves["metric"] == metric)
+        & (curves["loss"] == loss)
+        & (curves["num_negatives"] == n)
+    ]
     return float(hit["mean"].iloc[0]) if len(hit) else None
 
 
@@ -95,24 +118,36 @@ def claim_verdicts(curves: pd.DataFrame, claims: pd.DataFrame) -> list[str]:
         ours, base = (_mean(curves, c.dataset, c.metric, loss, c.num_negatives) for loss in (c.loss, c.baseline))
         if ours is not None and base is not None:
             gain = 100 * (ours - base) / base
-            out.append(f"{c.dataset} {c.metric}, {c.num_negatives} negatives: MML beats CCL "
-                       f"(paper +{c.paper_relative_gain_pct:.1f}%): **{'HOLDS' if gain > 0 else 'DOES NOT HOLD'}**, "
-                       f"ours {gain:+.1f}%")
+            out.append(
+                f"{c.dataset} {c.metric}, {c.num_negatives} negatives: MML beats CCL "
+                f"(paper +{c.paper_relative_gain_pct:.1f}%): **{'HOLDS' if gain > 0 else 'DOES NOT HOLD'}**, "
+                f"ours {gain:+.1f}%"
+            )
     for (dataset, metric), _ in curves.groupby(["dataset", "metric"], sort=True) if len(curves) else []:
         mml, ccl, bsl = (_mean(curves, dataset, metric, loss, 800) for loss in ("mml", "ccl", "bsl"))
         if mml is not None and ccl is not None:
-            out.append(f"{dataset} {metric}, 800 negatives: MML ≥ CCL: **{'HOLDS' if mml >= ccl else 'DOES NOT HOLD'}"
-                       f"** ({mml:.4f} vs {ccl:.4f})")
+            out.append(
+                f"{dataset} {metric}, 800 negatives: MML ≥ CCL: **{'HOLDS' if mml >= ccl else 'DOES NOT HOLD'}"
+                f"** ({mml:.4f} vs {ccl:.4f})"
+            )
         if mml is not None and bsl is not None:
-            out.append(f"{dataset} {metric}, 800 negatives: MML < BSL: **{'HOLDS' if mml < bsl else 'DOES NOT HOLD'}"
-                       f"** ({mml:.4f} vs {bsl:.4f})")
-        changes = {loss: (at800 - at100) / at100 * 100 for loss in ("mml", "ccl", "bsl")
-                   if (at100 := _mean(curves, dataset, metric, loss, 100)) and
-                   (at800 := _mean(curves, dataset, metric, loss, 800)) is not None}
+            out.append(
+                f"{dataset} {metric}, 800 negatives: MML < BSL: **{'HOLDS' if mml < bsl else 'DOES NOT HOLD'}"
+                f"** ({mml:.4f} vs {bsl:.4f})"
+            )
+        changes = {
+            loss: (at800 - at100) / at100 * 100
+            for loss in ("mml", "ccl", "bsl")
+            if (at100 := _mean(curves, dataset, metric, loss, 100))
+            and (at800 := _mean(curves, dataset, metric, loss, 800)) is not None
+        }
         if changes:
             flat = all(abs(v) <= THRESHOLD_PCT for v in changes.values())
-            out.append(f"{dataset} {metric}: all losses level off by 100 negatives (read here as: 100 → 800 "
-                       f"negatives changes each by at most {THRESHOLD_PCT:g}%): "
-                       f"**{'HOLDS' if flat else 'DOES NOT HOLD'}** ("
-                       + ", ".join(f"{loss.upper()} {v:+.1f}%" for loss, v in changes.items()) + ")")
+            out.append(
+                f"{dataset} {metric}: all losses level off by 100 negatives (read here as: 100 → 800 "
+                f"negatives changes each by at most {THRESHOLD_PCT:g}%): "
+                f"**{'HOLDS' if flat else 'DOES NOT HOLD'}** ("
+                + ", ".join(f"{loss.upper()} {v:+.1f}%" for loss, v in changes.items())
+                + ")"
+            )
     return ["The paper's Figure 3 claims on our runs:", "", *(f"* {line}" for line in out), ""] if out else []

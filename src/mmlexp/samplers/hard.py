@@ -41,9 +41,12 @@ class HardNegativeSampler:
         self.n_items = check_int("n_items", n_items, 1)
         if pool_size is None:
             pool_size = 4 * self.num_negatives
-        self.pool_size = check_int("pool_size", pool_size, self.num_negatives,
-                                   f"an integer >= num_negatives ({self.num_negatives}): "
-                                   "the N negatives are the best of the pool")
+        self.pool_size = check_int(
+            "pool_size",
+            pool_size,
+            self.num_negatives,
+            f"an integer >= num_negatives ({self.num_negatives}): the N negatives are the best of the pool",
+        )
         if not isinstance(mask_positive, bool):
             raise ValueError(f"mask_positive={mask_positive}: must be true or false")
         self.mask_positive = mask_positive
@@ -51,10 +54,13 @@ class HardNegativeSampler:
 
     def sample(self, users: torch.Tensor, pos_items: torch.Tensor | None = None, model=None) -> torch.Tensor:
         if model is None:
-            raise ValueError("the hard-negative sampler needs the model: sample(users, pos_items, model) "
-                             "scores its candidate pool with model.score(users, pool)")
-        pool = torch.randint(self.n_items, (users.shape[0], self.pool_size), generator=self.generator,
-                             device=self.device)
+            raise ValueError(
+                "the hard-negative sampler needs the model: sample(users, pos_items, model) "
+                "scores its candidate pool with model.score(users, pool)"
+            )
+        pool = torch.randint(
+            self.n_items, (users.shape[0], self.pool_size), generator=self.generator, device=self.device
+        )
         if self.pool_size == self.num_negatives:
             return pool
         with torch.no_grad():

@@ -49,8 +49,10 @@ class InBatchSampler:
         self.mask_duplicates = mask_duplicates
         self.n_items = None if n_items is None else check_int("n_items", n_items, 1)
         if mask_duplicates and (self.n_items is None or self.n_items < 2):
-            raise ValueError(f"n_items={n_items}: mask_duplicates=true needs n_items >= 2 "
-                             "(a replacement item different from the positive)")
+            raise ValueError(
+                f"n_items={n_items}: mask_duplicates=true needs n_items >= 2 "
+                "(a replacement item different from the positive)"
+            )
         self.generator, self.device = generator, torch.device(device)
         self._index_cache: tuple[int, torch.Tensor] | None = None
 
@@ -62,8 +64,10 @@ class InBatchSampler:
     def sample(self, users: torch.Tensor, pos_items: torch.Tensor, model=None) -> torch.Tensor:
         batch = pos_items.shape[0]
         if batch < 2:
-            raise ValueError(f"in_batch needs batch_size >= 2, got {batch} "
-                             "(a batch of one row has no other positives to use as negatives)")
+            raise ValueError(
+                f"in_batch needs batch_size >= 2, got {batch} "
+                "(a batch of one row has no other positives to use as negatives)"
+            )
         neg = pos_items[self._others(batch, pos_items.device)]
         if self.mask_duplicates:
             assert self.n_items is not None  # checked in __init__

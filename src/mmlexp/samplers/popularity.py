@@ -71,8 +71,9 @@ class PopularitySampler:
         self.num_negatives = check_int("num_negatives", num_negatives, 1)
         self.n_items = check_int("n_items", n_items, 1)
         if isinstance(beta, bool) or not isinstance(beta, (int, float)) or not math.isfinite(beta) or beta < 0:
-            raise ValueError(f"beta={beta}: must be a finite number >= 0 "
-                             "(0: uniform, 1: proportional to popularity, as SSM)")
+            raise ValueError(
+                f"beta={beta}: must be a finite number >= 0 (0: uniform, 1: proportional to popularity, as SSM)"
+            )
         if not isinstance(shared, bool):
             raise ValueError(f"shared={shared}: must be true or false")
         self.beta, self.shared = float(beta), shared
@@ -80,7 +81,7 @@ class PopularitySampler:
         if train is None:
             raise ValueError("train=None: the popularity sampler needs the training matrix (item popularity)")
         pop = item_popularity(train, self.n_items)
-        weights = pop ** self.beta  # 0 ** 0 == 1: beta = 0 is uniform over every item
+        weights = pop**self.beta  # 0 ** 0 == 1: beta = 0 is uniform over every item
         support = np.flatnonzero(weights > 0)
         if support.size == 0:
             raise ValueError(f"beta={beta}: every item has zero training popularity; nothing to sample")

@@ -15,13 +15,26 @@ import warnings
 # conf/config.yaml registers SweepCallback (and mml_optuna names mmlexp.search.custom_search_space); Hydra 1.4
 # instantiates both without an execution whitelist and warns on every run. This package is imported (entry point)
 # before that happens: silence the warning for these targets only.
-warnings.filterwarnings("ignore", category=UserWarning, message=r"hydra\.utils\.instantiate\(\) resolved "
-                        r"_target_='mmlexp\.(sweep\.\w+|search\.custom_search_space)' with no")
+warnings.filterwarnings(
+    "ignore",
+    category=UserWarning,
+    message=r"hydra\.utils\.instantiate\(\) resolved "
+    r"_target_='mmlexp\.(sweep\.\w+|search\.custom_search_space)' with no",
+)
 
 from mmlexp.sweep.errors import SweepError  # noqa: E402
 from mmlexp.sweep.jobs import SWEEP_FILE, TRIAL_ENV, job_tags, read_sweep_file, threads_per_job  # noqa: E402
 from mmlexp.sweep.optuna_sweeper import OptunaSweeper  # noqa: E402
 from mmlexp.sweep.parent import SweepCallback, open_parent  # noqa: E402
 
-__all__ = ["SweepCallback", "OptunaSweeper", "SweepError", "job_tags", "threads_per_job", "open_parent",
-           "read_sweep_file", "SWEEP_FILE", "TRIAL_ENV"]
+__all__ = [
+    "SweepCallback",
+    "OptunaSweeper",
+    "SweepError",
+    "job_tags",
+    "threads_per_job",
+    "open_parent",
+    "read_sweep_file",
+    "SWEEP_FILE",
+    "TRIAL_ENV",
+]

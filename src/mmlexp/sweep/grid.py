@@ -38,9 +38,17 @@ log = logging.getLogger(__name__)
 class GridSweeper(BasicSweeper):
     """Hydra's basic sweeper (same ``params`` and sweep syntax) with a ledger; see the module docstring."""
 
-    def __init__(self, storage: str, fresh: bool = False, batch_size: int | None = None,
-                 max_batch_size: int | None = None, params: dict[str, str] | None = None,
-                 heartbeat_interval: float = 60, grace_period: float | None = None, poll_interval: float = 5):
+    def __init__(
+        self,
+        storage: str,
+        fresh: bool = False,
+        batch_size: int | None = None,
+        max_batch_size: int | None = None,
+        params: dict[str, str] | None = None,
+        heartbeat_interval: float = 60,
+        grace_period: float | None = None,
+        poll_interval: float = 5,
+    ):
         super().__init__(max_batch_size=max_batch_size, params=params)
         self.storage, self.fresh = storage, fresh
         self.batch_size = batch_size or max_batch_size or 1
@@ -102,9 +110,11 @@ class GridSweeper(BasicSweeper):
         sweep_dir = Path(grid["sweep_dir"])
         states = ledger.states()
         done = sum(s == FINISHED for s in states.values())
-        log.info(f"Grid {fp[:12]} (generation {grid['generation']}, {len(points)} points, ledger "
-                 f"{mask_url(str(self.storage))}): {done} finished, {len(points) - done} to run; "
-                 f"run dirs in {sweep_dir}")
+        log.info(
+            f"Grid {fp[:12]} (generation {grid['generation']}, {len(points)} points, ledger "
+            f"{mask_url(str(self.storage))}): {done} finished, {len(points) - done} to run; "
+            f"run dirs in {sweep_dir}"
+        )
         parent = self._parent(ledger, grid, sweep_dir, points, arguments)
         sweep_dir.mkdir(parents=True, exist_ok=True)
         OmegaConf.save(self.cfg, sweep_dir / "multirun.yaml")
@@ -114,8 +124,11 @@ class GridSweeper(BasicSweeper):
         finally:
             self._close(ledger, parent, len(points), failed)
         if failed:
-            print(f"mmlexp: error: {len(failed)} of {len(points)} grid points failed in this pass (the others ran; "
-                  "re-run the command to retry them):\n  " + "\n  ".join(failed), file=sys.stderr)
+            print(
+                f"mmlexp: error: {len(failed)} of {len(points)} grid points failed in this pass (the others ran; "
+                "re-run the command to retry them):\n  " + "\n  ".join(failed),
+                file=sys.stderr,
+            )
             sys.exit(1)
 
     def _parent(self, ledger: Ledger, grid: dict, sweep_dir: Path, points: list[list[str]], arguments: list[str]):
@@ -124,9 +137,16 @@ class GridSweeper(BasicSweeper):
         swept = [a for a in arguments if "," in a or "(" in a] or [str(sweep_dir)]
 
         def open_(reuse: str | None):
-            return open_parent(self.cfg, sweep_dir, name=f"grid {' '.join(swept)}"[:250], sweep_id=ledger.grid[0],
-                               kind="grid", params={"sweep.overrides": " ".join(arguments), "grid.points": len(points)},
-                               reuse=reuse, grid_generation=grid["generation"])
+            return open_parent(
+                self.cfg,
+                sweep_dir,
+                name=f"grid {' '.join(swept)}"[:250],
+                sweep_id=ledger.grid[0],
+                kind="grid",
+                params={"sweep.overrides": " ".join(arguments), "grid.points": len(points)},
+                reuse=reuse,
+                grid_generation=grid["generation"],
+            )
 
         parent = open_(grid["parent_run_id"])
         if parent is None:
@@ -148,12 +168,21 @@ class GridSweeper(BasicSweeper):
                     return
                 time.sleep(self.poll_interval)  # other workers run the last points (or they die: taken over)
                 continue
-            overrides = [p.overrides + [f"hydra.sweep.dir='{sweep_dir}'", f"hydra.sweep.subdir={p.idx}",
-                                        f"+hydra.job.env_set.{POINT_ENV}={p.idx}"] for p in batch]
+            overrides = [
+                p.overrides
+                + [
+                    f"hydra.sweep.dir='{sweep_dir}'",
+                    f"hydra.sweep.subdir={p.idx}",
+                    f"+hydra.job.env_set.{POINT_ENV}={p.idx}",
+                ]
+                for p in batch
+            ]
             for p in batch:
                 if p.attempts > 1:
-                    log.info(f"Grid point {p.idx}, attempt {p.attempts} (interrupted or failed before; it continues "
-                             f"from its checkpoint if it has one): {' '.join(p.overrides)}")
+                    log.info(
+                        f"Grid point {p.idx}, attempt {p.attempts} (interrupted or failed before; it continues "
+                        f"from its checkpoint if it has one): {' '.join(p.overrides)}"
+                    )
             stop = threading.Event()
             beat = threading.Thread(target=self._beat, args=(ledger, [p.idx for p in batch], stop), daemon=True)
             beat.start()
@@ -193,8 +222,9 @@ class GridSweeper(BasicSweeper):
             return
         finished = sum(s == FINISHED for s in states.values())
         with contextlib.suppress(Exception):
-            parent.log_metrics({"finished_points": finished, "failed_points": sum(s == FAILED for s in
-                                                                                  states.values())}, step=0)
+            parent.log_metrics(
+                {"finished_points": finished, "failed_points": sum(s == FAILED for s in states.values())}, step=0
+            )
             from mmlexp.sweep.parent import summarise
 
             summarise(parent, self.cfg)

@@ -15,8 +15,8 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 
 SWEEP_FILE = "sweep.json"
-TRIAL_ENV = "MMLEXP_OPTUNA_TRIAL"          # the trial number, set per job by OptunaSweeper
-POINT_ENV = "MMLEXP_GRID_POINT"            # the grid point's index, set per job by GridSweeper
+TRIAL_ENV = "MMLEXP_OPTUNA_TRIAL"  # the trial number, set per job by OptunaSweeper
+POINT_ENV = "MMLEXP_GRID_POINT"  # the grid point's index, set per job by GridSweeper
 MAX_TAG = 5000
 
 
@@ -47,8 +47,11 @@ def job_tags(tracking_uri: str) -> dict[str, str]:
     if hc.mode != RunMode.MULTIRUN:
         return {}
     sweep_dir = _sweep_dir(hc)
-    tags = {"sweep.dir": str(sweep_dir), "sweep.job_num": str(hc.job.num),
-            "sweep.overrides": " ".join(hc.overrides.task)[:MAX_TAG]}
+    tags = {
+        "sweep.dir": str(sweep_dir),
+        "sweep.job_num": str(hc.job.num),
+        "sweep.overrides": " ".join(hc.overrides.task)[:MAX_TAG],
+    }
     if os.environ.get(POINT_ENV) is not None:  # a grid point keeps its index across resumed sweeps
         tags |= {"sweep.job_num": os.environ[POINT_ENV], "grid.point": os.environ[POINT_ENV]}
     info = read_sweep_file(sweep_dir)
@@ -82,4 +85,3 @@ def threads_per_job(hydra_cfg: Any, cores: int | None = None) -> int | None:
     if parallel < 0:  # joblib: -1 all cores, -2 all but one...
         parallel = max(1, cores + 1 + parallel)
     return max(1, cores // parallel)
-

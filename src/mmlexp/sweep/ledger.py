@@ -28,7 +28,8 @@ PENDING, RUNNING, FINISHED, FAILED = "pending", "running", "finished", "failed"
 
 metadata = sa.MetaData()
 grids = sa.Table(
-    "mmlexp_grids", metadata,
+    "mmlexp_grids",
+    metadata,
     sa.Column("fingerprint", sa.String(64), primary_key=True),
     sa.Column("generation", sa.Integer, nullable=False),
     sa.Column("sweep_dir", sa.Text, nullable=False),
@@ -38,7 +39,8 @@ grids = sa.Table(
     sa.Column("created", sa.Float, nullable=False),
 )
 points = sa.Table(
-    "mmlexp_grid_points", metadata,
+    "mmlexp_grid_points",
+    metadata,
     sa.Column("fingerprint", sa.String(64), primary_key=True),
     sa.Column("generation", sa.Integer, primary_key=True),
     sa.Column("idx", sa.Integer, primary_key=True),
@@ -77,7 +79,7 @@ class Ledger:
             if url.startswith("sqlite:///"):
                 from pathlib import Path
 
-                Path(url[len("sqlite:///"):]).expanduser().resolve().parent.mkdir(parents=True, exist_ok=True)
+                Path(url[len("sqlite:///") :]).expanduser().resolve().parent.mkdir(parents=True, exist_ok=True)
             args = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {"pool_pre_ping": True}
             self.engine = sa.create_engine(url, **args)
             for attempt in range(5):  # workers started together race to create the tables: the loser retries
@@ -90,31 +92,48 @@ class Ledger:
                     time.sleep(0.2 * (attempt + 1))
         except Exception as err:
             reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-            raise SweepError(f"hydra.sweeper.storage={mask_url(url)!r}: cannot open the grid ledger "
-                             f"({type(err).__name__}: {reason})") from err
+            raise SweepError(
+                f"hydra.sweeper.storage={mask_url(url)!r}: cannot open the grid ledger ({type(err).__name__}: {reason})"
+            ) from err
         self.grace_period = grace_period
         self.host, self.pid = socket.gethostname(), os.getpid()
         self.pid_started = _process_start(self.pid)
         self.key: tuple[str, int] | None = None
 
     # ---- the grid
-    def open_grid(self, fp: str, point_overrides: list[list[str]], sweep_dir: str, command: str,
-                  fresh: bool = False) -> dict[str, Any]:
+    def open_grid(
+        self, fp: str, point_overrides: list[list[str]], sweep_dir: str, command: str, fresh: bool = False
+    ) -> dict[str, Any]:
         """Find (or create) the grid ``fp``; ``fresh``: start its next generation.  Returns its row.
         Points of the current generation that failed before are pending again."""
         with self.engine.begin() as db:
             found = db.execute(sa.select(grids).where(grids.c.fingerprint == fp)).mappings().first()
             if found is None:
                 try:
-                    db.execute(grids.insert().values(fingerprint=fp, generation=1, sweep_dir=sweep_dir,
-                                                     command=command, n_points=len(point_overrides),
-                                                     created=time.time()))
+                    db.execute(
+                        grids.insert().values(
+                            fingerprint=fp,
+                            generation=1,
+                            sweep_dir=sweep_dir,
+                            command=command,
+                            n_points=len(point_overrides),
+                            created=time.time(),
+                        )
+                    )
                 except sa.exc.IntegrityError:  # another worker created it in between
                     pass
             elif fresh:
-                db.execute(grids.update().where(grids.c.fingerprint == fp).values(
-                    generation=found["generation"] + 1, sweep_dir=sweep_dir, parent_run_id=None, command=command,
-                    created=time.time()))
+                db.execute(
+                    grids.update()
+                    .where(grids.c.fingerprint == fp)
+                    .values(
+                        generation=found["generation"] + 1,
+                        sweep_dir=sweep_dir,
+                        parent_run_id=None,
+                        command=command,
+                        created=time.time(),
+                    )
+                )
         with self.engine.begin() as db:
             row: dict[str, Any] = dict(db.execute(sa.select(grids).where(grids.c.fingerprint == fp)).mappings().one())
         self.key = (fp, row["generation"])
@@ -124,9 +143,16 @@ class Ledger:
                 if idx not in known:
                     try:
                         with db.begin_nested():
-                            db.execute(points.insert().values(fingerprint=fp, generation=row["generation"], idx=idx,
-                                                              overrides=json.dumps(overrides), state=PENDING,
-                                                              attempts=0))
+                            db.execute(
+                                points.insert().values(
+                                    fingerprint=fp,
+                                    generation=row["generation"],
+                                    idx=idx,
+                                    overrides=json.dumps(overrides),
+                                    state=PENDING,
+                                    attempts=0,
+                                )
+                            )
                     except sa.exc.IntegrityError:
                         pass
             db.execute(points.update().where(*self._where(), points.c.state == FAILED).values(state=PENDING))
@@ -143,8 +169,11 @@ class Ledger:
         """Record the grid's parent MLflow run unless another worker did first; returns the one recorded."""
         fp, generation = self.grid
         with self.engine.begin() as db:
-            db.execute(grids.update().where(grids.c.fingerprint == fp, grids.c.generation == generation,
-                                            grids.c.parent_run_id.is_(None)).values(parent_run_id=run_id))
+            db.execute(
+                grids.update()
+                .where(grids.c.fingerprint == fp, grids.c.generation == generation, grids.c.parent_run_id.is_(None))
+                .values(parent_run_id=run_id)
+            )
             return db.execute(sa.select(grids.c.parent_run_id).where(grids.c.fingerprint == fp)).scalar_one()
 
     def _where(self) -> list:
@@ -161,17 +190,30 @@ class Ledger:
         claimed: list[Point] = []
         now = time.time()
         with self.engine.begin() as db:
-            rows = db.execute(sa.select(points).where(*self._where(), points.c.state.in_((PENDING, RUNNING)))
-                              .order_by(points.c.idx)).mappings().all()
+            rows = (
+                db.execute(
+                    sa.select(points)
+                    .where(*self._where(), points.c.state.in_((PENDING, RUNNING)))
+                    .order_by(points.c.idx)
+                )
+                .mappings()
+                .all()
+            )
         for row in rows:
             if len(claimed) == n:
                 break
             if row["state"] == RUNNING and not self._dead(row, now):
                 continue
-            mine = dict(state=RUNNING, host=self.host, pid=self.pid, pid_started=self.pid_started, heartbeat=now,
-                        attempts=row["attempts"] + 1, message=None)
-            same = [points.c.idx == row["idx"], points.c.state == row["state"],
-                    points.c.attempts == row["attempts"]]
+            mine = dict(
+                state=RUNNING,
+                host=self.host,
+                pid=self.pid,
+                pid_started=self.pid_started,
+                heartbeat=now,
+                attempts=row["attempts"] + 1,
+                message=None,
+            )
+            same = [points.c.idx == row["idx"], points.c.state == row["state"], points.c.attempts == row["attempts"]]
             with self.engine.begin() as db:
                 if db.execute(points.update().where(*self._where(), *same).values(**mine)).rowcount == 1:
                     claimed.append(Point(row["idx"], json.loads(row["overrides"]), row["attempts"] + 1))
@@ -185,21 +227,40 @@ class Ledger:
     def beat(self, idxs: list[int]) -> None:
         """Heartbeat of this worker's running points."""
         with self.engine.begin() as db:
-            db.execute(points.update().where(*self._where(), points.c.idx.in_(idxs), points.c.state == RUNNING,
-                                             points.c.pid == self.pid, points.c.host == self.host)
-                       .values(heartbeat=time.time()))
+            db.execute(
+                points.update()
+                .where(
+                    *self._where(),
+                    points.c.idx.in_(idxs),
+                    points.c.state == RUNNING,
+                    points.c.pid == self.pid,
+                    points.c.host == self.host,
+                )
+                .values(heartbeat=time.time())
+            )
 
     def finish(self, idx: int, state: str, message: str | None = None) -> None:
         with self.engine.begin() as db:
-            db.execute(points.update().where(*self._where(), points.c.idx == idx, points.c.pid == self.pid,
-                                             points.c.host == self.host).values(state=state, message=message))
+            db.execute(
+                points.update()
+                .where(*self._where(), points.c.idx == idx, points.c.pid == self.pid, points.c.host == self.host)
+                .values(state=state, message=message)
+            )
 
     def release(self, idxs: list[int]) -> None:
         """Points this worker claimed but will not run (Ctrl-C): pending again at once."""
         with self.engine.begin() as db:
-            db.execute(points.update().where(*self._where(), points.c.idx.in_(idxs), points.c.state == RUNNING,
-                                             points.c.pid == self.pid, points.c.host == self.host)
-                       .values(state=PENDING))
+            db.execute(
+                points.update()
+                .where(
+                    *self._where(),
+                    points.c.idx.in_(idxs),
+                    points.c.state == RUNNING,
+                    points.c.pid == self.pid,
+                    points.c.host == self.host,
+                )
+                .values(state=PENDING)
+            )
 
 
 def _process_start(pid: int) -> float | None:

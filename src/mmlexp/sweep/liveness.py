@@ -36,4 +36,3 @@ def heartbeats(storage: Any, trial_ids: list[int], interval: int | None):
     finally:
         stop.set()
         thread.join()
-

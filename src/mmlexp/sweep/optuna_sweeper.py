@@ -33,8 +33,8 @@ from mmlexp.sweep.pruning import is_pruned
 
 log = logging.getLogger(__name__)
 
-PARENT_ATTR = "mlflow_parent_run_id"       # study user attribute: the study's parent MLflow run
-WORKER_ATTR = "worker"                     # trial user attribute: host, pid, sweep_dir, job_num of its sweeper
+PARENT_ATTR = "mlflow_parent_run_id"  # study user attribute: the study's parent MLflow run
+WORKER_ATTR = "worker"  # trial user attribute: host, pid, sweep_dir, job_num of its sweeper
 
 
 class OptunaSweeper(Sweeper):
@@ -45,15 +45,28 @@ class OptunaSweeper(Sweeper):
     ``poll_interval`` (seconds between checks while other workers finish the last trials).
     """
 
-    def __init__(self, sampler: Any, direction: Any, storage: str | None, study_name: str | None, n_trials: int,
-                 n_jobs: int, max_failure_rate: float = 0.0, custom_search_space: str | None = None,
-                 params: DictConfig | None = None, space: DictConfig | None = None,
-                 heartbeat_interval: int | None = 60, grace_period: int | None = None,
-                 poll_interval: float | None = None, pruner: Any = None) -> None:
+    def __init__(
+        self,
+        sampler: Any,
+        direction: Any,
+        storage: str | None,
+        study_name: str | None,
+        n_trials: int,
+        n_jobs: int,
+        max_failure_rate: float = 0.0,
+        custom_search_space: str | None = None,
+        params: DictConfig | None = None,
+        space: DictConfig | None = None,
+        heartbeat_interval: int | None = 60,
+        grace_period: int | None = None,
+        poll_interval: float | None = None,
+        pruner: Any = None,
+    ) -> None:
         from hydra_plugins.hydra_optuna_sweeper.optuna_sweeper import OptunaSweeper as StockSweeper
 
-        self.impl = StockSweeper(sampler, direction, storage, study_name, n_trials, n_jobs, max_failure_rate,
-                                 custom_search_space, params).sweeper
+        self.impl = StockSweeper(
+            sampler, direction, storage, study_name, n_trials, n_jobs, max_failure_rate, custom_search_space, params
+        ).sweeper
         self.sampler_config = sampler
         self.pruner_config = pruner
         self.pruner = None  # built by _plan (hydra/sweeper/pruner)
@@ -77,16 +90,21 @@ class OptunaSweeper(Sweeper):
         impl = self.impl
         n = impl.n_trials
         if not isinstance(n, int) or isinstance(n, bool) or n < 1:
-            raise SweepError(f"hydra.sweeper.n_trials={n!r}: must be an integer >= 1 "
-                             "(the number of complete trials the study must have)")
+            raise SweepError(
+                f"hydra.sweeper.n_trials={n!r}: must be an integer >= 1 "
+                "(the number of complete trials the study must have)"
+            )
         self.pruner = self._pruner()
         if not isinstance(impl.n_jobs, int) or impl.n_jobs == 0:
-            raise SweepError(f"hydra.sweeper.n_jobs={impl.n_jobs!r}: must be an integer >= 1 "
-                             "(trials launched together), or -1 for one per core")
+            raise SweepError(
+                f"hydra.sweeper.n_jobs={impl.n_jobs!r}: must be an integer >= 1 "
+                "(trials launched together), or -1 for one per core"
+            )
         impl._process_searchspace_config()
         try:
             distributions, fixed, fixed_overrides = create_params_from_overrides(
-                impl._parse_sweeper_params_config() + list(arguments))
+                impl._parse_sweeper_params_config() + list(arguments)
+            )
         except Exception as err:  # a malformed sweep expression
             raise SweepError(f"hydra.sweeper.params: {err}") from err
         for name in fixed:
@@ -94,8 +112,10 @@ class OptunaSweeper(Sweeper):
         derived: list[str] = []
         if self.space is not None or self.custom_search_space == "mmlexp.search.custom_search_space":
             if self.custom_search_space != "mmlexp.search.custom_search_space":
-                raise SweepError("hydra.sweeper.space is set but hydra.sweeper.custom_search_space is "
-                                 f"{self.custom_search_space!r}: set it to mmlexp.search.custom_search_space")
+                raise SweepError(
+                    "hydra.sweeper.space is set but hydra.sweeper.custom_search_space is "
+                    f"{self.custom_search_space!r}: set it to mmlexp.search.custom_search_space"
+                )
             try:
                 derived = MarginSpace.from_config(self.space).keys()
             except (TypeError, ValueError) as err:
@@ -103,8 +123,10 @@ class OptunaSweeper(Sweeper):
         for name in derived:
             if name in distributions or name in fixed:
                 raise SweepError(f"hydra.sweeper.params.{name}: also set by hydra.sweeper.space; remove one")
-        self._check_keys(list(distributions), "unknown search space key {name!r} (hydra.sweeper.params or a "
-                         "command-line sweep): it is not in the config")
+        self._check_keys(
+            list(distributions),
+            "unknown search space key {name!r} (hydra.sweeper.params or a command-line sweep): it is not in the config",
+        )
         self._check_keys(derived, "hydra.sweeper.space writes {name!r}, which is not in the config")
         if not distributions and not derived and not impl.custom_search_space_extender:
             raise SweepError("hydra.sweeper.params is empty: nothing to search")
@@ -124,11 +146,14 @@ class OptunaSweeper(Sweeper):
             return None
         name = type(pruner).__name__
         if not self.impl.storage:
-            raise SweepError(f"hydra.sweeper.pruner ({name}) needs hydra.sweeper.storage: each job reports "
-                             "its epochs to its trial through the storage")
+            raise SweepError(
+                f"hydra.sweeper.pruner ({name}) needs hydra.sweeper.storage: each job reports "
+                "its epochs to its trial through the storage"
+            )
         if not self.impl.study_name:
-            raise SweepError(f"hydra.sweeper.pruner ({name}) needs hydra.sweeper.study_name (jobs find the study "
-                             "by name)")
+            raise SweepError(
+                f"hydra.sweeper.pruner ({name}) needs hydra.sweeper.study_name (jobs find the study by name)"
+            )
         if len(self.impl._get_directions()) > 1:
             raise SweepError(f"hydra.sweeper.pruner ({name}): Optuna cannot prune multi-objective studies")
         return pruner
@@ -155,22 +180,30 @@ class OptunaSweeper(Sweeper):
         if url:
             try:
                 if str(url).startswith("sqlite:///"):
-                    Path(str(url)[len("sqlite:///"):]).expanduser().resolve().parent.mkdir(parents=True,
-                                                                                         exist_ok=True)
+                    Path(str(url)[len("sqlite:///") :]).expanduser().resolve().parent.mkdir(parents=True, exist_ok=True)
                 with warnings.catch_warnings():  # heartbeats are "experimental" (stable since Optuna 2.9)
                     warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
                     storage = optuna.storages.RDBStorage(
-                        str(url), heartbeat_interval=self.heartbeat_interval or None,
+                        str(url),
+                        heartbeat_interval=self.heartbeat_interval or None,
                         grace_period=self.grace_period if self.heartbeat_interval else None,
-                        heartbeat_stale_trial_callback=lambda study, trial: self._close_trial_run(study, trial))
+                        heartbeat_stale_trial_callback=lambda study, trial: self._close_trial_run(study, trial),
+                    )
             except Exception as err:
                 reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-                raise SweepError(f"hydra.sweeper.storage={mask_url(str(url))!r}: cannot open the Optuna storage "
-                                 f"({type(err).__name__}: {reason})") from err
+                raise SweepError(
+                    f"hydra.sweeper.storage={mask_url(str(url))!r}: cannot open the Optuna storage "
+                    f"({type(err).__name__}: {reason})"
+                ) from err
         try:
-            return optuna.create_study(study_name=impl.study_name, storage=storage, sampler=impl.sampler,
-                                       pruner=self.pruner or optuna.pruners.NopPruner(),
-                                       directions=impl._get_directions(), load_if_exists=True)
+            return optuna.create_study(
+                study_name=impl.study_name,
+                storage=storage,
+                sampler=impl.sampler,
+                pruner=self.pruner or optuna.pruners.NopPruner(),
+                directions=impl._get_directions(),
+                load_if_exists=True,
+            )
         except ValueError as err:
             raise SweepError(f"hydra.sweeper.study_name={impl.study_name!r}: {err}") from err
 
@@ -187,13 +220,26 @@ class OptunaSweeper(Sweeper):
         config, impl = self.config, self.impl
         sweep_dir = Path(str(config.hydra.sweep.dir))
         name = study.study_name
-        params = {"study_name": name, "storage": mask_url(impl.storage), "direction": impl._get_directions()[0],
-                  "sampler": type(impl.sampler).__name__, "n_trials": impl.n_trials,
-                  "search.params": json.dumps({k: str(v) for k, v in (impl.params or {}).items()}),
-                  "search.space": json.dumps(self.space)}
-        self.parent = open_parent(config, sweep_dir, name=f"optuna {name}", sweep_id=f"optuna/{name}",
-                                  kind="optuna", params=params, reuse=study.user_attrs.get(PARENT_ATTR),
-                                  study=name, storage=mask_url(impl.storage))
+        params = {
+            "study_name": name,
+            "storage": mask_url(impl.storage),
+            "direction": impl._get_directions()[0],
+            "sampler": type(impl.sampler).__name__,
+            "n_trials": impl.n_trials,
+            "search.params": json.dumps({k: str(v) for k, v in (impl.params or {}).items()}),
+            "search.space": json.dumps(self.space),
+        }
+        self.parent = open_parent(
+            config,
+            sweep_dir,
+            name=f"optuna {name}",
+            sweep_id=f"optuna/{name}",
+            kind="optuna",
+            params=params,
+            reuse=study.user_attrs.get(PARENT_ATTR),
+            study=name,
+            storage=mask_url(impl.storage),
+        )
         if self.parent is not None:
             self.parent.close_dead_runs(self.grace_period or 2 * (self.heartbeat_interval or 60) + 600)
         if self.parent is not None and study.user_attrs.get(PARENT_ATTR) != self.parent.run_id:
@@ -235,8 +281,10 @@ class OptunaSweeper(Sweeper):
             if todo <= 0:
                 if running == 0 or not self.heartbeat_interval:  # (without heartbeats a dead host never goes stale)
                     pruned = len(study.get_trials(deepcopy=False, states=(TrialState.PRUNED,)))
-                    log.info(f"Study {study.study_name}: {complete - pruned} complete trials, {pruned} pruned, "
-                             f"{running} running (n_trials={impl.n_trials})")
+                    log.info(
+                        f"Study {study.study_name}: {complete - pruned} complete trials, {pruned} pruned, "
+                        f"{running} running (n_trials={impl.n_trials})"
+                    )
                     return
                 time.sleep(self.poll_interval)  # other workers run the last trials (or they go stale)
                 continue
@@ -247,8 +295,15 @@ class OptunaSweeper(Sweeper):
             if not batch:
                 continue
             for i, trial in enumerate(batch):  # one write each (a storage round trip per attribute)
-                trial.set_user_attr(WORKER_ATTR, {"host": socket.gethostname(), "pid": os.getpid(),
-                                                  "sweep_dir": str(sweep_dir), "job_num": job_idx + i})
+                trial.set_user_attr(
+                    WORKER_ATTR,
+                    {
+                        "host": socket.gethostname(),
+                        "pid": os.getpid(),
+                        "sweep_dir": str(sweep_dir),
+                        "job_num": job_idx + i,
+                    },
+                )
             told: set[int] = set()
             try:
                 overrides = []
@@ -256,7 +311,7 @@ class OptunaSweeper(Sweeper):
                     study.sampler = self._sampler(trial.number)
                     # fixed overrides added here rather than by _configure_trials, which stores each one as a
                     # user attribute of every trial (a storage write each; the job's MLflow run has them)
-                    line, = impl._configure_trials([trial], distributions, {}, fixed_overrides)
+                    (line,) = impl._configure_trials([trial], distributions, {}, fixed_overrides)
                     line = [o for o in line if not o.startswith(DRAW_PREFIX)]
                     line += [f"{k}={v}" for k, v in fixed.items()]
                     line += [format_override(k, v) for k, v in trial.user_attrs.get(overrides_attr, {}).items()]
@@ -299,8 +354,11 @@ class OptunaSweeper(Sweeper):
             return self.impl.sampler
         from hydra.utils import instantiate
 
-        return instantiate(self.sampler_config, seed=int(seed) + number, _execution_whitelist_=(
-            "hydra_plugins.hydra_optuna_sweeper.*", "optuna.samplers.*"))
+        return instantiate(
+            self.sampler_config,
+            seed=int(seed) + number,
+            _execution_whitelist_=("hydra_plugins.hydra_optuna_sweeper.*", "optuna.samplers.*"),
+        )
 
     def _take(self, study, asked: list) -> list:
         """Keep the asked trials that fit the budget: concurrent workers may race for the last slots
@@ -332,8 +390,10 @@ class OptunaSweeper(Sweeper):
             if attrs.get("host") == host and attrs.get("pid") and not alive(attrs["pid"], trial.datetime_start):
                 with contextlib.suppress(optuna.exceptions.UpdateFinishedTrialError):
                     if study._storage.set_trial_state_values(trial._trial_id, state=TrialState.FAIL):
-                        log.warning(f"Trial {trial.number} was left running by a dead sweep (pid {attrs['pid']}): "
-                                    "marked FAIL; it will be run again")
+                        log.warning(
+                            f"Trial {trial.number} was left running by a dead sweep (pid {attrs['pid']}): "
+                            "marked FAIL; it will be run again"
+                        )
                         self._close_trial_run(study, trial)
 
     def _close_trial_run(self, study, trial) -> None:
@@ -342,8 +402,10 @@ class OptunaSweeper(Sweeper):
             return
         with contextlib.suppress(Exception):
             client = self.parent.client
-            query = (f"tags.`optuna.study` = '{study.study_name}' and tags.`optuna.trial_number` = '{trial.number}'"
-                     " and attributes.status = 'RUNNING'")
+            query = (
+                f"tags.`optuna.study` = '{study.study_name}' and tags.`optuna.trial_number` = '{trial.number}'"
+                " and attributes.status = 'RUNNING'"
+            )
             for run in client.search_runs([self.parent.experiment_id], filter_string=query):
                 client.set_terminated(run.info.run_id, status="KILLED")
 
@@ -359,18 +421,26 @@ class OptunaSweeper(Sweeper):
         best = study.best_trial
         overrides = {k: v for k, v in best.params.items() if not k.startswith(DRAW_PREFIX)}
         overrides |= best.user_attrs.get(overrides_attr, {})
-        results = {"name": "optuna", "study_name": study.study_name, "complete_trials": len(complete),
-                   "best_trial": best.number, "best_value": best.value, "best_params": best.params,
-                   "best_overrides": overrides}
+        results = {
+            "name": "optuna",
+            "study_name": study.study_name,
+            "complete_trials": len(complete),
+            "best_trial": best.number,
+            "best_value": best.value,
+            "best_params": best.params,
+            "best_overrides": overrides,
+        }
         sweep_dir.mkdir(parents=True, exist_ok=True)
         OmegaConf.save(OmegaConf.create(results), sweep_dir / "optimization_results.yaml")
         log.info(f"Best trial {best.number}: value {best.value} with {overrides}")
         if self.parent is not None:
             with contextlib.suppress(Exception):
-                self.parent.log_metrics({"best_value": best.value, "complete_trials": len(complete)},
-                                        step=len(complete))
-                self.parent.set_tags({"best.trial_number": best.number,
-                                      "best.overrides": json.dumps(overrides)[:MAX_TAG]})
+                self.parent.log_metrics(
+                    {"best_value": best.value, "complete_trials": len(complete)}, step=len(complete)
+                )
+                self.parent.set_tags(
+                    {"best.trial_number": best.number, "best.overrides": json.dumps(overrides)[:MAX_TAG]}
+                )
 
 
 _ABSENT = object()
@@ -389,5 +459,3 @@ def _leaf_keys(tree: Any, prefix: str = "") -> list[str]:
     for key, value in tree.items():
         out += _leaf_keys(value, f"{prefix}{key}.")
     return out
-
-

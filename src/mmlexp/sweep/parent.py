@@ -19,12 +19,24 @@ def _tracking(config: DictConfig) -> dict[str, Any] | None:
     tracking = config.get("tracking")
     if tracking is None or not tracking.get("enabled", True):
         return None
-    return {"uri": tracking.uri, "experiment": tracking.experiment,
-            "artifact_location": tracking.get("artifact_location")}
+    return {
+        "uri": tracking.uri,
+        "experiment": tracking.experiment,
+        "artifact_location": tracking.get("artifact_location"),
+    }
 
 
-def open_parent(config: DictConfig, sweep_dir: Path, *, name: str, sweep_id: str, kind: str,
-                params: dict[str, Any], reuse: str | None = None, **info: Any):
+def open_parent(
+    config: DictConfig,
+    sweep_dir: Path,
+    *,
+    name: str,
+    sweep_id: str,
+    kind: str,
+    params: dict[str, Any],
+    reuse: str | None = None,
+    **info: Any,
+):
     """Create (or reopen ``reuse``) the sweep's parent MLflow run and write ``sweep.json``; None: no tracking."""
     from mmlexp.tracking import Tracker, git_commit
 
@@ -33,12 +45,19 @@ def open_parent(config: DictConfig, sweep_dir: Path, *, name: str, sweep_id: str
         return None
     tracker = Tracker(tracking["uri"], tracking["experiment"], tracking["artifact_location"])
     if not (reuse and tracker.reopen(reuse)):
-        tags = {"sweep.role": "parent", "sweep.kind": kind, "sweep.id": sweep_id,
-                "sweep.dir": str(sweep_dir.resolve()), "sweep.command": command_line()[:MAX_TAG],
-                "host": socket.gethostname(), "git_commit": git_commit() or ""}
+        tags = {
+            "sweep.role": "parent",
+            "sweep.kind": kind,
+            "sweep.id": sweep_id,
+            "sweep.dir": str(sweep_dir.resolve()),
+            "sweep.command": command_line()[:MAX_TAG],
+            "host": socket.gethostname(),
+            "git_commit": git_commit() or "",
+        }
         tracker.start(name, {k: str(v)[:MAX_TAG] for k, v in params.items()}, tags)
-    write_sweep_file(sweep_dir, {"parent_run_id": tracker.run_id, "sweep_id": sweep_id,
-                                 "tracking_uri": tracking["uri"], **info})
+    write_sweep_file(
+        sweep_dir, {"parent_run_id": tracker.run_id, "sweep_id": sweep_id, "tracking_uri": tracking["uri"], **info}
+    )
     return tracker
 
 
@@ -63,14 +82,18 @@ def summarise(parent, config: DictConfig) -> None:
     # the selection metric: on the validation slice under eval.selection=valid (never tune on test)
     prefix = "valid/" if OmegaConf.select(config, "eval.selection") == "valid" else ""
     client, metric = parent.client, f"best/{prefix}{mlflow_key(str(config.trainer.monitor))}"
-    jobs = client.search_runs([parent.experiment_id],
-                              filter_string=f"tags.`mlflow.parentRunId` = '{parent.run_id}'")
+    jobs = client.search_runs([parent.experiment_id], filter_string=f"tags.`mlflow.parentRunId` = '{parent.run_id}'")
     done = [r for r in jobs if r.info.status == "FINISHED" and metric in r.data.metrics]
     if done:
         best = max(done, key=lambda r: r.data.metrics[metric])
         parent.log_metrics({"best_value": best.data.metrics[metric], "finished_jobs": len(done)}, step=0)
-        parent.set_tags({"best.run_id": best.info.run_id, "best.job_num": best.data.tags.get("sweep.job_num"),
-                         "best.overrides": best.data.tags.get("sweep.overrides", "")})
+        parent.set_tags(
+            {
+                "best.run_id": best.info.run_id,
+                "best.job_num": best.data.tags.get("sweep.job_num"),
+                "best.overrides": best.data.tags.get("sweep.overrides", ""),
+            }
+        )
 
 
 def _raise_interrupt(signum, frame):
@@ -96,10 +119,17 @@ class SweepCallback(Callback):
 
         sweep_dir = Path(str(config.hydra.sweep.dir))
         overrides = list(config.hydra.overrides.task)
-        swept = [str(o.input_line) for o in OverridesParser.create().parse_overrides(overrides)
-                 if o.is_sweep_override()]
-        self.parent = open_parent(config, sweep_dir, name=f"grid {' '.join(swept) or sweep_dir}"[:250],
-                                  sweep_id=str(sweep_dir), kind="grid", params={"sweep.overrides": " ".join(overrides)})
+        swept = [
+            str(o.input_line) for o in OverridesParser.create().parse_overrides(overrides) if o.is_sweep_override()
+        ]
+        self.parent = open_parent(
+            config,
+            sweep_dir,
+            name=f"grid {' '.join(swept) or sweep_dir}"[:250],
+            sweep_id=str(sweep_dir),
+            kind="grid",
+            params={"sweep.overrides": " ".join(overrides)},
+        )
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         if self.parent is not None:
@@ -116,4 +146,3 @@ class SweepCallback(Callback):
             import torch
 
             torch.set_num_threads(threads)
-

@@ -69,12 +69,13 @@ def trial_reporter(cfg: DictConfig) -> Reporter | None:
     import optuna
 
     url = str(sweeper.storage)
-    if url.startswith("sqlite:///") and not Path(url[len("sqlite:///"):]).is_absolute():
-        url = "sqlite:///" + str(Path(str(HydraConfig.get().runtime.cwd)) / url[len("sqlite:///"):])
+    if url.startswith("sqlite:///") and not Path(url[len("sqlite:///") :]).is_absolute():
+        url = "sqlite:///" + str(Path(str(HydraConfig.get().runtime.cwd)) / url[len("sqlite:///") :])
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        study = optuna.load_study(study_name=str(sweeper.study_name), storage=url, pruner=pruner,
-                                  sampler=optuna.samplers.RandomSampler())  # the job never samples
+        study = optuna.load_study(
+            study_name=str(sweeper.study_name), storage=url, pruner=pruner, sampler=optuna.samplers.RandomSampler()
+        )  # the job never samples
     trial_id = study._storage.get_trial_id_from_study_id_trial_number(study._study_id, int(number))
     trial = optuna.trial.Trial(study, trial_id)
     return make_reporter(trial, monitor_key(cfg))
@@ -107,7 +108,8 @@ def is_pruned(error: Any) -> bool:
         return False
     kind = type(error)
     return (kind.__name__ == "TrialPruned" and kind.__module__.startswith("optuna")) or (
-        isinstance(error, RuntimeError) and str(error).startswith("Remote optuna.exceptions.TrialPruned"))
+        isinstance(error, RuntimeError) and str(error).startswith("Remote optuna.exceptions.TrialPruned")
+    )
 
 
 def pruner_names(config_dir: str | os.PathLike) -> list[str]:
