@@ -5,7 +5,8 @@ uniformly from 40,000 or 400,000 items; written in the LightGCN format under ``-
 committed; ``dataset=custom dataset.path=...`` trains on them).  MF + MML, uniform negatives, B=256,
 paper settings (lr 1e-4, l2 1e-8, clip 10).  ``dense`` is ``TableAdam`` as by default (every row of
 both tables read and written each step); ``deferred`` with ``defer=True`` (``mmlexp.deferred``).
-Each loop warms up first (``--warmup`` steps: the deferred rows reach their steady backlog), then the loops alternate, timed
+Each loop warms up first (``--warmup`` steps: the deferred rows reach their steady backlog), then the loops
+alternate, timed
 blocks of ``--steps`` steps, best of ``--repeats``.  ``materialize`` is the one full replay an epoch
 ends with (reported apart: an epoch is 30,000 x 27 / 256 = 3,164 steps).
 

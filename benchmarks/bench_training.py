@@ -60,8 +60,9 @@ def mmlexp_training(users, items, n_users, n_items, num_negatives, batch_size, m
 
 def worker(args) -> None:
     """One measurement in this (fresh) process: warm-up, timed steps, peak RSS; prints one JSON line."""
-    from mmlexp.data import load_dataset
     from plain_loop import plain_training
+
+    from mmlexp.data import load_dataset
 
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -1,6 +1,7 @@
 """Sync, check and execute the paired notebooks of this folder (``<name>.py`` is the source, ``<name>.ipynb`` its pair).
 
-    python notebooks/execute.py                 # execute every notebook -> reports/notebooks/<name>.ipynb (cwd: repo root)
+    python notebooks/execute.py                 # execute every notebook -> reports/notebooks/<name>.ipynb
+                                                # (cwd: the repo root)
     python notebooks/execute.py negative_curves --out /tmp/nb   # one notebook, another folder
     python notebooks/execute.py --sync          # rewrite each .ipynb from its .py (inputs only, no outputs)
     python notebooks/execute.py --check         # exit 1 when a .ipynb differs from its .py or holds outputs

@@ -31,10 +31,10 @@
 # %%
 import warnings
 
+import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 import torch
-import matplotlib.pyplot as plt
 from hydra import compose, initialize_config_dir
 
 warnings.filterwarnings("ignore", message="IProgress not found")  # tqdm.auto, imported by mmlexp.run
@@ -137,7 +137,7 @@ slopes = pd.DataFrame(
 for name in margin_losses:
     loss = LOSSES[name]
     margins, weights = getattr(loss, "margins", [getattr(loss, "margin", None)]), getattr(loss, "weights", [1.0])
-    expected = [loss.neg_weight * sum(w for m, w in zip(margins, weights) if m < s) for s in points]
+    expected = [loss.neg_weight * sum(w for m, w in zip(margins, weights, strict=True) if m < s) for s in points]
     np.testing.assert_allclose(slopes.loc[name].to_numpy(), expected, rtol=1e-9, atol=1e-9)
 slopes.round(3)
 
@@ -189,7 +189,7 @@ plt.show()
 
 # %%
 fig, axes = plt.subplots(1, 3, figsize=(15, 4.2), sharey=True)
-for ax, name in zip(axes, ["MML Gowalla", "BSL Gowalla", "InfoNCE"]):
+for ax, name in zip(axes, ["MML Gowalla", "BSL Gowalla", "InfoNCE"], strict=True):
     for rest in (-0.2, 0.0, 0.3, 0.6):
         ax.plot(GRID, N * sweep(LOSSES[name], GRID, column=1, rest=rest)[1], label=f"other negatives at {rest}")
     ax.set_yscale("symlog", linthresh=1.0)

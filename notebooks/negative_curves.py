@@ -24,7 +24,8 @@
 # Make the runs with a sweep, e.g.
 #
 # ```bash
-# python -m mmlexp -m dataset=gowalla loss=mml,ccl num_negatives=10,50,100,200,400,800 seed=1,2,3 tracking.experiment=negatives
+# python -m mmlexp -m dataset=gowalla loss=mml,ccl num_negatives=10,50,100,200,400,800 seed=1,2,3 \
+#     tracking.experiment=negatives
 # ```
 #
 # The data come from `mmlexp.report` (`fetch_runs` → `negative_curves` → `plot_negative_curves`), the same
@@ -124,7 +125,7 @@ runs[columns].reset_index(drop=True)
 SETTING = ["encoder", "early_stop", "selection"]
 tables = []
 for setting, group in runs.groupby(SETTING, dropna=False, sort=True):
-    label = ", ".join(f"{k}={v}" for k, v in zip(SETTING, setting))
+    label = ", ".join(f"{k}={v}" for k, v in zip(SETTING, setting, strict=True))
     curves = negative_curves(group, metrics=METRICS)
     curves.insert(0, "setting", label)
     tables.append(curves)

@@ -69,7 +69,7 @@ def test_cuda_train_steps_equal_cpu_reference_adam(clip):
         negatives = torch.randint(90, (16, 5), generator=gen)
         train_step(a, loss_fn, FixedSampler(negatives.cuda()), opt_a, users.cuda(), items.cuda(), settings)
         reference_step(b, loss_fn, opt_b, users, items, negatives, l2, clip)
-    for pa, pb in zip(a.parameters(), b.parameters()):
+    for pa, pb in zip(a.parameters(), b.parameters(), strict=True):
         torch.testing.assert_close(pa.detach().cpu(), pb.detach(), rtol=1e-7, atol=1e-9)
 
 

@@ -58,7 +58,7 @@ def assert_same(a, b, exact=True):
     (ma, oa, _), (mb, ob, _) = a, b
     oa.materialize()
     ob.materialize()
-    for pa, pb in zip(ma.parameters(), mb.parameters()):
+    for pa, pb in zip(ma.parameters(), mb.parameters(), strict=True):
         for x, y in [
             (pa, pb),
             (oa.state[pa]["exp_avg"], ob.state[pb]["exp_avg"]),
@@ -169,7 +169,7 @@ def test_replay_kernel_equals_steps_one_by_one():
             want[0][r] = want[0][r] - step * want[1][r] / (np.sqrt(want[2][r]) / bc + eps)
     before = (p**2).sum()
     change = deferred.replay_rows(p, m, v, deferred.pending_rows(np.array([4, 0, 1, 0, 2, 3]), done, 3), done, 3, hist)
-    for got, expected in zip((p, m, v), want):
+    for got, expected in zip((p, m, v), want, strict=True):
         np.testing.assert_allclose(got, expected, rtol=1e-12)
     assert done.tolist() == [3] * 5 and change == pytest.approx((p**2).sum() - before, rel=1e-9)
 

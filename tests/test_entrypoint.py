@@ -7,8 +7,6 @@ import sys
 import pytest
 from mlflow.tracking import MlflowClient
 
-from tests.conftest import REPO
-
 
 def run_cli(tmp_path, *overrides, check=True):
     env = dict(os.environ, PYTHONUNBUFFERED="1")
@@ -73,7 +71,10 @@ def test_same_seed_same_metrics(tmp_path):
         (tmp_path / name).mkdir()
         outputs.append(run_cli(tmp_path / name, "trainer.epochs=1", "trainer.max_steps=20"))
     a, b = outputs
-    line = lambda p: next(l for l in p.stdout.splitlines() if l.startswith("best epoch"))  # noqa: E731
+
+    def line(proc):
+        return next(text for text in proc.stdout.splitlines() if text.startswith("best epoch"))
+
     assert line(a) == line(b)
 
 

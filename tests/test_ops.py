@@ -23,7 +23,7 @@ def test_cosine_gather_scores_matches_autograd(dtype, tol):
 
     ref = torch.einsum("bd,bcd->bc", users, F.normalize(table[items], dim=-1))
     (ref * upstream).sum().backward()
-    for a, b in zip(got, (ref.detach(), users.grad, table.grad)):
+    for a, b in zip(got, (ref.detach(), users.grad, table.grad), strict=True):
         torch.testing.assert_close(a, b, rtol=tol, atol=tol)
 
 

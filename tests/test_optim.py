@@ -4,9 +4,9 @@
 import pytest
 import torch
 
+from mmlexp import cpu_kernels
 from mmlexp.encoders import MatrixFactorization
 from mmlexp.losses import BPRLoss
-from mmlexp import cpu_kernels
 from mmlexp.optim import LazyAdam, TableAdam
 from mmlexp.train import TrainSettings, make_optimizer, train_step
 
@@ -110,7 +110,7 @@ def test_table_adam_equals_clip_then_adam_on_grad_plus_l2(kernels, kind, dtype, 
         if clip:
             torch.nn.utils.clip_grad_norm_(ref, clip)
         opt_ref.step()
-        for a, b in zip(ours, ref):
+        for a, b in zip(ours, ref, strict=True):
             torch.testing.assert_close(a.detach(), b.detach(), rtol=tol, atol=tol)
         if step == 2:  # an outside change: the kept ||E||^2 must not be used
             with torch.no_grad():

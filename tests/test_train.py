@@ -26,7 +26,7 @@ def test_step_equals_reference_loss_with_l2_in_the_graph():
     train_step(a, loss_fn, FixedSampler(negatives), opt_a, users, items, settings)
 
     reference_step(b, loss_fn, torch.optim.SGD(b.parameters(), lr=1.0), users, items, negatives, l2, clip)
-    for pa, pb in zip(a.parameters(), b.parameters()):
+    for pa, pb in zip(a.parameters(), b.parameters(), strict=True):
         torch.testing.assert_close(pa, pb)
 
 
@@ -63,7 +63,7 @@ def test_table_adam_steps_equal_reference_adam_on_loss_plus_l2(clip, dtype, kern
         train_step(a, loss_fn, FixedSampler(negatives), opt_a, users, items, settings)
         reference_step(b, loss_fn, opt_b, users, items, negatives, l2, clip)
         opt_a.materialize()  # rows the step deferred (mmlexp.deferred), brought up to date
-        for pa, pb in zip(a.parameters(), b.parameters()):
+        for pa, pb in zip(a.parameters(), b.parameters(), strict=True):
             torch.testing.assert_close(pa, pb, rtol=1e-5, atol=1e-6)
         if kernels and cpu_kernels.AVAILABLE:
             assert a.item_table.grad.is_sparse and a.user_table.grad.is_sparse

@@ -284,7 +284,7 @@ def _save_cache(file: Path, data: InteractionData, **extra: Any) -> None:
             if os.path.exists(tmp):
                 os.unlink(tmp)
     except OSError as e:
-        warnings.warn(f"could not write dataset cache {file}: {e}")
+        warnings.warn(f"could not write dataset cache {file}: {e}", stacklevel=2)
 
 
 def _load_known(name, data_dir, cache_dir, base_url, download) -> InteractionData:

@@ -7,7 +7,6 @@ import torch.nn.functional as F
 
 from mmlexp import cpu_kernels
 
-
 try:  # scipy's compiled kernel of ``Y += A @ X`` for a CSC matrix A, accumulating into Y in place
     from scipy.sparse._sparsetools import csc_matvecs as _csc_matvecs
 except ImportError:  # pragma: no cover - a scipy without it: the public (allocating) product below

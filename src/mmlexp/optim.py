@@ -182,9 +182,9 @@ class TableAdam(torch.optim.Optimizer):
         parts = [_kernel_operands(p, decay) for _, p, decay, _ in work]
         coef = 1.0
         if max_norm:
-            total = math.sqrt(sum(self._grad_sq_norm(p, ops) for (_, p, _, _), ops in zip(work, parts)))
+            total = math.sqrt(sum(self._grad_sq_norm(p, ops) for (_, p, _, _), ops in zip(work, parts, strict=True)))
             coef = min(1.0, max_norm / (total + 1e-6))
-        for (group, p, _, state), ops in zip(work, parts):
+        for (group, p, _, state), ops in zip(work, parts, strict=True):
             (b1, b2), lr, eps = group["betas"], group["lr"], group["eps"]
             t = float(state["step"].add_(1))
             scalar = ops.param.dtype.type
@@ -219,7 +219,7 @@ class TableAdam(torch.optim.Optimizer):
             if coef is None:
                 self.fallback_steps += 1
                 return False
-        for (group, p, _, state), ops in zip(work, parts):
+        for (group, p, _, state), ops in zip(work, parts, strict=True):
             (b1, b2), lr, eps = group["betas"], group["lr"], group["eps"]
             t = float(state["step"].add_(1))
             scalar = ops.param.dtype.type
@@ -258,7 +258,7 @@ class TableAdam(torch.optim.Optimizer):
         ends = []
         for side in (0, 1):  # 0: the smallest ||E||, the largest coef
             total = []
-            for (_, p, _, _), ops, grad_sq, is_dense in zip(work, parts, touched, dense):
+            for (_, p, _, _), ops, grad_sq, is_dense in zip(work, parts, touched, dense, strict=True):
                 part = 0.0
                 if ops.l2:
                     part += float(ops.l2) ** 2 * self._deferred[p].sq_range()[side]
@@ -295,7 +295,7 @@ class TableAdam(torch.optim.Optimizer):
             total = torch.nn.utils.get_total_norm(grads, foreach=True)
             scale = ((total + 1e-6) / max_norm).clamp_(min=1.0).float()  # 1 / coef: the fused kernel divides
         by_group = {}
-        for (group, p, _, state), grad in zip(work, grads):
+        for (group, p, _, state), grad in zip(work, grads, strict=True):
             by_group.setdefault(id(group), (group, []))[1].append((p, grad, state))
         for group, items in by_group.values():
             (b1, b2), lr, eps = group["betas"], group["lr"], group["eps"]

@@ -57,11 +57,11 @@ def test_masked_replacements_are_uniform_over_the_other_items():
 
 def test_same_seed_same_masking():
     pos = torch.tensor([2, 2, 2, 5, 2])
-    draw = lambda seed: InBatchSampler(
-        n_items=50,
-        mask_duplicates=True,  # noqa: E731
-        generator=torch.Generator().manual_seed(seed),
-    ).sample(torch.arange(5), pos)
+
+    def draw(seed):
+        sampler = InBatchSampler(n_items=50, mask_duplicates=True, generator=torch.Generator().manual_seed(seed))
+        return sampler.sample(torch.arange(5), pos)
+
     assert torch.equal(draw(4), draw(4)) and not torch.equal(draw(4), draw(5))
 
 
