@@ -22,7 +22,7 @@ try:
 
     AVAILABLE = True
 except ImportError:  # pragma: no cover - numba is a dependency; the PyTorch paths stay correct without it
-    nb, AVAILABLE = None, False
+    nb, AVAILABLE = None, False  # type: ignore[assignment]
 
 # Reassociation and fused multiply-add, but NaN and inf keep their meaning (no "nnan"/"ninf").
 _FAST = {"nsz", "arcp", "contract", "afn", "reassoc"}
@@ -76,7 +76,7 @@ def applies_to(*tensors) -> bool:
 def set_threads(n: int) -> None:
     """Use ``n`` threads (capped at numba's pool), to follow ``torch.get_num_threads()``."""
     if AVAILABLE:
-        nb.set_num_threads(max(1, min(int(n), nb.config.NUMBA_NUM_THREADS)))
+        nb.set_num_threads(max(1, min(int(n), nb.config.NUMBA_NUM_THREADS)))  # type: ignore[attr-defined]
 
 
 @_jit

@@ -52,7 +52,7 @@ def parallel_job() -> tuple[int, Path] | None:
         return None
     if hc.mode != RunMode.MULTIRUN:
         return None
-    launcher = hc.get("launcher") or {}
+    launcher: Any = hc.launcher or {}
     target = str(launcher.get("_target_", ""))
     joblib = "joblib" in target.lower() and launcher.get("n_jobs") not in (None, 1)
     if not (joblib or ("submitit" in target and target.endswith("LocalLauncher"))):

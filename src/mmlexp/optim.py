@@ -64,7 +64,7 @@ class TableAdam(torch.optim.Optimizer):
             raise ValueError(f"lr={lr}: must be > 0")
         super().__init__(params, dict(lr=lr, betas=betas, eps=eps, decay=True))
         self.defer = bool(defer)  # off by default: measured slower than the dense pass (benchmarks/results)
-        self._param_sq: dict[torch.Tensor, tuple[int, float]] = {}  # p -> (p._version, ||p||^2) after our update
+        self._param_sq: dict[torch.Tensor, tuple[object, float]] = {}  # p -> (p._version, ||p||^2) after our update
         self._deferred: dict[torch.Tensor, deferred.DeferredTable] = {}
         self._reads: dict | None = None
         # steps taken deferred (of which with the clip acting) / dense because the clip factor was undecided
@@ -80,7 +80,7 @@ class TableAdam(torch.optim.Optimizer):
             )
         return state
 
-    def _rows(self, p: torch.Tensor):
+    def _rows(self, p: torch.Tensor) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         state = self._state(p)
         return _as_rows(p), _as_rows(state["exp_avg"]), _as_rows(state["exp_avg_sq"])
 
@@ -215,10 +215,11 @@ class TableAdam(torch.optim.Optimizer):
         parts = [_row_operands(p, decay, reads[p]) for _, p, decay, _ in work]
         coef = 1.0
         if max_norm:
-            coef = self._clip_coef(work, parts, dense, max_norm)
-            if coef is None:
+            bounded = self._clip_coef(work, parts, dense, max_norm)
+            if bounded is None:
                 self.fallback_steps += 1
                 return False
+            coef = bounded
         for (group, p, _, state), ops in zip(work, parts, strict=True):
             (b1, b2), lr, eps = group["betas"], group["lr"], group["eps"]
             t = float(state["step"].add_(1))
@@ -276,7 +277,8 @@ class TableAdam(torch.optim.Optimizer):
             return cpu_kernels.grad_sq_norm(ops.param, ops.vals, ops.l2)
         total = 0.0
         if ops.l2:
-            version, sq = self._param_sq.get(p, (None, None))
+            version, kept = self._param_sq.get(p, (None, 0.0))
+            sq = kept
             if version is not _LOADED and version != p._version:
                 sq = float(torch.linalg.vector_norm(p.detach(), dtype=torch.float64) ** 2)
             total += float(ops.l2) ** 2 * sq

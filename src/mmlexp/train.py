@@ -15,6 +15,7 @@ import time
 import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import nn
@@ -64,8 +65,14 @@ class Diverged(RuntimeError):
         super().__init__(f"diverged at epoch {epoch}, step {step} ({what})")
 
 
-def rng_state(generator: torch.Generator | None) -> dict[str, torch.Tensor]:
-    state = {"torch": torch.get_rng_state()}
+def embedding_tables(model: nn.Module) -> list[torch.Tensor]:
+    """The model's embedding tables (the encoders' ``embedding_tables()``: L2 acts on them)."""
+    tables: Callable[[], list[torch.Tensor]] = getattr(model, "embedding_tables")  # noqa: B009
+    return tables()
+
+
+def rng_state(generator: torch.Generator | None) -> dict[str, Any]:
+    state: dict[str, Any] = {"torch": torch.get_rng_state()}
     if generator is not None:
         state["generator"] = generator.get_state()
     if torch.cuda.is_available() and torch.cuda.is_initialized():
@@ -92,21 +99,23 @@ def make_optimizer(
     the rows a step does not read and replays them exactly (``mmlexp.deferred``); off by default, as it
     measured slower than the dense pass on the CPUs we have (``benchmarks/results/deferred_rows_cpu.md``)."""
     params = [p for p in model.parameters() if p.requires_grad]
+    optimizer: torch.optim.Optimizer
     if name == "sparse_adam":
         optimizer = LazyAdam(params, lr=lr, weight_decay=l2)
     elif name == "adam":
-        tables = {id(t) for t in model.embedding_tables()} if hasattr(model, "embedding_tables") else set()
-        groups = [
+        tables = {id(t) for t in embedding_tables(model)} if hasattr(model, "embedding_tables") else set()
+        groups: list[dict[str, Any]] = [
             {"params": [p for p in params if id(p) in tables]},
             {"params": [p for p in params if id(p) not in tables], "decay": False},
         ]
-        optimizer = TableAdam([g for g in groups if g["params"]], lr=lr, defer=defer)
+        table_adam = TableAdam([g for g in groups if g["params"]], lr=lr, defer=defer)
         if defer:
-            _materialize_on_model_io(model, optimizer)
+            _materialize_on_model_io(model, table_adam)
+        optimizer = table_adam
     else:
         raise ValueError(f"optimizer={name!r}: must be one of {', '.join(OPTIMIZERS)}")
     if hasattr(model, "sparse_grad"):  # both update a sparse gradient's rows directly on the numba path
-        model.sparse_grad = takes_sparse_grads(params)
+        setattr(model, "sparse_grad", takes_sparse_grads(params))  # noqa: B010 (a plain attribute of MF)
     return optimizer
 
 
@@ -131,7 +140,7 @@ def start_gradients_(model: nn.Module, l2: float) -> None:
     backward adds the data gradient into them: a sparse gradient (MF's user rows) scatters into its
     few rows in place.  Together it equals autograd on ``loss + (l2/2)*||E||^2``.
     """
-    tables = {id(t) for t in model.embedding_tables()} if l2 else set()
+    tables = {id(t) for t in embedding_tables(model)} if l2 else set()
     for p in model.parameters():
         if not p.requires_grad:
             continue
@@ -159,11 +168,12 @@ def clipped_step(optimizer: torch.optim.Optimizer, max_norm: float | None) -> No
         torch._foreach_mul_(grads, coef)
         optimizer.step()
         return
-    optimizer.grad_scale = coef.reciprocal_().float()  # the fused kernels take a float32 scale
+    fused: Any = optimizer  # torch's fused Adam reads an optional grad_scale attribute
+    fused.grad_scale = coef.reciprocal_().float()  # the fused kernels take a float32 scale
     try:
         optimizer.step()
     finally:
-        del optimizer.grad_scale
+        del fused.grad_scale
 
 
 def l2_penalty(tables: list[torch.Tensor], l2: float) -> float:
@@ -287,7 +297,7 @@ def fit(
         record = {
             "epoch": epoch,
             "train_loss": loss_sum.item() / max(loss_rows, 1),
-            "l2_penalty": l2_penalty(model.embedding_tables(), settings.l2),
+            "l2_penalty": l2_penalty(embedding_tables(model), settings.l2),
             "epoch_time_s": seconds,
             "interactions_per_s": loss_rows / seconds,
             "step": step,
@@ -296,7 +306,7 @@ def fit(
         evaluated = epoch % settings.eval_every == 0 or done
         if evaluated:
             model.eval()
-            bad = [i for i, t in enumerate(model.embedding_tables()) if not bool(torch.isfinite(t).all())]
+            bad = [i for i, t in enumerate(embedding_tables(model)) if not bool(torch.isfinite(t).all())]
             if bad:
                 raise Diverged(epoch, step, f"non-finite values in embedding table {bad[0]}")
             t0 = time.perf_counter()

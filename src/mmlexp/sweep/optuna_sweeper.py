@@ -64,18 +64,18 @@ class OptunaSweeper(Sweeper):
     ) -> None:
         from hydra_plugins.hydra_optuna_sweeper.optuna_sweeper import OptunaSweeper as StockSweeper
 
-        self.impl = StockSweeper(
+        self.impl: Any = StockSweeper(
             sampler, direction, storage, study_name, n_trials, n_jobs, max_failure_rate, custom_search_space, params
         ).sweeper
         self.sampler_config = sampler
         self.pruner_config = pruner
         self.pruner = None  # built by _plan (hydra/sweeper/pruner)
         self.custom_search_space = custom_search_space
-        self.space = OmegaConf.to_container(space, resolve=True) if isinstance(space, DictConfig) else space
+        self.space: Any = OmegaConf.to_container(space, resolve=True) if isinstance(space, DictConfig) else space
         self.heartbeat_interval, self.grace_period = heartbeat_interval, grace_period
         self.poll_interval = poll_interval or min(heartbeat_interval or 5, 5)
         self.parent = None
-        self.config: DictConfig | None = None
+        self.config: Any = None  # the sweep's config, set by setup()
 
     def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
         self.impl.setup(hydra_context=hydra_context, task_function=task_function, config=config)

@@ -95,7 +95,7 @@ def make_reporter(trial, monitor: str) -> Reporter:
         if trial.should_prune():
             log.info(f"Trial {trial.number} pruned at epoch {epoch} ({monitor} {float(value):.4f})")
             pruned = optuna.TrialPruned(f"pruned at epoch {epoch} ({monitor} {float(value):.4g})")
-            pruned.epoch = epoch  # mmlexp.run tags the MLflow run with it
+            pruned.epoch = epoch  # type: ignore[attr-defined]  # mmlexp.run tags the MLflow run with it
             raise pruned
 
     return report
