@@ -162,56 +162,29 @@ def mlflow_server(backend: str, tmp: Path):
         log("MLflow server stopped")
 
 
-def sweep_worker(name: str, storage: str, tracking: str, tmp: Path) -> subprocess.Popen:
-    cwd = tmp / name  # each worker its own working dir, as on its own machine
+def worker(name: str, tmp: Path, *args: str) -> subprocess.Popen:
+    """``python -m mmlexp -m <args>`` with tiny runs, in its own working dir (as on its own machine)."""
+    cwd = tmp / name
     cwd.mkdir()
-    cmd = [
-        sys.executable,
-        "-m",
-        "mmlexp",
-        "-m",
-        "hparams_search=mml_optuna",
-        f"hydra.sweeper.storage={storage}",
-        f"hydra.sweeper.n_trials={N_TRIALS}",
-        "hydra.sweeper.heartbeat_interval=5",
-        f"tracking.uri={tracking}",
-        "tracking.artifact_location=null",
-        "trainer.epochs=1",
-        "trainer.max_steps=5",
-        "trainer.progress=false",
-        "num_negatives=10",
-    ]
+    cmd = [sys.executable, "-m", "mmlexp", "-m", *args, "tracking.artifact_location=null", "trainer.epochs=1",
+           "trainer.max_steps=5", "trainer.progress=false"]  # fmt: skip
     out = open(cwd / "sweep.log", "w")
-    return subprocess.Popen(
-        cmd, cwd=cwd, stdout=out, stderr=subprocess.STDOUT, env=dict(os.environ, PYTHONUNBUFFERED="1")
-    )
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    return subprocess.Popen(cmd, cwd=cwd, stdout=out, stderr=subprocess.STDOUT, env=env)
+
+
+def sweep_worker(name: str, storage: str, tracking: str, tmp: Path) -> subprocess.Popen:
+    return worker(name, tmp, "hparams_search=mml_optuna", f"hydra.sweeper.storage={storage}",
+                  f"hydra.sweeper.n_trials={N_TRIALS}", "hydra.sweeper.heartbeat_interval=5",
+                  f"tracking.uri={tracking}", "num_negatives=10")  # fmt: skip
 
 
 GRID = ["loss=mml,ccl,bsl,bpr", "num_negatives=10,20"]
 
 
 def grid_worker(name: str, storage: str, tracking: str, tmp: Path) -> subprocess.Popen:
-    cwd = tmp / name
-    cwd.mkdir()
-    cmd = [
-        sys.executable,
-        "-m",
-        "mmlexp",
-        "-m",
-        *GRID,
-        f"hydra.sweeper.storage={storage}",
-        "hydra.sweeper.poll_interval=1",
-        f"tracking.uri={tracking}",
-        "tracking.artifact_location=null",
-        "tracking.experiment=grid",
-        "trainer.epochs=1",
-        "trainer.max_steps=5",
-        "trainer.progress=false",
-    ]
-    out = open(cwd / "sweep.log", "w")
-    return subprocess.Popen(
-        cmd, cwd=cwd, stdout=out, stderr=subprocess.STDOUT, env=dict(os.environ, PYTHONUNBUFFERED="1")
-    )
+    return worker(name, tmp, *GRID, f"hydra.sweeper.storage={storage}", "hydra.sweeper.poll_interval=1",
+                  f"tracking.uri={tracking}", "tracking.experiment=grid")  # fmt: skip
 
 
 def check_grid(storage: str, tracking: str, tmp: Path) -> list[str]:

@@ -224,43 +224,22 @@ class Ledger:
             return not alive_since(row["pid"], row["pid_started"])
         return row["heartbeat"] is None or now - row["heartbeat"] > self.grace_period
 
+    def _update_mine(self, where: list, **values: Any) -> None:
+        """Update this worker's points matching ``where`` (another worker's rows are never touched)."""
+        with self.engine.begin() as db:
+            mine = [points.c.pid == self.pid, points.c.host == self.host]
+            db.execute(points.update().where(*self._where(), *mine, *where).values(**values))
+
     def beat(self, idxs: list[int]) -> None:
         """Heartbeat of this worker's running points."""
-        with self.engine.begin() as db:
-            db.execute(
-                points.update()
-                .where(
-                    *self._where(),
-                    points.c.idx.in_(idxs),
-                    points.c.state == RUNNING,
-                    points.c.pid == self.pid,
-                    points.c.host == self.host,
-                )
-                .values(heartbeat=time.time())
-            )
+        self._update_mine([points.c.idx.in_(idxs), points.c.state == RUNNING], heartbeat=time.time())
 
     def finish(self, idx: int, state: str, message: str | None = None) -> None:
-        with self.engine.begin() as db:
-            db.execute(
-                points.update()
-                .where(*self._where(), points.c.idx == idx, points.c.pid == self.pid, points.c.host == self.host)
-                .values(state=state, message=message)
-            )
+        self._update_mine([points.c.idx == idx], state=state, message=message)
 
     def release(self, idxs: list[int]) -> None:
         """Points this worker claimed but will not run (Ctrl-C): pending again at once."""
-        with self.engine.begin() as db:
-            db.execute(
-                points.update()
-                .where(
-                    *self._where(),
-                    points.c.idx.in_(idxs),
-                    points.c.state == RUNNING,
-                    points.c.pid == self.pid,
-                    points.c.host == self.host,
-                )
-                .values(state=PENDING)
-            )
+        self._update_mine([points.c.idx.in_(idxs), points.c.state == RUNNING], state=PENDING)
 
 
 def _process_start(pid: int) -> float | None:
