@@ -5,7 +5,7 @@ path in the tests:
 
   cosine_scores, gathered_rows_dot, touched_rows, cosine_rows_grad   ``mmlexp.ops.cosine_gather_scores``
   grad_sq_norm, touched_grad_sq, adam_rows                          ``mmlexp.optim.TableAdam`` (the default)
-  lazy_adam_rows                                                    ``mmlexp.optim.LazyAdam`` (sparse_adam)
+  lazy_adam_rows                                                    ``mmlexp.lazy_adam.LazyAdam`` (sparse_adam)
   hinge_family_loss                                                 ``mmlexp.losses._hinge`` (MML, CCL)
 
 ``AVAILABLE`` is False where numba is missing, and ``applies_to`` says whether given tensors can be

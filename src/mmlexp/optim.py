@@ -1,21 +1,7 @@
 """The trainer's optimisers: ``TableAdam`` (the default, the paper's dense Adam with L2 and clipping
 folded into one update; the rows a step does not read deferred and replayed exactly, ``mmlexp.deferred``)
-and ``LazyAdam`` (the ``trainer.optimizer=sparse_adam`` variant).
-
-Lazy Adam (faster, NOT the paper's semantics):
-
-Dense Adam (the default, paper-reference §3) moves every row of every table every step: the L2
-gradient and the moments are non-zero everywhere.  Lazy Adam (TensorFlow's LazyAdam, torch's
-``SparseAdam``) updates only the rows a batch touched, with the usual formulas on those rows:
-
-    m_r <- b1 m_r + (1 - b1) g_r,   v_r <- b2 v_r + (1 - b2) g_r^2,
-    p_r <- p_r - lr * (m_r / (1 - b1^t)) / (sqrt(v_r / (1 - b2^t)) + eps)
-
-with t the step count of the parameter; untouched rows keep their value and moments.  L2 acts on
-the touched rows only (``weight_decay``: g_r += wd * p_r, as BSL and SSM regularise batch rows).
-Touched rows are a sparse gradient's indices, or the non-zero rows of a dense 2-D gradient (a row
-whose gradient is exactly zero, e.g. a negative below every margin, counts as untouched there);
-parameters that are not 2-D get plain dense Adam.
+and ``LazyAdam`` (the ``trainer.optimizer=sparse_adam`` variant, ``mmlexp.lazy_adam``; re-exported here
+with the row helpers of ``mmlexp.sparse_rows``).
 """
 
 import math
@@ -27,6 +13,10 @@ from torch.autograd.graph import increment_version
 from torch.optim.adam import adam as functional_adam
 
 from mmlexp import cpu_kernels, deferred
+from mmlexp.lazy_adam import LazyAdam, touched_rows
+from mmlexp.sparse_rows import as_rows, coalesced, distinct_rows, on_kernel_path, takes_sparse_grads
+
+__all__ = ["TableAdam", "LazyAdam", "coalesced", "takes_sparse_grads", "touched_rows"]
 
 _LOADED = object()  # a kept ||E||^2 from load_state_dict: the checkpoint's rows, whatever p._version says
 
@@ -82,7 +72,7 @@ class TableAdam(torch.optim.Optimizer):
 
     def _rows(self, p: torch.Tensor) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         state = self._state(p)
-        return _as_rows(p), _as_rows(state["exp_avg"]), _as_rows(state["exp_avg_sq"])
+        return as_rows(p), as_rows(state["exp_avg"]), as_rows(state["exp_avg_sq"])
 
     def prepare(self, reads: dict[torch.Tensor, torch.Tensor] | None) -> None:
         """Before a step's forward: ``reads`` maps each table to the rows the step reads
@@ -94,7 +84,7 @@ class TableAdam(torch.optim.Optimizer):
             not self.defer
             or reads is None
             or not all(
-                group["decay"] and p.dim() == 2 and _on_kernel_path(p) and any(p is q for q in reads)
+                group["decay"] and p.dim() == 2 and on_kernel_path(p) and any(p is q for q in reads)
                 for group in self.param_groups
                 for p in group["params"]
             )
@@ -127,7 +117,7 @@ class TableAdam(torch.optim.Optimizer):
             if self._param_sq.get(p, (None,))[0] != p._version:  # ||E||^2 summed as adam_rows sums it
                 if table.version != p._version:
                     table.check_unchanged()
-                self._param_sq[p] = (p._version, float(deferred.table_sq_norm(_as_rows(p))))
+                self._param_sq[p] = (p._version, float(deferred.table_sq_norm(as_rows(p))))
 
     def state_dict(self) -> dict:
         """torch's, every row materialised first, plus the kept ||E||^2 (``param_sq``, by parameter index)
@@ -171,7 +161,7 @@ class TableAdam(torch.optim.Optimizer):
         self.materialize()
         if not work:
             return loss
-        if all(_on_kernel_path(p) for _, p, _, _ in work):
+        if all(on_kernel_path(p) for _, p, _, _ in work):
             self._kernel_step(work, max_norm)
         else:
             self._torch_step(work, max_norm)
@@ -190,8 +180,8 @@ class TableAdam(torch.optim.Optimizer):
             scalar = ops.param.dtype.type
             sq = cpu_kernels.adam_rows(
                 ops.param,
-                _as_rows(state["exp_avg"]),
-                _as_rows(state["exp_avg_sq"]),
+                as_rows(state["exp_avg"]),
+                as_rows(state["exp_avg_sq"]),
                 ops.rows,
                 ops.vals,
                 ops.l2,
@@ -232,8 +222,8 @@ class TableAdam(torch.optim.Optimizer):
             if ops.rows.size:
                 table.sq += deferred.adam_touched(
                     ops.param,
-                    _as_rows(state["exp_avg"]),
-                    _as_rows(state["exp_avg_sq"]),
+                    as_rows(state["exp_avg"]),
+                    as_rows(state["exp_avg_sq"]),
                     ops.rows,
                     ops.vals,
                     ops.l2,
@@ -325,21 +315,6 @@ class TableAdam(torch.optim.Optimizer):
             )
 
 
-def takes_sparse_grads(params) -> bool:
-    """True where every parameter is on the numba path of ``TableAdam`` and ``LazyAdam``: a sparse row
-    gradient is then read on its rows, never densified."""
-    return all(_on_kernel_path(p) for p in params)
-
-
-def _on_kernel_path(p: torch.Tensor) -> bool:
-    return cpu_kernels.applies_to(p) and p.is_contiguous()
-
-
-def _as_rows(t: torch.Tensor) -> np.ndarray:
-    """A contiguous tensor as a 2-D numpy view (rows x last dim; 1-D and 0-D as one row)."""
-    return t.detach().reshape(-1, t.shape[-1] if t.dim() else 1).numpy()
-
-
 _NO_ROWS = np.empty(0, dtype=np.int64)
 
 
@@ -355,30 +330,16 @@ class _Operands(NamedTuple):
 
 
 def _kernel_operands(p: torch.Tensor, decay: float) -> _Operands:
-    param = _as_rows(p)
+    param = as_rows(p)
     l2, grad = param.dtype.type(decay), p.grad
     if grad is None:
         return _Operands(param, _NO_ROWS, np.zeros((1, param.shape[1]), param.dtype), l2, False)
     if grad.is_sparse and grad.sparse_dim() != 1:  # element-sparse: not rows, read it dense
         grad = grad.to_dense()
     if not grad.is_sparse:
-        return _Operands(param, _NO_ROWS, _as_rows(grad.contiguous()), l2, True)
-    rows, values = _distinct_rows(grad)
+        return _Operands(param, _NO_ROWS, as_rows(grad.contiguous()), l2, True)
+    rows, values = distinct_rows(grad)
     return _Operands(param, rows.numpy(), values.reshape(rows.numel(), -1).contiguous().numpy(), l2, False)
-
-
-def coalesced(grad: torch.Tensor) -> torch.Tensor:
-    """A sparse row gradient with each row once, in order.  Autograd drops the coalesced flag of a gradient
-    that is coalesced already (``ops.cosine_gather_scores``): strictly increasing rows are marked so without
-    the sort of ``coalesce()``; anything else is coalesced."""
-    if grad.is_coalesced():
-        return grad
-    rows = grad._indices()[0]
-    if grad.sparse_dim() == 1 and (rows.numel() < 2 or bool((rows[1:] > rows[:-1]).all())):
-        return torch.sparse_coo_tensor(
-            grad._indices(), grad._values(), grad.shape, is_coalesced=True, check_invariants=False
-        )
-    return grad.coalesce()
 
 
 def _row_operands(p: torch.Tensor, decay: float, read: torch.Tensor) -> _Operands:
@@ -389,83 +350,3 @@ def _row_operands(p: torch.Tensor, decay: float, read: torch.Tensor) -> _Operand
         return ops
     rows = torch.unique(read.detach().reshape(-1)).to(torch.int64).numpy()
     return ops._replace(rows=rows, vals=np.ascontiguousarray(ops.vals[rows]), dense=False)
-
-
-def _distinct_rows(grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(rows, values) of a sparse row gradient, each row once, in order."""
-    grad = coalesced(grad)
-    return grad.indices()[0], grad.values()
-
-
-class LazyAdam(torch.optim.Optimizer):
-    def __init__(
-        self,
-        params,
-        lr: float = 1e-3,
-        betas: tuple[float, float] = (0.9, 0.999),
-        eps: float = 1e-8,
-        weight_decay: float = 0.0,
-    ):
-        if not lr > 0:
-            raise ValueError(f"lr={lr}: must be > 0")
-        super().__init__(params, dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay))
-
-    @torch.no_grad()
-    def step(self, closure=None):
-        for group in self.param_groups:
-            (b1, b2), lr, eps, wd = group["betas"], group["lr"], group["eps"], group["weight_decay"]
-            for p in group["params"]:
-                if p.grad is None:
-                    continue
-                state = self.state[p]
-                if not state:
-                    state.update(step=0, exp_avg=torch.zeros_like(p), exp_avg_sq=torch.zeros_like(p))
-                state["step"] += 1
-                t = state["step"]
-                rows, grad = touched_rows(p.grad)
-                if rows is not None and _on_kernel_path(p):  # numba: the touched rows updated in place
-                    cpu_kernels.set_threads(torch.get_num_threads())
-                    scalar = _as_rows(p).dtype.type
-                    cpu_kernels.lazy_adam_rows(
-                        _as_rows(p),
-                        _as_rows(state["exp_avg"]),
-                        _as_rows(state["exp_avg_sq"]),
-                        rows.numpy(),
-                        grad.contiguous().numpy(),
-                        scalar(wd),
-                        scalar(lr / (1 - b1**t)),
-                        scalar(b1),
-                        scalar(1 - b1),
-                        scalar(b2),
-                        scalar(1 - b2),
-                        scalar(eps),
-                        scalar(math.sqrt(1 - b2**t)),
-                    )
-                    increment_version(p)
-                    continue
-                if rows is None:  # dense update of the whole parameter
-                    m, v = state["exp_avg"], state["exp_avg_sq"]
-                    grad = grad + wd * p if wd else grad
-                    m.lerp_(grad, 1 - b1)
-                    v.mul_(b2).addcmul_(grad, grad, value=1 - b2)
-                    p.addcdiv_(m, (v / (1 - b2**t)).sqrt_().add_(eps), value=-lr / (1 - b1**t))
-                    continue
-                param, m, v = p[rows], state["exp_avg"][rows], state["exp_avg_sq"][rows]
-                if wd:
-                    grad = grad + wd * param
-                m.lerp_(grad, 1 - b1)
-                v.mul_(b2).addcmul_(grad, grad, value=1 - b2)
-                param.addcdiv_(m, (v / (1 - b2**t)).sqrt_().add_(eps), value=-lr / (1 - b1**t))
-                p.index_copy_(0, rows, param)
-                state["exp_avg"].index_copy_(0, rows, m)
-                state["exp_avg_sq"].index_copy_(0, rows, v)
-
-
-def touched_rows(grad: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor]:
-    """(rows, their gradient) of a sparse or dense 2-D gradient; (None, grad) for other shapes."""
-    if grad.is_sparse:
-        return _distinct_rows(grad)
-    if grad.dim() != 2:
-        return None, grad
-    rows = grad.ne(0).any(dim=1).nonzero().squeeze(1)
-    return rows, grad.index_select(0, rows)

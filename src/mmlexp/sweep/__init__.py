@@ -2,7 +2,8 @@
 
 * ``jobs``: the job side (MLflow tags linking a job to its sweep, torch threads per parallel job).
 * ``parent``: the sweep's parent MLflow run and ``SweepCallback`` (``hydra.callbacks`` in conf/config.yaml).
-* ``optuna_sweeper``: ``OptunaSweeper`` (``hydra/sweeper=mmlexp_optuna``), a resumable Optuna search.
+* ``optuna_sweeper``: ``OptunaSweeper`` (``hydra/sweeper=mmlexp_optuna``), a resumable Optuna search
+  (its input checks: ``optuna_checks``).
 * ``liveness``: is the process behind a RUNNING trial or run still alive; Optuna heartbeats.
 * ``errors``: ``SweepError``, what a sweep refuses before it writes anything.
 

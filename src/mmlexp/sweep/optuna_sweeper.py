@@ -5,11 +5,10 @@ study must end with, so re-running the same command resumes the study and runs o
 raised ``optuna.TrialPruned`` (``mmlexp.sweep.pruning``) is told PRUNED, not FAIL. Trials left RUNNING by a
 killed sweep are failed (a dead process on this host, or Optuna heartbeats from any host) and their MLflow runs
 marked KILLED. Every input is checked before the study or the MLflow store is touched. The parent MLflow run
-belongs to the study (a resumed study keeps its parent).
+belongs to the study (a resumed study keeps its parent). The input checks are in ``mmlexp.sweep.optuna_checks``.
 """
 
 import contextlib
-import difflib
 import json
 import logging
 import math
@@ -28,6 +27,7 @@ from omegaconf import DictConfig, OmegaConf
 from mmlexp.sweep.errors import SweepError, mask_url
 from mmlexp.sweep.jobs import MAX_TAG, TRIAL_ENV
 from mmlexp.sweep.liveness import alive, heartbeats
+from mmlexp.sweep.optuna_checks import plan
 from mmlexp.sweep.parent import open_parent
 from mmlexp.sweep.pruning import is_pruned
 
@@ -83,94 +83,8 @@ class OptunaSweeper(Sweeper):
 
     # ---- checks: nothing is written before they pass
     def _plan(self, arguments: list[str]):
-        from hydra_plugins.hydra_optuna_sweeper._impl import create_params_from_overrides
-
-        from mmlexp.search import MarginSpace
-
-        impl = self.impl
-        n = impl.n_trials
-        if not isinstance(n, int) or isinstance(n, bool) or n < 1:
-            raise SweepError(
-                f"hydra.sweeper.n_trials={n!r}: must be an integer >= 1 "
-                "(the number of complete trials the study must have)"
-            )
-        self.pruner = self._pruner()
-        if not isinstance(impl.n_jobs, int) or impl.n_jobs == 0:
-            raise SweepError(
-                f"hydra.sweeper.n_jobs={impl.n_jobs!r}: must be an integer >= 1 "
-                "(trials launched together), or -1 for one per core"
-            )
-        impl._process_searchspace_config()
-        try:
-            distributions, fixed, fixed_overrides = create_params_from_overrides(
-                impl._parse_sweeper_params_config() + list(arguments)
-            )
-        except Exception as err:  # a malformed sweep expression
-            raise SweepError(f"hydra.sweeper.params: {err}") from err
-        for name in fixed:
-            distributions.pop(name, None)
-        derived: list[str] = []
-        if self.space is not None or self.custom_search_space == "mmlexp.search.custom_search_space":
-            if self.custom_search_space != "mmlexp.search.custom_search_space":
-                raise SweepError(
-                    "hydra.sweeper.space is set but hydra.sweeper.custom_search_space is "
-                    f"{self.custom_search_space!r}: set it to mmlexp.search.custom_search_space"
-                )
-            try:
-                derived = MarginSpace.from_config(self.space).keys()
-            except (TypeError, ValueError) as err:
-                raise SweepError(str(err)) from err
-        for name in derived:
-            if name in distributions or name in fixed:
-                raise SweepError(f"hydra.sweeper.params.{name}: also set by hydra.sweeper.space; remove one")
-        self._check_keys(
-            list(distributions),
-            "unknown search space key {name!r} (hydra.sweeper.params or a command-line sweep): it is not in the config",
-        )
-        self._check_keys(derived, "hydra.sweeper.space writes {name!r}, which is not in the config")
-        if not distributions and not derived and not impl.custom_search_space_extender:
-            raise SweepError("hydra.sweeper.params is empty: nothing to search")
-        return distributions, fixed, fixed_overrides
-
-    def _pruner(self):
-        """The configured pruner (``hydra/sweeper/pruner``), None for ``none``. Jobs report to their trial through
-        the storage, so a pruner needs an RDB storage, a study name and one objective."""
-        from mmlexp.sweep.pruning import build_pruner
-
-        try:
-            pruner = build_pruner(self.pruner_config)
-        except Exception as err:
-            cause = err.__cause__ or err
-            raise SweepError(f"hydra.sweeper.pruner: {type(cause).__name__}: {cause}") from err
-        if pruner is None:
-            return None
-        name = type(pruner).__name__
-        if not self.impl.storage:
-            raise SweepError(
-                f"hydra.sweeper.pruner ({name}) needs hydra.sweeper.storage: each job reports "
-                "its epochs to its trial through the storage"
-            )
-        if not self.impl.study_name:
-            raise SweepError(
-                f"hydra.sweeper.pruner ({name}) needs hydra.sweeper.study_name (jobs find the study by name)"
-            )
-        if len(self.impl._get_directions()) > 1:
-            raise SweepError(f"hydra.sweeper.pruner ({name}): Optuna cannot prune multi-objective studies")
-        return pruner
-
-    def _check_keys(self, names: list[str], message: str) -> None:
-        config = self.config
-        choices = set(config.hydra.runtime.choices.keys())
-        job = OmegaConf.masked_copy(config, [k for k in config.keys() if k != "hydra"])
-        known = _leaf_keys(OmegaConf.to_container(job, resolve=False))
-        for name in names:
-            if name[:1] in "+~" or "/" in name or name in choices:
-                continue
-            if OmegaConf.select(config, name, default=_ABSENT) is _ABSENT:
-                close = difflib.get_close_matches(name, known, n=3)
-                hint = f"; did you mean {', '.join(close)}?" if close else ""
-                loss = config.hydra.runtime.choices.get("loss")
-                raise SweepError(message.format(name=name) + f" (loss={loss}){hint}")
+        """(distributions, fixed, fixed_overrides) of the sweep, every input checked (``optuna_checks.plan``)."""
+        return plan(self, arguments)
 
     def _open_study(self):
         import optuna
@@ -443,19 +357,7 @@ class OptunaSweeper(Sweeper):
                 )
 
 
-_ABSENT = object()
-
-
 def _finished_states() -> tuple:
     from optuna.trial import TrialState
 
     return TrialState.COMPLETE, TrialState.PRUNED
-
-
-def _leaf_keys(tree: Any, prefix: str = "") -> list[str]:
-    if not isinstance(tree, dict):
-        return [prefix[:-1]] if prefix else []
-    out = [prefix[:-1]] if prefix else []
-    for key, value in tree.items():
-        out += _leaf_keys(value, f"{prefix}{key}.")
-    return out

@@ -1,0 +1,43 @@
+"""Row-sparse gradients as the optimisers read them (``mmlexp.optim.TableAdam``, ``mmlexp.lazy_adam.LazyAdam``):
+which parameters the numba kernels (``mmlexp.cpu_kernels``) take, a tensor as a 2-D numpy view of rows, and a sparse
+row gradient coalesced (each row once, in order) without a needless sort."""
+
+import numpy as np
+import torch
+
+from mmlexp import cpu_kernels
+
+
+def takes_sparse_grads(params) -> bool:
+    """True where every parameter is on the numba path of ``TableAdam`` and ``LazyAdam``: a sparse row
+    gradient is then read on its rows, never densified."""
+    return all(on_kernel_path(p) for p in params)
+
+
+def on_kernel_path(p: torch.Tensor) -> bool:
+    return cpu_kernels.applies_to(p) and p.is_contiguous()
+
+
+def as_rows(t: torch.Tensor) -> np.ndarray:
+    """A contiguous tensor as a 2-D numpy view (rows x last dim; 1-D and 0-D as one row)."""
+    return t.detach().reshape(-1, t.shape[-1] if t.dim() else 1).numpy()
+
+
+def coalesced(grad: torch.Tensor) -> torch.Tensor:
+    """A sparse row gradient with each row once, in order.  Autograd drops the coalesced flag of a gradient
+    that is coalesced already (``ops.cosine_gather_scores``): strictly increasing rows are marked so without
+    the sort of ``coalesce()``; anything else is coalesced."""
+    if grad.is_coalesced():
+        return grad
+    rows = grad._indices()[0]
+    if grad.sparse_dim() == 1 and (rows.numel() < 2 or bool((rows[1:] > rows[:-1]).all())):
+        return torch.sparse_coo_tensor(
+            grad._indices(), grad._values(), grad.shape, is_coalesced=True, check_invariants=False
+        )
+    return grad.coalesce()
+
+
+def distinct_rows(grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(rows, values) of a sparse row gradient, each row once, in order."""
+    grad = coalesced(grad)
+    return grad.indices()[0], grad.values()
