@@ -34,6 +34,7 @@ MAY_CHANGE = (
     "trainer.progress",
     "trainer.log_every",
     "trainer.num_threads",
+    "trainer.cuda_graph",
     "device",
     "tracking.",
 )

@@ -139,6 +139,9 @@ class TableAdam(torch.optim.Optimizer):
         kept = state_dict.pop("param_sq", {})
         super().load_state_dict(state_dict)
         params = [p for group in self.param_groups for p in group["params"]]
+        for p in params:  # torch keeps a loaded ``step`` where it was read (a checkpoint: the CPU); ours is p's
+            if "step" in self.state.get(p, {}):
+                self.state[p]["step"] = self.state[p]["step"].to(p.device, torch.float32)
         self._deferred, self._reads, self._param_sq = (
             {},
             None,

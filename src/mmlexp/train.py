@@ -15,6 +15,7 @@ import time
 import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import torch
@@ -22,6 +23,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from mmlexp.deferred import rows_read
+from mmlexp.graphed_step import training_step
 from mmlexp.optim import LazyAdam, TableAdam, coalesced, takes_sparse_grads
 from mmlexp.runtime import keep_freed_memory
 
@@ -42,6 +44,7 @@ class TrainSettings:
     precision: str = "fp32"
     progress: bool = True
     log_every: int = 100
+    cuda_graph: str = "auto"  # auto | on | off: the step as one CUDA graph (mmlexp.graphed_step)
 
 
 @dataclass
@@ -229,7 +232,8 @@ def fit(
     seconds since the start of training (evaluation included): the time-to-accuracy curve.
 
     ``checkpoint(state)`` is called after each evaluated epoch with ``training_state``'s dict; ``resume=state``
-    continues from such a state (model, optimizer and RNG states are loaded here)."""
+    continues from such a state (model, optimizer and RNG states are loaded here).  ``settings.cuda_graph``: on
+    CUDA the step is replayed as one CUDA graph where the options allow (``mmlexp.graphed_step``)."""
     n_rows, batch = users.shape[0], settings.batch_size
     best = FitResult(best_epoch=-1, best_metrics={}, best_state={})
     best_score, bad_evals, step, first_epoch, elapsed = float("-inf"), 0, 0, 1, 0.0
@@ -254,6 +258,8 @@ def fit(
     ):
         best.steps = step  # the checkpoint is of the run's last epoch: nothing left to train
         return best
+    eager = partial(train_step, model, loss_fn, sampler, optimizer, settings=settings)
+    step_fn = training_step(eager, model, sampler, optimizer, settings)  # eager, or one CUDA graph per step
     for epoch in range(first_epoch, settings.epochs + 1):
         model.train()
         start, loss_sum, loss_rows = time.perf_counter(), torch.zeros((), device=users.device), 0
@@ -273,7 +279,7 @@ def fit(
             rows = order[first : first + batch]
             if rows.numel() == 1 and first > 0:
                 break  # a trailing batch of one row is skipped (in-batch negatives need two rows)
-            loss = train_step(model, loss_fn, sampler, optimizer, users[rows], items[rows], settings)
+            loss = step_fn(users[rows], items[rows])
             loss_sum += loss * rows.numel()
             loss_rows += rows.numel()
             step += 1

@@ -54,12 +54,13 @@ class InBatchSampler:
                 "(a replacement item different from the positive)"
             )
         self.generator, self.device = generator, torch.device(device)
-        self._index_cache: tuple[int, torch.Tensor] | None = None
+        # every batch size seen is kept (two a run): a CUDA graph of the step reads the full batch's index
+        self._index_cache: dict[tuple[int, torch.device], torch.Tensor] = {}
 
     def _others(self, batch: int, device: torch.device) -> torch.Tensor:
-        if self._index_cache is None or self._index_cache[0] != batch or self._index_cache[1].device != device:
-            self._index_cache = (batch, others_index(batch, device))
-        return self._index_cache[1]
+        if (batch, device) not in self._index_cache:
+            self._index_cache[(batch, device)] = others_index(batch, device)
+        return self._index_cache[(batch, device)]
 
     def sample(self, users: torch.Tensor, pos_items: torch.Tensor, model=None) -> torch.Tensor:
         batch = pos_items.shape[0]
