@@ -1,9 +1,12 @@
 #!/usr/bin/env bash
-# The CUDA path on a GPU machine, in one go (about 6 minutes on an H100/H200):
-#   1. tests/test_cuda.py (+ the CUDA evaluation test): CUDA against CPU references, every option through train(cfg);
+# The CUDA path on a GPU machine, in one go (about 7 minutes on an H100/H200, at most ~9 with every timeout):
+#   1. tests/test_cuda.py (+ the CUDA evaluation test): CUDA against CPU references, every option through train(cfg),
+#      the CUDA-graphed training step (trainer.cuda_graph) against the eager one;
 #   2. benchmarks/bench_training.py --device cuda: mmlexp vs the plain loop, side by side, N = 100 and 800, B = 256 and 1024;
-#   3. the real entrypoint with device=auto on Gowalla at N = 800 (B = 256, then 1024): seconds per epoch,
-#      sampling and full-ranking evaluation included (RecZoo's MF-CCL took about 213 s per epoch on a P100).
+#   3. the real entrypoint with device=auto on Gowalla at N = 800, B = 256, trainer.cuda_graph=off then on: seconds per
+#      epoch (the second), sampling and full-ranking evaluation included (RecZoo's MF-CCL: about 213 s per epoch on a P100);
+#   4. 2 and 4 concurrent Gowalla runs (the same settings, graphed) on the one GPU: the total interactions/s of their
+#      second epochs, next to the single run of step 3.
 # Needs the Gowalla files under $MMLEXP_DATA_DIR (default ../shared/data) and python3 with torch, hydra-core,
 # omegaconf, scipy, pandas, tqdm, platformdirs, pytest (MLflow is not needed: tracking.enabled=false).
 # Logs go to $OUT (default /tmp/gpu_check).
@@ -25,13 +28,43 @@ timeout 200 "$PY" -m pytest -q -p no:cacheprovider tests/test_cuda.py "tests/tes
     2>&1 | tee "$OUT/tests.txt" | tail -15
 
 step "throughput: mmlexp vs plain loop on CUDA"
-timeout 170 "$PY" benchmarks/bench_training.py --device cuda --steps 300 --repeats 1 --negatives 100 800 \
+timeout 100 "$PY" benchmarks/bench_training.py --device cuda --steps 200 --repeats 1 --negatives 100 800 \
     --batch 256 1024 --no-malloc-column 2>&1 | tee "$OUT/throughput.txt"
 
-for batch in 256 1024; do
-    step "Gowalla, MF + MML, N=800, B=$batch, device=auto, through python -m mmlexp"
-    timeout 100 "$PY" -m mmlexp dataset=gowalla num_negatives=800 trainer.batch_size=$batch trainer.epochs=2 \
-        device=auto tracking.enabled=false tracking.save_checkpoint=false trainer.progress=false \
-        hydra.run.dir="$OUT/run_b$batch" 2>&1 | grep -v "^best epoch" | tee "$OUT/epoch_b$batch.txt" | cut -c1-220
+# One Gowalla run, MF + MML, N = 800, B = 256, 2 epochs, no checkpoint: gowalla NAME SECONDS [OVERRIDES...]
+gowalla() {
+    local name=$1 limit=$2
+    shift 2
+    timeout "$limit" "$PY" -m mmlexp dataset=gowalla num_negatives=800 trainer.batch_size=256 trainer.epochs=2 \
+        device=auto tracking.enabled=false tracking.save_checkpoint=false trainer.checkpoint=false \
+        trainer.resume=never trainer.progress=false hydra.run.dir="$OUT/run_$name" "$@" >"$OUT/$name.txt" 2>&1
+}
+# interactions/s of the second epoch in a run's log ("train X s (N int/s)"); empty if it did not get there
+rate() { sed -n 's/.*epoch 2  .*train .* s (\([0-9,]*\) int\/s).*/\1/p' "$OUT/$1.txt" | tr -d , | tail -1; }
+
+for graph in off on; do  # off first: it also fills the parsed-data cache
+    step "Gowalla, MF + MML, N=800, B=256, device=auto, trainer.cuda_graph=$graph, through python -m mmlexp"
+    gowalla "graph_$graph" $([ $graph = off ] && echo 70 || echo 45) trainer.cuda_graph=$graph
+    grep -E "epoch [0-9]|CUDA graph|eagerly|Error" "$OUT/graph_$graph.txt" | cut -c1-220
 done
+off=$(rate graph_off) on=$(rate graph_on)
+echo "second epoch: off ${off:-?} int/s, on ${on:-?} int/s" \
+    "$([ -n "$off" ] && [ -n "$on" ] && awk -v a="$on" -v b="$off" 'BEGIN { printf "(on/off %.2fx)", a / b }')"
+
+totals="1 run: ${on:-?} int/s (the trainer.cuda_graph=on run above)"
+for n in 2 4; do
+    step "$n concurrent Gowalla runs on the one GPU (N=800, B=256, 2 epochs each, graphed)"
+    for i in $(seq 1 $n); do
+        gowalla "concurrent${n}_$i" $((30 + 15 * n)) seed=$i &
+    done
+    wait
+    total=0
+    for i in $(seq 1 $n); do
+        r=$(rate "concurrent${n}_$i")
+        echo "run $i: ${r:-?} int/s (second epoch)"
+        total=$((total + ${r:-0}))
+    done
+    totals="$totals; $n runs: $total int/s"
+done
+step "total interactions/s over concurrent runs (sum of the runs' second epochs): $totals"
 step "done"

@@ -1,18 +1,24 @@
 """The CUDA path against the CPU path (skipped where no GPU is visible; run on a lent GPU machine with
-``benchmarks/gpu_check.sh``).  Every option trains through the real ``train(cfg)`` with ``device=cuda``."""
+``benchmarks/gpu_check.sh``).  Every option trains through the real ``train(cfg)`` with ``device=cuda`` (5 steps:
+3 eager warm-up steps, then the training step is captured as a CUDA graph and replayed where the options allow);
+the graphed step (``trainer.cuda_graph``) against the eager one, its seeds, fallbacks and resume."""
 
+import logging
 import math
+from functools import partial
+from typing import NamedTuple
 
 import pytest
 import torch
 import torch.nn.functional as F
 
 from mmlexp.encoders import MatrixFactorization
+from mmlexp.graphed_step import GraphedStep, training_step
 from mmlexp.losses import MultiMarginLoss
 from mmlexp.ops import cosine_gather_scores
 from mmlexp.run import train
 from mmlexp.samplers import PopularitySampler, UniformSampler
-from mmlexp.train import TrainSettings, make_optimizer, train_step
+from mmlexp.train import TrainSettings, fit, make_optimizer, train_step
 from tests.conftest import CONF
 from tests.reference import FixedSampler, reference_step
 
@@ -20,7 +26,7 @@ pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a C
 
 TINY = [
     "trainer.epochs=1",
-    "trainer.max_steps=3",
+    "trainer.max_steps=5",
     "num_negatives=8",
     "trainer.batch_size=64",
     "tracking.enabled=false",
@@ -131,3 +137,150 @@ def test_device_auto_picks_cuda_and_learns(make_cfg):
         "tracking.save_checkpoint=false",
     )
     assert train(cfg) > 10 * 20 / 2995
+
+
+# ---------------------------------------------------------------------- the training step as one CUDA graph
+
+#: graphed against eager CUDA training: the backward's index_add_ sums with atomics, in no fixed order
+CLOSE = dict(rtol=1e-3, atol=1e-5)
+
+
+class RecordingUniform(UniformSampler):
+    """Uniform negatives; a full batch's are also copied into ``last`` (a copy a graph captures as well)."""
+
+    def __init__(self, *args, batch: int, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.last = torch.zeros(batch, self.num_negatives, dtype=torch.long, device=self.device)
+
+    def sample(self, users, pos_items=None, model=None):
+        negatives = super().sample(users, pos_items, model)
+        if negatives.shape == self.last.shape:
+            self.last.copy_(negatives)
+        return negatives
+
+
+class Trained(NamedTuple):
+    captured: bool
+    params: list[torch.Tensor]
+    negatives: torch.Tensor  # [full batches, B, N]
+    losses: torch.Tensor
+    rng: list[torch.Tensor]  # the sampler's generator and the default CUDA generator (dropout), after training
+
+
+def cuda_steps(mode: str, seed: int = 0, steps: int = 300, batch: int = 64, n_users=200, n_items=500) -> Trained:
+    """MF (dropout 0.1) + MML + TableAdam trained ``steps`` batches on CUDA through ``training_step`` with
+    ``trainer.cuda_graph=mode``; every 50th batch is smaller (eager between replays).  The batches are the same
+    for every call; ``seed`` seeds the model, the sampler's generator and dropout."""
+    torch.manual_seed(seed)
+    model = MatrixFactorization(n_users, n_items, dim=16, init_std=0.1).cuda()
+    gen = torch.Generator("cuda").manual_seed(seed)
+    sampler = RecordingUniform(20, n_items, generator=gen, device="cuda", batch=batch)
+    optimizer = make_optimizer(model, 1e-3)
+    settings = TrainSettings(batch_size=batch, l2=1e-4, clip_grad_norm=1.0, cuda_graph=mode)
+    eager = partial(train_step, model, MultiMarginLoss(), sampler, optimizer, settings=settings)
+    step = training_step(eager, model, sampler, optimizer, settings)
+    rows = torch.Generator().manual_seed(123)
+    negatives, losses = [], []
+    for k in range(steps):
+        size = batch - 7 if k % 50 == 49 else batch
+        users, items = torch.randint(n_users, (size,), generator=rows), torch.randint(n_items, (size,), generator=rows)
+        losses.append(step(users.cuda(), items.cuda()).item())
+        if size == batch:
+            negatives.append(sampler.last.clone())
+    captured = isinstance(step, GraphedStep) and step.graph is not None
+    params = [p.detach().clone() for p in model.parameters()]
+    return Trained(
+        captured, params, torch.stack(negatives), torch.tensor(losses), [gen.get_state(), torch.cuda.get_rng_state()]
+    )
+
+
+def assert_same_draws_and_close(a: Trained, b: Trained) -> None:
+    assert torch.equal(a.negatives, b.negatives)  # the same random stream, draw for draw
+    assert all(torch.equal(x, y) for x, y in zip(a.rng, b.rng, strict=True))
+    torch.testing.assert_close(a.losses, b.losses, **CLOSE)
+    for x, y in zip(a.params, b.params, strict=True):
+        torch.testing.assert_close(x, y, **CLOSE)
+
+
+def test_graphed_training_equals_eager_training_on_cuda():
+    """300 steps of MF + MML: the graph draws the eager negatives and dropout masks, and ends at the eager weights
+    (within the atomics' rounding: the weights of another seed are far outside that tolerance)."""
+    graphed, eager, other = cuda_steps("on"), cuda_steps("off"), cuda_steps("off", seed=1)
+    assert graphed.captured and not eager.captured
+    assert_same_draws_and_close(graphed, eager)
+    assert not torch.allclose(graphed.params[0], other.params[0], **CLOSE)
+
+
+def test_two_graphed_runs_with_the_same_seed_are_identical():
+    a, b = cuda_steps("on", seed=3, steps=120), cuda_steps("on", seed=3, steps=120)
+    assert a.captured and b.captured
+    assert_same_draws_and_close(a, b)
+
+
+def test_the_default_config_captures_the_step_on_cuda(make_cfg, caplog):
+    with caplog.at_level(logging.INFO, logger="mmlexp.graphed_step"):
+        train(make_cfg(*TINY))
+    messages = [r.message for r in caplog.records]
+    assert "captured the training step in a CUDA graph (batch 64)" in messages
+    assert not any("runs eagerly" in m for m in messages)
+
+
+@pytest.mark.parametrize(
+    "override, named",
+    [
+        ("sampler=hard", "sampler=hard"),
+        ("sampler.exclude_positives=true", "exclude_positives"),
+        ("trainer.optimizer=sparse_adam", "trainer.optimizer=sparse_adam"),
+        ("trainer.precision=bf16", "trainer.precision=bf16"),
+        ("encoder=lightgcn", "encoder LightGCN"),
+        ("encoder=simplex", "encoder SimpleX"),
+    ],
+)
+def test_options_that_cannot_be_captured_train_eagerly_and_say_why(make_cfg, caplog, override, named):
+    with caplog.at_level(logging.INFO, logger="mmlexp.graphed_step"):
+        value = train(make_cfg(override, "trainer.cuda_graph=on", *TINY))
+    assert math.isfinite(value)
+    warned = [r.message for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warned) == 1 and named in warned[0] and "runs eagerly" in warned[0]
+    assert not any("captured" in r.message for r in caplog.records)
+
+
+def test_a_graphed_run_resumed_from_its_checkpoint_ends_as_the_uninterrupted_one(tmp_path):
+    """The checkpoint holds Adam's device ``step`` and the generators as replays left them; it is read back
+    on the CPU (as ``find_resume`` does) and training goes on, graphed again."""
+
+    def run(epochs: int, resume: dict | None = None):
+        torch.manual_seed(0)
+        model = MatrixFactorization(200, 500, dim=16, init_std=0.1).cuda()
+        gen = torch.Generator("cuda").manual_seed(0)
+        sampler = UniformSampler(20, 500, generator=gen, device="cuda")
+        rows = torch.Generator().manual_seed(5)
+        users, items = (
+            torch.randint(200, (1000,), generator=rows).cuda(),
+            torch.randint(500, (1000,), generator=rows).cuda(),
+        )
+        settings = TrainSettings(epochs=epochs, batch_size=64, progress=False, cuda_graph="on")
+        states: list[dict] = []
+        optimizer = make_optimizer(model, 1e-3)
+        evaluate = lambda: {"recall@20": 0.0}  # noqa: E731
+        fit(
+            model,
+            MultiMarginLoss(),
+            sampler,
+            optimizer,
+            users,
+            items,
+            evaluate,
+            settings,
+            gen,
+            checkpoint=states.append,
+            resume=resume,
+        )
+        return [p.detach().clone() for p in model.parameters()], states
+
+    whole, _ = run(3)
+    _, states = run(1)
+    torch.save(states[-1], tmp_path / "checkpoint.pt")
+    resumed, _ = run(3, resume=torch.load(tmp_path / "checkpoint.pt", map_location="cpu", weights_only=True))
+    for a, b in zip(whole, resumed, strict=True):
+        torch.testing.assert_close(a, b, **CLOSE)
