@@ -3,13 +3,14 @@ moments after many steps on ``sample``, the clip fallback, the norm bound, and a
 
 import numpy as np
 import pytest
+import scipy.sparse as sp
 import torch
 
 from mmlexp import cpu_kernels, deferred
 from mmlexp.data import load_dataset
 from mmlexp.encoders import LightGCN, MatrixFactorization
 from mmlexp.losses import MultiMarginLoss
-from mmlexp.samplers import HardNegativeSampler, PopularitySampler, UniformSampler
+from mmlexp.samplers import HardNegativeSampler, InBatchSampler, PopularitySampler, UniformSampler
 from mmlexp.train import TrainSettings, make_optimizer, train_step
 
 pytestmark = pytest.mark.skipif(not cpu_kernels.AVAILABLE, reason="the deferred path runs on the numba kernels")
@@ -201,3 +202,72 @@ def test_adam_ratio_bound_holds_on_adversarial_gradients():
             m, v = b1 * m + (1 - b1) * g, b2 * v + (1 - b2) * g * g
             assert v == 0 or abs(m) / np.sqrt(v) <= bound
     assert deferred.adam_ratio_bound(0.99, 0.9) == float("inf")
+
+
+@pytest.mark.parametrize("n_items, draws", [(40_981, 2_816), (1_000, 50), (500, 1_200)])
+def test_auto_share_matches_counted_uniform_draws(n_items, draws):
+    """The share of rows ``choose`` expects a step to read, against distinct rows counted in uniform draws."""
+    rng = np.random.default_rng(0)
+    counted = np.mean([np.unique(rng.integers(0, n_items, draws)).size / n_items for _ in range(200)])
+    sampler = UniformSampler(draws // 10 - 1, n_items)  # B = 10 rows: 10 * (1 + N) = draws
+    _, why = deferred.choose("auto", sampler, 10, n_items, torch.device("cpu"))
+    assert f"about {counted:.0%} of" in why
+
+
+@pytest.mark.parametrize("negatives, expected", [(10, True), (15, True), (20, False), (100, False), (800, False)])
+def test_auto_defers_where_a_step_reads_few_gowalla_rows(negatives, expected):
+    """Gowalla's 40,981 items, B=256: deferring pays at 10 negatives (6.6% of the rows read per step), not at 100."""
+    sampler = UniformSampler(negatives, 40_981)
+    assert deferred.choose("auto", sampler, 256, 40_981, torch.device("cpu"))[0] is expected
+    assert deferred.choose("auto", sampler, 256, 40_981, torch.device("cuda"))[0] is False  # a CPU path only
+
+
+def test_item_draws_follow_the_sampler():
+    assert deferred.item_draws(UniformSampler(10, 100), 8) == 8 * 11
+    train = sp.csr_matrix(np.ones((2, 100)))
+    assert deferred.item_draws(PopularitySampler(10, 100, train=train, shared=True), 8) == 8 + 10
+    assert deferred.item_draws(InBatchSampler(), 8) == 8  # the negatives are the batch's own positives
+
+
+@pytest.mark.parametrize("mode, expected", [("on", True), (True, True), ("off", False), (False, False)])
+def test_explicit_modes_and_a_bad_value(mode, expected):
+    assert deferred.choose(mode, UniformSampler(800, 100), 256, 100, torch.device("cpu"))[0] is expected
+    with pytest.raises(ValueError, match=r"trainer.defer_rows='sometimes': must be one of auto, on, off"):
+        deferred.choose("sometimes", UniformSampler(8, 100), 256, 100, torch.device("cpu"))
+
+
+def test_entrypoint_deferred_run_equals_the_dense_run(make_cfg, tmp_path, monkeypatch):
+    """``python -m mmlexp`` with trainer.defer_rows=on and =off: the same metrics, bit-identical tables and moments."""
+    from mmlexp.checkpoint import CHECKPOINT_FILE
+    from mmlexp.config import ConfigError
+    from mmlexp.run import train as run_train
+
+    monkeypatch.chdir(tmp_path)
+    replays = []
+    replay = deferred.DeferredTable.replay
+    monkeypatch.setattr(deferred.DeferredTable, "replay", lambda *a, **k: (replays.append(1), replay(*a, **k))[1])
+    states, results, replayed = {}, {}, {}
+    for mode in ("on", "off"):
+        cfg = make_cfg(
+            "num_negatives=10",
+            "trainer.epochs=2",
+            "trainer.num_threads=1",
+            "tracking.enabled=false",
+            f"trainer.defer_rows={mode}",
+        )
+        before = set(tmp_path.glob(f"outputs/*/*/{CHECKPOINT_FILE}"))
+        replays.clear()
+        results[mode] = run_train(cfg)
+        replayed[mode] = len(replays)
+        (path,) = set(tmp_path.glob(f"outputs/*/*/{CHECKPOINT_FILE}")) - before  # this run's own directory
+        states[mode] = torch.load(path, weights_only=True)
+    assert replayed["on"] > 0 and replayed["off"] == 0  # the deferred path ran, and only where asked
+    assert results["on"] == results["off"]
+    on, off = states["on"], states["off"]
+    assert on["model"].keys() == off["model"].keys()
+    for key in on["model"]:
+        assert torch.equal(on["model"][key], off["model"][key]), key
+    for a, b in zip(on["optimizer"]["state"].values(), off["optimizer"]["state"].values(), strict=True):
+        assert torch.equal(a["exp_avg"], b["exp_avg"]) and torch.equal(a["exp_avg_sq"], b["exp_avg_sq"])
+    with pytest.raises(ConfigError, match=r"trainer.defer_rows='maybe'.*one of auto, on, off"):
+        run_train(make_cfg("trainer.defer_rows=maybe", "tracking.enabled=false"))

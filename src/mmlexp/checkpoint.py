@@ -35,6 +35,7 @@ MAY_CHANGE = (
     "trainer.log_every",
     "trainer.num_threads",
     "trainer.cuda_graph",
+    "trainer.defer_rows",  # the same bits either way
     "device",
     "tracking.",
 )

@@ -69,6 +69,10 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "trainer.max_minutes": optional(POSITIVE),
     "trainer.optimizer": one_of("adam", "sparse_adam"),
     "trainer.precision": one_of("fp32", "bf16"),
+    "trainer.defer_rows": (
+        lambda v: isinstance(v, bool) or v in ("auto", "on", "off"),
+        "one of auto, on, off (true/false: on/off)",
+    ),
     "trainer.cuda_graph": (
         lambda v: isinstance(v, bool) or v in ("auto", "on", "off"),
         "one of auto, on, off (true/false: on/off)",

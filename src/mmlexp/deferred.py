@@ -219,6 +219,43 @@ class DeferredTable:
         self.sq = float(table_sq_norm(p))
 
 
+AUTO_MAX_SHARE = 0.10  # trainer.defer_rows=auto defers where a step reads at most this share of the item table
+
+
+def item_draws(sampler, batch: int) -> int:
+    """Item rows one step reads, repeats counted: the B positives and the sampler's negatives (B x N per row,
+    N for a shared draw, none for in-batch negatives, which are the batch's own positives)."""
+    from mmlexp.samplers import InBatchSampler, SharedSampler
+
+    negatives = getattr(sampler, "num_negatives", 0)
+    if isinstance(sampler, InBatchSampler):
+        return batch
+    if isinstance(sampler, SharedSampler) or getattr(sampler, "shared", False):
+        return batch + negatives
+    return batch * (1 + negatives)
+
+
+def choose(mode, sampler, batch: int, n_items: int, device: torch.device) -> tuple[bool, str]:
+    """``trainer.defer_rows`` (auto | on | off; YAML's true/false as on/off) -> (defer, why).  ``auto`` defers on the
+    CPU where a step reads at most ``AUTO_MAX_SHARE`` of the item rows, ``1 - (1 - 1/n)^draws`` of n rows
+    expected for uniform draws: there deferral measured faster (Gowalla at 10 negatives), and slower where a
+    step reads about half the table (Gowalla at 100), ``benchmarks/results/deferred_rows_cpu.md``."""
+    mode = {True: "on", False: "off"}.get(mode, mode) if isinstance(mode, bool) else mode
+    if mode not in ("auto", "on", "off"):
+        raise ValueError(f"trainer.defer_rows={mode!r}: must be one of auto, on, off")
+    if mode != "auto":
+        return mode == "on", f"trainer.defer_rows={mode}"
+    if device.type != "cpu":
+        return False, f"trainer.defer_rows=auto: off on {device.type} (deferred rows are a CPU path)"
+    draws = item_draws(sampler, batch)
+    share = -np.expm1(draws * np.log1p(-1.0 / max(n_items, 2)))
+    verdict = "on" if share <= AUTO_MAX_SHARE else "off"
+    return verdict == "on", (
+        f"trainer.defer_rows=auto: {verdict} (a step reads about {share:.0%} of the {n_items:,} item rows; "
+        f"deferring pays at {AUTO_MAX_SHARE:.0%} or less)"
+    )
+
+
 def rows_read(model, sampler, users: torch.Tensor, items: torch.Tensor, negatives: torch.Tensor):
     """{table: indices of the rows this step's forward reads}, or None where deferral cannot apply
     (the model has no ``rows_read``, or the sampler reads the model: ``scores_model``)."""

@@ -53,7 +53,7 @@ class TableAdam(torch.optim.Optimizer):
         if not lr > 0:
             raise ValueError(f"lr={lr}: must be > 0")
         super().__init__(params, dict(lr=lr, betas=betas, eps=eps, decay=True))
-        self.defer = bool(defer)  # off by default: measured slower than the dense pass (benchmarks/results)
+        self.defer = bool(defer)  # the entrypoint chooses (trainer.defer_rows, deferred.choose)
         self._param_sq: dict[torch.Tensor, tuple[object, float]] = {}  # p -> (p._version, ||p||^2) after our update
         self._deferred: dict[torch.Tensor, deferred.DeferredTable] = {}
         self._reads: dict | None = None

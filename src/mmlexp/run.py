@@ -19,6 +19,7 @@ from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from mmlexp import deferred
 from mmlexp.checkpoint import CHECKPOINT_FILE, find_resume, save_atomic
 from mmlexp.config import ConfigError, validate
 from mmlexp.data import DataError, InteractionData, load_dataset
@@ -166,7 +167,10 @@ def _train(cfg: DictConfig) -> float:
     sampler = build(
         "sampler", cfg.sampler, allowed, n_items=data.n_items, train=fit_train, generator=generator, device=device
     )
-    optimizer = make_optimizer(model, cfg.trainer.lr, cfg.trainer.optimizer, cfg.trainer.l2)
+    defer, why = deferred.choose(cfg.trainer.defer_rows, sampler, cfg.trainer.batch_size, data.n_items, device)
+    if cfg.trainer.optimizer == "adam":
+        log.info(why)
+    optimizer = make_optimizer(model, cfg.trainer.lr, cfg.trainer.optimizer, cfg.trainer.l2, defer=defer)
     settings = TrainSettings(**{k: cfg.trainer[k] for k in TrainSettings.__dataclass_fields__})
     out_dir = run_directory(cfg)
     shapes = {k: list(v.shape) for k, v in model.state_dict().items()}

@@ -99,8 +99,8 @@ def make_optimizer(
     norm to each step).  A model with a ``sparse_grad`` switch gets it on where TableAdam reads sparse
     gradients without densifying them.  ``sparse_adam``: ``mmlexp.optim.LazyAdam``, a faster variant that
     changes the semantics (only touched rows move; ``l2`` on those rows only).  ``defer``: TableAdam defers
-    the rows a step does not read and replays them exactly (``mmlexp.deferred``); off by default, as it
-    measured slower than the dense pass on the CPUs we have (``benchmarks/results/deferred_rows_cpu.md``)."""
+    the rows a step does not read and replays them exactly (``mmlexp.deferred``; the entrypoint's
+    ``trainer.defer_rows=auto`` turns it on where a step reads few rows: ``deferred.choose``)."""
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer: torch.optim.Optimizer
     if name == "sparse_adam":
