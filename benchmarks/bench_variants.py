@@ -20,6 +20,9 @@ VARIANTS = {
     "shared": ["sampler=shared"],  # one set of N negatives for the whole batch
     "sparse_adam": ["trainer.optimizer=sparse_adam"],  # lazy Adam: only touched rows, L2 on them only
     "bf16": ["trainer.precision=bf16"],  # gathered rows and their dots in bfloat16
+    # Not variants (the same bits as the default, whichever trainer.defer_rows=auto picks): the two exact paths
+    "dense": ["trainer.defer_rows=off"],  # every row of both tables updated at every step
+    "deferred": ["trainer.defer_rows=on"],  # rows a step does not read replayed when next read
 }
 
 
