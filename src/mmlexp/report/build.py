@@ -280,7 +280,9 @@ def _write(runs: pd.DataFrame, opts: Options, out: Path, name: str, notes: list[
         "",
         f"Recall@20 after each epoch against wall-clock seconds since training start, for {tdesc} "
         f"(time from {sources}; `epoch_time_s+eval_time_s` = cumulative sum of per-epoch train and eval time, "
-        "for runs logged before `wall_time_s` existed). Data: [time_to_accuracy.csv](time_to_accuracy.csv).",
+        "for runs logged before `wall_time_s` existed). Data: [time_to_accuracy.csv](time_to_accuracy.csv). "
+        "The clock runs while a run shares the machine or is paused (a resumed run continues from its "
+        "checkpoint's time), so read speed from `benchmarks/`, not from this curve.",
         "",
         "![Time to accuracy](time_to_accuracy.png)",
         "",
