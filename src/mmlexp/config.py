@@ -59,6 +59,19 @@ TARGETS = (
     "a list of module prefixes such as 'mylab.losses.*'",
 )
 
+SWITCHES = ("auto", "on", "off")
+SWITCH = (lambda v: isinstance(v, bool) or v in SWITCHES, "one of auto, on, off (true/false: on/off)")
+
+
+def switch(key: str, value: Any) -> str:
+    """An auto | on | off setting (``trainer.cuda_graph``, ``trainer.defer_rows``) as one of SWITCHES; YAML reads a
+    bare on/off as true/false, taken as on/off."""
+    mode = {True: "on", False: "off"}.get(value, value) if isinstance(value, bool) else value
+    if mode not in SWITCHES:
+        raise ValueError(f"{key}={value!r}: must be one of {', '.join(SWITCHES)}")
+    return mode
+
+
 RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "seed": int_at_least(0),
     "device": DEVICE,
@@ -69,14 +82,8 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "trainer.max_minutes": optional(POSITIVE),
     "trainer.optimizer": one_of("adam", "sparse_adam"),
     "trainer.precision": one_of("fp32", "bf16"),
-    "trainer.defer_rows": (
-        lambda v: isinstance(v, bool) or v in ("auto", "on", "off"),
-        "one of auto, on, off (true/false: on/off)",
-    ),
-    "trainer.cuda_graph": (
-        lambda v: isinstance(v, bool) or v in ("auto", "on", "off"),
-        "one of auto, on, off (true/false: on/off)",
-    ),
+    "trainer.defer_rows": SWITCH,
+    "trainer.cuda_graph": SWITCH,
     "trainer.batch_size": int_at_least(1),
     "trainer.lr": POSITIVE,
     "trainer.l2": NON_NEGATIVE,

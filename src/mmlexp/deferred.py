@@ -34,6 +34,7 @@ import numpy as np
 import torch
 
 from mmlexp import cpu_kernels
+from mmlexp.config import switch
 from mmlexp.cpu_kernels import _AHEAD, _BLOCKS, _jit, nb
 
 prefetch_row = getattr(cpu_kernels, "prefetch_row", None)  # absent without numba (nothing here runs then)
@@ -240,9 +241,7 @@ def choose(mode, sampler, batch: int, n_items: int, device: torch.device) -> tup
     CPU where a step reads at most ``AUTO_MAX_SHARE`` of the item rows, ``1 - (1 - 1/n)^draws`` of n rows
     expected for uniform draws: there deferral measured faster (Gowalla at 10 negatives), and slower where a
     step reads about half the table (Gowalla at 100), ``benchmarks/results/deferred_rows_cpu.md``."""
-    mode = {True: "on", False: "off"}.get(mode, mode) if isinstance(mode, bool) else mode
-    if mode not in ("auto", "on", "off"):
-        raise ValueError(f"trainer.defer_rows={mode!r}: must be one of auto, on, off")
+    mode = switch("trainer.defer_rows", mode)
     if mode != "auto":
         return mode == "on", f"trainer.defer_rows={mode}"
     if device.type != "cpu":

@@ -30,13 +30,13 @@ from typing import Any
 import torch
 from torch import nn
 
+from mmlexp.config import switch
 from mmlexp.encoders import NGCF, LightGCN, MatrixFactorization, SimpleX, SVDPlusPlus
 from mmlexp.optim import TableAdam
 from mmlexp.samplers import HardNegativeSampler, InBatchSampler, PopularitySampler, SharedSampler, UniformSampler
 
 log = logging.getLogger(__name__)
 
-MODES = ("auto", "on", "off")
 WARMUP = 3  # eager steps on the side stream before the capture (torch.cuda.make_graphed_callables' default)
 
 Step = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -50,11 +50,8 @@ _ENCODER_REASONS: dict[type, str] = {
 
 
 def cuda_graph_mode(value: Any) -> str:
-    """``trainer.cuda_graph`` as one of MODES; YAML reads a bare on/off as true/false, taken as on/off."""
-    mode = {True: "on", False: "off"}.get(value, value) if isinstance(value, bool) else value
-    if mode not in MODES:
-        raise ValueError(f"trainer.cuda_graph={value!r}: must be one of {', '.join(MODES)}")
-    return mode
+    """``trainer.cuda_graph`` as one of auto, on, off (``config.switch``)."""
+    return switch("trainer.cuda_graph", value)
 
 
 def eager_reason(model: nn.Module, sampler, optimizer: torch.optim.Optimizer, settings) -> str | None:

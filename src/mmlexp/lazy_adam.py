@@ -14,13 +14,11 @@ whose gradient is exactly zero, e.g. a negative below every margin, counts as un
 parameters that are not 2-D get plain dense Adam.
 """
 
-import math
-
 import torch
 from torch.autograd.graph import increment_version
 
 from mmlexp import cpu_kernels
-from mmlexp.sparse_rows import as_rows, distinct_rows, on_kernel_path
+from mmlexp.sparse_rows import adam_scalars, as_rows, distinct_rows, on_kernel_path
 
 
 class LazyAdam(torch.optim.Optimizer):
@@ -59,13 +57,7 @@ class LazyAdam(torch.optim.Optimizer):
                         rows.numpy(),
                         grad.contiguous().numpy(),
                         scalar(wd),
-                        scalar(lr / (1 - b1**t)),
-                        scalar(b1),
-                        scalar(1 - b1),
-                        scalar(b2),
-                        scalar(1 - b2),
-                        scalar(eps),
-                        scalar(math.sqrt(1 - b2**t)),
+                        *adam_scalars(group, t, scalar),
                     )
                     increment_version(p)
                     continue

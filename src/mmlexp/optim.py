@@ -14,7 +14,7 @@ from torch.optim.adam import adam as functional_adam
 
 from mmlexp import cpu_kernels, deferred
 from mmlexp.lazy_adam import LazyAdam, touched_rows
-from mmlexp.sparse_rows import as_rows, coalesced, distinct_rows, on_kernel_path, takes_sparse_grads
+from mmlexp.sparse_rows import adam_scalars, as_rows, coalesced, distinct_rows, on_kernel_path, takes_sparse_grads
 
 __all__ = ["TableAdam", "LazyAdam", "coalesced", "takes_sparse_grads", "touched_rows"]
 
@@ -178,9 +178,7 @@ class TableAdam(torch.optim.Optimizer):
             total = math.sqrt(sum(self._grad_sq_norm(p, ops) for (_, p, _, _), ops in zip(work, parts, strict=True)))
             coef = min(1.0, max_norm / (total + 1e-6))
         for (group, p, _, state), ops in zip(work, parts, strict=True):
-            (b1, b2), lr, eps = group["betas"], group["lr"], group["eps"]
             t = float(state["step"].add_(1))
-            scalar = ops.param.dtype.type
             sq = cpu_kernels.adam_rows(
                 ops.param,
                 as_rows(state["exp_avg"]),
@@ -188,14 +186,8 @@ class TableAdam(torch.optim.Optimizer):
                 ops.rows,
                 ops.vals,
                 ops.l2,
-                scalar(coef),
-                scalar(lr / (1 - b1**t)),
-                scalar(b1),
-                scalar(1 - b1),
-                scalar(b2),
-                scalar(1 - b2),
-                scalar(eps),
-                scalar(math.sqrt(1 - b2**t)),
+                ops.param.dtype.type(coef),
+                *adam_scalars(group, t, ops.param.dtype),
                 ops.dense,
             )
             increment_version(p)
@@ -214,12 +206,11 @@ class TableAdam(torch.optim.Optimizer):
                 return False
             coef = bounded
         for (group, p, _, state), ops in zip(work, parts, strict=True):
-            (b1, b2), lr, eps = group["betas"], group["lr"], group["eps"]
+            (b1, b2), lr = group["betas"], group["lr"]
             t = float(state["step"].add_(1))
             scalar = ops.param.dtype.type
             hist = np.array(
-                [ops.l2 * scalar(coef), lr / (1 - b1**t), b1, 1 - b1, b2, 1 - b2, eps, math.sqrt(1 - b2**t)],
-                dtype=ops.param.dtype,
+                [ops.l2 * scalar(coef), *adam_scalars(group, t, ops.param.dtype)], dtype=ops.param.dtype
             )  # the columns of deferred.replay_rows
             table = self._deferred[p]
             if ops.rows.size:

@@ -2,6 +2,8 @@
 which parameters the numba kernels (``mmlexp.cpu_kernels``) take, a tensor as a 2-D numpy view of rows, and a sparse
 row gradient coalesced (each row once, in order) without a needless sort."""
 
+import math
+
 import numpy as np
 import torch
 
@@ -16,6 +18,14 @@ def takes_sparse_grads(params) -> bool:
 
 def on_kernel_path(p: torch.Tensor) -> bool:
     return cpu_kernels.applies_to(p) and p.is_contiguous()
+
+
+def adam_scalars(group: dict, t: float, dtype) -> tuple:
+    """The per-step scalars of Adam step ``t`` that the numba Adam kernels take, in ``dtype`` (torch's formulas):
+    ``(lr / (1 - b1^t), b1, 1 - b1, b2, 1 - b2, eps, sqrt(1 - b2^t))``."""
+    (b1, b2), lr, eps = group["betas"], group["lr"], group["eps"]
+    scalar = np.dtype(dtype).type
+    return tuple(scalar(x) for x in (lr / (1 - b1**t), b1, 1 - b1, b2, 1 - b2, eps, math.sqrt(1 - b2**t)))
 
 
 def as_rows(t: torch.Tensor) -> np.ndarray:
