@@ -8,9 +8,9 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 
-def run_cli(tmp_path, *overrides, check=True):
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
-    cmd = [
+def cli(tmp_path, *overrides) -> list[str]:
+    """``python -m mmlexp`` tracked into ``tmp_path``, run directory ``tmp_path/run``, no progress bar."""
+    return [
         sys.executable,
         "-m",
         "mmlexp",
@@ -20,7 +20,11 @@ def run_cli(tmp_path, *overrides, check=True):
         "trainer.progress=false",
         *overrides,
     ]
-    proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+
+
+def run_cli(tmp_path, *overrides, check=True):
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    proc = subprocess.run(cli(tmp_path, *overrides), cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
     if check:
         assert proc.returncode == 0, proc.stderr[-3000:]
     return proc
@@ -110,17 +114,9 @@ def test_sigterm_marks_the_run_killed(tmp_path):
     import signal
     import time
 
-    cmd = [
-        sys.executable,
-        "-m",
-        "mmlexp",
-        f"tracking.uri=sqlite:///{tmp_path}/mlflow.db",
-        f"tracking.artifact_location={tmp_path}/artifacts",
-        f"hydra.run.dir={tmp_path}/run",
-        "trainer.progress=false",
-        "trainer.epochs=1000",
-    ]
-    proc = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        cli(tmp_path, "trainer.epochs=1000"), cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     deadline = time.time() + 600
     while time.time() < deadline:  # wait until the run is tracked (RUNNING)
         time.sleep(1)
