@@ -34,7 +34,7 @@ GROUPS = {  # function name -> the part of the step it is
     "cosine_scores": "scoring (forward)",
     "gathered_rows_dot": "scoring (forward)",
     "cosine_rows_grad": "scoring gradient (backward)",
-    "touched_rows": "gradient rows",
+    "entries_by_row": "gradient rows",
     "randint": "sampling",
 }
 

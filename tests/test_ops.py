@@ -74,3 +74,41 @@ def test_scatter_rows_accumulates_like_index_add(dtype):
         for c in range(6):
             expected[items[b, c]] += weights[b, c] * vecs[b]
     torch.testing.assert_close(scatter_rows_(start.clone(), items, weights, vecs), expected)
+
+
+def test_entries_by_row_lists_each_rows_entries_in_order():
+    from mmlexp import cpu_kernels
+
+    if not cpu_kernels.AVAILABLE:
+        pytest.skip("numba is not installed")
+    g = torch.Generator().manual_seed(6)
+    items = torch.randint(40, (7, 9), generator=g)  # some of the 40 rows unread, others read many times
+    items[2, :5] = 11
+    rows, starts, order = cpu_kernels.entries_by_row(items.numpy(), 40)
+    flat = items.reshape(-1).tolist()
+    assert rows.tolist() == sorted(set(flat))
+    assert starts[0] == 0 and starts[-1] == len(flat)
+    for k, r in enumerate(rows.tolist()):  # the flat positions of row r, ascending: the (b, c) order
+        assert order[starts[k] : starts[k + 1]].tolist() == [e for e, i in enumerate(flat) if i == r]
+
+
+def test_kernel_table_gradient_sums_each_rows_entries():
+    """vals[k] = sum over row r's entries of g * u[b], plus table[r] times the sum of their coefficients."""
+    from mmlexp import cpu_kernels
+
+    if not cpu_kernels.AVAILABLE:
+        pytest.skip("numba is not installed")
+    g = torch.Generator().manual_seed(7)
+    table, users = torch.randn(25, 16, generator=g), torch.randn(6, 16, generator=g)
+    items = torch.randint(25, (6, 11), generator=g)
+    grad, coef = torch.randn(6, 11, generator=g), torch.randn(6, 11, generator=g)
+    rows, starts, order = cpu_kernels.entries_by_row(items.numpy(), 25)
+    vals = cpu_kernels.cosine_rows_grad(table.numpy(), grad.numpy(), coef.numpy(), users.numpy(), rows, starts, order)
+    for k, r in enumerate(rows.tolist()):
+        acc, scale = torch.zeros(16), torch.zeros(())
+        for b in range(6):
+            for c in range(11):
+                if items[b, c] == r:
+                    acc += grad[b, c] * users[b]
+                    scale += coef[b, c]
+        torch.testing.assert_close(torch.from_numpy(vals[k]), acc + scale * table[r], rtol=1e-6, atol=1e-6)

@@ -198,50 +198,65 @@ def gathered_rows_dot(g, table, items, out):  # pragma: no cover - compiled
 
 
 @nb.njit(cache=True) if AVAILABLE else (lambda f: f)
-def touched_rows(items, n_rows):  # pragma: no cover - compiled
-    """(sorted distinct rows of ``items``, slot: row -> its position there, -1 if untouched)."""
-    slot = np.full(n_rows, -1, dtype=np.int32)
-    for i in items.ravel():
-        slot[i] = 0
-    rows = np.empty(min(n_rows, items.size), dtype=np.int64)
-    count = 0
+def entries_by_row(items, n_rows):  # pragma: no cover - compiled
+    """The entries of ``items`` grouped by the table row they read (a counting sort, stable):
+    ``(rows, starts, order)`` with ``rows`` the sorted distinct rows and ``order[starts[k]:starts[k + 1]]`` the
+    flat indices ``b * C + c`` of the entries that read ``rows[k]``, in increasing order."""
+    flat = items.ravel()
+    count = np.zeros(n_rows, dtype=np.int64)
+    for i in flat:
+        count[i] += 1
+    n = 0
     for r in range(n_rows):
-        if slot[r] == 0:
-            slot[r] = count
-            rows[count] = r
-            count += 1
-    return rows[:count], slot
+        if count[r] > 0:
+            n += 1
+    rows = np.empty(n, dtype=np.int64)
+    starts = np.empty(n + 1, dtype=np.int64)
+    k = total = 0
+    for r in range(n_rows):
+        if count[r] > 0:
+            rows[k], starts[k] = r, total
+            total += count[r]
+            count[r] = starts[k]  # from here on: the next free position of row r in ``order``
+            k += 1
+    starts[n] = total
+    order = np.empty(flat.shape[0], dtype=np.int64)
+    for e in range(flat.shape[0]):
+        order[count[flat[e]]] = e
+        count[flat[e]] += 1
+    return rows, starts, order
 
 
 @_jit
-def cosine_rows_grad(table, items, g, row_coef, user_vecs, rows, slot, parts):  # pragma: no cover - compiled
+def cosine_rows_grad(table, g, row_coef, user_vecs, rows, starts, order):  # pragma: no cover - compiled
     """The table gradient of ``cosine_scores`` on its touched rows only, as ``vals[k]`` for row ``rows[k]``:
 
         vals[k] = table[r] * sum_{(b,c): items[b,c] = r} row_coef[b, c]  +  sum_{(b,c): items[b,c] = r} g[b, c] * u[b]
 
-    with g = upstream * inv_norm and row_coef = -g * score * inv_norm.  ``parts`` threads each own a
-    contiguous range of slots (no two threads write one row); each scans every entry.
+    with g = upstream * inv_norm and row_coef = -g * score * inv_norm, the entries of each row from
+    ``entries_by_row`` (summed in their (b, c) order).  Each row is summed in registers and written once;
+    blocks of rows run in parallel.
     """
-    batch, cols = items.shape
-    d = table.shape[1]
-    n = rows.shape[0]
-    vals = np.zeros((n, d), dtype=table.dtype)
-    scale = np.zeros(n, dtype=table.dtype)
-    for part in nb.prange(parts):
-        lo, hi = part * n // parts, (part + 1) * n // parts
-        for b in range(batch):
-            for c in range(cols):
-                k = slot[items[b, c]]
-                if k < lo or k >= hi:
-                    continue
-                scale[k] += row_coef[b, c]
-                w = g[b, c]
+    n, d = rows.shape[0], table.shape[1]
+    cols = g.shape[1]
+    g_flat, coef_flat = g.ravel(), row_coef.ravel()
+    vals = np.empty((n, d), dtype=table.dtype)
+    per = (n + _BLOCKS - 1) // _BLOCKS
+    for blk in nb.prange(_BLOCKS):
+        acc = np.empty(d, dtype=table.dtype)
+        scale = np.zeros(1, dtype=table.dtype)  # a scalar in the rows' dtype
+        for k in range(blk * per, min(n, (blk + 1) * per)):
+            acc[:] = 0
+            scale[0] = 0
+            for t in range(starts[k], starts[k + 1]):
+                e = order[t]
+                scale[0] += coef_flat[e]
+                w, b = g_flat[e], e // cols
                 for j in range(d):
-                    vals[k, j] += w * user_vecs[b, j]
-        for k in range(lo, hi):
+                    acc[j] += w * user_vecs[b, j]
             r = rows[k]
             for j in range(d):
-                vals[k, j] += scale[k] * table[r, j]
+                vals[k, j] = acc[j] + scale[0] * table[r, j]
     return vals
 
 

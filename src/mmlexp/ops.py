@@ -122,17 +122,10 @@ def _kernel_backward(ctx, grad: torch.Tensor):
         cpu_kernels.gathered_rows_dot(g.numpy(), weights, items.numpy(), grad_user.numpy())
     if ctx.needs_input_grad[1]:
         row_coef = -(g * scores * inv_norm)
-        rows, slot = cpu_kernels.touched_rows(items.numpy(), table.shape[0])
+        rows, starts, order = cpu_kernels.entries_by_row(items.numpy(), table.shape[0])
         vals = torch.from_numpy(
             cpu_kernels.cosine_rows_grad(
-                weights,
-                items.numpy(),
-                g.numpy(),
-                row_coef.numpy(),
-                user_vecs.detach().contiguous().numpy(),
-                rows,
-                slot,
-                cpu_kernels.nb.get_num_threads(),
+                weights, g.numpy(), row_coef.numpy(), user_vecs.detach().contiguous().numpy(), rows, starts, order
             )
         )
         rows = torch.from_numpy(rows)
