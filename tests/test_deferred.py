@@ -10,7 +10,7 @@ from mmlexp import cpu_kernels, deferred
 from mmlexp.data import load_dataset
 from mmlexp.encoders import LightGCN, MatrixFactorization
 from mmlexp.losses import MultiMarginLoss
-from mmlexp.samplers import HardNegativeSampler, InBatchSampler, PopularitySampler, UniformSampler
+from mmlexp.samplers import HardNegativeSampler, InBatchSampler, PopularitySampler, SharedSampler, UniformSampler
 from mmlexp.train import TrainSettings, make_optimizer, train_step
 
 pytestmark = pytest.mark.skipif(not cpu_kernels.AVAILABLE, reason="the deferred path runs on the numba kernels")
@@ -71,9 +71,10 @@ def assert_same(a, b, exact=True):
                 torch.testing.assert_close(x, y, rtol=1e-6, atol=1e-9)
 
 
-@pytest.mark.parametrize("sampler_cls", [UniformSampler, PopularitySampler])
+@pytest.mark.parametrize("sampler_cls", [UniformSampler, PopularitySampler, InBatchSampler, SharedSampler])
 def test_deferred_equals_dense_after_many_steps(sample, sampler_cls):
-    """250 steps (user rows deferred for ~160 steps, item rows for ~6): tables and both moments bit-identical."""
+    """250 steps (user rows deferred for ~160 steps, item rows for ~6): tables and both moments bit-identical,
+    with every sampler that does not score the model (``hard`` does: it takes the dense path, below)."""
     deferred_run = train(sample, 250, sampler_cls=sampler_cls)
     dense_run = train(sample, 250, defer=False, sampler_cls=sampler_cls)
     assert deferred_run[1].deferred_steps == 250 and deferred_run[1].fallback_steps == 0
