@@ -4,7 +4,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from mmlexp import cpu_kernels
 from mmlexp.ops import cosine_gather_scores
+
+needs_numba = pytest.mark.skipif(not cpu_kernels.AVAILABLE, reason="the CPU kernels need numba")
 
 
 @pytest.mark.parametrize("dtype, tol", [(torch.float64, 1e-12), (torch.float32, 1e-5)])
@@ -76,11 +79,8 @@ def test_scatter_rows_accumulates_like_index_add(dtype):
     torch.testing.assert_close(scatter_rows_(start.clone(), items, weights, vecs), expected)
 
 
+@needs_numba
 def test_entries_by_row_lists_each_rows_entries_in_order():
-    from mmlexp import cpu_kernels
-
-    if not cpu_kernels.AVAILABLE:
-        pytest.skip("numba is not installed")
     g = torch.Generator().manual_seed(6)
     items = torch.randint(40, (7, 9), generator=g)  # some of the 40 rows unread, others read many times
     items[2, :5] = 11
@@ -92,12 +92,9 @@ def test_entries_by_row_lists_each_rows_entries_in_order():
         assert order[starts[k] : starts[k + 1]].tolist() == [e for e, i in enumerate(flat) if i == r]
 
 
+@needs_numba
 def test_kernel_table_gradient_sums_each_rows_entries():
     """vals[k] = sum over row r's entries of g * u[b], plus table[r] times the sum of their coefficients."""
-    from mmlexp import cpu_kernels
-
-    if not cpu_kernels.AVAILABLE:
-        pytest.skip("numba is not installed")
     g = torch.Generator().manual_seed(7)
     table, users = torch.randn(25, 16, generator=g), torch.randn(6, 16, generator=g)
     items = torch.randint(25, (6, 11), generator=g)
