@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from mmlexp.report import export, figures, status
+from mmlexp.report import export, figures, selection, status
 from mmlexp.report.runs import CELL_KEYS, ReportError, drop_duplicates, fetch_runs, metric_history
 from mmlexp.report.stats import METRICS, aggregate, negative_curves, paired_tests
 from mmlexp.report.tables import (
@@ -286,6 +286,30 @@ def _write(runs: pd.DataFrame, opts: Options, out: Path, name: str, notes: list[
         "",
         "![Time to accuracy](time_to_accuracy.png)",
         "",
+    ]
+
+    # --- selection protocol
+    every = (
+        export.history_from_csv(runs, out, list(runs["run_id"]))
+        if committed
+        else metric_history(opts.tracking_uri, list(runs["run_id"]))
+    )
+    gaps = selection.selection_gaps(runs, every)
+    gaps.to_csv(out / "selection.csv", index=False)
+    figures.save(selection.plot_learning_curves(every, runs), out / "learning_curves")
+    md += [
+        "## Selection protocol: what choosing the epoch on test is worth",
+        "",
+        "Each run's test metrics at three epochs: the one it **selected** (its `best/` numbers: chosen on test "
+        "under `paper`, on a held-out slice of train under `valid`), the **test-best** one (highest test "
+        "Recall@20: what the paper's protocol reports for that model) and the **last** one (no selection). For a "
+        "`valid` run, test-best − selected is what choosing the epoch on test flatters that same model by (a "
+        "`valid` run also trains on less data, so set against a `paper` run it mixes both). "
+        "Data: [selection.csv](selection.csv).",
+        "",
+        "![Learning curves](learning_curves.png)",
+        "",
+        *selection.selection_md(gaps),
     ]
 
     # --- long tail
