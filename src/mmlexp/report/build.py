@@ -1,6 +1,7 @@
 """Assemble ``reports/<name>/``: paper tables side by side with ours, Figure 3, paired tests, time to accuracy,
-long tail, run ids, and ``report.md`` linking them.  The paper tables, claims and markdown helpers are in
-``mmlexp.report.tables`` (``paper_numbers`` and ``paper_table`` re-exported here)."""
+the selection protocol (``mmlexp.report.selection``), long tail, run ids, and ``report.md`` linking them.
+The paper tables, claims and markdown helpers are in ``mmlexp.report.tables`` (``paper_numbers`` and
+``paper_table`` re-exported here)."""
 
 import datetime as dt
 import shutil
@@ -145,6 +146,13 @@ def _write(runs: pd.DataFrame, opts: Options, out: Path, name: str, notes: list[
         set(runs["selection"]) - {"paper", "valid"}
     )
     committed = export.EPOCHS_COLUMN in runs
+
+    def history_of(run_ids: list[str]) -> pd.DataFrame:
+        """Per-epoch Recall@20 / NDCG@20 of ``run_ids``: from the committed epoch CSVs, else from MLflow."""
+        if committed:
+            return export.history_from_csv(runs, out, run_ids)
+        return metric_history(opts.tracking_uri, run_ids)
+
     origin = (
         "[runs.csv](runs.csv) (per-epoch metrics: [epochs/](epochs/); rebuild without MLflow: "
         "`python -m mmlexp.report --from-csv runs.csv`)"
@@ -267,11 +275,7 @@ def _write(runs: pd.DataFrame, opts: Options, out: Path, name: str, notes: list[
         pool = fruns[fruns["num_negatives"] == n_focus] if n_focus is not None else fruns
         tta = pool.sort_values("seed").groupby(["dataset", "loss"], sort=True).head(1)
         tdesc = f"{fdesc}, {n_focus} negatives, the lowest seed of each loss"
-    history = (
-        export.history_from_csv(runs, out, list(tta["run_id"]))
-        if committed
-        else metric_history(opts.tracking_uri, list(tta["run_id"]))
-    )
+    history = history_of(list(tta["run_id"]))
     history.to_csv(out / "time_to_accuracy.csv", index=False)
     figures.save(figures.plot_time_to_accuracy(history, tta), out / "time_to_accuracy")
     sources = ", ".join(f"`{s}`" for s in history["time_source"].unique()) if len(history) else "none"
@@ -289,11 +293,7 @@ def _write(runs: pd.DataFrame, opts: Options, out: Path, name: str, notes: list[
     ]
 
     # --- selection protocol
-    every = (
-        export.history_from_csv(runs, out, list(runs["run_id"]))
-        if committed
-        else metric_history(opts.tracking_uri, list(runs["run_id"]))
-    )
+    every = history_of(list(runs["run_id"]))
     gaps = selection.selection_gaps(runs, every)
     gaps.to_csv(out / "selection.csv", index=False)
     figures.save(selection.plot_learning_curves(every, runs), out / "learning_curves")
