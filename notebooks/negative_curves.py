@@ -31,6 +31,9 @@
 # The data come from `mmlexp.report` (`fetch_runs` → `negative_curves` → `plot_negative_curves`), the same
 # functions `python -m mmlexp.report` uses, so the notebook and the report agree.
 #
+# Without an MLflow store, set `RUNS_CSV` to a committed `runs.csv` (e.g. `results/gowalla/runs.csv`, the
+# Gowalla reproduction): the runs are then read from it (`mmlexp.report.read_runs`), not from MLflow.
+#
 # Source of truth: `notebooks/negative_curves.py` (jupytext percent format, paired with the `.ipynb`).
 
 # %% tags=["parameters"]
@@ -41,10 +44,12 @@ EXPERIMENTS = None  # experiment names (list, or one comma-separated string); No
 FILTER = ""  # extra MLflow search filter, e.g. "params.trainer.epochs = '100'"
 METRICS = ("recall@20", "ndcg@20")  # best-epoch metrics to draw
 CSV_OUT = None  # also write the aggregated table to this CSV path; None: do not
+RUNS_CSV = None  # a committed runs.csv (python -m mmlexp.report --export-csv) to read instead of the store
 
 # %%
 # Environment variables win over the cell above (tests, CI, make): MMLEXP_TRACKING_URI,
-# MMLEXP_EXPERIMENTS (comma-separated), MMLEXP_FILTER, MMLEXP_METRICS (comma-separated), MMLEXP_CURVES_CSV.
+# MMLEXP_EXPERIMENTS (comma-separated), MMLEXP_FILTER, MMLEXP_METRICS (comma-separated), MMLEXP_CURVES_CSV,
+# MMLEXP_RUNS_CSV.
 import io
 import os
 import warnings
@@ -54,7 +59,7 @@ import pandas as pd
 from IPython.display import Image, display
 
 warnings.filterwarnings("ignore", message="IProgress not found")  # tqdm.auto in a kernel without ipywidgets
-from mmlexp.report import ReportError, drop_duplicates, fetch_runs, negative_curves, plot_negative_curves
+from mmlexp.report import ReportError, drop_duplicates, fetch_runs, negative_curves, plot_negative_curves, read_runs
 
 
 def show(fig):
@@ -76,6 +81,7 @@ EXPERIMENTS = _names(os.environ.get("MMLEXP_EXPERIMENTS", EXPERIMENTS))
 FILTER = os.environ.get("MMLEXP_FILTER", FILTER)
 METRICS = tuple(_names(os.environ.get("MMLEXP_METRICS", METRICS)) or ("recall@20", "ndcg@20"))
 CSV_OUT = os.environ.get("MMLEXP_CURVES_CSV", CSV_OUT)
+RUNS_CSV = os.environ.get("MMLEXP_RUNS_CSV", RUNS_CSV)
 
 # Jupyter starts the kernel in notebooks/: a relative SQLite store is looked up there, then in the repo root.
 _SQLITE = "sqlite:///"
@@ -85,7 +91,11 @@ if TRACKING_URI.startswith(_SQLITE) and not Path(TRACKING_URI[len(_SQLITE) :]).i
         if (_base / _store).is_file():
             TRACKING_URI = _SQLITE + str((_base / _store).resolve())
             break
-print(f"store {TRACKING_URI}; experiments {EXPERIMENTS or 'all'}; filter {FILTER!r}; metrics {METRICS}")
+if RUNS_CSV:  # relative: the cwd, then the repo root (Jupyter starts in notebooks/)
+    RUNS_CSV = next((str(b / RUNS_CSV) for b in (Path.cwd(), Path.cwd().parent) if (b / RUNS_CSV).is_file()), RUNS_CSV)
+    print(f"runs from {RUNS_CSV}; experiments {EXPERIMENTS or 'all'}; metrics {METRICS}")
+else:
+    print(f"store {TRACKING_URI}; experiments {EXPERIMENTS or 'all'}; filter {FILTER!r}; metrics {METRICS}")
 
 # %% [markdown]
 # ## Runs
@@ -93,13 +103,18 @@ print(f"store {TRACKING_URI}; experiments {EXPERIMENTS or 'all'}; filter {FILTER
 # One row per finished run. Reruns of the same setting and seed are counted once (the latest is kept).
 
 # %%
-runs = fetch_runs(TRACKING_URI, EXPERIMENTS, FILTER)
+if RUNS_CSV:
+    runs = read_runs(RUNS_CSV)
+    runs = runs[runs["experiment"].isin(EXPERIMENTS)] if EXPERIMENTS else runs
+else:
+    runs = fetch_runs(TRACKING_URI, EXPERIMENTS, FILTER)
 runs, dropped = drop_duplicates(runs)
 runs = runs[runs["num_negatives"].notna()]
 print(f"{len(runs)} runs ({len(dropped)} older duplicates left out) in {runs['experiment'].nunique()} experiment(s)")
 if runs.empty:
     raise ReportError(
-        f"no finished runs with a number of negatives in {TRACKING_URI} (experiments {EXPERIMENTS or 'all'})"
+        f"no finished runs with a number of negatives in {RUNS_CSV or TRACKING_URI} "
+        f"(experiments {EXPERIMENTS or 'all'})"
     )
 columns = [
     "experiment",

@@ -151,3 +151,22 @@ def test_negative_curves_names_a_missing_store(tmp_path, monkeypatch):
     with pytest.raises(CellExecutionError, match="no MLflow store"):
         nbx.execute(nbx.read_source("negative_curves"), cwd=tmp_path, timeout=TIMEOUT)
     assert not (tmp_path / "nothing.db").exists()  # never created
+
+
+def test_negative_curves_from_the_committed_runs_csv(tmp_path, monkeypatch):
+    """MMLEXP_RUNS_CSV: the curves of the committed Gowalla runs, no MLflow store; each point is the mean of the
+    runs.csv values of its (loss, negatives) over seeds, worked out here with plain pandas."""
+    committed = REPO / "results" / "gowalla" / "runs.csv"
+    monkeypatch.setenv("MMLEXP_RUNS_CSV", str(committed))
+    monkeypatch.setenv("MMLEXP_TRACKING_URI", f"sqlite:///{tmp_path}/nothing.db")  # must not be read
+    monkeypatch.setenv("MMLEXP_CURVES_CSV", "curves.csv")
+    nb = nbx.execute(nbx.read_source("negative_curves"), cwd=tmp_path, timeout=TIMEOUT)
+    assert images(nb) >= 1 and not (tmp_path / "nothing.db").exists()
+    runs = pd.read_csv(committed)
+    runs = runs[(runs["encoder"] == "mf") & (runs["early_stop"] == "N") & (runs["selection"] == "paper")]
+    table = pd.read_csv(tmp_path / "curves.csv")
+    table = table[table["setting"] == "encoder=mf, early_stop=N, selection=paper"]
+    for metric in ("recall@20", "ndcg@20"):
+        expected = runs.groupby(["loss", "num_negatives"])[metric].mean()
+        got = table[table["metric"] == metric].set_index(["loss", "num_negatives"])["mean"]
+        assert dict(got) == pytest.approx(dict(expected), rel=1e-12)
