@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 export MMLEXP_DATA_DIR ?= $(abspath ../shared/data)
 
 .PHONY: install run test test-slow test-postgres lint format bench ui dashboard clean \
-	reproduce-table2 reproduce-table3 reproduce-fig3 reproduce-quick reproduce-gowalla report-gowalla report notebooks bench-variants dist
+	reproduce-table2 reproduce-table3 reproduce-fig3 reproduce-quick reproduce-gowalla reproduce-status report-gowalla report notebooks bench-variants dist
 
 $(STAMP): pyproject.toml constraints.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -84,6 +84,10 @@ reproduce-fig3: install  ## Figure 3: MML / CCL / BSL with MF at 10 ... 800 nega
 # The committed Gowalla reproduction (results/gowalla/): 15 full runs, resumable (stores in RUNS=/work/runs).
 reproduce-gowalla: install  ## MML paper on Gowalla: Table 3 + Figure 3 claims, 100 epochs each (hours; re-run to resume)
 	RUNS=$(RUNS) PY=$(abspath $(PY)) scripts/reproduce_gowalla.sh
+
+# Which of its grids' points are done, running (epoch k/100, time left at the recent pace) or pending.
+reproduce-status: install  ## progress of the grids in RUNS: each point's state, epoch and time left (reads only)
+	$(PY) -m mmlexp.sweep.status --storage sqlite:///$(abspath $(RUNS))/optuna.db
 
 # Finished runs of RUNS -> results/gowalla/ (report + runs.csv + per-epoch CSVs, no machine paths) + README table.
 report-gowalla: install  ## results/gowalla/ from the finished Gowalla runs in RUNS (read only), then the README status table

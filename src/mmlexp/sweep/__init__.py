@@ -4,6 +4,8 @@
 * ``parent``: the sweep's parent MLflow run and ``SweepCallback`` (``hydra.callbacks`` in conf/config.yaml).
 * ``optuna_sweeper``: ``OptunaSweeper`` (``hydra/sweeper=mmlexp_optuna``), a resumable Optuna search
   (its input checks: ``optuna_checks``).
+* ``grid`` / ``ledger``: ``GridSweeper``, the default for ``-m``, and its ledger of points; ``status``: how far
+  along the grids of a ledger are (``python -m mmlexp.sweep.status``).
 * ``liveness``: is the process behind a RUNNING trial or run still alive; Optuna heartbeats.
 * ``errors``: ``SweepError``, what a sweep refuses before it writes anything.
 
