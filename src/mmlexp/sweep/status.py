@@ -120,9 +120,15 @@ def minutes(seconds: float) -> str:
     return f"{seconds / 60:.0f} min" if seconds < 5400 else f"{seconds / 3600:.1f} h"
 
 
-def point_line(point: dict[str, Any], shown: set[str], progress: Progress | None, now: float) -> tuple[str, float]:
-    """One point's line and the seconds it has left (0 when unknown or done)."""
-    label = " ".join(t for t in point["overrides"] if t in shown) or "(the only point)"
+def label_of(point: dict[str, Any], shown: set[str]) -> str:
+    return " ".join(t for t in point["overrides"] if t in shown) or "(the only point)"
+
+
+def point_line(
+    point: dict[str, Any], shown: set[str], progress: Progress | None, now: float, width: int = 40
+) -> tuple[str, float]:
+    """One point's line (its label padded to ``width``) and the seconds it has left (0 when unknown or done)."""
+    label = label_of(point, shown)
     state = point["state"]
     if state == RUNNING and point["host"] == socket.gethostname() and point["pid"] is not None:
         if not alive_since(point["pid"], point["pid_started"]):
@@ -130,7 +136,7 @@ def point_line(point: dict[str, Any], shown: set[str], progress: Progress | None
     elif state == RUNNING and point["heartbeat"] is not None:
         state += f" on {point['host']} (heartbeat {now - point['heartbeat']:.0f} s ago)"
     left = 0.0
-    bits = [f"#{point['idx']:<3} {label:<40} {state}"]
+    bits = [f"#{point['idx']:<3} {label:<{width}} {state}"]
     if progress is not None:
         bits.append(f"epoch {progress.epoch}/{progress.epochs if progress.epochs is not None else '?'}")
         if point["state"] == RUNNING and progress.pace and progress.epochs:
@@ -149,6 +155,7 @@ def report(storage: str, tracking_uri: str | None = None) -> str:
     if not grids_:
         return f"{mask_url(storage)}: no grids yet"
     shown, now, lines = varying(grids_), time.time(), []
+    width = max(len(label_of(p, shown)) for g in grids_ for p in g["points"]) if any(g["points"] for g in grids_) else 0
     total: dict[str, int] = {}
     left = 0.0
     for grid in grids_:
@@ -165,7 +172,7 @@ def report(storage: str, tracking_uri: str | None = None) -> str:
             f"  {grid['command'] or ''}",
         ]
         for p in grid["points"]:
-            line, secs = point_line(p, shown, progress.get(p["idx"]), now)
+            line, secs = point_line(p, shown, progress.get(p["idx"]), now, width)
             lines.append("  " + line)
             left += secs
     lines.append(
