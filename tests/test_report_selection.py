@@ -139,3 +139,19 @@ def test_committed_selection_is_what_each_runs_epochs_give():
         assert row["selected"] == r["recall@20"]  # the run's best/ number
         if r.selection == "paper":
             assert row["selected_epoch"] == top == r.best_epoch
+
+
+def test_paper_against_valid_splits_the_gap_into_selection_and_held_out_data(toy):
+    runs, hist = toy
+    assert "of the same setting and seed" not in "\n".join(selection_md(selection_gaps(runs, hist)))  # no pair
+    runs = pd.concat([runs, pd.DataFrame([run("pc", "ccl", "paper", 3)])], ignore_index=True)
+    hist = pd.concat([hist, history("pc", [0.20, 0.30, 0.40], [0.10, 0.15, 0.21])], ignore_index=True)
+    text = "\n".join(selection_md(selection_gaps(runs, hist)))
+    # valid run v: selected 0.20 (epoch 1), test-best 0.25; the paper run: 0.40. Gap 0.20 = 0.05 + 0.15.
+    assert (
+        "gowalla CCL N=100 seed 1, Recall@20: `paper` 0.4000 against `valid` 0.2000, a gap of +0.2000 (+50.0% of "
+        "the paper run): choosing the epoch on test accounts for +0.0500, training without the held-out slice for "
+        "+0.1500." in text
+    )
+    # NDCG: paper 0.21 at its epoch 3; valid 0.10 at epoch 1, 0.11 at the Recall-best epoch 2
+    assert "`paper` 0.2100 against `valid` 0.1000, a gap of +0.1100" in text and "accounts for +0.0100" in text

@@ -127,6 +127,7 @@ def selection_md(gaps: pd.DataFrame) -> list[str]:
         )
     if len(valid):
         lines.append("")
+    lines += protocol_split(gaps)
     early = gaps[(gaps["metric"] == MONITOR) & (gaps["test_best_epoch"] <= gaps["last_epoch"] // 10)]
     if len(early):
         lines += [
@@ -153,6 +154,30 @@ def selection_md(gaps: pd.DataFrame) -> list[str]:
             "",
         ]
     return lines
+
+
+def protocol_split(gaps: pd.DataFrame) -> list[str]:
+    """report.md lines: for each ``valid`` run with a ``paper`` run of the same setting and seed, the gap between
+    the two reported numbers split in two: choosing the epoch on test (within the valid run) and the rest, the
+    held-out slice's cost (the valid run trains without it)."""
+    same = ["dataset", "encoder", "loss", "num_negatives", "early_stop", "seed", "metric"]
+    pairs = gaps[gaps["selection"] == "valid"].merge(
+        gaps[gaps["selection"] == "paper"], on=same, suffixes=("_valid", "_paper")
+    )
+    if pairs.empty:
+        return []
+    lines = ["The `paper` run against the `valid` run of the same setting and seed:", ""]
+    for r in pairs.itertuples():
+        total = r.selected_paper - r.selected_valid
+        choose = r.test_best_minus_selected_valid
+        lines.append(
+            f"* {r.dataset} {figures.LOSS_LABELS.get(r.loss, r.loss)} N={r.num_negatives} seed {r.seed}, "
+            f"{figures.METRIC_LABELS.get(r.metric, r.metric)}: `paper` {fmt(r.selected_paper)} against `valid` "
+            f"{fmt(r.selected_valid)}, a gap of {fmt(total, sign=True)} ({100 * total / r.selected_paper:+.1f}% of "
+            f"the paper run): choosing the epoch on test accounts for {fmt(choose, sign=True)}, training without "
+            f"the held-out slice for {fmt(total - choose, sign=True)}."
+        )
+    return [*lines, ""]
 
 
 def plot_learning_curves(history: pd.DataFrame, runs: pd.DataFrame, metric: str = MONITOR) -> Figure:
