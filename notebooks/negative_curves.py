@@ -83,16 +83,19 @@ METRICS = tuple(_names(os.environ.get("MMLEXP_METRICS", METRICS)) or ("recall@20
 CSV_OUT = os.environ.get("MMLEXP_CURVES_CSV", CSV_OUT)
 RUNS_CSV = os.environ.get("MMLEXP_RUNS_CSV", RUNS_CSV)
 
-# Jupyter starts the kernel in notebooks/: a relative SQLite store is looked up there, then in the repo root.
+
+def _located(path: str) -> str:
+    """Jupyter starts the kernel in notebooks/: a relative file is looked up there, then in the repo root
+    (unchanged when found in neither)."""
+    found = [b / path for b in (Path.cwd(), Path.cwd().parent) if not Path(path).is_absolute() and (b / path).is_file()]
+    return str(found[0].resolve()) if found else path
+
+
 _SQLITE = "sqlite:///"
-if TRACKING_URI.startswith(_SQLITE) and not Path(TRACKING_URI[len(_SQLITE) :]).is_absolute():
-    _store = Path(TRACKING_URI[len(_SQLITE) :])
-    for _base in (Path.cwd(), Path.cwd().parent):
-        if (_base / _store).is_file():
-            TRACKING_URI = _SQLITE + str((_base / _store).resolve())
-            break
-if RUNS_CSV:  # relative: the cwd, then the repo root (Jupyter starts in notebooks/)
-    RUNS_CSV = next((str(b / RUNS_CSV) for b in (Path.cwd(), Path.cwd().parent) if (b / RUNS_CSV).is_file()), RUNS_CSV)
+if TRACKING_URI.startswith(_SQLITE):
+    TRACKING_URI = _SQLITE + _located(TRACKING_URI[len(_SQLITE) :])
+if RUNS_CSV:
+    RUNS_CSV = _located(RUNS_CSV)
     print(f"runs from {RUNS_CSV}; experiments {EXPERIMENTS or 'all'}; metrics {METRICS}")
 else:
     print(f"store {TRACKING_URI}; experiments {EXPERIMENTS or 'all'}; filter {FILTER!r}; metrics {METRICS}")

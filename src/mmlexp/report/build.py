@@ -147,12 +147,6 @@ def _write(runs: pd.DataFrame, opts: Options, out: Path, name: str, notes: list[
     )
     committed = export.EPOCHS_COLUMN in runs
 
-    def history_of(run_ids: list[str]) -> pd.DataFrame:
-        """Per-epoch Recall@20 / NDCG@20 of ``run_ids``: from the committed epoch CSVs, else from MLflow."""
-        if committed:
-            return export.history_from_csv(runs, out, run_ids)
-        return metric_history(opts.tracking_uri, run_ids)
-
     origin = (
         "[runs.csv](runs.csv) (per-epoch metrics: [epochs/](epochs/); rebuild without MLflow: "
         "`python -m mmlexp.report --from-csv runs.csv`)"
@@ -275,7 +269,16 @@ def _write(runs: pd.DataFrame, opts: Options, out: Path, name: str, notes: list[
         pool = fruns[fruns["num_negatives"] == n_focus] if n_focus is not None else fruns
         tta = pool.sort_values("seed").groupby(["dataset", "loss"], sort=True).head(1)
         tdesc = f"{fdesc}, {n_focus} negatives, the lowest seed of each loss"
-    history = history_of(list(tta["run_id"]))
+    # every run's per-epoch Recall@20 / NDCG@20, read once (committed epoch CSVs, else MLflow): the time-to-accuracy
+    # runs' curves here, all of them in the selection section below
+    ids = list(runs["run_id"])
+    every = export.history_from_csv(runs, out, ids) if committed else metric_history(opts.tracking_uri, ids)
+    position = {run_id: i for i, run_id in enumerate(tta["run_id"])}
+    history = (
+        every[every["run_id"].isin(position)]
+        .sort_values("run_id", key=lambda col: col.map(position), kind="stable")
+        .reset_index(drop=True)
+    )
     history.to_csv(out / "time_to_accuracy.csv", index=False)
     figures.save(figures.plot_time_to_accuracy(history, tta), out / "time_to_accuracy")
     sources = ", ".join(f"`{s}`" for s in history["time_source"].unique()) if len(history) else "none"
@@ -293,7 +296,6 @@ def _write(runs: pd.DataFrame, opts: Options, out: Path, name: str, notes: list[
     ]
 
     # --- selection protocol
-    every = history_of(list(runs["run_id"]))
     gaps = selection.selection_gaps(runs, every)
     gaps.to_csv(out / "selection.csv", index=False)
     figures.save(selection.plot_learning_curves(every, runs), out / "learning_curves")

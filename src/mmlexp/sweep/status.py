@@ -16,6 +16,7 @@ import socket
 import statistics
 import sys
 import time
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,12 +32,11 @@ PACE_EPOCHS = 5  # recent epochs whose median time gives a running point's pace
 
 @dataclass
 class Progress:
-    """A point's MLflow run: epochs logged, the epoch budget, seconds per recent epoch, run status."""
+    """A point's MLflow run: epochs logged, the epoch budget, seconds per recent epoch."""
 
     epoch: int
     epochs: int | None
     pace: float | None
-    status: str
 
 
 def open_ledger(url: str) -> sa.Engine:
@@ -103,7 +103,6 @@ def run_progress(tracking_uri: str, parent_run_id: str) -> dict[int, Progress]:
             epoch=int(run.data.metrics.get("epoch", max(times, default=0))),
             epochs=int(budget) if budget not in (None, "None") else None,
             pace=statistics.median(recent) if recent else None,
-            status=run.info.status,
         )
     return out
 
@@ -156,15 +155,13 @@ def report(storage: str, tracking_uri: str | None = None) -> str:
         return f"{mask_url(storage)}: no grids yet"
     shown, now, lines = varying(grids_), time.time(), []
     width = max(len(label_of(p, shown)) for g in grids_ for p in g["points"]) if any(g["points"] for g in grids_) else 0
-    total: dict[str, int] = {}
+    total: Counter[str] = Counter()
     left = 0.0
     for grid in grids_:
         uri = tracking_uri or next((u for p in grid["points"] if (u := tracking_uri_of(p["overrides"]))), None)
         progress = run_progress(uri, grid["parent_run_id"]) if uri and grid["parent_run_id"] else {}
-        counts: dict[str, int] = {}
-        for p in grid["points"]:
-            counts[p["state"]] = counts.get(p["state"], 0) + 1
-            total[p["state"]] = total.get(p["state"], 0) + 1
+        counts = Counter(p["state"] for p in grid["points"])
+        total += counts
         created = dt.datetime.fromtimestamp(grid["created"]).isoformat(sep=" ", timespec="minutes")
         lines += [
             f"grid {grid['fingerprint'][:8]} (generation {grid['generation']}, started {created}): "
