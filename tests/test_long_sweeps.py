@@ -10,17 +10,13 @@ import sys
 import time
 from pathlib import Path
 
-from tests.test_sweeps import mlflow_runs, store_args, sweep_cli
+from tests.test_sweeps import mlflow_runs, read_only, store_args, sweep_cli
 
 SLOW_POINTS = ["trainer.epochs=4", "trainer.max_steps=null", "trainer.progress=false", "trainer.num_threads=1"]
 
 
 def ledger_states(tmp_path: Path) -> dict[int, str]:
-    try:
-        with contextlib.closing(sqlite3.connect(f"file:{tmp_path / 'optuna.db'}?mode=ro", uri=True)) as db:
-            return dict(db.execute("SELECT idx, state FROM mmlexp_grid_points"))
-    except sqlite3.Error:
-        return {}
+    return dict(read_only(tmp_path / "optuna.db", "SELECT idx, state FROM mmlexp_grid_points"))
 
 
 def start(tmp_path: Path, *overrides: str, log: str = "first.log") -> subprocess.Popen:

@@ -11,22 +11,14 @@ from pathlib import Path
 
 from mmlexp.sweep.status import main, tracking_uri_of
 from tests.test_long_sweeps import SLOW_POINTS, ledger_states, start, wait_for
-from tests.test_sweeps import sweep_cli
+from tests.test_sweeps import read_only, sweep_cli
 
 GRID = ["trainer.lr=1e-4,2e-4", *SLOW_POINTS]
 
 
-def query(db: Path, sql: str) -> list:
-    with contextlib.closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True)) as conn:
-        try:
-            return conn.execute(sql).fetchall()
-        except sqlite3.Error:  # not created yet
-            return []
-
-
 def logged(tmp_path: Path, point: int, key: str) -> dict[int, float]:
     """step -> value of ``key`` for the run of grid point ``point``, straight from MLflow's tables."""
-    rows = query(
+    rows = read_only(
         tmp_path / "mlflow.db",
         "SELECT m.step, m.value FROM metrics m JOIN tags t ON t.run_uuid = m.run_uuid "
         f"WHERE t.key = 'grid.point' AND t.value = '{point}' AND m.key = '{key}'",
@@ -75,7 +67,7 @@ def test_missing_or_foreign_storage_is_a_clear_error_and_creates_nothing(tmp_pat
         db.execute("CREATE TABLE t (x)")
     assert main(["--storage", f"sqlite:///{other}"]) == 2
     assert "holds no grid ledger" in capsys.readouterr().err
-    assert query(other, "SELECT name FROM sqlite_master") == [("t",)]  # nothing added
+    assert read_only(other, "SELECT name FROM sqlite_master") == [("t",)]  # nothing added
 
 
 def test_tracking_uri_is_read_from_escaped_overrides_and_the_cli_runs():

@@ -66,22 +66,23 @@ def load_study(tmp_path: Path, name: str = "mml_sample") -> optuna.Study:
     return optuna.load_study(study_name=name, storage=f"sqlite:///{tmp_path}/optuna.db")
 
 
+def read_only(db: Path, sql: str) -> list:
+    """Rows of ``sql`` on the SQLite file ``db``, opened read-only; [] while the file or its tables do not exist
+    yet (a running sweep owns the stores: opening them through Optuna or MLflow would race it to create them)."""
+    try:
+        with contextlib.closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True)) as conn:
+            return conn.execute(sql).fetchall()
+    except sqlite3.Error:
+        return []
+
+
 def peek(tmp_path: Path) -> tuple[dict[int, str], set[str]]:
-    """Trial states and the trial numbers of RUNNING MLflow runs, read-only (a running sweep owns the stores:
-    opening them through Optuna or MLflow would race it to create their tables)."""
-
-    def query(name: str, sql: str) -> list:
-        try:
-            with contextlib.closing(sqlite3.connect(f"file:{tmp_path / name}?mode=ro", uri=True)) as db:
-                return db.execute(sql).fetchall()
-        except sqlite3.Error:  # not created yet
-            return []
-
-    trials = dict(query("optuna.db", "SELECT number, state FROM trials"))
+    """Trial states and the trial numbers of RUNNING MLflow runs, read-only (``read_only``)."""
+    trials = dict(read_only(tmp_path / "optuna.db", "SELECT number, state FROM trials"))
     live = {
         v
-        for (v,) in query(
-            "mlflow.db",
+        for (v,) in read_only(
+            tmp_path / "mlflow.db",
             "SELECT t.value FROM runs r JOIN tags t ON t.run_uuid = r.run_uuid "
             "WHERE t.key = 'optuna.trial_number' AND r.status = 'RUNNING'",
         )
