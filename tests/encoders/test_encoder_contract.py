@@ -121,6 +121,8 @@ def test_train_is_required_and_checked(name):
     [
         (dict(similarity="euclid"), "similarity='euclid': must be one of cosine, dot"),
         (dict(dim=0), "dim=0: must be an integer >= 1"),
+        (dict(dim=2.5), "dim=2.5: must be an integer >= 1"),
+        (dict(dim=True), "dim=True: must be an integer >= 1"),
         (dict(init_std=0.0), "init_std=0.0: must be > 0"),
     ],
 )
@@ -128,6 +130,24 @@ def test_common_bad_arguments(name, kwargs, text):
     cls, own = ENCODERS[name]
     with pytest.raises(ValueError, match=text):
         cls(N_USERS, N_ITEMS, train=tiny_train(), **own | kwargs)
+
+
+@pytest.mark.parametrize("name", [name for name, (cls, _) in ENCODERS.items() if cls is not SimpleX])
+def test_user_dropout_is_checked(name):
+    cls, own = ENCODERS[name]
+    with pytest.raises(ValueError, match=r"dropout=1.0: must lie in \[0, 1\)"):
+        cls(N_USERS, N_ITEMS, train=tiny_train(), **own | dict(dropout=1.0))
+
+
+@pytest.mark.parametrize("name", ENCODERS)
+def test_tables_are_drawn_user_first_then_item(name):
+    """Seeded runs and checkpoints rely on the draw order: P ~ N(0, s) first, then Q, from the seed."""
+    torch.manual_seed(0)
+    users, items = torch.randn(N_USERS, 8) * 0.5, torch.randn(N_ITEMS, 8) * 0.5
+    model = make(name)  # seed 0, dim 8, init_std 0.5
+    assert torch.equal(model.user_table, users) and torch.equal(model.item_table, items)
+    first_two = model.embedding_tables()[:2]
+    assert first_two[0] is model.user_table and first_two[1] is model.item_table
 
 
 @pytest.mark.parametrize("encoder", sorted(p.stem for p in (CONF / "encoder").glob("*.yaml")))

@@ -4,6 +4,8 @@ Every encoder: ``__init__(n_users, n_items, ..., similarity="cosine", train=None
 ``forward(users[B], pos_items[B], negatives[B, N] or [1, N]) -> [B, 1+N]`` (training rows),
 ``score(users[B], items[B, C]) -> [B, C]`` (no-grad, eval mode), ``all_embeddings()`` (eval-mode user
 and item vectors, full-ranking score = dot product) and ``embedding_tables()`` (what L2 covers).
+The checked common arguments and the user / item tables live in ``base.EmbeddingEncoder``; the scoring
+path (cosine or dot) in ``_scoring``.
 
 mf         MatrixFactorization   user/item tables (train not used)
 simplex    SimpleX               user embedding + aggregated history (needs train)

@@ -16,18 +16,9 @@ SSM setting (paper-reference §6): ``n_layers=1``.
 """
 
 import torch
-from torch import nn
 
-from mmlexp.encoders._scoring import (
-    check_dim,
-    check_dropout,
-    check_init_std,
-    check_similarity,
-    check_train,
-    eval_scores,
-    finish,
-    pair_scores,
-)
+from mmlexp.encoders._scoring import check_train
+from mmlexp.encoders.base import PropagatedEncoder
 from mmlexp.encoders.graph import normalized_adjacency, propagate
 
 
@@ -37,7 +28,7 @@ def check_layers(n_layers) -> int:
     return n_layers
 
 
-class LightGCN(nn.Module):
+class LightGCN(PropagatedEncoder):
     adjacency: torch.Tensor  # buffer (register_buffer): the normalised adjacency
 
     def __init__(
@@ -51,22 +42,14 @@ class LightGCN(nn.Module):
         similarity: str = "cosine",
         train=None,
     ):
-        super().__init__()
-        dim, self.n_layers = check_dim(dim), check_layers(n_layers)
-        self.similarity = check_similarity(similarity)
-        init_std = check_init_std(init_std)
+        super().__init__(n_users, n_items, dim, init_std, similarity, dropout)
+        self.n_layers = check_layers(n_layers)
         train = check_train(train, n_users, n_items, "LightGCN's normalised adjacency")
-        self.n_users, self.n_items = n_users, n_items
-        self.user_table = nn.Parameter(torch.randn(n_users, dim) * init_std)
-        self.item_table = nn.Parameter(torch.randn(n_items, dim) * init_std)
-        self.dropout = nn.Dropout(check_dropout("dropout", dropout))
         self.register_buffer("adjacency", normalized_adjacency(train), persistent=False)
 
-    def embedding_tables(self) -> list[nn.Parameter]:
-        return [self.user_table, self.item_table]
-
-    def propagated(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """Layer-mean user ``[U, d]`` and item ``[I, d]`` embeddings (autograd follows when enabled)."""
+    def propagated(self, training: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        """Layer-mean user ``[U, d]`` and item ``[I, d]`` embeddings (autograd follows when enabled; no
+        dropout inside the propagation, so ``training`` changes nothing)."""
         if self.n_layers == 0:
             return self.user_table, self.item_table
         x = torch.cat([self.user_table, self.item_table])
@@ -76,20 +59,3 @@ class LightGCN(nn.Module):
             total = total + x
         users, items = (total / (self.n_layers + 1)).split([self.n_users, self.n_items])
         return users, items  # split, not two slices: its backward is one cat, no zero-filled full-size grads
-
-    def forward(self, users: torch.Tensor, pos_items: torch.Tensor, negatives: torch.Tensor) -> torch.Tensor:
-        """Score matrix ``[B, 1+N]`` (column 0 the positive; ``negatives`` ``[B, N]`` or shared ``[1, N]``)."""
-        user_emb, item_emb = self.propagated()
-        u = self.dropout(finish(user_emb[users], self.similarity))
-        return pair_scores(u, item_emb, pos_items, negatives, self.similarity)
-
-    @torch.no_grad()
-    def score(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
-        """Eval-mode scores ``[B, C]`` (one no-grad propagation over the whole graph)."""
-        user_emb, item_emb = self.propagated()
-        return eval_scores(finish(user_emb[users], self.similarity), item_emb, items, self.similarity)
-
-    @torch.no_grad()
-    def all_embeddings(self) -> tuple[torch.Tensor, torch.Tensor]:
-        user_emb, item_emb = self.propagated()
-        return finish(user_emb, self.similarity), finish(item_emb, self.similarity)

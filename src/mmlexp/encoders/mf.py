@@ -13,12 +13,12 @@ Tables are initialised from Normal(0, init_std); L2 applies to the full tables (
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
-from mmlexp.encoders._scoring import check_similarity, eval_scores, finish, pair_scores
+from mmlexp.encoders._scoring import eval_scores, finish, pair_scores
+from mmlexp.encoders.base import EmbeddingEncoder
 
 
-class MatrixFactorization(nn.Module):
+class MatrixFactorization(EmbeddingEncoder):
     def __init__(
         self,
         n_users: int,
@@ -29,22 +29,8 @@ class MatrixFactorization(nn.Module):
         similarity: str = "cosine",
         train=None,
     ):
-        super().__init__()
-        self.similarity = check_similarity(similarity)
-        if dim < 1:
-            raise ValueError(f"dim={dim}: must be an integer >= 1")
-        if not 0.0 <= dropout < 1.0:
-            raise ValueError(f"dropout={dropout}: must lie in [0, 1)")
-        if init_std <= 0:
-            raise ValueError(f"init_std={init_std}: must be > 0")
-        self.user_table = nn.Parameter(torch.randn(n_users, dim) * init_std)
-        self.item_table = nn.Parameter(torch.randn(n_items, dim) * init_std)
-        self.dropout = nn.Dropout(dropout)
+        super().__init__(n_users, n_items, dim, init_std, similarity, dropout)
         self.sparse_grad = False
-
-    def embedding_tables(self) -> list[nn.Parameter]:
-        """The tables the L2 term covers (whole tables, every step: paper-reference §3)."""
-        return [self.user_table, self.item_table]
 
     def rows_read(self, users: torch.Tensor, pos_items: torch.Tensor, negatives: torch.Tensor) -> dict:
         """The table rows ``forward(users, pos_items, negatives)`` reads (TableAdam defers the others)."""

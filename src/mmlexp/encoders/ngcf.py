@@ -22,21 +22,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mmlexp.encoders._scoring import (
-    check_dim,
-    check_dropout,
-    check_init_std,
-    check_similarity,
-    check_train,
-    eval_scores,
-    finish,
-    pair_scores,
-)
+from mmlexp.encoders._scoring import check_dropout, check_train
+from mmlexp.encoders.base import PropagatedEncoder
 from mmlexp.encoders.graph import normalized_adjacency, propagate
 from mmlexp.encoders.lightgcn import check_layers
 
 
-class NGCF(nn.Module):
+class NGCF(PropagatedEncoder):
     adjacency: torch.Tensor  # buffer (register_buffer): the normalised adjacency
 
     def __init__(
@@ -52,29 +44,20 @@ class NGCF(nn.Module):
         similarity: str = "cosine",
         train=None,
     ):
-        super().__init__()
-        dim, self.n_layers = check_dim(dim), check_layers(n_layers)
-        self.similarity = check_similarity(similarity)
-        init_std = check_init_std(init_std)
+        super().__init__(n_users, n_items, dim, init_std, similarity, dropout)
+        self.n_layers = check_layers(n_layers)
         self.message_dropout = check_dropout("message_dropout", message_dropout)
         if isinstance(negative_slope, bool) or not isinstance(negative_slope, (int, float)) or negative_slope < 0:
             raise ValueError(f"negative_slope={negative_slope}: must be a number >= 0")
         self.negative_slope = float(negative_slope)
         train = check_train(train, n_users, n_items, "NGCF's normalised adjacency")
-        self.n_users, self.n_items = n_users, n_items
-        self.user_table = nn.Parameter(torch.randn(n_users, dim) * init_std)
-        self.item_table = nn.Parameter(torch.randn(n_items, dim) * init_std)
         self.w1 = nn.ParameterList(
-            [nn.Parameter(nn.init.xavier_normal_(torch.empty(dim, dim))) for _ in range(self.n_layers)]
+            [nn.Parameter(nn.init.xavier_normal_(torch.empty(self.dim, self.dim))) for _ in range(self.n_layers)]
         )
         self.w2 = nn.ParameterList(
-            [nn.Parameter(nn.init.xavier_normal_(torch.empty(dim, dim))) for _ in range(self.n_layers)]
+            [nn.Parameter(nn.init.xavier_normal_(torch.empty(self.dim, self.dim))) for _ in range(self.n_layers)]
         )
-        self.dropout = nn.Dropout(check_dropout("dropout", dropout))
         self.register_buffer("adjacency", normalized_adjacency(train), persistent=False)
-
-    def embedding_tables(self) -> list[nn.Parameter]:
-        return [self.user_table, self.item_table]
 
     def propagated(self, training: bool) -> tuple[torch.Tensor, torch.Tensor]:
         """Concatenated layer outputs: users ``[U, d(L+1)]``, items ``[I, d(L+1)]``."""
@@ -88,20 +71,3 @@ class NGCF(nn.Module):
         out = torch.cat(layers, dim=1) if len(layers) > 1 else x
         users, items = out.split([self.n_users, self.n_items])
         return users, items
-
-    def forward(self, users: torch.Tensor, pos_items: torch.Tensor, negatives: torch.Tensor) -> torch.Tensor:
-        """Score matrix ``[B, 1+N]`` (column 0 the positive; ``negatives`` ``[B, N]`` or shared ``[1, N]``)."""
-        user_emb, item_emb = self.propagated(self.training)
-        u = self.dropout(finish(user_emb[users], self.similarity))
-        return pair_scores(u, item_emb, pos_items, negatives, self.similarity)
-
-    @torch.no_grad()
-    def score(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
-        """Eval-mode scores ``[B, C]`` (no message dropout, whatever the module's mode)."""
-        user_emb, item_emb = self.propagated(False)
-        return eval_scores(finish(user_emb[users], self.similarity), item_emb, items, self.similarity)
-
-    @torch.no_grad()
-    def all_embeddings(self) -> tuple[torch.Tensor, torch.Tensor]:
-        user_emb, item_emb = self.propagated(False)
-        return finish(user_emb, self.similarity), finish(item_emb, self.similarity)

@@ -41,22 +41,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mmlexp.encoders._scoring import (
-    check_dim,
-    check_dropout,
-    check_init_std,
-    check_similarity,
-    check_train,
-    eval_scores,
-    finish,
-    pair_scores,
-)
+from mmlexp.encoders._scoring import check_dropout, check_train, eval_scores, finish, pair_scores
+from mmlexp.encoders.base import EmbeddingEncoder
 from mmlexp.encoders.graph import row_entries, segment_expand, segment_max, segment_sum
 
 AGGREGATORS = ("mean", "user_attention", "self_attention")
 
 
-class SimpleX(nn.Module):
+class SimpleX(EmbeddingEncoder):
     # buffers (register_buffer) and the layers only some aggregators have
     indptr: torch.Tensor
     indices: torch.Tensor
@@ -80,8 +72,7 @@ class SimpleX(nn.Module):
         eval_chunk_users: int = 2048,
         train=None,
     ):
-        super().__init__()
-        dim = check_dim(dim)
+        super().__init__(n_users, n_items, dim, init_std, similarity)
         if aggregator not in AGGREGATORS:
             raise ValueError(f"aggregator={aggregator!r}: must be one of {', '.join(AGGREGATORS)}")
         if isinstance(gamma, bool) or not isinstance(gamma, (int, float)) or not 0.0 <= gamma <= 1.0:
@@ -98,18 +89,14 @@ class SimpleX(nn.Module):
                 raise ValueError(f"{name}={flag}: must be true or false")
         if isinstance(eval_chunk_users, bool) or not isinstance(eval_chunk_users, int) or eval_chunk_users < 1:
             raise ValueError(f"eval_chunk_users={eval_chunk_users}: must be an integer >= 1")
-        self.similarity = check_similarity(similarity)
         self.net_dropout = check_dropout("net_dropout", net_dropout)
         self.attention_dropout = check_dropout("attention_dropout", attention_dropout)
-        init_std = check_init_std(init_std)
         train = check_train(train, n_users, n_items, "SimpleX's user histories")
-        self.n_users, self.n_items = n_users, n_items
         self.aggregator, self.gamma, self.max_history = aggregator, float(gamma), max_history
         self.share_history_table, self.pad_in_softmax_quirk = share_history_table, pad_in_softmax_quirk
         self.eval_chunk_users = eval_chunk_users
 
-        self.user_table = nn.Parameter(torch.randn(n_users, dim) * init_std)
-        self.item_table = nn.Parameter(torch.randn(n_items, dim) * init_std)
+        dim = self.dim
         self.history_table = None if share_history_table else nn.Parameter(torch.randn(n_items, dim) * init_std)
         self.w_v = nn.Linear(dim, dim, bias=False)
         nn.init.xavier_normal_(self.w_v.weight)
@@ -128,7 +115,7 @@ class SimpleX(nn.Module):
         self.register_buffer("indices", torch.from_numpy(train.indices.astype(np.int64)), persistent=False)
 
     def embedding_tables(self) -> list[nn.Parameter]:
-        tables = [self.user_table, self.item_table]
+        tables = super().embedding_tables()
         return tables if self.history_table is None else tables + [self.history_table]
 
     # ------------------------------------------------------------------ history

@@ -20,20 +20,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from mmlexp.encoders._scoring import (
-    check_dim,
-    check_dropout,
-    check_init_std,
-    check_similarity,
-    check_train,
-    eval_scores,
-    finish,
-    pair_scores,
-)
+from mmlexp.encoders._scoring import check_train, eval_scores, finish, pair_scores
+from mmlexp.encoders.base import EmbeddingEncoder
 from mmlexp.encoders.graph import batch_csr
 
 
-class SVDPlusPlus(nn.Module):
+class SVDPlusPlus(EmbeddingEncoder):
     indptr: torch.Tensor  # buffers (register_buffer): the train CSR and its |N(u)|^-1/2 weights
     indices: torch.Tensor
     weights: torch.Tensor
@@ -48,16 +40,9 @@ class SVDPlusPlus(nn.Module):
         similarity: str = "cosine",
         train=None,
     ):
-        super().__init__()
-        dim = check_dim(dim)
-        self.similarity = check_similarity(similarity)
-        init_std = check_init_std(init_std)
+        super().__init__(n_users, n_items, dim, init_std, similarity, dropout)
         train = check_train(train, n_users, n_items, "SVD++'s implicit-feedback sum")
-        self.n_users, self.n_items = n_users, n_items
-        self.user_table = nn.Parameter(torch.randn(n_users, dim) * init_std)
-        self.item_table = nn.Parameter(torch.randn(n_items, dim) * init_std)
-        self.implicit_table = nn.Parameter(torch.randn(n_items, dim) * init_std)
-        self.dropout = nn.Dropout(check_dropout("dropout", dropout))
+        self.implicit_table = nn.Parameter(torch.randn(n_items, self.dim) * init_std)
         counts = np.diff(train.indptr)
         scale = np.maximum(counts, 1).astype(np.float64) ** -0.5  # |N(u)|^-1/2 per user
         weights = np.repeat(scale, counts).astype(np.float32)  # one value per stored entry
@@ -66,7 +51,7 @@ class SVDPlusPlus(nn.Module):
         self.register_buffer("weights", torch.from_numpy(weights), persistent=False)
 
     def embedding_tables(self) -> list[nn.Parameter]:
-        return [self.user_table, self.item_table, self.implicit_table]
+        return super().embedding_tables() + [self.implicit_table]
 
     def raw_user_vectors(self, users: torch.Tensor) -> torch.Tensor:
         """p_u ``[B, d]`` before normalisation: own embedding + normalised implicit sum (one sparse product)."""
