@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from mmlexp.report.selection import plot_learning_curves, selection_gaps, selection_md
+from mmlexp.report.selection import plot_learning_curves, protocol_gains, selection_gaps, selection_md
 from tests.conftest import REPO
 
 RESULTS = REPO / "results" / "gowalla"
@@ -155,3 +155,38 @@ def test_paper_against_valid_splits_the_gap_into_selection_and_held_out_data(toy
     )
     # NDCG: paper 0.21 at its epoch 3; valid 0.10 at epoch 1, 0.11 at the Recall-best epoch 2
     assert "`paper` 0.2100 against `valid` 0.1000, a gap of +0.1100" in text and "accounts for +0.0100" in text
+
+
+def test_gains_over_the_baseline_under_both_protocols_and_a_flip_is_named():
+    def row(selection, metric, diff, rel, n):
+        return dict(
+            dataset="gowalla",
+            encoder="mf",
+            num_negatives=100,
+            early_stop="N",
+            selection=selection,
+            loss="mml",
+            baseline="ccl",
+            metric=metric,
+            n_pairs=n,
+            mean_diff=diff,
+            rel_diff_pct=rel,
+        )
+
+    tests = pd.DataFrame(
+        [
+            row("paper", "recall@20", 0.0032, 1.8, 3),
+            row("valid", "recall@20", 0.0021, 1.2, 1),
+            row("paper", "ndcg@20", 0.0009, 0.7, 3),
+            row("valid", "ndcg@20", -0.0004, -0.3, 1),
+            row("paper", "recall@50", 0.01, 2.0, 3),  # no valid counterpart: no line
+        ]
+    )
+    lines = protocol_gains(tests)
+    assert (
+        "* gowalla MML − CCL N=100, Recall@20: `paper` +0.0032 (+1.8%, 3 seed(s)), `valid` +0.0021 (+1.2%, 1 seed(s)): "
+        "the same loss is ahead under both." in lines
+    )
+    assert any("NDCG@20" in line and line.endswith("**the protocol changes which loss is ahead**.") for line in lines)
+    assert not any("@50" in line for line in lines) and len(lines) == 5  # header, blank, two lines, blank
+    assert protocol_gains(tests[tests["selection"] == "paper"]) == []

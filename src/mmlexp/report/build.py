@@ -312,6 +312,7 @@ def _write(runs: pd.DataFrame, opts: Options, out: Path, name: str, notes: list[
         "![Learning curves](learning_curves.png)",
         "",
         *selection.selection_md(gaps),
+        *selection.protocol_gains(tests),
     ]
 
     # --- long tail

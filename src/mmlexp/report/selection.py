@@ -180,6 +180,32 @@ def protocol_split(gaps: pd.DataFrame) -> list[str]:
     return [*lines, ""]
 
 
+def protocol_gains(tests: pd.DataFrame) -> list[str]:
+    """report.md lines: each loss's difference to the baseline (rows of ``stats.paired_tests``) under ``paper`` and
+    under ``valid`` in the same setting, and whether the protocol changes which of the two is ahead."""
+    same = ["dataset", "encoder", "num_negatives", "early_stop", "loss", "baseline", "metric"]
+    pairs = tests[tests["selection"] == "paper"].merge(
+        tests[tests["selection"] == "valid"], on=same, suffixes=("_paper", "_valid")
+    )
+    if pairs.empty:
+        return []
+    lines = ["Each loss against the baseline under both protocols ([paired_tests.csv](paired_tests.csv)):", ""]
+    for r in pairs.itertuples():
+        label = figures.LOSS_LABELS.get
+        verdict = (
+            "the same loss is ahead under both"
+            if np.sign(r.mean_diff_paper) == np.sign(r.mean_diff_valid)
+            else "**the protocol changes which loss is ahead**"
+        )
+        lines.append(
+            f"* {r.dataset} {label(r.loss, r.loss)} − {label(r.baseline, r.baseline)} N={r.num_negatives}, "
+            f"{figures.METRIC_LABELS.get(r.metric, r.metric)}: `paper` {fmt(r.mean_diff_paper, sign=True)} "
+            f"({r.rel_diff_pct_paper:+.1f}%, {r.n_pairs_paper} seed(s)), `valid` {fmt(r.mean_diff_valid, sign=True)} "
+            f"({r.rel_diff_pct_valid:+.1f}%, {r.n_pairs_valid} seed(s)): {verdict}."
+        )
+    return [*lines, ""]
+
+
 def plot_learning_curves(history: pd.DataFrame, runs: pd.DataFrame, metric: str = MONITOR) -> Figure:
     """Test ``metric`` per epoch, one panel per (dataset, negatives), one line per run (dashed: selection
     ``valid``), a filled marker at each run's selected epoch."""
