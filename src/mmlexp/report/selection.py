@@ -156,14 +156,17 @@ def selection_md(gaps: pd.DataFrame) -> list[str]:
     return lines
 
 
+def paper_valid_pairs(frame: pd.DataFrame, same: list[str]) -> pd.DataFrame:
+    """The ``paper`` rows of ``frame`` beside the ``valid`` rows that agree on ``same`` (suffixes _paper, _valid)."""
+    by = frame["selection"]
+    return frame[by == "paper"].merge(frame[by == "valid"], on=same, suffixes=("_paper", "_valid"))
+
+
 def protocol_split(gaps: pd.DataFrame) -> list[str]:
     """report.md lines: for each ``valid`` run with a ``paper`` run of the same setting and seed, the gap between
     the two reported numbers split in two: choosing the epoch on test (within the valid run) and the rest, the
     held-out slice's cost (the valid run trains without it)."""
-    same = ["dataset", "encoder", "loss", "num_negatives", "early_stop", "seed", "metric"]
-    pairs = gaps[gaps["selection"] == "valid"].merge(
-        gaps[gaps["selection"] == "paper"], on=same, suffixes=("_valid", "_paper")
-    )
+    pairs = paper_valid_pairs(gaps, ["dataset", "encoder", "loss", "num_negatives", "early_stop", "seed", "metric"])
     if pairs.empty:
         return []
     lines = ["The `paper` run against the `valid` run of the same setting and seed:", ""]
@@ -183,9 +186,8 @@ def protocol_split(gaps: pd.DataFrame) -> list[str]:
 def protocol_gains(tests: pd.DataFrame) -> list[str]:
     """report.md lines: each loss's difference to the baseline (rows of ``stats.paired_tests``) under ``paper`` and
     under ``valid`` in the same setting, and whether the protocol changes which of the two is ahead."""
-    same = ["dataset", "encoder", "num_negatives", "early_stop", "loss", "baseline", "metric"]
-    pairs = tests[tests["selection"] == "paper"].merge(
-        tests[tests["selection"] == "valid"], on=same, suffixes=("_paper", "_valid")
+    pairs = paper_valid_pairs(
+        tests, ["dataset", "encoder", "num_negatives", "early_stop", "loss", "baseline", "metric"]
     )
     if pairs.empty:
         return []
