@@ -39,13 +39,16 @@ class EmbeddingEncoder(nn.Module):
         dim = check_dim(dim)
         self.similarity = check_similarity(similarity)
         init_std = check_init_std(init_std)
-        if dropout is not None:
-            dropout = check_dropout("dropout", dropout)
-        self.n_users, self.n_items, self.dim = n_users, n_items, dim
+        self.n_users, self.n_items = n_users, n_items
         self.user_table = nn.Parameter(torch.randn(n_users, dim) * init_std)
         self.item_table = nn.Parameter(torch.randn(n_items, dim) * init_std)
         if dropout is not None:
-            self.dropout = nn.Dropout(dropout)
+            self.dropout = nn.Dropout(check_dropout("dropout", dropout))
+
+    @property
+    def dim(self) -> int:
+        """The tables' embedding width."""
+        return self.user_table.shape[1]
 
     def embedding_tables(self) -> list[nn.Parameter]:
         """The tables the L2 term covers (whole tables, every step: paper-reference §3)."""

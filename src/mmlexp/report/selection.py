@@ -192,8 +192,8 @@ def protocol_gains(tests: pd.DataFrame) -> list[str]:
     if pairs.empty:
         return []
     lines = ["Each loss against the baseline under both protocols ([paired_tests.csv](paired_tests.csv)):", ""]
+    label = figures.LOSS_LABELS.get
     for r in pairs.itertuples():
-        label = figures.LOSS_LABELS.get
         verdict = (
             "the same loss is ahead under both"
             if np.sign(r.mean_diff_paper) == np.sign(r.mean_diff_valid)

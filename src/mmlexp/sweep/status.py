@@ -154,7 +154,7 @@ def report(storage: str, tracking_uri: str | None = None) -> str:
     if not grids_:
         return f"{mask_url(storage)}: no grids yet"
     shown, now, lines = varying(grids_), time.time(), []
-    width = max(len(label_of(p, shown)) for g in grids_ for p in g["points"]) if any(g["points"] for g in grids_) else 0
+    width = max((len(label_of(p, shown)) for g in grids_ for p in g["points"]), default=0)
     total: Counter[str] = Counter()
     left = 0.0
     for grid in grids_:
