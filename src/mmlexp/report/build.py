@@ -247,7 +247,7 @@ def _write(runs: pd.DataFrame, opts: Options, out: Path, name: str, notes: list[
     tests = paired_tests(runs, baseline=opts.baseline_loss, metrics=METRICS)
     tests.to_csv(out / "paired_tests.csv", index=False)
     md += [
-        f"## Paired tests against {figures.LOSS_LABELS.get(opts.baseline_loss, opts.baseline_loss)}",
+        f"## Paired tests against {figures.loss_label(opts.baseline_loss)}",
         "",
         f"Each loss against `{opts.baseline_loss}` in the same setting, paired by seed: mean difference "
         "(loss − baseline) and the paired t-test (`scipy.stats.ttest_rel`) over the common seeds (p needs ≥ 2 "
@@ -339,7 +339,7 @@ def _write(runs: pd.DataFrame, opts: Options, out: Path, name: str, notes: list[
                 md_table(
                     ["dataset", "loss", "metric", "ours"],
                     [
-                        [r.dataset, figures.LOSS_LABELS.get(r.loss, r.loss), r.metric, fmt_ours(r._asdict())]
+                        [r.dataset, figures.loss_label(r.loss), r.metric, fmt_ours(r._asdict())]
                         for r in piv.itertuples()
                     ],
                 ),

@@ -26,6 +26,13 @@ LOSS_LABELS = {
     "contrastive": "Contrastive",
     "bce": "BCE",
 }
+
+
+def loss_label(loss: str) -> str:
+    """The display name of a loss ("softmax" -> "Softmax CE"); unknown names pass through."""
+    return LOSS_LABELS.get(loss, loss)
+
+
 DATASET_LABELS = {"gowalla": "Gowalla", "yelp2018": "Yelp2018", "sample": "sample"}
 METRIC_LABELS = {"recall@20": "Recall@20", "ndcg@20": "NDCG@20"}
 TAIL = re.compile(r"^tail_recall@(\d+)_g(\d+)$")
@@ -80,7 +87,7 @@ def plot_negative_curves(df: pd.DataFrame, metrics: Sequence[str] = METRICS) -> 
                     line["num_negatives"],
                     line["mean"],
                     yerr=None if err.isna().all() else err.fillna(0),
-                    label=LOSS_LABELS.get(loss, loss),
+                    label=loss_label(loss),
                     capsize=3,
                     linewidth=1.5,
                     markersize=5,
@@ -116,10 +123,7 @@ def plot_time_to_accuracy(history: pd.DataFrame, runs: pd.DataFrame, metric: str
         for run_id, line in data.groupby("run_id", sort=False):
             row = info.loc[run_id]
             if row["dataset"] == dataset:
-                label = (
-                    f"{LOSS_LABELS.get(row['loss'], row['loss'])} {row['encoder']} N={row['num_negatives']} "
-                    f"seed {row['seed']}"
-                )
+                label = f"{loss_label(row['loss'])} {row['encoder']} N={row['num_negatives']} seed {row['seed']}"
                 lines.append((label, row, run_id, line.sort_values("epoch")))
         seen: dict[str, int] = {}
         for label, row, run_id, line in lines:
@@ -172,7 +176,7 @@ def plot_long_tail(df: pd.DataFrame, k: int = 20) -> Figure | None:
                 width,
                 yerr=None if err.isna().all() else err.fillna(0),
                 capsize=2,
-                label=LOSS_LABELS.get(loss, loss),
+                label=loss_label(loss),
                 color=loss_style(loss, losses)["color"],
             )
         ax.set_xticks(np.arange(len(cols)))
@@ -200,4 +204,4 @@ def save(fig: Figure, path_stem) -> list[str]:
     return names
 
 
-__all__ = ["plot_negative_curves", "plot_time_to_accuracy", "plot_long_tail", "save", "LOSS_LABELS"]
+__all__ = ["plot_negative_curves", "plot_time_to_accuracy", "plot_long_tail", "save", "LOSS_LABELS", "loss_label"]

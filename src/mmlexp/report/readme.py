@@ -11,7 +11,7 @@ from pathlib import Path
 import pandas as pd
 
 from mmlexp.report.build import paper_numbers
-from mmlexp.report.figures import LOSS_LABELS
+from mmlexp.report.figures import loss_label
 from mmlexp.report.runs import ReportError
 from mmlexp.report.status import THRESHOLD_PCT
 
@@ -72,7 +72,7 @@ def status_table(results: Path, dataset: str, link_base: Path) -> str:
     for loss, n, selection in order:
         sub = cells[(cells["loss"] == loss) & (cells["num_negatives"] == n) & (cells["selection"] == selection)]
         sub = sub.set_index("metric")
-        label = f"{LOSS_LABELS.get(loss, loss)}, N={n}" + (", selection valid" if selection != "paper" else "")
+        label = f"{loss_label(loss)}, N={n}" + (", selection valid" if selection != "paper" else "")
         row, flagged = [label], False
         for metric in METRICS:
             ours = sub.loc[metric] if metric in sub.index else None

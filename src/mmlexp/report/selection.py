@@ -103,7 +103,7 @@ def selection_md(gaps: pd.DataFrame) -> list[str]:
     rows = [
         [
             r.dataset,
-            figures.LOSS_LABELS.get(r.loss, r.loss),
+            figures.loss_label(r.loss),
             r.num_negatives,
             r.selection,
             r.seed,
@@ -120,7 +120,7 @@ def selection_md(gaps: pd.DataFrame) -> list[str]:
     valid = gaps[gaps["selection"] == "valid"]
     for r in valid.itertuples():
         lines.append(
-            f"* {r.dataset} {figures.LOSS_LABELS.get(r.loss, r.loss)} N={r.num_negatives} seed {r.seed}, "
+            f"* {r.dataset} {figures.loss_label(r.loss)} N={r.num_negatives} seed {r.seed}, "
             f"{figures.METRIC_LABELS.get(r.metric, r.metric)}: choosing the epoch on test instead of on the held-out "
             f"slice would report {fmt(r.test_best)} (epoch {r.test_best_epoch}) instead of {fmt(r.selected)} "
             f"(epoch {r.selected_epoch}): {_pct(r.test_best_minus_selected, r.selected)}."
@@ -134,7 +134,7 @@ def selection_md(gaps: pd.DataFrame) -> list[str]:
             "Runs whose test Recall@20 peaks in the first tenth of training (the number reported for them is "
             "that early epoch, picked on test; the change to the last epoch in brackets): "
             + ", ".join(
-                f"{figures.LOSS_LABELS.get(r.loss, r.loss)} N={r.num_negatives} ({r.selection}, seed {r.seed}): "
+                f"{figures.loss_label(r.loss)} N={r.num_negatives} ({r.selection}, seed {r.seed}): "
                 f"epoch {r.test_best_epoch} of {r.last_epoch} (last {_pct(-r.test_best_minus_last, r.test_best)})"
                 for r in early.itertuples()
             )
@@ -147,7 +147,7 @@ def selection_md(gaps: pd.DataFrame) -> list[str]:
             "Runs whose test Recall@20 peaks at their last epoch (still rising when training stopped, so a longer "
             "budget may raise them): "
             + ", ".join(
-                f"{figures.LOSS_LABELS.get(r.loss, r.loss)} N={r.num_negatives} ({r.selection}, seed {r.seed})"
+                f"{figures.loss_label(r.loss)} N={r.num_negatives} ({r.selection}, seed {r.seed})"
                 for r in rising.itertuples()
             )
             + ".",
@@ -174,7 +174,7 @@ def protocol_split(gaps: pd.DataFrame) -> list[str]:
         total = r.selected_paper - r.selected_valid
         choose = r.test_best_minus_selected_valid
         lines.append(
-            f"* {r.dataset} {figures.LOSS_LABELS.get(r.loss, r.loss)} N={r.num_negatives} seed {r.seed}, "
+            f"* {r.dataset} {figures.loss_label(r.loss)} N={r.num_negatives} seed {r.seed}, "
             f"{figures.METRIC_LABELS.get(r.metric, r.metric)}: `paper` {fmt(r.selected_paper)} against `valid` "
             f"{fmt(r.selected_valid)}, a gap of {fmt(total, sign=True)} ({100 * total / r.selected_paper:+.1f}% of "
             f"the paper run): choosing the epoch on test accounts for {fmt(choose, sign=True)}, training without "
@@ -192,7 +192,6 @@ def protocol_gains(tests: pd.DataFrame) -> list[str]:
     if pairs.empty:
         return []
     lines = ["Each loss against the baseline under both protocols ([paired_tests.csv](paired_tests.csv)):", ""]
-    label = figures.LOSS_LABELS.get
     for r in pairs.itertuples():
         verdict = (
             "the same loss is ahead under both"
@@ -200,7 +199,7 @@ def protocol_gains(tests: pd.DataFrame) -> list[str]:
             else "**the protocol changes which loss is ahead**"
         )
         lines.append(
-            f"* {r.dataset} {label(r.loss, r.loss)} − {label(r.baseline, r.baseline)} N={r.num_negatives}, "
+            f"* {r.dataset} {figures.loss_label(r.loss)} − {figures.loss_label(r.baseline)} N={r.num_negatives}, "
             f"{figures.METRIC_LABELS.get(r.metric, r.metric)}: `paper` {fmt(r.mean_diff_paper, sign=True)} "
             f"({r.rel_diff_pct_paper:+.1f}%, {r.n_pairs_paper} seed(s)), `valid` {fmt(r.mean_diff_valid, sign=True)} "
             f"({r.rel_diff_pct_valid:+.1f}%, {r.n_pairs_valid} seed(s)): {verdict}."
@@ -239,7 +238,7 @@ def plot_learning_curves(history: pd.DataFrame, runs: pd.DataFrame, metric: str 
             if line.empty:
                 continue
             style = figures.loss_style(row["loss"], losses)
-            label = f"{figures.LOSS_LABELS.get(row['loss'], row['loss'])} s{row['seed']}"
+            label = f"{figures.loss_label(row['loss'])} s{row['seed']}"
             dashed = row["selection"] != "paper"
             ax.plot(
                 line["epoch"],

@@ -117,9 +117,7 @@ def paper_table_md(name: str, table: pd.DataFrame) -> str:
         for _, rk in row_keys.iterrows():
             sub = sel[(sel[list(keys)] == rk.values).all(axis=1)].set_index(["dataset", "metric"])
             row_label = [
-                figures.LOSS_LABELS.get(v, v)
-                if k == "loss"
-                else ("SimpleX" if v == "simplex" else "MF" if v == "mf" else v)
+                figures.loss_label(v) if k == "loss" else ("SimpleX" if v == "simplex" else "MF" if v == "mf" else v)
                 for k, v in rk.items()
             ]
             cells = []
@@ -208,7 +206,7 @@ def paired_tests_md(tests: pd.DataFrame) -> str:
                 r.num_negatives,
                 r.early_stop,
                 r.selection,
-                figures.LOSS_LABELS.get(r.loss, r.loss),
+                figures.loss_label(r.loss),
                 r.metric,
                 r.n_pairs,
                 fmt(r.mean),
