@@ -199,7 +199,10 @@ def test_readme_table_from_fake_cells(tmp_path, capsys):
     assert rows["BPR, N=100"][3] == f"{100 * (0.0600 - 0.0708) / 0.0708:+.1f} ⚠"
     assert rows["MML, N=10"][2] == "—" and rows["CCL, N=100, selection valid"][3].endswith("-4.7")
     assert rows["BSL, N=800"][1] == "pending" and rows["BSL, N=800"][9] == "pending |"
-    assert len(rows) == 1 + 15 and "4 of 15 cells have finished runs; 1 more than 3%" in text
+    assert (
+        len(rows) == 1 + 15
+        and "4 of 15 cells have finished runs; 1 of the `paper`-selection cells more than 3%" in text
+    )
     pd.read_csv(results / "cells.csv").drop(columns="run_ids").to_csv(results / "cells.csv", index=False)
     assert readme.main(args) == 2 and "missing column run_ids" in capsys.readouterr().err
     shutil.rmtree(results)

@@ -106,8 +106,9 @@ def status_table(results: Path, dataset: str, link_base: Path) -> str:
         "runs (per-epoch CSV)",
     ]
     lines = [
-        f"{done} of {len(order)} cells have finished runs; {off} more than {THRESHOLD_PCT:g}% (relative) from "
-        f"the paper (⚠, explained in [report.md]({rel}/report.md)). Paper = Table 3 (100 negatives; at 10 and "
+        f"{done} of {len(order)} cells have finished runs; {off} of the `paper`-selection cells more than "
+        f"{THRESHOLD_PCT:g}% (relative) from the paper (⚠, explained in [report.md]({rel}/report.md)). Paper = "
+        "Table 3 (100 negatives; at 10 and "
         "800 negatives the paper gives only Figure 3's relative gains, compared in the report). Selection "
         "`valid` rows choose the epoch on a slice held out of train (so the model also trains without it) and "
         "are set against the paper's test-selected number; report.md splits the difference into what choosing "
