@@ -263,7 +263,8 @@ def test_figure3_claims_are_marked_holds_or_not():
     )  # no ndcg runs: left out
     text = "\n".join(claim_verdicts(curves, claims))
     assert f"MML beats CCL (paper +13.0%): **HOLDS**, ours {100 * (0.150 - 0.140) / 0.140:+.1f}%" in text
-    assert "MML ≥ CCL: **DOES NOT HOLD** (0.1810 vs 0.1830)" in text and "MML < BSL: **HOLDS**" in text
+    assert "MML ≥ CCL: **DOES NOT HOLD** (0.1810 vs 0.1830, difference -0.002000, -1.09%)" in text
+    assert "MML < BSL: **HOLDS** (0.1810 vs 0.1900, difference -0.009000, -4.74%)" in text
     bsl = 100 * (0.190 - 0.180) / 0.180  # +5.6%: more than 3% -> does not level off
     mml, ccl = 100 * 0.001 / 0.180, 100 * 0.005 / 0.178
     assert f"**DOES NOT HOLD** (MML {mml:+.1f}%, CCL {ccl:+.1f}%, BSL {bsl:+.1f}%)" in text
