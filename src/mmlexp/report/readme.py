@@ -80,8 +80,9 @@ def status_table(results: Path, dataset: str, link_base: Path) -> str:
             row += [_ours(ours), f"{ref:.4f}" if ref is not None else "—"]
             if ours is not None and ref is not None:
                 delta = 100 * (ours["mean"] - ref) / ref
-                flagged |= selection == "paper" and abs(delta) > THRESHOLD_PCT
-                row.append(f"{delta:+.1f}" + (" ⚠" if selection == "paper" and abs(delta) > THRESHOLD_PCT else ""))
+                off_paper = selection == "paper" and abs(delta) > THRESHOLD_PCT
+                flagged |= off_paper
+                row.append(f"{delta:+.1f}" + (" ⚠" if off_paper else ""))
             else:
                 row.append("—")
         if len(sub):

@@ -1,6 +1,7 @@
 """Where a reproduction stands: the cells more than 3% (relative) from the paper, each with a slot for its
 explanation in report.md, and the README "Reproduction status" table generated from committed ``cells.csv``."""
 
+import operator
 import re
 from pathlib import Path
 
@@ -130,17 +131,15 @@ def claim_verdicts(curves: pd.DataFrame, claims: pd.DataFrame) -> list[str]:
                 f"ours {gain:+.1f}%"
             )
     for (dataset, metric), _ in curves.groupby(["dataset", "metric"], sort=True) if len(curves) else []:
-        mml, ccl, bsl = (_mean(curves, dataset, metric, loss, 800) for loss in ("mml", "ccl", "bsl"))
-        if mml is not None and ccl is not None:
-            out.append(
-                f"{dataset} {metric}, 800 negatives: MML ≥ CCL: **{'HOLDS' if mml >= ccl else 'DOES NOT HOLD'}"
-                f"** ({mml:.4f} vs {ccl:.4f}, {_difference(mml, ccl)})"
-            )
-        if mml is not None and bsl is not None:
-            out.append(
-                f"{dataset} {metric}, 800 negatives: MML < BSL: **{'HOLDS' if mml < bsl else 'DOES NOT HOLD'}"
-                f"** ({mml:.4f} vs {bsl:.4f}, {_difference(mml, bsl)})"
-            )
+        mml = _mean(curves, dataset, metric, "mml", 800)
+        for other, relation, holds in (("ccl", "≥", operator.ge), ("bsl", "<", operator.lt)):
+            ref = _mean(curves, dataset, metric, other, 800)
+            if mml is not None and ref is not None:
+                out.append(
+                    f"{dataset} {metric}, 800 negatives: MML {relation} {other.upper()}: "
+                    f"**{'HOLDS' if holds(mml, ref) else 'DOES NOT HOLD'}** ({mml:.4f} vs {ref:.4f}, "
+                    f"{_difference(mml, ref)})"
+                )
         changes = {
             loss: (at800 - at100) / at100 * 100
             for loss in ("mml", "ccl", "bsl")
