@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 export MMLEXP_DATA_DIR ?= $(abspath ../shared/data)
 
 .PHONY: install run test test-slow test-postgres lint format bench ui dashboard clean \
-	reproduce-table2 reproduce-table3 reproduce-fig3 reproduce-quick reproduce-gowalla reproduce-status report-gowalla report notebooks bench-variants dist
+	reproduce-table2 reproduce-table3 reproduce-fig3 reproduce-quick reproduce reproduce-status need-dataset report notebooks bench-variants dist
 
 $(STAMP): pyproject.toml constraints.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -64,7 +64,6 @@ ESTIMATE := $(PY) scripts/estimate_runtime.py
 SWEEP := $(PY) -m mmlexp -m
 REPORT_EXPERIMENT ?= reproduce
 REPORT_NAME ?= paper
-RUNS ?= /work/runs
 
 reproduce-table2: install  ## Table 2: {MF, SimpleX} x {CCL, MML} x early stop Y/N, 100 negatives, 100 epochs, both datasets
 	$(ESTIMATE) +experiment=table2 seed=$(SEEDS) $(ARGS)
@@ -81,19 +80,19 @@ reproduce-fig3: install  ## Figure 3: MML / CCL / BSL with MF at 10 ... 800 nega
 	$(SWEEP) +experiment=fig3 seed=$(SEEDS) $(ARGS)
 	$(MAKE) --no-print-directory report
 
-# The committed Gowalla reproduction (results/gowalla/): 15 full runs, resumable (stores in RUNS=/work/runs).
-reproduce-gowalla: install  ## MML paper on Gowalla: Table 3 + Figure 3 claims, 100 epochs each (hours; re-run to resume)
-	RUNS=$(RUNS) PY=$(abspath $(PY)) scripts/reproduce_gowalla.sh
+# A dataset's reproduction plan (conf/reproduce/$(DATASET).yaml: gowalla, yelp2018): the runs in priority order.
+# Stores in RUNS (default: $$MMLEXP_RUNS_DIR, else the user data dir; never in the checkout's history).
+DATASET ?=
+RUNS ?=
+PLAN_ARGS = $(DATASET) $(if $(RUNS),--runs $(RUNS),) --threads $${THREADS:-2}
+need-dataset:
+	@test -n "$(DATASET)" || { echo "make: give a plan: DATASET=gowalla or DATASET=yelp2018 (conf/reproduce/)" >&2; exit 2; }
 
-# Which of its grids' points are done, running (epoch k/100, time left at the recent pace) or pending.
-reproduce-status: install  ## progress of the grids in RUNS: each point's state, epoch and time left (reads only)
-	$(PY) -m mmlexp.sweep.status --storage sqlite:///$(abspath $(RUNS))/optuna.db
+reproduce: install need-dataset  ## DATASET=...: print the plan's estimate, then run every missing run, one at a time (re-run to resume)
+	$(PY) -m mmlexp.reproduce run $(PLAN_ARGS)
 
-# Finished runs of RUNS -> results/gowalla/ (report + runs.csv + per-epoch CSVs, no machine paths) + README table.
-report-gowalla: install  ## results/gowalla/ from the finished Gowalla runs in RUNS (read only), then the README status table
-	$(PY) -m mmlexp.report --tracking-uri sqlite:///$(abspath $(RUNS))/mlflow.db --experiment reproduce \
-		--dataset gowalla --out results --name gowalla --export-csv $(REPORT_ARGS)
-	$(PY) -m mmlexp.report.readme --results results/gowalla --readme README.md
+reproduce-status: install need-dataset  ## DATASET=...: each run of the plan (done / running epoch k/n / pending) and the time left
+	$(PY) -m mmlexp.reproduce status $(PLAN_ARGS)
 
 # The same pipeline on the CPU in about 20 minutes (Gowalla, 200 steps per run; MLflow experiment reproduce-quick).
 reproduce-quick: install  ## every table and figure from short Gowalla runs (~20 min on 2 cores; not converged)
@@ -105,8 +104,13 @@ reproduce-quick: install  ## every table and figure from short Gowalla runs (~20
 	$(SWEEP) +experiment=quick_tta seed=1 $(ARGS)
 	$(MAKE) --no-print-directory report REPORT_EXPERIMENT=reproduce-quick REPORT_NAME=quick
 
-report: install  ## reports/$(REPORT_NAME)/report.md: our tracked numbers beside the paper's, figures, paired tests
+report: install  ## DATASET=...: results/<dataset>/ (+ README table); without: reports/$(REPORT_NAME)/ from REPORT_EXPERIMENT
+ifneq ($(DATASET),)
+	$(PY) -m mmlexp.reproduce report $(PLAN_ARGS)
+	$(PY) -m mmlexp.report.readme --results results/gowalla --readme README.md
+else
 	$(PY) -m mmlexp.report --experiment $(REPORT_EXPERIMENT) --name $(REPORT_NAME) $(REPORT_ARGS)
+endif
 
 dist: install  ## dist/: sdist and wheel (the configs inside: src/mmlexp/conf links to conf/)
 	rm -rf dist build

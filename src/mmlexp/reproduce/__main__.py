@@ -1,0 +1,131 @@
+"""``python -m mmlexp.reproduce {run,status} PLAN``: a dataset's reproduction plan (``conf/reproduce/PLAN.yaml``).
+
+    report   results/<dataset>/ from the finished runs (the store's, merged with those already committed)
+    status   each run of the plan (done / running epoch k/n / pending), the time it needs and what that rests on,
+             and the time left for the whole plan (reads only)
+    run      prints the same, then runs whatever is missing, one run at a time, in the plan's order; stop it
+             anywhere and run it again: finished runs are skipped, an interrupted run resumes from its checkpoint
+
+Stores: ``--runs DIR`` or ``$MMLEXP_RUNS_DIR`` (default: the user data dir; see ``mmlexp.reproduce.stores``).
+"""
+
+import argparse
+import subprocess
+import sys
+from pathlib import Path
+
+from mmlexp.reproduce.estimate import committed_speeds, estimate, human, seconds_left, store_speeds
+from mmlexp.reproduce.plan import Plan, PlanError, Run, load_plan
+from mmlexp.reproduce.state import DONE, RUNNING, RunState, plan_state
+from mmlexp.reproduce.stores import Stores, default_runs_dir
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m mmlexp.reproduce", description=__doc__.split("\n\n")[0])
+    p.add_argument("command", choices=("run", "status", "report"))
+    p.add_argument("plan", help="a plan name (conf/reproduce/<name>.yaml: gowalla, yelp2018) or a YAML path")
+    p.add_argument("--runs", type=Path, help="the stores' folder (default: $MMLEXP_RUNS_DIR or the user data dir)")
+    p.add_argument("--results", type=Path, default=Path("results"), help="committed results (default: results)")
+    p.add_argument("--threads", type=int, default=2, help="torch threads per run (default 2)")
+    p.add_argument("--steps", type=int, nargs="+", metavar="K", help="only these steps of the plan (1-based)")
+    return p
+
+
+def describe(plan: Plan, states: list[RunState], speeds, out=None) -> float:
+    """Print every run with its state and time; return the seconds left for the plan."""
+    out, total = out or sys.stdout, 0.0
+    print(
+        f"plan {plan.name} ({plan.path}): {len(states)} runs on {plan.dataset}, experiment {plan.experiment}", file=out
+    )
+    for step in sorted({s.run.step for s in states}):
+        in_step = [s for s in states if s.run.step == step]
+        left = sum(seconds_left(s, speeds) for s in in_step)
+        total += left
+        done = sum(s.state == DONE for s in in_step)
+        print(f"step {step}: {in_step[0].run.why}  [{done}/{len(in_step)} done, {human(left)} left]", file=out)
+        for s in in_step:
+            print(f"  {line(s, speeds)}", file=out)
+    n_left = sum(s.state != DONE for s in states)
+    print(f"time left: ~{human(total)} for {n_left} run(s), one at a time (an estimate, not a promise)", file=out)
+    return total
+
+
+def line(s: RunState, speeds) -> str:
+    label = f"{s.run.label:28s}"
+    if s.state == DONE:
+        return f"{label} done ({s.source})"
+    if s.state == RUNNING:
+        return f"{label} running, epoch {s.epoch}/{s.run.epochs}, ~{human(seconds_left(s, speeds))} left"
+    est = estimate(s.run, speeds)
+    return (
+        f"{label} pending, ~{human(seconds_left(s, speeds))} ({est.epoch_s:.0f} s/epoch = train {est.train_s:.0f} s"
+        f" + eval {est.eval_s:.1f} s; {est.basis})"
+    )
+
+
+def command(run: Run, plan: Plan, stores: Stores, threads: int) -> list[str]:
+    return [
+        sys.executable, "-m", "mmlexp", "-m", *run.overrides(), f"trainer.num_threads={threads}",
+        f"tracking.experiment={plan.experiment}", *stores.overrides(),
+    ]  # fmt: skip
+
+
+def run_missing(plan: Plan, stores: Stores, results: Path, threads: int) -> int:
+    """Run the plan's pending runs one at a time (state re-read before each); 1 if any failed."""
+    stores.root.mkdir(parents=True, exist_ok=True)
+    failed = []
+    for run in plan.runs:
+        state = next(s for s in plan_state(plan, stores, results) if s.run == run)
+        if state.state == DONE:
+            continue
+        print(f"== {plan.dataset} {run.label} (step {run.step}): {state.state}", flush=True)
+        if subprocess.call(command(run, plan, stores, threads), cwd=stores.root) != 0:
+            failed.append(run.label)
+    if failed:
+        print(f"mmlexp.reproduce: {len(failed)} run(s) failed: {', '.join(failed)}; run again to retry them")
+    return 1 if failed else 0
+
+
+def write_report(plan: Plan, stores: Stores, results: Path) -> int:
+    """``results/<dataset>/`` from the store (merged with the committed runs), else rebuilt from the committed CSVs."""
+    from mmlexp.report.__main__ import main as report
+
+    committed = results / plan.dataset / "runs.csv"
+    if stores.exists():
+        where = ["--tracking-uri", stores.tracking_uri, "--experiment", plan.experiment, "--export-csv"]
+        args = [*where, "--dataset", plan.dataset, "--out", str(results), "--name", plan.dataset]
+    elif committed.is_file():
+        args = ["--from-csv", str(committed)]
+    else:
+        print(f"mmlexp.reproduce: error: no store at {stores.root} and no {committed}: nothing to report", file=sys.stderr)
+        return 2
+    return report(args)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        plan = load_plan(args.plan)
+    except PlanError as err:
+        print(f"mmlexp.reproduce: error: {err}", file=sys.stderr)
+        return 2
+    if args.steps:
+        bad = [k for k in args.steps if k not in {r.step for r in plan.runs}]
+        if bad:
+            print(f"mmlexp.reproduce: error: --steps {bad[0]}: the plan has steps 1..{max(r.step for r in plan.runs)}")
+            return 2
+        plan = Plan(plan.name, plan.dataset, plan.experiment, tuple(r for r in plan.runs if r.step in args.steps),
+                    plan.path)  # fmt: skip
+    stores = Stores(args.runs.resolve() if args.runs else default_runs_dir())
+    print(f"stores: {stores.root}")
+    if args.command == "report":
+        return write_report(plan, stores, args.results)
+    speeds = committed_speeds(args.results) + (store_speeds(stores, plan.experiment) if stores.exists() else [])
+    describe(plan, plan_state(plan, stores, args.results), speeds)
+    if args.command == "status":
+        return 0
+    return run_missing(plan, stores, args.results, args.threads)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

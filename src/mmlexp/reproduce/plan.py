@@ -1,0 +1,149 @@
+"""A reproduction plan (``conf/reproduce/<dataset>.yaml``): the runs of one dataset's reproduction, in priority order.
+
+A plan has ``dataset``, ``experiment`` (the MLflow experiment), ``run`` (every step's defaults) and ``steps``; a step
+names ``loss``, ``negatives`` and optionally ``seed``, ``encoder``, ``selection``, ``epochs`` (a value or a list)
+and ``overrides`` (extra Hydra overrides). A step's runs are the product loss x negatives x seed, in that order.
+A run is identified by its cell (``Run.key``): the same keys as a row of ``results/<dataset>/runs.csv``.
+"""
+
+import itertools
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, ListConfig, OmegaConf
+
+PLAN_KEYS = {"dataset", "experiment", "run", "steps"}
+STEP_KEYS = {"why", "loss", "negatives", "seed", "encoder", "selection", "epochs", "overrides"}
+SWEPT = ("loss", "negatives", "seed")
+SELECTIONS = ("paper", "valid")
+
+
+class PlanError(ValueError):
+    """A plan that cannot be read or names something that does not exist: a message for the user."""
+
+
+@dataclass(frozen=True)
+class Run:
+    """One planned training run (one cell of the paper's tables and one seed)."""
+
+    dataset: str
+    encoder: str
+    loss: str
+    negatives: int
+    selection: str
+    seed: int
+    epochs: int
+    step: int
+    why: str = ""
+    extra: tuple[str, ...] = field(default=())
+
+    @property
+    def key(self) -> tuple:
+        """What tells runs apart: ``runs.csv``'s dataset, encoder, loss, num_negatives, selection, seed, epochs."""
+        return (self.dataset, self.encoder, self.loss, self.negatives, self.selection, self.seed, self.epochs)
+
+    @property
+    def label(self) -> str:
+        sel = "" if self.selection == "paper" else f" {self.selection}"
+        return f"{self.loss} N={self.negatives}{sel} seed {self.seed}"
+
+    def overrides(self) -> list[str]:
+        """The Hydra overrides of this run (no machine paths: the runner adds its stores)."""
+        out = [
+            f"dataset={self.dataset}",
+            f"encoder={self.encoder}",
+            f"seed={self.seed}",
+            f"trainer.epochs={self.epochs}",
+            "trainer.patience=null",
+            "trainer.progress=false",
+            f"loss={self.loss}",
+            f"num_negatives={self.negatives}",
+        ]
+        if self.selection != "paper":
+            out.append(f"eval.selection={self.selection}")
+        return out + list(self.extra)
+
+
+@dataclass(frozen=True)
+class Plan:
+    name: str
+    dataset: str
+    experiment: str
+    runs: tuple[Run, ...]
+    path: Path
+
+
+def plan_dir() -> Path:
+    from mmlexp.__main__ import CONFIG_DIR
+
+    return Path(CONFIG_DIR) / "reproduce"
+
+
+def available() -> list[str]:
+    return sorted(p.stem for p in plan_dir().glob("*.yaml"))
+
+
+def load_plan(name_or_path: str) -> Plan:
+    """A plan by name (``gowalla`` -> ``conf/reproduce/gowalla.yaml``) or by path to a YAML file."""
+    path = Path(name_or_path)
+    if not (path.suffix in (".yaml", ".yml") and path.is_file()):
+        path = plan_dir() / f"{name_or_path}.yaml"
+    if not path.is_file():
+        raise PlanError(f"plan {name_or_path!r}: no such plan; available: {', '.join(available()) or '(none)'}")
+    try:
+        raw = OmegaConf.load(path)
+    except Exception as err:
+        raise PlanError(f"plan {path}: not valid YAML ({str(err).splitlines()[0]})") from err
+    if not isinstance(raw, DictConfig):
+        raise PlanError(f"plan {path}: must be a mapping with keys {sorted(PLAN_KEYS)}")
+    return parse_plan(OmegaConf.to_container(raw), path)  # type: ignore[arg-type]
+
+
+def parse_plan(raw: dict[str, Any], path: Path) -> Plan:
+    unknown = set(raw) - PLAN_KEYS
+    if unknown:
+        raise PlanError(f"plan {path}: unknown key(s) {sorted(unknown)}; allowed: {sorted(PLAN_KEYS)}")
+    for key in ("dataset", "steps"):
+        if not raw.get(key):
+            raise PlanError(f"plan {path}: {key!r} is missing")
+    defaults = {"encoder": "mf", "epochs": 100, "selection": "paper", "seed": 1} | dict(raw.get("run") or {})
+    runs: list[Run] = []
+    seen: set[tuple] = set()
+    for i, step in enumerate(raw["steps"], start=1):
+        for run in step_runs(str(raw["dataset"]), defaults, step, i, path):
+            if run.key not in seen:  # a run listed twice runs once, at its first place
+                seen.add(run.key)
+                runs.append(run)
+    return Plan(path.stem, str(raw["dataset"]), str(raw.get("experiment") or "reproduce"), tuple(runs), path)
+
+
+def _values(value: Any) -> list:
+    return list(value) if isinstance(value, list | tuple | ListConfig) else [value]
+
+
+def step_runs(dataset: str, defaults: dict, step: dict, index: int, path: Path) -> list[Run]:
+    """A step's runs: loss x negatives x seed (in that order), the other keys from the step or the defaults."""
+    where = f"plan {path}, step {index}"
+    if not isinstance(step, dict):
+        raise PlanError(f"{where}: must be a mapping with keys from {sorted(STEP_KEYS)}")
+    unknown = set(step) - STEP_KEYS
+    if unknown:
+        raise PlanError(f"{where}: unknown key(s) {sorted(unknown)}; allowed: {sorted(STEP_KEYS)}")
+    merged = defaults | step
+    for key in ("loss", "negatives"):
+        if key not in merged:
+            raise PlanError(f"{where}: {key!r} is missing")
+    if merged["selection"] not in SELECTIONS:
+        raise PlanError(f"{where}: selection={merged['selection']!r}; allowed: {', '.join(SELECTIONS)}")
+    losses, negatives, seeds = (_values(merged[k]) for k in SWEPT)
+    for key, values in (("negatives", negatives), ("seed", seeds), ("epochs", [merged["epochs"]])):
+        bad = [v for v in values if not isinstance(v, int) or isinstance(v, bool) or v < (0 if key == "seed" else 1)]
+        if bad:
+            raise PlanError(f"{where}: {key}={bad[0]!r}; must be a positive integer")
+    extra = tuple(str(o) for o in _values(step.get("overrides") or []))
+    return [
+        Run(dataset, str(merged["encoder"]), str(loss), int(n), str(merged["selection"]), int(seed),
+            int(merged["epochs"]), index, str(step.get("why", "")), extra)
+        for loss, n, seed in itertools.product(losses, negatives, seeds)
+    ]  # fmt: skip

@@ -1,0 +1,91 @@
+"""Which runs of a plan are done, running or still to run.
+
+Done: a row of the committed ``results/<dataset>/runs.csv`` (so a fresh machine, whose stores are empty, does not
+redo what is committed) or a FINISHED run in the store. Running: a RUNNING run in the store, with the epochs it has
+logged and its recent pace. Everything else is pending (an interrupted run resumes from its checkpoint when run).
+"""
+
+import math
+import statistics
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from mmlexp.reproduce.plan import Plan, Run
+from mmlexp.reproduce.stores import Stores
+
+KEY_COLUMNS = ("dataset", "encoder", "loss", "num_negatives", "selection", "seed", "epochs")
+DONE, RUNNING, PENDING = "done", "running", "pending"
+PACE_EPOCHS = 5  # a running run's pace: the median of its last epochs (training + evaluation)
+
+
+@dataclass(frozen=True)
+class RunState:
+    run: Run
+    state: str
+    source: str = ""  # "committed", the MLflow run id, or ""
+    epoch: int = 0  # epochs logged so far (running)
+    pace_s: float = math.nan  # seconds per recent epoch (running)
+
+
+def row_key(row) -> tuple:
+    values = [row[c] for c in KEY_COLUMNS]
+    return (str(values[0]), str(values[1]), str(values[2]), int(values[3]), str(values[4]), int(values[5]),
+            int(values[6]))  # fmt: skip
+
+
+def committed_runs(results_root: Path, dataset: str) -> dict[tuple, str]:
+    """Keys of the runs committed in ``results/<dataset>/runs.csv`` (full runs only: no early stop, no max_steps)."""
+    path = results_root / dataset / "runs.csv"
+    if not path.is_file():
+        return {}
+    df = pd.read_csv(path)
+    full = df[(df["early_stop"] == "N") & df["max_steps"].isna()] if "max_steps" in df else df
+    return {row_key(r): "committed" for _, r in full.iterrows()}
+
+
+def store_runs(stores: Stores, experiment: str, status: str) -> pd.DataFrame:
+    """The store's training runs of ``experiment`` with ``status`` (run_row columns); empty without a store."""
+    from mmlexp.report.runs import ReportError, _search, client_for, resolve_experiments, run_row
+
+    if not stores.exists():
+        return pd.DataFrame()
+    client = client_for(stores.tracking_uri)
+    try:
+        ids = resolve_experiments(client, experiment)
+    except ReportError:  # the experiment has no run yet
+        return pd.DataFrame()
+    found = _search(client, ids.values(), f"attributes.status = '{status}'")
+    rows = [run_row(r, experiment) for r in found if r.data.tags.get("sweep.role") != "parent"]
+    return pd.DataFrame(rows).dropna(subset=["num_negatives", "seed", "epochs"]) if rows else pd.DataFrame()
+
+
+def progress(stores: Stores, run_id: str) -> tuple[int, float]:
+    """(epochs logged, median seconds of the last epochs) of a run in the store."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(stores.tracking_uri)
+    train = {m.step: m.value for m in client.get_metric_history(run_id, "epoch_time_s")}
+    evals = {m.step: m.value for m in client.get_metric_history(run_id, "eval_time_s")}
+    recent = [train[e] + evals.get(e, 0.0) for e in sorted(train)[-PACE_EPOCHS:]]
+    return len(train), (statistics.median(recent) if recent else math.nan)
+
+
+def plan_state(plan: Plan, stores: Stores, results_root: Path) -> list[RunState]:
+    """Every run of the plan with its state, in the plan's order."""
+    done = committed_runs(results_root, plan.dataset)
+    finished = store_runs(stores, plan.experiment, "FINISHED")
+    for _, r in finished.iterrows():
+        done.setdefault(row_key(r), str(r["run_id"]))
+    running = {row_key(r): str(r["run_id"]) for _, r in store_runs(stores, plan.experiment, "RUNNING").iterrows()}
+    states = []
+    for run in plan.runs:
+        if run.key in done:
+            states.append(RunState(run, DONE, done[run.key]))
+        elif run.key in running:
+            epoch, pace = progress(stores, running[run.key])
+            states.append(RunState(run, RUNNING, running[run.key], epoch, pace))
+        else:
+            states.append(RunState(run, PENDING))
+    return states

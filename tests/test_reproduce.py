@@ -1,0 +1,143 @@
+"""Reproduction plans (mmlexp.reproduce): the shipped plans, bad plans, the time estimate, and the runner on a
+tiny plan over `sample` (runs what is missing once; a second call runs nothing)."""
+
+import math
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from mlflow.tracking import MlflowClient
+
+from mmlexp.reproduce import estimate as est
+from mmlexp.reproduce.__main__ import main
+from mmlexp.reproduce.plan import PlanError, load_plan
+from mmlexp.reproduce.state import DONE, PENDING, plan_state
+from mmlexp.reproduce.stores import RUNS_ENV, Stores, default_runs_dir
+from tests.conftest import REPO
+
+RESULTS = REPO / "results"
+
+
+def test_gowalla_plan_finds_the_committed_runs_done(tmp_path):
+    plan = load_plan("gowalla")
+    committed = pd.read_csv(RESULTS / "gowalla" / "runs.csv")
+    states = plan_state(plan, Stores(tmp_path / "no-store"), RESULTS)
+    done = {(s.run.loss, s.run.negatives, s.run.selection, s.run.seed) for s in states if s.state == DONE}
+    expected = {(r.loss, r.num_negatives, r.selection, r.seed) for r in committed.itertuples()}
+    assert done == expected and len(done) == len(committed) == 15
+    assert all(s.state == PENDING for s in states if s.state != DONE)
+
+
+def test_plans_list_the_issue_order():
+    runs = load_plan("yelp2018").runs
+    assert [(r.loss, r.negatives) for r in runs[:2]] == [("mml", 10), ("ccl", 10)]  # the headline first
+    assert all(r.dataset == "yelp2018" and r.encoder == "mf" and r.epochs == 100 for r in runs)
+    valid = [r for r in runs if r.selection == "valid"]
+    assert {(r.loss, r.negatives) for r in valid} == {("mml", 100), ("ccl", 100)}
+    assert len({r.key for r in runs}) == len(runs)
+    seeds = [r for r in runs if r.seed != 1]
+    assert {(r.loss, r.negatives, r.seed) for r in seeds} == {
+        (loss, n, s) for loss in ("mml", "ccl", "bsl") for n in (10, 800) for s in (2, 3)
+    }
+    assert runs.index(seeds[0]) > max(runs.index(r) for r in runs if r.negatives in (50, 200, 400))
+
+
+def write(tmp_path: Path, text: str) -> str:
+    path = tmp_path / "plan.yaml"
+    path.write_text(text)
+    return str(path)
+
+
+@pytest.mark.parametrize(
+    ("text", "named"),
+    [
+        ("dataset: sample\nsteps:\n  - {loss: mml, negatives: 10, selction: valid}\n", "selction"),
+        ("dataset: sample\nsteps:\n  - {loss: mml, negatives: 10, selection: best}\n", "'best'"),
+        ("dataset: sample\nsteps:\n  - {loss: mml, negatives: [10, -5]}\n", "-5"),
+        ("dataset: sample\nsteps:\n  - {loss: mml}\n", "'negatives'"),
+        ("dataset: sample\nstep: []\n", "step"),
+    ],
+)
+def test_bad_plans_name_the_bad_value(tmp_path, text, named):
+    with pytest.raises(PlanError, match=named):
+        load_plan(write(tmp_path, text))
+
+
+def test_unknown_plan_lists_the_plans(capsys):
+    assert main(["status", "nosuchplan"]) == 2
+    err = capsys.readouterr().err
+    assert "nosuchplan" in err and "gowalla" in err and "yelp2018" in err
+
+
+def test_step_runs_are_the_product_in_order(tmp_path):
+    plan = load_plan(
+        write(
+            tmp_path,
+            "dataset: d\nsteps:\n- {loss: [a, b], negatives: [1, 2], seed: 7}\n- {loss: a, negatives: 1, seed: 7}\n",
+        )
+    )
+    assert [(r.loss, r.negatives, r.seed) for r in plan.runs] == [("a", 1, 7), ("a", 2, 7), ("b", 1, 7), ("b", 2, 7)]
+
+
+def speed(dataset, n, c, batch=256, ev=2.0):
+    return est.Speed(dataset, "mf", n, batch, c, ev, 100)
+
+
+def test_estimate_uses_the_measured_cell_then_a_fit(tmp_path):
+    plan = load_plan(write(tmp_path, "dataset: gowalla\nsteps:\n  - {loss: mml, negatives: [10, 55, 100]}\n"))
+    speeds = [speed("gowalla", 10, 1e-5), speed("gowalla", 10, 3e-5), speed("gowalla", 100, 5e-5)]
+    at10, at55, at100 = (est.estimate(r, speeds) for r in plan.runs)
+    rows = est.SIZES["gowalla"][0]
+    assert at10.train_s == pytest.approx(rows * 2e-5) and "measured" in at10.basis  # median of 1e-5, 3e-5
+    # least squares over (10, 1e-5), (10, 3e-5), (100, 5e-5): the line through (10, 2e-5) and (100, 5e-5)
+    assert at55.train_s == pytest.approx(rows * (2e-5 + 3e-5 * 45 / 90)) and "fit" in at55.basis
+    assert at100.eval_s == 2.0
+
+
+def test_estimate_scales_another_dataset(tmp_path):
+    plan = load_plan(write(tmp_path, "dataset: yelp2018\nsteps:\n  - {loss: mml, negatives: 100, selection: valid}\n"))
+    speeds = [speed("gowalla", 10, 1e-5, ev=3.0), speed("gowalla", 110, 2e-5, ev=3.0)]
+    got = est.estimate(plan.runs[0], speeds)
+    assert got.train_s == pytest.approx(est.SIZES["yelp2018"][0] * (1e-5 + 1e-7 * 90))
+    _, u0, i0 = est.SIZES["gowalla"]
+    _, u1, i1 = est.SIZES["yelp2018"]
+    assert got.eval_s == pytest.approx(2 * 3.0 * u1 * i1 / (u0 * i0))  # valid ranks the held-out slice too
+    assert "gowalla" in got.basis
+
+
+def test_committed_speeds_are_the_epoch_csv_medians():
+    speeds = est.committed_speeds(RESULTS)
+    runs = pd.read_csv(RESULTS / "gowalla" / "runs.csv")
+    assert len(speeds) == len(runs)
+    first = runs.iloc[0]
+    epochs = pd.read_csv(RESULTS / "gowalla" / first.epochs_csv)
+    got = next(s for s in speeds if s.negatives == first.num_negatives and s.epochs == len(epochs))
+    assert math.isclose(got.per_interaction, (1 / epochs["interactions_per_s"]).median())
+
+
+def test_runs_dir_env_and_default(monkeypatch, tmp_path):
+    monkeypatch.setenv(RUNS_ENV, str(tmp_path / "here"))
+    assert default_runs_dir() == (tmp_path / "here").resolve()
+    monkeypatch.delenv(RUNS_ENV)
+    assert REPO not in default_runs_dir().parents and default_runs_dir().name == "runs"
+
+
+def test_runner_runs_what_is_missing_once(tmp_path, capsys):
+    plan = write(
+        tmp_path,
+        "dataset: sample\nexperiment: plan-test\nrun: {epochs: 1}\nsteps:\n"
+        "  - {loss: [mml, ccl], negatives: 10, overrides: [trainer.batch_size=8192, tracking.save_checkpoint=false]}\n",
+    )
+    runs = tmp_path / "stores"
+    args = ["run", plan, "--runs", str(runs), "--results", str(tmp_path / "results"), "--threads", "1"]
+    assert main(args) == 0
+    client = MlflowClient(f"sqlite:///{runs}/mlflow.db")
+    (exp,) = [e for e in client.search_experiments() if e.name == "plan-test"]
+    trained = [r for r in client.search_runs([exp.experiment_id]) if r.data.tags.get("sweep.role") != "parent"]
+    assert sorted(r.data.tags["choice.loss"] for r in trained) == ["ccl", "mml"]
+    assert all(r.info.status == "FINISHED" for r in trained)
+    capsys.readouterr()
+    assert main(args) == 0  # everything done: nothing runs again
+    out = capsys.readouterr().out
+    assert out.count(" done (") == 2 and "==" not in out
+    assert len([r for r in client.search_runs([exp.experiment_id]) if r.data.tags.get("sweep.role") != "parent"]) == 2
