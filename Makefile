@@ -107,7 +107,7 @@ reproduce-quick: install  ## every table and figure from short Gowalla runs (~20
 report: install  ## DATASET=...: results/<dataset>/ (+ README table); without: reports/$(REPORT_NAME)/ from REPORT_EXPERIMENT
 ifneq ($(DATASET),)
 	$(PY) -m mmlexp.reproduce report $(PLAN_ARGS)
-	$(PY) -m mmlexp.report.readme --results results/gowalla --readme README.md
+	$(PY) -m mmlexp.report.readme --results results/gowalla results/yelp2018 --readme README.md
 else
 	$(PY) -m mmlexp.report --experiment $(REPORT_EXPERIMENT) --name $(REPORT_NAME) $(REPORT_ARGS)
 endif

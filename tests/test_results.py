@@ -212,17 +212,27 @@ def test_readme_table_from_fake_cells(tmp_path, capsys):
 
 
 def test_committed_readme_table_matches_the_committed_cells():
-    assert readme.main(["--results", str(RESULTS), "--readme", str(REPO / "README.md"), "--check"]) == 0
+    folders = [str(REPO / "results" / d) for d in ("gowalla", "yelp2018")]
+    assert readme.main(["--results", *folders, "--readme", str(REPO / "README.md"), "--check"]) == 0
 
 
 @pytest.mark.skipif(not (RESULTS / "runs.csv").is_file(), reason="no committed results/gowalla/ yet")
 def test_committed_report_is_what_the_committed_csvs_give(tmp_path):
     assert main(["--from-csv", str(RESULTS / "runs.csv"), "--out", str(tmp_path), "--name", "gowalla"]) == 0
-    for name in ("report.md", "cells.csv", "runs.csv", "table3.csv", "figure3_claims.csv", "paired_tests.csv"):
+    for name in (
+        "report.md",
+        "cells.csv",
+        "runs.csv",
+        "table3.csv",
+        "figure3_claims.csv",
+        "claims.csv",
+        "paired_tests.csv",
+    ):
         assert (tmp_path / "gowalla" / name).read_bytes() == (RESULTS / name).read_bytes(), name
 
 
 def test_figure3_claims_are_marked_holds_or_not():
+    from mmlexp.report.evidence import claim_tests
     from mmlexp.report.status import claim_verdicts
 
     means = {
@@ -261,11 +271,60 @@ def test_figure3_claims_are_marked_holds_or_not():
             },
         ]
     )  # no ndcg runs: left out
-    text = "\n".join(claim_verdicts(curves, claims))
-    assert f"MML beats CCL (paper +13.0%): **HOLDS**, ours {100 * (0.150 - 0.140) / 0.140:+.1f}%" in text
-    assert "MML ≥ CCL: **DOES NOT HOLD** (0.1810 vs 0.1830, difference -0.002000, -1.09%)" in text
-    assert "MML < BSL: **HOLDS** (0.1810 vs 0.1900, difference -0.009000, -4.74%)" in text
+    tests = claim_tests(curves, claims)  # no runs: every verdict a point estimate
+    text = "\n".join(claim_verdicts(tests))
+    gain = 100 * (0.150 - 0.140) / 0.140
+    assert f"MML beats CCL at 10 negatives (paper +13.0%): **HOLDS**, ours {gain:+.1f}% — no per-user evidence" in text
+    assert "MML ≥ CCL at 800 negatives: **DOES NOT HOLD** (0.1810 vs 0.1830, difference -0.002000, -1.09%)" in text
+    assert "MML < BSL at 800 negatives: **HOLDS** (0.1810 vs 0.1900, difference -0.009000, -4.74%)" in text
     bsl = 100 * (0.190 - 0.180) / 0.180  # +5.6%: more than 3% -> does not level off
     mml, ccl = 100 * 0.001 / 0.180, 100 * 0.005 / 0.178
     assert f"**DOES NOT HOLD** (MML {mml:+.1f}%, CCL {ccl:+.1f}%, BSL {bsl:+.1f}%)" in text
-    assert "ndcg@20" not in text and claim_verdicts(curves.iloc[:0], claims) == []
+    assert text.count("no per-user evidence: point estimate only, NOT tested (0 seeds: no runs on a common seed") == 4
+    assert (tests["evidence"] == "point estimate").all() and list(tests["verdict"].iloc[-4:-1]) == ["HOLDS"] * 2 + [
+        "DOES NOT HOLD"
+    ]
+    assert "ndcg@20" not in text and claim_verdicts(claim_tests(curves.iloc[:0], claims)) == []
+
+
+def test_claim_tests_on_the_exported_per_user_files(exported):
+    """The claim test on real per-user files of the tiny sweep (MML vs CCL at 10 negatives, 2 seeds): the per-user
+    mean difference is the seed-level one (each file's mean is its run's metric), and the Wilcoxon p-value is
+    scipy's on the files read and averaged over the seeds here."""
+    from scipy import stats
+
+    from mmlexp.report.evidence import claim_tests
+    from mmlexp.report.export import read_runs
+    from mmlexp.report.stats import holm, negative_curves
+
+    runs = read_runs(exported / "runs.csv")
+    if "users_csv" not in runs or runs["users_csv"].isna().all():
+        pytest.skip("the tiny sweep's runs have no per-user files")
+    claims = pd.DataFrame(
+        [
+            {"dataset": "sample", "metric": m, "num_negatives": 10, "loss": "mml", "baseline": "ccl"}
+            | {"paper_relative_gain_pct": 13.0}
+            for m in ("recall@20", "ndcg@20")
+        ]
+    )
+    tests = claim_tests(negative_curves(runs), claims, runs, exported)
+    assert list(tests["evidence"]) == ["per-user"] * 2 and list(tests["user_seeds"]) == ["1 2"] * 2
+    assert tests["p_holm"].to_numpy() == pytest.approx(holm(tests["p_wilcoxon"].to_numpy()))
+    cell = runs[runs["num_negatives"] == 10].set_index(["loss", "seed"])
+    for row in tests.itertuples():
+        x, y = ([cell.loc[(loss, s), row.metric] for s in (1, 2)] for loss in ("mml", "ccl"))
+        assert row.seed_p == pytest.approx(stats.ttest_rel(x, y).pvalue, rel=1e-9)
+        assert row.mean_diff == pytest.approx(row.seed_mean_diff, abs=1e-9)
+        files = {
+            loss: pd.concat(
+                [
+                    pd.read_csv(exported / cell.loc[(loss, s), "users_csv"]).set_index("user")[row.metric]
+                    for s in (1, 2)
+                ],
+                axis=1,
+            ).mean(axis=1)
+            for loss in ("mml", "ccl")
+        }
+        assert row.n_users == len(files["mml"]) > 0
+        d = files["mml"] - files["ccl"]
+        assert row.p_wilcoxon == pytest.approx(stats.wilcoxon(d, zero_method="pratt").pvalue, rel=1e-9)

@@ -25,6 +25,7 @@ from mmlexp.config import ConfigError, validate
 from mmlexp.data import DataError, InteractionData, load_dataset
 from mmlexp.devices import resolve_device
 from mmlexp.evaluation import LongTail, evaluate_embeddings
+from mmlexp.evaluation.per_user import save_run_per_user
 from mmlexp.splits import holdout
 from mmlexp.tracking import Tracker, flatten, git_commit
 from mmlexp.train import Diverged, TrainSettings, fit, make_optimizer
@@ -283,6 +284,7 @@ def _train(cfg: DictConfig) -> float:
                 path,
             )
             tracker.log_artifact(path)
+        save_run_per_user(model, result, data, ks, cfg.eval.chunk_size, out_dir, tracker)  # per_user.csv.gz
         status = "FINISHED"
     except (KeyboardInterrupt, SystemExit):  # SystemExit: submitit requeues a preempted job (resumes here)
         status = "KILLED"

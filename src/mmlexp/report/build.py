@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from mmlexp.report import export, figures, selection, status
+from mmlexp.report import evidence, export, figures, selection, status
 from mmlexp.report.runs import CELL_KEYS, ReportError, drop_duplicates, fetch_runs, metric_history
 from mmlexp.report.stats import METRICS, aggregate, negative_curves, paired_tests
 from mmlexp.report.tables import (
@@ -241,7 +241,10 @@ def _write(runs: pd.DataFrame, opts: Options, out: Path, name: str, notes: list[
                 "",
             ]
 
-    md += status.claim_verdicts(curves, claims)
+    # the evidence behind each verdict: per-user tests where the runs have per-user files (under ``out``)
+    verdicts = evidence.claim_tests(curves, claims, fruns, out)
+    verdicts.to_csv(out / "claims.csv", index=False)
+    md += status.claim_verdicts(verdicts)
 
     # --- paired tests
     tests = paired_tests(runs, baseline=opts.baseline_loss, metrics=METRICS)

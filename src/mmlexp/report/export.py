@@ -1,12 +1,18 @@
 """Committed results: tracked runs -> ``runs.csv`` + one per-epoch CSV per run (no machine paths), and back.
 
 ``export_runs`` writes what ``--export-csv`` commits besides the report; ``read_runs`` / ``history_from_csv`` give
-``fetch_runs`` / ``metric_history`` frames from those files, so the report rebuilds without the MLflow store."""
+``fetch_runs`` / ``metric_history`` frames from those files, so the report rebuilds without the MLflow store.
+``export_per_user`` adds each run's per-user metrics (its ``per_user.csv.gz`` artifact) as
+``users/<cell>-seed<k>.csv.gz`` and the column ``users_csv``; ``read_per_user`` reads one back."""
 
+import gzip
+import os
 import re
 import shutil
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
+from unittest import mock
 
 import pandas as pd
 
@@ -15,6 +21,9 @@ from mmlexp.report.runs import BASE_COLUMNS, CELL_KEYS, ReportError, client_for,
 
 EPOCHS_DIR = "epochs"
 EPOCHS_COLUMN = "epochs_csv"  # runs.csv: the run's per-epoch CSV, relative to runs.csv
+USERS_DIR = "users"
+USERS_COLUMN = "users_csv"  # runs.csv: the run's per-user metrics (gzip'd CSV) relative to runs.csv; empty: none
+PER_USER_ARTIFACT = "per_user.csv.gz"  # mmlexp.evaluation.per_user.PER_USER_FILE (not imported: no torch here)
 # files written by hand next to the generated ones (kept when the folder is regenerated)
 HAND_WRITTEN = ("explanations.md",)
 INT_COLUMNS = ("num_negatives", "seed", "patience", "epochs", "max_steps", "best_epoch")
@@ -88,6 +97,7 @@ def export_runs(runs: pd.DataFrame, tracking_uri: str, out: Path) -> Path:
     (out / EPOCHS_DIR).mkdir(parents=True, exist_ok=True)
     for run_id, rel in zip(runs["run_id"], runs[EPOCHS_COLUMN], strict=True):
         epoch_history(client, run_id).to_csv(out / rel, index=False)
+    runs = export_per_user(client, runs, out)
     runs.to_csv(out / "runs.csv", index=False)
     return out / "runs.csv"
 
@@ -112,8 +122,9 @@ def read_runs(path: str | Path) -> pd.DataFrame:
         if col in df:
             df[col] = pd.array(pd.to_numeric(df[col]), dtype="Int64")
     df["start_time"] = pd.to_datetime(df["start_time"])
-    metric_cols = sorted(c for c in df.columns if c not in BASE_COLUMNS and c != EPOCHS_COLUMN)
-    return df[[c for c in BASE_COLUMNS if c in df.columns] + [EPOCHS_COLUMN] + metric_cols]
+    files = [EPOCHS_COLUMN] + ([USERS_COLUMN] if USERS_COLUMN in df.columns else [])
+    metric_cols = sorted(c for c in df.columns if c not in BASE_COLUMNS and c not in files)
+    return df[[c for c in BASE_COLUMNS if c in df.columns] + files + metric_cols]
 
 
 def history_from_csv(
@@ -144,6 +155,7 @@ def stage(runs: pd.DataFrame, tracking_uri: str | None, source: Path, out: Path)
     copied from ``source`` (the folder of a committed runs.csv); return the runs as read back from out/runs.csv."""
     if tracking_uri is not None:
         export_runs(runs, tracking_uri, out)
+        keep_committed(source, out)
     else:
         runs.to_csv(out / "runs.csv", index=False)
         (out / EPOCHS_DIR).mkdir()
@@ -151,7 +163,82 @@ def stage(runs: pd.DataFrame, tracking_uri: str | None, source: Path, out: Path)
             if not (source / rel).is_file():
                 raise ReportError(f"--from-csv {source / 'runs.csv'}: no per-epoch CSV {source / rel}")
             shutil.copyfile(source / rel, out / rel)
+        copy_per_user(runs, source, out)
     for hand in HAND_WRITTEN:
         if (source / hand).is_file():
             shutil.copyfile(source / hand, out / hand)
     return read_runs(out / "runs.csv")
+
+
+def keep_committed(source: Path, out: Path) -> None:
+    """Export into a folder that already holds results: its committed runs that the store does not have (a store
+    of another machine, or one that is gone) stay, with their per-epoch and per-user files; a (cell, seed, epochs)
+    that the store ran again keeps the latest run. Nothing committed is lost by exporting a newer store."""
+    committed = source / "runs.csv"
+    if not committed.is_file() or source.resolve() == out.resolve():
+        return
+    old, new = read_runs(committed), read_runs(out / "runs.csv")
+    extra = old[~old["run_id"].isin(set(new["run_id"]))]
+    for rel in extra[EPOCHS_COLUMN]:
+        if not (source / rel).is_file():
+            raise ReportError(f"{committed}: no per-epoch CSV {source / rel} (the committed results are incomplete)")
+        shutil.copyfile(source / rel, out / rel)
+    copy_per_user(extra, source, out)
+    merged, _ = tracked.drop_duplicates(pd.concat([extra, new], ignore_index=True), [*CELL_KEYS])
+    order = ["dataset", "encoder", "loss", "num_negatives", "seed", "start_time"]
+    merged.sort_values(order, na_position="last", ignore_index=True).to_csv(out / "runs.csv", index=False)
+
+
+def _artifact(client, run_id: str, name: str) -> bytes | None:
+    """The bytes of run ``run_id``'s top-level artifact ``name``; None when it has none."""
+    if name not in {a.path for a in client.list_artifacts(run_id)}:
+        return None
+    quiet = {"MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false"}  # no progress bar per run on stderr
+    with tempfile.TemporaryDirectory() as tmp, mock.patch.dict(os.environ, quiet):
+        return Path(client.download_artifacts(run_id, name, tmp)).read_bytes()
+
+
+def write_gzip(path: Path, data: bytes) -> None:
+    """``data`` gzip'd at ``path`` with no time or file name in the header: the same data, the same bytes."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "wb") as raw, gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0) as gz:
+        gz.write(data)
+
+
+def export_per_user(client, runs: pd.DataFrame, out: Path) -> pd.DataFrame:
+    """Each run's ``per_user.csv.gz`` artifact -> ``out/users/<its epochs CSV's stem>.csv.gz`` (re-compressed
+    with ``write_gzip``); returns ``runs`` with the column ``users_csv`` (that path, or empty without one)."""
+    names: list[str | None] = []
+    for run_id, epochs in zip(runs["run_id"], runs[EPOCHS_COLUMN], strict=True):
+        data = _artifact(client, run_id, PER_USER_ARTIFACT)
+        rel = f"{USERS_DIR}/{Path(epochs).stem}.csv.gz" if data is not None else None
+        if data is not None:
+            try:
+                write_gzip(out / str(rel), gzip.decompress(data))
+            except (OSError, EOFError) as err:
+                raise ReportError(f"run {run_id}: its {PER_USER_ARTIFACT} is not a gzip file ({err})") from err
+        names.append(rel)
+    return runs.assign(**{USERS_COLUMN: names})
+
+
+def copy_per_user(runs: pd.DataFrame, source: Path, out: Path) -> None:
+    """``--from-csv``: the per-user files named in ``users_csv`` from ``source`` to ``out`` (a missing one is a
+    ``ReportError``)."""
+    for rel in runs[USERS_COLUMN].dropna() if USERS_COLUMN in runs else []:
+        if not (source / rel).is_file():
+            raise ReportError(f"--from-csv {source / 'runs.csv'}: no per-user file {source / rel}")
+        (out / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(source / rel, out / rel)
+
+
+def read_per_user(results_dir: str | Path, row) -> pd.DataFrame | None:
+    """The per-user metrics of one runs.csv ``row`` (columns ``user, recall@K, ndcg@K``; their means are the row's
+    ``recall@K`` / ``ndcg@K``); None when the run has none (no or an empty ``users_csv``); a named file that is
+    missing is a ``ReportError``."""
+    rel = row.get(USERS_COLUMN)
+    if rel is None or pd.isna(rel) or not str(rel):
+        return None
+    path = Path(results_dir) / str(rel)
+    if not path.is_file():
+        raise ReportError(f"run {row.get('run_id')}: no per-user file at {path}")
+    return pd.read_csv(path)

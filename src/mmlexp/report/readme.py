@@ -38,6 +38,7 @@ CELLS_COLUMNS = (
     "epochs",
 )
 METRICS = ("recall@20", "ndcg@20")
+DATASET_LABELS = {"gowalla": "Gowalla", "yelp2018": "Yelp2018"}
 
 
 def _read(path: Path, columns, what: str) -> pd.DataFrame:
@@ -138,10 +139,23 @@ def splice(text: str, table: str) -> str:
     return f"{head}{START}\n{table}\n{END}{tail}"
 
 
+def tables(folders: list[Path], dataset: str | None, link_base: Path) -> str:
+    """One folder: its table; several: a ``#### <Dataset>`` heading and table per folder (dataset = folder name)."""
+    if len(folders) == 1:
+        return status_table(folders[0], dataset or folders[0].name, link_base)
+    parts = [f"#### {DATASET_LABELS.get(f.name, f.name)}\n\n{status_table(f, f.name, link_base)}" for f in folders]
+    return "\n\n".join(parts)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m mmlexp.report.readme", description=__doc__.splitlines()[0])
-    p.add_argument("--results", default="results/gowalla", help="results folder (default: results/gowalla)")
-    p.add_argument("--dataset", default="gowalla", help="dataset of the table (default: gowalla)")
+    p.add_argument(
+        "--results",
+        nargs="+",
+        default=["results/gowalla", "results/yelp2018"],
+        help="results folder(s), one table each (default: results/gowalla results/yelp2018; a missing one: pending)",
+    )
+    p.add_argument("--dataset", help="dataset of a single folder's table (default: the folder's name)")
     p.add_argument("--readme", default="README.md", help="README to update (default: README.md)")
     p.add_argument("--check", action="store_true", help="only check: exit 1 when the README table is out of date")
     args = p.parse_args(argv)
@@ -150,22 +164,23 @@ def main(argv: list[str] | None = None) -> int:
         if not readme.is_file():
             raise ReportError(f"--readme {readme}: no such file")
         text = readme.read_text()
-        new = splice(text, status_table(Path(args.results), args.dataset, readme.resolve().parent))
+        new = splice(text, tables([Path(r) for r in args.results], args.dataset, readme.resolve().parent))
     except ReportError as err:
         print(f"mmlexp.report: error: {err}", file=sys.stderr)
         return 2
+    shown = " ".join(args.results)
     if args.check:
         if new != text:
             print(
                 f"{readme}: the reproduction status table is out of date (run python -m mmlexp.report.readme "
-                f"--results {args.results})",
+                f"--results {shown})",
                 file=sys.stderr,
             )
             return 1
         return 0
     if new != text:
         readme.write_text(new)
-    print(f"{readme}: reproduction status table from {args.results}")
+    print(f"{readme}: reproduction status table from {shown}")
     return 0
 
 

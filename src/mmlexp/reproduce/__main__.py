@@ -86,18 +86,28 @@ def run_missing(plan: Plan, stores: Stores, results: Path, threads: int) -> int:
     return 1 if failed else 0
 
 
+def has_runs(stores: Stores, plan: Plan) -> bool:
+    """Whether the store holds finished runs of the plan's dataset (else the report rebuilds from the CSVs)."""
+    from mmlexp.reproduce.state import store_runs
+
+    finished = store_runs(stores, plan.experiment, "FINISHED")
+    return bool(len(finished)) and plan.dataset in set(finished["dataset"])
+
+
 def write_report(plan: Plan, stores: Stores, results: Path) -> int:
     """``results/<dataset>/`` from the store (merged with the committed runs), else rebuilt from the committed CSVs."""
     from mmlexp.report.__main__ import main as report
 
     committed = results / plan.dataset / "runs.csv"
-    if stores.exists():
+    if has_runs(stores, plan):
         where = ["--tracking-uri", stores.tracking_uri, "--experiment", plan.experiment, "--export-csv"]
         args = [*where, "--dataset", plan.dataset, "--out", str(results), "--name", plan.dataset]
     elif committed.is_file():
         args = ["--from-csv", str(committed)]
     else:
-        print(f"mmlexp.reproduce: error: no store at {stores.root} and no {committed}: nothing to report", file=sys.stderr)
+        print(
+            f"mmlexp.reproduce: error: no runs in {stores.root} and no {committed}: nothing to report", file=sys.stderr
+        )
         return 2
     return report(args)
 

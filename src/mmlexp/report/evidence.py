@@ -1,0 +1,311 @@
+"""The evidence behind each claim verdict of report.md.
+
+Every Figure 3 claim that compares two losses in one setting (or one loss at 100 and at 800 negatives) is tested on
+the test users both runs scored, paired by user: two-sided Wilcoxon signed-rank test and the mean difference with a
+seeded percentile bootstrap interval (``mmlexp.report.stats``), Holm-corrected over all the claim tests of the report
+(one family). With >= 2 seeds of both cells the seed-level paired t-test is computed beside it. A claim whose runs
+have no per-user file (``users_csv`` in runs.csv) keeps the point-estimate verdict and says it is not tested.
+``claim_tests`` gives the rows of ``claims.csv``; ``mmlexp.report.status.claim_verdicts`` prints them.
+"""
+
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from mmlexp.report import export
+from mmlexp.report.export import cell_id
+from mmlexp.report.runs import ReportError
+from mmlexp.report.stats import bootstrap_diff, holm, seed_paired, wilcoxon_p
+
+ALPHA = 0.05
+LEVEL_PCT = 3.0  # "level off by 100" read as: 100 -> 800 negatives changes a loss by at most 3%
+USERS_COLUMN = "users_csv"  # runs.csv: the run's per-user metrics, relative to runs.csv
+HOLDS, FAILS, OPEN = "HOLDS", "DOES NOT HOLD", "NOT RESOLVED"
+PER_USER, POINT = "per-user", "point estimate"
+UNTESTED = "no per-user evidence: point estimate only, NOT tested"
+LEVEL_LOSSES = ("mml", "ccl", "bsl")
+LEVEL_SUFFIX = "levels off from 100 to 800 negatives"  # the per-loss rows of the "level off" claim
+COLUMNS = (  # claims.csv
+    "claim",
+    "dataset",
+    "metric",
+    "a",
+    "b",
+    "n_users",
+    "n_seeds",
+    "mean_diff",
+    "ci_low",
+    "ci_high",
+    "p_wilcoxon",
+    "p_holm",
+    "seed_p",
+    "verdict",
+    "runs",
+    "expect",
+    "evidence",
+    "user_seeds",
+    "mean_a",
+    "mean_b",
+    "rel_diff_pct",
+    "rel_ci_low",
+    "rel_ci_high",
+    "seed_mean_diff",
+    "seed_ci_low",
+    "seed_ci_high",
+    "run_files",
+    "no_users_csv",
+    "next_seed",
+)
+
+Reader = Callable[[Path, Mapping], pd.DataFrame | None]
+
+
+@dataclass(frozen=True)
+class Claim:
+    """One claim test: ``a`` against ``b`` (each (loss, negatives)) on ``dataset``/``metric``; ``expect`` is the
+    claimed relation of a to b: ``>``, ``≥``, ``<``, or ``level`` (|a - b| / b <= LEVEL_PCT %)."""
+
+    text: str
+    dataset: str
+    metric: str
+    a: tuple[str, int]
+    b: tuple[str, int]
+    expect: str
+
+
+def read_users(base: Path, row: Mapping) -> pd.DataFrame | None:
+    """A run's per-user metrics: the gzipped CSV ``row["users_csv"]`` (relative to ``base``; columns ``user`` and
+    the metrics, one row per test user); None when the run has none, a ``ReportError`` when the file is missing.
+    The fallback of ``default_reader`` where ``mmlexp.report.export`` has no ``read_per_user``."""
+    rel = row.get(USERS_COLUMN)
+    if not isinstance(rel, str) or not rel:
+        return None
+    path = base / rel
+    if not path.is_file():
+        raise ReportError(f"run {row.get('run_id')}: no per-user file at {path}")
+    return pd.read_csv(path)
+
+
+def default_reader() -> Reader:
+    """``mmlexp.report.export.read_per_user`` (same contract as ``read_users``) where it exists, else ``read_users``;
+    ``claim_tests`` takes any reader of this signature."""
+    return getattr(export, "read_per_user", read_users)
+
+
+def claim_specs(curves: pd.DataFrame, claims: pd.DataFrame) -> list[Claim]:
+    """The report's claims with both sides in ``curves``, in report order: MML beats CCL at 10 negatives (each row
+    of ``claims``), then per (dataset, metric): MML ≥ CCL and MML < BSL at 800, each loss level from 100 to 800."""
+    have = {(r.dataset, r.metric, r.loss, int(r.num_negatives)) for r in curves.itertuples()}
+    out = [
+        Claim(
+            f"MML beats CCL at {int(c.num_negatives)} negatives (paper +{c.paper_relative_gain_pct:.1f}%)",
+            c.dataset,
+            c.metric,
+            (c.loss, int(c.num_negatives)),
+            (c.baseline, int(c.num_negatives)),
+            ">",
+        )
+        for c in claims.itertuples()
+    ]
+    for dataset, metric in sorted({(d, m) for d, m, _, _ in have}):
+        out += [
+            Claim("MML ≥ CCL at 800 negatives", dataset, metric, ("mml", 800), ("ccl", 800), "≥"),
+            Claim("MML < BSL at 800 negatives", dataset, metric, ("mml", 800), ("bsl", 800), "<"),
+            *(
+                Claim(
+                    f"{loss.upper()} levels off from 100 to 800 negatives",
+                    dataset,
+                    metric,
+                    (loss, 800),
+                    (loss, 100),
+                    "level",
+                )
+                for loss in LEVEL_LOSSES
+            ),
+        ]
+    return [c for c in out if {(c.dataset, c.metric, *c.a), (c.dataset, c.metric, *c.b)} <= have]
+
+
+def _cell(runs: pd.DataFrame, dataset: str, side: tuple[str, int]) -> pd.DataFrame:
+    loss, n = side
+    return runs[(runs["dataset"] == dataset) & (runs["loss"] == loss) & (runs["num_negatives"] == n)]
+
+
+def _mean(curves: pd.DataFrame, claim: Claim, side: tuple[str, int]) -> float:
+    hit = _cell(curves[curves["metric"] == claim.metric], claim.dataset, side)
+    return float(hit["mean"].iloc[0])
+
+
+def _per_user(rows: pd.DataFrame, metric: str, read: Callable[[Mapping], pd.DataFrame | None]) -> pd.Series | None:
+    """Per user, ``metric`` averaged over the runs in ``rows`` (users in all of them); None if none has a file."""
+    frames = [f[metric] for _, r in rows.iterrows() if (f := read(r)) is not None]
+    return pd.concat(frames, axis=1, join="inner").mean(axis=1) if frames else None
+
+
+def user_pairs(
+    a_runs: pd.DataFrame, b_runs: pd.DataFrame, seeds: list, metric: str, read: Callable
+) -> tuple[np.ndarray, np.ndarray, list]:
+    """(a, b, seeds used): per test user in both, ``metric`` averaged over the common seeds where both cells have
+    per-user files (a seed's several runs averaged first)."""
+    a_cols, b_cols, used = [], [], []
+    for seed in seeds:
+        x = _per_user(a_runs[a_runs["seed"] == seed], metric, read)
+        y = _per_user(b_runs[b_runs["seed"] == seed], metric, read)
+        if x is not None and y is not None:
+            a_cols.append(x)
+            b_cols.append(y)
+            used.append(seed)
+    if not used:
+        return np.empty(0), np.empty(0), []
+    both = pd.concat(
+        [pd.concat(a_cols, axis=1, join="inner").mean(axis=1), pd.concat(b_cols, axis=1, join="inner").mean(axis=1)],
+        axis=1,
+        join="inner",
+    ).dropna()
+    return both.iloc[:, 0].to_numpy(float), both.iloc[:, 1].to_numpy(float), used
+
+
+def _cell_name(cell: pd.DataFrame, dataset: str, side: tuple[str, int]) -> str:
+    """The cell id of the runs (``gowalla-mf-mml-N10-paper``), or ``<dataset>-<loss>-N<n>`` without runs."""
+    return cell_id(cell.iloc[0]) if len(cell) else f"{dataset}-{side[0]}-N{side[1]}"
+
+
+def _seed_level(a_runs: pd.DataFrame, b_runs: pd.DataFrame, seeds: list, metric: str) -> dict:
+    """``stats.seed_paired`` over the common seeds (a seed's several runs averaged first), as ``seed_*`` keys."""
+    x, y = (cell.groupby("seed")[metric].mean().loc[seeds].tolist() if seeds else [] for cell in (a_runs, b_runs))
+    test = seed_paired(x, y)
+    return {f"seed_{k}": test[k] for k in ("mean_diff", "ci_low", "ci_high")} | {"seed_p": test["p"]}
+
+
+def _provenance(a_runs: pd.DataFrame, b_runs: pd.DataFrame, seeds: list, used: list, read: Callable) -> dict:
+    """The runs a row rests on (both cells, common seeds), their files (per-user if tested, else per-epoch; ``-``
+    for none), the runs without a per-user file and the next seed (whose new runs would bring per-user files)."""
+    on = pd.concat([a_runs[a_runs["seed"].isin(seeds)], b_runs[b_runs["seed"].isin(seeds)]])
+    column = USERS_COLUMN if used else "epochs_csv"
+    files = on[column] if column in on else pd.Series([""] * len(on), dtype=object)
+    missing = [rid for rid, (_, r) in zip(on["run_id"], on.iterrows(), strict=True) if read(r) is None]
+    return {
+        "runs": " ".join(on["run_id"]),
+        "run_files": " ".join(f if isinstance(f, str) and f else "-" for f in files),
+        "no_users_csv": " ".join(missing),
+        "next_seed": int(max([*a_runs["seed"], *b_runs["seed"], 0])) + 1,
+    }
+
+
+def claim_row(claim: Claim, curves: pd.DataFrame, runs: pd.DataFrame, read: Callable) -> dict:
+    """One row of ``claims.csv`` before Holm and the verdict: the point estimate from ``curves``, the seed-level
+    paired test over the common seeds, and the per-user test where both cells have per-user files."""
+    mean_a, mean_b = _mean(curves, claim, claim.a), _mean(curves, claim, claim.b)
+    a_runs, b_runs = (_cell(runs[runs["seed"].notna()], claim.dataset, side) for side in (claim.a, claim.b))
+    seeds = sorted(set(a_runs["seed"]) & set(b_runs["seed"]))
+    x, y, used = user_pairs(a_runs, b_runs, seeds, claim.metric, read)
+    row = {
+        "claim": claim.text,
+        "dataset": claim.dataset,
+        "metric": claim.metric,
+        "a": _cell_name(a_runs, claim.dataset, claim.a),
+        "b": _cell_name(b_runs, claim.dataset, claim.b),
+        "expect": claim.expect,
+        "n_users": len(x),
+        "n_seeds": len(seeds),
+        "user_seeds": " ".join(str(s) for s in used),
+        "mean_a": mean_a,
+        "mean_b": mean_b,
+        **_seed_level(a_runs, b_runs, seeds, claim.metric),
+        **_provenance(a_runs, b_runs, seeds, used, read),
+    }
+    if used:
+        return {**row, **bootstrap_diff(x, y), "p_wilcoxon": wilcoxon_p(x, y), "evidence": PER_USER}
+    diff = mean_a - mean_b
+    return {**row, "mean_diff": diff, "rel_diff_pct": 100 * diff / mean_b if mean_b else math.nan, "evidence": POINT}
+
+
+def verdict(row: Mapping, alpha: float = ALPHA) -> str:
+    """Per-user evidence: a difference not significant after Holm (``p_holm >= alpha``) is NOT RESOLVED, otherwise
+    HOLDS / DOES NOT HOLD by its sign against ``expect`` (``>``, ``≥``: a > b; ``<``: a < b). ``level``: HOLDS when
+    the bootstrap interval of the relative change lies within ±LEVEL_PCT %, DOES NOT HOLD when the change is
+    significant and its interval lies outside, else NOT RESOLVED. Point estimate only: the sign of a - b (``≥``:
+    a >= b), or |relative change| <= LEVEL_PCT % for ``level``."""
+    expect, diff = row["expect"], row["mean_diff"]
+    if row["evidence"] != PER_USER:
+        holds = {">": diff > 0, "≥": diff >= 0, "<": diff < 0, "level": abs(row["rel_diff_pct"]) <= LEVEL_PCT}
+        return HOLDS if holds[expect] else FAILS
+    significant = row["p_holm"] < alpha
+    if expect == "level":
+        lo, hi = row["rel_ci_low"], row["rel_ci_high"]
+        if -LEVEL_PCT <= lo and hi <= LEVEL_PCT:
+            return HOLDS
+        return FAILS if significant and (lo > LEVEL_PCT or hi < -LEVEL_PCT) else OPEN
+    if not significant:
+        return OPEN
+    return HOLDS if (diff > 0 if expect in (">", "≥") else diff < 0) else FAILS
+
+
+def level_off(rows: pd.DataFrame) -> dict:
+    """The combined "all losses level off by 100" row of one (dataset, metric) from its per-loss rows: DOES NOT
+    HOLD if a tested loss does not, HOLDS if every loss is tested and holds, NOT RESOLVED if every loss is tested
+    otherwise; with a loss untested (and no tested failure), the point-estimate rule on every loss."""
+    tested = rows[rows["evidence"] == PER_USER]
+    if (tested["verdict"] == FAILS).any() or len(tested) == len(rows):
+        evidence = PER_USER
+        result = FAILS if (tested["verdict"] == FAILS).any() else HOLDS if (rows["verdict"] == HOLDS).all() else OPEN
+    else:
+        evidence = POINT
+        result = HOLDS if (rows["rel_diff_pct"].abs() <= LEVEL_PCT).all() else FAILS
+    first = rows.iloc[0]
+    return {
+        "claim": "all losses level off by 100 negatives",
+        "dataset": first["dataset"],
+        "metric": first["metric"],
+        "expect": "level",
+        "n_users": int(rows["n_users"].min()),
+        "n_seeds": int(rows["n_seeds"].min()),
+        "evidence": evidence,
+        "verdict": result,
+        "runs": " ".join(x for x in rows["runs"] if x),
+        "run_files": " ".join(x for x in rows["run_files"] if x),
+        "no_users_csv": " ".join(x for x in rows["no_users_csv"] if isinstance(x, str) and x),
+        "next_seed": int(rows["next_seed"].max()),
+    }
+
+
+def claim_tests(
+    curves: pd.DataFrame,
+    claims: pd.DataFrame,
+    runs: pd.DataFrame | None = None,
+    base: Path | None = None,
+    reader: Reader | None = None,
+) -> pd.DataFrame:
+    """``claims.csv``: one row per claim test (``claim_specs``), Holm-adjusted over every per-user Wilcoxon p-value
+    in it (the family: all claim tests of the report), with its verdict; after each (dataset, metric)'s per-loss
+    level rows, their combined "all losses level off by 100" row. ``runs``: the Figure 3 runs (with ``seed``,
+    ``run_id`` and ``users_csv`` relative to ``base``, read with ``reader``, default ``default_reader()``); without
+    them every verdict is a point estimate."""
+    specs = claim_specs(curves, claims) if len(curves) else []
+    if runs is None:
+        runs = pd.DataFrame(columns=["dataset", "loss", "num_negatives", "seed", "run_id"])
+    load = reader or default_reader()
+    cache: dict[str, pd.DataFrame | None] = {}
+
+    def read(row: Mapping) -> pd.DataFrame | None:  # each run's file read once, indexed by user
+        key = str(row.get("run_id"))
+        if key not in cache:
+            frame = load(base or Path("."), row)
+            cache[key] = frame.set_index("user") if frame is not None and "user" in frame else frame
+        return cache[key]
+
+    rows = pd.DataFrame([claim_row(c, curves, runs, read) for c in specs], columns=list(COLUMNS))
+    rows["p_holm"] = holm(rows["p_wilcoxon"].to_numpy(float))
+    rows["verdict"] = [verdict(r) for _, r in rows.iterrows()]
+    key = rows[["dataset", "metric"]].assign(level=rows["expect"] == "level")
+    blocks = (key != key.shift()).any(axis=1).cumsum()  # consecutive rows of one (dataset, metric, level or not)
+    out = []
+    for _, group in rows.groupby(blocks, sort=False):
+        out.append(group)
+        if group["expect"].iloc[0] == "level":
+            out.append(pd.DataFrame([level_off(group)], columns=list(COLUMNS)))
+    return pd.concat(out, ignore_index=True) if out else rows

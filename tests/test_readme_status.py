@@ -1,0 +1,24 @@
+"""The README status table over several datasets: one heading and table per results folder, a folder without
+results reads every cell pending."""
+
+import shutil
+
+from mmlexp.report import readme
+from tests.conftest import REPO
+
+
+def test_two_datasets_one_table_each(tmp_path):
+    results = tmp_path / "results"
+    shutil.copytree(REPO / "results" / "gowalla", results / "gowalla")
+    doc = tmp_path / "README.md"
+    doc.write_text(f"{readme.START}\n{readme.END}\n")
+    args = ["--results", str(results / "gowalla"), str(results / "yelp2018"), "--readme", str(doc)]
+    assert readme.main(args) == 0 and readme.main([*args, "--check"]) == 0
+    text = doc.read_text()
+    gowalla, yelp = text.split("#### Yelp2018")
+    assert gowalla.count("#### Gowalla") == 1
+    assert "15 of 15 cells have finished runs" in gowalla and "0 of 15 cells have finished runs" in yelp
+    yelp_rows = [line for line in yelp.splitlines() if line.startswith("| ") and "cell (MF)" not in line]
+    assert len(yelp_rows) == 15 and all(line.endswith("pending |") for line in yelp_rows)
+    one = readme.status_table(results / "gowalla", "gowalla", tmp_path)
+    assert one in gowalla  # the Gowalla table is the one a single folder gives

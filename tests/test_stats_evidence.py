@@ -1,0 +1,239 @@
+"""The evidence behind the claim verdicts, checked against values computed here independently: Holm on a hand
+example, the Wilcoxon signed-rank p-value against the exact distribution enumerated here and against the normal
+approximation with Pratt's zeros and tied ranks written out by hand, the bootstrap interval (covers a known shift,
+deterministic, the same draws as scipy's), the seed-level t-test, and the verdicts on synthetic per-user files."""
+
+import itertools
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy import stats
+
+from mmlexp.report import evidence
+from mmlexp.report.stats import bootstrap_diff, holm, mean_ci, negative_curves, seed_paired, wilcoxon_p
+from mmlexp.report.status import claim_verdicts
+
+
+def test_holm_on_a_hand_example():
+    # sorted: 0.005, 0.01, 0.03, 0.04 -> 4*0.005, 3*0.01, 2*0.03, 1*0.04 = 0.02, 0.03, 0.06, 0.04 -> running max
+    assert holm([0.01, 0.04, 0.03, 0.005]) == pytest.approx([0.03, 0.06, 0.06, 0.02], abs=1e-15)
+    # NaN: kept and not counted (m = 2); capped at 1
+    out = holm([0.3, math.nan, 0.6])
+    assert out[0] == pytest.approx(0.6) and math.isnan(out[1]) and out[2] == pytest.approx(0.6)
+    assert holm([0.7, 0.9]).tolist() == [1.0, 1.0] and holm([]).size == 0
+
+
+def _exact_two_sided(d: np.ndarray) -> float:
+    """Every one of the 2^n sign assignments of the ranks of |d| (no ties, no zeros): two-sided p of W+."""
+    ranks = np.argsort(np.argsort(np.abs(d))) + 1
+    observed = ranks[d > 0].sum()
+    sums = np.array([ranks[list(signs)].sum() for signs in itertools.product([False, True], repeat=len(d))])
+    mean = ranks.sum() / 2
+    return min(1.0, float(np.mean(np.abs(sums - mean) >= abs(observed - mean) - 1e-9)))
+
+
+def test_wilcoxon_matches_the_exact_distribution():
+    # ranks of |d|: 0.1->1 (negative), 0.2->2, 0.3->3, 0.5->4, 0.8->5, 0.9->6: W- = 1; P(W- <= 1) = 2/64, p = 4/64
+    d = np.array([0.5, -0.1, 0.3, 0.8, 0.2, 0.9])
+    assert wilcoxon_p(d, np.zeros(6)) == pytest.approx(4 / 64, rel=1e-12)
+    rng = np.random.default_rng(7)
+    for _ in range(3):
+        d = rng.normal(0.3, 1.0, 10)
+        assert wilcoxon_p(d, np.zeros(10)) == pytest.approx(_exact_two_sided(d), rel=1e-9)
+    assert wilcoxon_p(np.ones(5), np.ones(5)) == 1.0 and math.isnan(wilcoxon_p([], []))
+
+
+def test_wilcoxon_normal_approximation_with_pratt_zeros_and_ties_by_hand():
+    d = np.array([0, 0, 0.1, -0.1, 0.2, 0.2, 0.2, -0.3, 0.4, 0.5, 0.6, -0.7, 0.8, 0.9, 1.0])  # 15 > 13: normal
+    # ranks of |d| with ties averaged: zeros 1.5 1.5 (ranked, then dropped: Pratt); ±0.1 -> 3.5; 0.2 x3 -> 6
+    ranks = np.array([3.5, 3.5, 6, 6, 6, 8, 9, 10, 11, 12, 13, 14, 15])
+    positive = np.array([1, 0, 1, 1, 1, 0, 1, 1, 1, 0, 1, 1, 1], dtype=bool)
+    w_plus = ranks[positive].sum()  # 93.5
+    z = (w_plus - ranks.sum() / 2) / math.sqrt((ranks**2).sum() / 4)  # null: each rank + or - with prob 1/2
+    assert w_plus == 93.5
+    assert wilcoxon_p(d, np.zeros(len(d))) == pytest.approx(2 * stats.norm.sf(abs(z)), rel=1e-12)
+
+
+def test_bootstrap_covers_a_known_shift_and_is_deterministic():
+    rng = np.random.default_rng(1)
+    b = rng.uniform(0.05, 0.35, 2000)
+    a = b + 0.02 + rng.normal(0, 0.05, 2000)  # true mean difference 0.02
+    first = bootstrap_diff(a, b, n_resamples=2000)
+    assert first == bootstrap_diff(a, b, n_resamples=2000)  # same seed, same numbers
+    assert first["ci_low"] < 0.02 < first["ci_high"] and first["ci_low"] < first["mean_diff"] < first["ci_high"]
+    assert first["mean_diff"] == pytest.approx(a.mean() - b.mean(), abs=1e-15)
+    assert first["rel_ci_low"] < first["rel_diff_pct"] < first["rel_ci_high"]
+    ref = stats.bootstrap(
+        (a, b),
+        lambda x, y, axis: x.mean(axis=axis) - y.mean(axis=axis),
+        paired=True,
+        vectorized=True,
+        n_resamples=2000,
+        batch=250,
+        method="percentile",
+        rng=np.random.default_rng(0),
+    )
+    assert (first["ci_low"], first["ci_high"]) == pytest.approx(tuple(ref.confidence_interval), rel=1e-12)
+    covered = 0
+    for seed in range(20):  # 95% intervals of 20 fresh samples: nearly all cover the true shift
+        r = np.random.default_rng(100 + seed)
+        y = r.uniform(0.05, 0.35, 500)
+        ci = bootstrap_diff(y + 0.02 + r.normal(0, 0.05, 500), y, n_resamples=1000)
+        covered += ci["ci_low"] <= 0.02 <= ci["ci_high"]
+    assert covered >= 17
+
+
+def test_seed_paired_is_mean_ci_and_ttest_rel():
+    x, y = [0.18, 0.181, 0.183], [0.177, 0.18, 0.179]
+    out = seed_paired(x, y)
+    ci = mean_ci([a - b for a, b in zip(x, y, strict=True)])
+    assert out["mean_diff"] == pytest.approx(ci["mean"]) and out["ci_low"] == pytest.approx(ci["ci_low"])
+    assert out["p"] == pytest.approx(stats.ttest_rel(x, y).pvalue, rel=1e-12)
+    assert math.isnan(seed_paired([0.1], [0.2])["p"])
+
+
+USERS = 1000
+
+
+def _synthetic(folder, seeds=(1,), with_files=True) -> pd.DataFrame:
+    """Per-user files and their runs: MML clearly above CCL at 10; at 800 MML clearly below CCL and equal to BSL
+    up to symmetric noise; every loss the same at 100 and 800 up to symmetric noise."""
+    rows = []
+    for seed in seeds:
+        rng = np.random.default_rng(seed)
+        u = rng.uniform(0.05, 0.35, USERS)
+        z = rng.normal(0, 0.01, USERS // 2)
+        noise = np.concatenate([z, -z])  # mean exactly 0, symmetric
+
+        step = 0.001 * (seed - 1)  # seeds differ a little (a seed-level t-test needs differences that vary)
+        base = {("ccl", 10): u, ("mml", 10): u + 0.05 + step, ("ccl", 100): u + 0.10 + step, ("mml", 100): u + 0.08}
+        base |= {
+            ("ccl", 800): base[("ccl", 100)] + rng.permutation(noise),
+            ("mml", 800): base[("mml", 100)] + rng.permutation(noise),
+        }
+        base |= {
+            ("bsl", 100): base[("mml", 100)] + rng.permutation(noise),
+            ("bsl", 800): base[("mml", 800)] + rng.permutation(noise) + step / 10,
+        }
+        for (loss, n), recall in base.items():
+            stem = f"toy-mf-{loss}-N{n}-paper-seed{seed}"
+            frame = pd.DataFrame({"user": np.arange(USERS), "recall@20": recall, "ndcg@20": 0.8 * recall})
+            if with_files:
+                (folder / "users").mkdir(exist_ok=True)
+                frame.to_csv(folder / "users" / f"{stem}.csv.gz", index=False)
+            rows.append(
+                {
+                    "run_id": f"{loss}{n}s{seed}".ljust(32, "0"),
+                    "dataset": "toy",
+                    "encoder": "mf",
+                    "loss": loss,
+                    "num_negatives": n,
+                    "early_stop": "N",
+                    "selection": "paper",
+                    "seed": seed,
+                    "epochs": 100,
+                    "recall@20": recall.mean(),
+                    "ndcg@20": (0.8 * recall).mean(),
+                    "epochs_csv": f"epochs/{stem}.csv",
+                    "users_csv": f"users/{stem}.csv.gz" if with_files else float("nan"),
+                }
+            )
+    return pd.DataFrame(rows)
+
+
+CLAIMS = pd.DataFrame(
+    [
+        {
+            "dataset": "toy",
+            "metric": m,
+            "num_negatives": 10,
+            "loss": "mml",
+            "baseline": "ccl",
+            "paper_relative_gain_pct": g,
+        }
+        for m, g in (("recall@20", 13.0), ("ndcg@20", 15.1))
+    ]
+)
+
+
+def test_verdicts_on_synthetic_per_user_files(tmp_path):
+    runs = _synthetic(tmp_path)
+    tests = evidence.claim_tests(negative_curves(runs), CLAIMS, runs, tmp_path)
+    rec = tests[tests["metric"] == "recall@20"].set_index("claim")
+    assert rec.loc["MML beats CCL at 10 negatives (paper +13.0%)", "verdict"] == "HOLDS"
+    assert rec.loc["MML ≥ CCL at 800 negatives", "verdict"] == "DOES NOT HOLD"
+    assert rec.loc["MML < BSL at 800 negatives", "verdict"] == "NOT RESOLVED"
+    assert (
+        rec.loc[[f"{x} levels off from 100 to 800 negatives" for x in ("MML", "CCL", "BSL")], "verdict"] == "HOLDS"
+    ).all()
+    assert rec.loc["all losses level off by 100 negatives", "verdict"] == "HOLDS"
+    # the family: 2 metrics x (1 + 2 + 3) tests, Holm over all of them
+    family = tests[tests["p_wilcoxon"].notna()]
+    assert len(family) == 12 and (family["evidence"] == "per-user").all()
+    assert family["p_holm"].to_numpy() == pytest.approx(holm(family["p_wilcoxon"].to_numpy()))
+    beats = rec.loc["MML beats CCL at 10 negatives (paper +13.0%)"]
+    assert beats["n_users"] == USERS and beats["n_seeds"] == 1 and beats["mean_diff"] == pytest.approx(0.05)
+    assert beats["ci_low"] < 0.05 < beats["ci_high"] and beats["p_holm"] < 1e-10
+    assert beats["runs"] == f"{'mml10s1'.ljust(32, '0')} {'ccl10s1'.ljust(32, '0')}"
+    assert beats["run_files"] == "users/toy-mf-mml-N10-paper-seed1.csv.gz users/toy-mf-ccl-N10-paper-seed1.csv.gz"
+    md = "\n".join(claim_verdicts(tests))
+    assert "toy recall@20: MML beats CCL at 10 negatives (paper +13.0%): **HOLDS**, ours +" in md
+    assert f"per-user test over {USERS} test users, 1 seed (1): mean difference +0.05" in md and "Holm p = " in md
+    assert "[mml10s10](users/toy-mf-mml-N10-paper-seed1.csv.gz)" in md and "its 12 tests" in md
+    assert "MML < BSL at 800 negatives: **NOT RESOLVED**" in md
+    assert not [line for line in md.splitlines() if line.startswith("* ") and "NOT tested" in line]
+    # a loss that keeps rising from 100 to 800 (+10%) does not level off
+    up = runs.copy()
+    up.loc[(up["loss"] == "ccl") & (up["num_negatives"] == 800), ["recall@20", "ndcg@20"]] *= 1.1
+    for rel in up[(up["loss"] == "ccl") & (up["num_negatives"] == 800)]["users_csv"]:
+        frame = pd.read_csv(tmp_path / rel)
+        frame[["recall@20", "ndcg@20"]] *= 1.1
+        frame.to_csv(tmp_path / rel, index=False)
+    level = evidence.claim_tests(negative_curves(up), CLAIMS, up, tmp_path).set_index(["metric", "claim"])
+    assert level.loc[("recall@20", "CCL levels off from 100 to 800 negatives"), "verdict"] == "DOES NOT HOLD"
+    assert level.loc[("recall@20", "all losses level off by 100 negatives"), "verdict"] == "DOES NOT HOLD"
+
+
+@pytest.mark.filterwarnings("ignore:Precision loss:RuntimeWarning")  # a level row: equal seed differences
+def test_seed_level_and_per_user_over_two_seeds(tmp_path):
+    runs = _synthetic(tmp_path, seeds=(1, 2))
+    # seed 2 of CCL at 10 has no per-user file: only seed 1 is paired per user for that claim
+    runs.loc[(runs["loss"] == "ccl") & (runs["num_negatives"] == 10) & (runs["seed"] == 2), "users_csv"] = ""
+    tests = evidence.claim_tests(negative_curves(runs), CLAIMS, runs, tmp_path)
+    row = tests[(tests["metric"] == "recall@20") & (tests["expect"] == ">")].iloc[0]
+    assert row["n_seeds"] == 2 and row["user_seeds"] == "1" and row["n_users"] == USERS
+    cell = runs.set_index(["loss", "num_negatives", "seed"])["recall@20"]
+    x, y = [cell[("mml", 10, s)] for s in (1, 2)], [cell[("ccl", 10, s)] for s in (1, 2)]
+    assert row["seed_p"] == pytest.approx(stats.ttest_rel(x, y).pvalue, rel=1e-12)
+    assert row["seed_mean_diff"] == pytest.approx(np.mean(np.subtract(x, y)), abs=1e-15)
+    assert row["no_users_csv"] == "ccl10s2".ljust(32, "0")
+    both = tests[(tests["metric"] == "recall@20") & (tests["claim"] == "MML ≥ CCL at 800 negatives")].iloc[0]
+    assert both["user_seeds"] == "1 2"  # per user: averaged over both seeds, then paired
+    assert both["mean_diff"] == pytest.approx(
+        np.mean([cell[("mml", 800, s)] - cell[("ccl", 800, s)] for s in (1, 2)]), abs=1e-12
+    )
+    md = "\n".join(claim_verdicts(tests))
+    assert "seed level (2 seeds): mean difference" in md and "2 seeds (1, 2): mean difference" in md
+
+
+def test_without_per_user_files_the_verdict_is_a_point_estimate(tmp_path):
+    runs = _synthetic(tmp_path, with_files=False)
+    tests = evidence.claim_tests(negative_curves(runs), CLAIMS, runs, tmp_path)
+    assert (tests["evidence"] == "point estimate").all() and tests["p_wilcoxon"].isna().all()
+    rec = tests[tests["metric"] == "recall@20"].set_index("claim")
+    assert rec.loc["MML < BSL at 800 negatives", "verdict"] in ("HOLDS", "DOES NOT HOLD")  # never NOT RESOLVED
+    md = "\n".join(claim_verdicts(tests))
+    assert "the family is empty and no verdict is tested" in md
+    line = next(x for x in md.splitlines() if "MML beats CCL at 10 negatives (paper +13.0%)" in x)
+    assert "**HOLDS**" in line and "no per-user evidence: point estimate only, NOT tested (1 seed: runs " in line
+    assert "[mml10s10](epochs/toy-mf-mml-N10-paper-seed1.csv)" in line
+    assert "per-user files of toy-mf-mml-N10-paper-seed2, toy-mf-ccl-N10-paper-seed2" in line
+
+
+def test_a_named_per_user_file_that_is_missing_is_an_error(tmp_path):
+    runs = _synthetic(tmp_path)
+    (tmp_path / runs["users_csv"].iloc[0]).unlink()
+    with pytest.raises(evidence.ReportError, match="no per-user file"):
+        evidence.claim_tests(negative_curves(runs), CLAIMS, runs, tmp_path)
