@@ -108,6 +108,7 @@ report: install  ## DATASET=...: results/<dataset>/ (+ README table); without: r
 ifneq ($(DATASET),)
 	$(PY) -m mmlexp.reproduce report $(PLAN_ARGS)
 	$(PY) -m mmlexp.report.readme --results results/gowalla results/yelp2018 --readme README.md
+	$(PY) -m mmlexp.report.overview --results results
 else
 	$(PY) -m mmlexp.report --experiment $(REPORT_EXPERIMENT) --name $(REPORT_NAME) $(REPORT_ARGS)
 endif
