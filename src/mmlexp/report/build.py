@@ -140,13 +140,33 @@ def build_report(opts: Options) -> Path:
 
 
 def _write(runs: pd.DataFrame, opts: Options, out: Path, name: str, notes: list[str]) -> None:
+    """report.md and every CSV and figure beside it, section by section."""
     metric_cols = [c for c in runs.columns if "@" in c and runs[c].notna().any()]
     cells = aggregate(runs, CELL_KEYS, metric_cols, opts.confidence)
     selections = [s for s in ("paper", "valid") if s in set(runs["selection"])] + sorted(
         set(runs["selection"]) - {"paper", "valid"}
     )
     committed = export.EPOCHS_COLUMN in runs
+    md = _header(runs, opts, name, cells, selections, committed)
+    md += _paper_tables(cells, selections, out)
+    fruns, fdesc = focus_subset(runs, opts)
+    md += _figure3(fruns, fdesc, opts, out)
+    tests = paired_tests(runs, baseline=opts.baseline_loss, metrics=METRICS)
+    md += _paired(tests, opts, out)
+    n_focus = focus_negatives(fruns, opts)
+    # every run's per-epoch Recall@20 / NDCG@20, read once (committed epoch CSVs, else MLflow): the time-to-accuracy
+    # runs' curves, all of them in the selection section
+    ids = list(runs["run_id"])
+    every = export.history_from_csv(runs, out, ids) if committed else metric_history(opts.tracking_uri, ids)
+    md += _time_to_accuracy(runs, fruns, fdesc, n_focus, every, opts, out)
+    md += _selection(runs, every, tests, out)
+    md += _long_tail(fruns, fdesc, n_focus, opts, out)
+    md += _cells_and_runs(cells, runs, out, notes)
+    (out / "report.md").write_text("\n".join(md))
 
+
+def _header(runs: pd.DataFrame, opts: Options, name: str, cells, selections: list[str], committed: bool) -> list[str]:
+    """Title, where the runs come from, how to read the numbers, and an epoch budget other than the paper's."""
     origin = (
         "[runs.csv](runs.csv) (per-epoch metrics: [epochs/](epochs/); rebuild without MLflow: "
         "`python -m mmlexp.report --from-csv runs.csv`)"
@@ -182,8 +202,12 @@ def _write(runs: pd.DataFrame, opts: Options, out: Path, name: str, notes: list[
             + "): compare with the paper's numbers accordingly.",
             "",
         ]
+    return md
 
-    # --- paper tables
+
+def _paper_tables(cells: pd.DataFrame, selections: list[str], out: Path) -> list[str]:
+    """Table 2 and Table 3 beside the paper's (table2.csv, table3.csv) and the cells far from it."""
+    md: list[str] = []
     tables = {}
     for tname in ("table2", "table3"):
         table = tables[tname] = paper_table(tname, cells, selections)
@@ -199,9 +223,11 @@ def _write(runs: pd.DataFrame, opts: Options, out: Path, name: str, notes: list[
         ]
 
     md += status.explanation_section(tables, out)
+    return md
 
-    # --- Figure 3
-    fruns, fdesc = focus_subset(runs, opts)
+
+def _figure3(fruns: pd.DataFrame, fdesc: str, opts: Options, out: Path) -> list[str]:
+    """Accuracy against negatives (figure3_negatives.*), the paper's claims and their verdicts (claims.csv)."""
     curves = negative_curves(fruns, confidence=opts.confidence)
     curves.to_csv(out / "figure3_negatives.csv", index=False)
     fig = figures.plot_negative_curves(fruns)
@@ -209,7 +235,7 @@ def _write(runs: pd.DataFrame, opts: Options, out: Path, name: str, notes: list[
     figures.save(fig, out / "figure3_negatives")
     claims = figure3_claims(curves)
     claims.to_csv(out / "figure3_claims.csv", index=False)
-    md += [
+    md = [
         "## Figure 3: accuracy against the number of negatives",
         "",
         f"Runs: {fdesc}; error bars = {opts.confidence:.0%} t-interval where a point has several seeds. "
@@ -245,11 +271,13 @@ def _write(runs: pd.DataFrame, opts: Options, out: Path, name: str, notes: list[
     verdicts = evidence.claim_tests(curves, claims, fruns, out)
     verdicts.to_csv(out / "claims.csv", index=False)
     md += status.claim_verdicts(verdicts)
+    return md
 
-    # --- paired tests
-    tests = paired_tests(runs, baseline=opts.baseline_loss, metrics=METRICS)
+
+def _paired(tests: pd.DataFrame, opts: Options, out: Path) -> list[str]:
+    """Each loss against the baseline, paired by seed (paired_tests.csv)."""
     tests.to_csv(out / "paired_tests.csv", index=False)
-    md += [
+    md = [
         f"## Paired tests against {figures.loss_label(opts.baseline_loss)}",
         "",
         f"Each loss against `{opts.baseline_loss}` in the same setting, paired by seed: mean difference "
@@ -262,9 +290,11 @@ def _write(runs: pd.DataFrame, opts: Options, out: Path, name: str, notes: list[
     else:
         md.append(f"No setting has both `{opts.baseline_loss}` and another loss on common seeds.")
     md.append("")
+    return md
 
-    # --- time to accuracy
-    n_focus = focus_negatives(fruns, opts)
+
+def _time_to_accuracy(runs, fruns, fdesc: str, n_focus, every: pd.DataFrame, opts: Options, out: Path) -> list[str]:
+    """Recall@20 against wall-clock seconds (time_to_accuracy.*)."""
     if opts.tta_runs:
         tta = runs[runs["run_id"].isin(opts.tta_runs)]
         tdesc = "the runs given with --tta-runs"
@@ -272,10 +302,6 @@ def _write(runs: pd.DataFrame, opts: Options, out: Path, name: str, notes: list[
         pool = fruns[fruns["num_negatives"] == n_focus] if n_focus is not None else fruns
         tta = pool.sort_values("seed").groupby(["dataset", "loss"], sort=True).head(1)
         tdesc = f"{fdesc}, {n_focus} negatives, the lowest seed of each loss"
-    # every run's per-epoch Recall@20 / NDCG@20, read once (committed epoch CSVs, else MLflow): the time-to-accuracy
-    # runs' curves here, all of them in the selection section below
-    ids = list(runs["run_id"])
-    every = export.history_from_csv(runs, out, ids) if committed else metric_history(opts.tracking_uri, ids)
     position = {run_id: i for i, run_id in enumerate(tta["run_id"])}
     history = (
         every[every["run_id"].isin(position)]
@@ -285,7 +311,7 @@ def _write(runs: pd.DataFrame, opts: Options, out: Path, name: str, notes: list[
     history.to_csv(out / "time_to_accuracy.csv", index=False)
     figures.save(figures.plot_time_to_accuracy(history, tta), out / "time_to_accuracy")
     sources = ", ".join(f"`{s}`" for s in history["time_source"].unique()) if len(history) else "none"
-    md += [
+    return [
         "## Time to accuracy",
         "",
         f"Recall@20 after each epoch against wall-clock seconds since training start, for {tdesc} "
@@ -298,11 +324,13 @@ def _write(runs: pd.DataFrame, opts: Options, out: Path, name: str, notes: list[
         "",
     ]
 
-    # --- selection protocol
+
+def _selection(runs: pd.DataFrame, every: pd.DataFrame, tests: pd.DataFrame, out: Path) -> list[str]:
+    """Selected, test-best and last epoch of each run (selection.csv) and the learning curves."""
     gaps = selection.selection_gaps(runs, every)
     gaps.to_csv(out / "selection.csv", index=False)
     figures.save(selection.plot_learning_curves(every, runs), out / "learning_curves")
-    md += [
+    return [
         "## Selection protocol: what choosing the epoch on test is worth",
         "",
         "Each run's test metrics at three epochs: the one it **selected** (its `best/` numbers: chosen on test "
@@ -318,10 +346,12 @@ def _write(runs: pd.DataFrame, opts: Options, out: Path, name: str, notes: list[
         *selection.protocol_gains(tests),
     ]
 
-    # --- long tail
+
+def _long_tail(fruns: pd.DataFrame, fdesc: str, n_focus, opts: Options, out: Path) -> list[str]:
+    """Recall@20 per item-popularity group (long_tail.*)."""
     pool = fruns[fruns["num_negatives"] == n_focus] if n_focus is not None else fruns
     tail_fig = figures.plot_long_tail(pool)
-    md += ["## Long tail", ""]
+    md = ["## Long tail", ""]
     if tail_fig is None:
         md += ["No long-tail metrics (`best/tail_recall_at_20_g*`) in these runs.", ""]
     else:
@@ -348,11 +378,14 @@ def _write(runs: pd.DataFrame, opts: Options, out: Path, name: str, notes: list[
                 ),
                 "",
             ]
+    return md
 
-    # --- every cell, every run
+
+def _cells_and_runs(cells: pd.DataFrame, runs: pd.DataFrame, out: Path, notes: list[str]) -> list[str]:
+    """Every cell (cells.csv), every run (runs.csv) and the notes."""
     cells.to_csv(out / "cells.csv", index=False)
     main = cells[cells["metric"].isin(METRICS)]
-    md += [
+    md = [
         "## All cells",
         "",
         "Every setting in the runs ([cells.csv](cells.csv) has every `best/` metric).",
@@ -370,4 +403,4 @@ def _write(runs: pd.DataFrame, opts: Options, out: Path, name: str, notes: list[
     ]
     if notes:
         md += ["## Notes", "", *(f"* {n}" for n in notes), ""]
-    (out / "report.md").write_text("\n".join(md))
+    return md
