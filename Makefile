@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 # Tests and benchmarks read the offline copies of Gowalla/Yelp2018 beside the repo.
 export MMLEXP_DATA_DIR ?= $(abspath ../shared/data)
 
-.PHONY: install run test test-slow test-postgres lint format bench ui dashboard clean \
+.PHONY: install run test test-slow test-postgres lint import-graph format bench ui dashboard clean \
 	reproduce-table2 reproduce-table3 reproduce-fig3 reproduce-quick reproduce reproduce-status need-dataset report notebooks bench-variants dist
 
 $(STAMP): pyproject.toml constraints.txt
@@ -30,6 +30,10 @@ lint: install  ## ruff (lint rules, then formatting) and mypy on src/mmlexp, as 
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy src/mmlexp
+	$(VENV)/bin/lint-imports
+
+import-graph: install  ## docs/import-graph.svg: what imports what between mmlexp's modules (docs/architecture.md)
+	$(PY) scripts/import_graph.py
 
 format: install  ## rewrite the tree as `make lint` wants it: ruff format, then ruff's safe fixes (imports, ...)
 	$(VENV)/bin/ruff format .

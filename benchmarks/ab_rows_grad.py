@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mmlexp import cpu_kernels as after
+from mmlexp.encoders import cosine as after  # the kernels moved there from cpu_kernels.py
 
 ROOT = Path(__file__).resolve().parent.parent
 

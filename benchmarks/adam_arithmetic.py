@@ -2,11 +2,11 @@
 
 Three loops over fp32 rows of 64, each in ns per element and step, one thread:
 
-  full      ``cpu_kernels.adam_rows`` itself on rows without a gradient (the dense pass: g = l2 coef p; m, v, p
+  full      ``optim.kernels.adam_rows`` itself on rows without a gradient (the dense pass: g = l2 coef p; m, v, p
             updated; one ``sqrt`` and one division per element)
   no-div    a copy of that kernel with ``m / (sqrt(v) / bc + eps)`` replaced by ``m * (v * bc + eps)``: the same
             memory traffic without the ``sqrt`` and the division (wrong on purpose: it measures what they cost)
-  replay    ``deferred.replay_rows`` itself bringing every row ``--replay-steps`` steps forward (a row is loaded
+  replay    ``optim.kernels.replay_rows`` itself bringing every row ``--replay-steps`` steps forward (a row is loaded
             once, its steps run in registers: the deferred path's arithmetic without its traffic)
 
 on a table larger than the caches (70,000 rows, about Gowalla's two tables) and on one that fits in L2 (4,000
@@ -23,13 +23,15 @@ from functools import partial
 
 import numpy as np
 
-from mmlexp import cpu_kernels, deferred
-from mmlexp.cpu_kernels import _BLOCKS, _jit, nb
+from mmlexp._numba import BLOCKS as _BLOCKS
+from mmlexp._numba import jit as _jit
+from mmlexp._numba import nb, set_threads
+from mmlexp.optim import kernels
 
 
 @_jit
 def no_div(p, m, v, a, step_size, b1, c1, b2, c2, eps, bc2_sqrt):  # pragma: no cover - compiled
-    """``cpu_kernels.adam_rows``' loops on rows without a gradient, the ``sqrt`` and the division taken out."""
+    """``kernels.adam_rows``' loops on rows without a gradient, the ``sqrt`` and the division taken out."""
     n, d = p.shape
     step = (n + _BLOCKS - 1) // _BLOCKS
     for blk in nb.prange(_BLOCKS):
@@ -48,7 +50,7 @@ def no_div(p, m, v, a, step_size, b1, c1, b2, c2, eps, bc2_sqrt):  # pragma: no 
 def replay_all(p, m, v, every, done, k, hist):
     """Every row ``k`` steps forward (``done`` reset first: the same pending steps at each call)."""
     done.fill(0)
-    deferred.replay_rows(p, m, v, every, done, k, hist)
+    kernels.replay_rows(p, m, v, every, done, k, hist)
 
 
 def main():
@@ -56,12 +58,12 @@ def main():
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--replay-steps", type=int, default=16, help="steps per row load in the replay")
     args = parser.parse_args()
-    cpu_kernels.set_threads(1)
+    set_threads(1)
     f32, k = np.float32, args.replay_steps
     a, step_size, b1, c1, b2, c2, eps, bc = (f32(x) for x in (1e-8, 1e-4, 0.9, 0.1, 0.999, 0.001, 1e-8, 0.5))
     update = (step_size, b1, c1, b2, c2, eps, bc)
     no_rows, no_vals = np.empty(0, np.int64), np.zeros((1, 64), f32)
-    hist = np.tile(np.array([a, step_size, b1, c1, b2, c2, eps, bc], f32), (k, 1))  # deferred.replay_rows' columns
+    hist = np.tile(np.array([a, step_size, b1, c1, b2, c2, eps, bc], f32), (k, 1))  # kernels.replay_rows' columns
     print(f"ns per element and step (one thread, best of {args.repeats})")
     print(f"{'rows':>7} {'full':>8} {'no-div':>8} {'replay':>8}   full / no-div   full / replay")
     for n in (70_000, 4_000):
@@ -71,7 +73,7 @@ def main():
         every = np.arange(n, dtype=np.int64)
         done = np.zeros(n, np.int64)
         loops = {
-            "full": (partial(cpu_kernels.adam_rows, p, m, v, no_rows, no_vals, a, f32(1), *update, False), 1),
+            "full": (partial(kernels.adam_rows, p, m, v, no_rows, no_vals, a, f32(1), *update, False), 1),
             "no-div": (partial(no_div, p, m, v, a, *update), 1),
             "replay": (partial(replay_all, p, m, v, every, done, k, hist), k),
         }

@@ -4,7 +4,7 @@ The catalogues (issue "Performance II"): 30,000 users with 27 train items (and 3
 uniformly from 40,000 or 400,000 items; written in the LightGCN format under ``--out`` (generated, not
 committed; ``dataset=custom dataset.path=...`` trains on them).  MF + MML, uniform negatives, B=256,
 paper settings (lr 1e-4, l2 1e-8, clip 10).  ``dense`` is ``TableAdam`` as by default (every row of
-both tables read and written each step); ``deferred`` with ``defer=True`` (``mmlexp.deferred``).
+both tables read and written each step); ``deferred`` with ``defer=True`` (``mmlexp.optim.deferred``).
 Each loop warms up first (``--warmup`` steps: the deferred rows reach their steady backlog), then the loops
 alternate, timed
 blocks of ``--steps`` steps, best of ``--repeats``.  ``materialize`` is the one full replay an epoch
@@ -54,12 +54,13 @@ class Loop:
         from mmlexp import train as train_module
         from mmlexp.encoders import MatrixFactorization
         from mmlexp.losses import MultiMarginLoss
+        from mmlexp.optim import make_optimizer
         from mmlexp.samplers import UniformSampler
 
         self.users, self.items = (torch.from_numpy(a) for a in data.train_pairs())
         torch.manual_seed(0)
         self.model = MatrixFactorization(data.n_users, data.n_items)
-        self.optimizer = train_module.make_optimizer(self.model, 1e-4, defer=defer)
+        self.optimizer = make_optimizer(self.model, 1e-4, defer=defer)
         self.gen = torch.Generator().manual_seed(0)
         self.sampler = UniformSampler(negatives, data.n_items, generator=self.gen)
         self.settings = train_module.TrainSettings(batch_size=batch, l2=1e-8, clip_grad_norm=10.0)

@@ -42,8 +42,9 @@ def run_one(name: str, steps: int, warmup: int, negatives: int, batch: int) -> d
     import mmlexp.encoders as encoders
     from mmlexp.data import load_dataset
     from mmlexp.losses import MultiMarginLoss
+    from mmlexp.optim import make_optimizer
     from mmlexp.samplers import UniformSampler
-    from mmlexp.train import TrainSettings, make_optimizer, train_step
+    from mmlexp.train import TrainSettings, train_step
 
     data = load_dataset("gowalla")
     users, items = (torch.from_numpy(a) for a in data.train_pairs())

@@ -28,8 +28,9 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 from mmlexp.encoders import MatrixFactorization
+from mmlexp.optim import make_optimizer
 from mmlexp.samplers import UniformSampler
-from mmlexp.train import TrainSettings, make_optimizer, train_step
+from mmlexp.train import TrainSettings, train_step
 
 CONF = Path(__file__).resolve().parents[1] / "conf" / "loss"
 N_USERS, N_ITEMS = 29_858, 40_981  # Gowalla

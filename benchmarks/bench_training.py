@@ -32,9 +32,10 @@ sys.path.insert(0, str(HERE))
 def mmlexp_training(users, items, n_users, n_items, num_negatives, batch_size, max_steps, variant="", device="cpu"):
     from mmlexp.encoders import MatrixFactorization
     from mmlexp.losses import MultiMarginLoss
+    from mmlexp.optim import make_optimizer
     from mmlexp.runtime import keep_freed_memory
     from mmlexp.samplers import SharedSampler, UniformSampler
-    from mmlexp.train import TrainSettings, make_optimizer, train_step
+    from mmlexp.train import TrainSettings, train_step
 
     keep_freed_memory()
     model = MatrixFactorization(n_users, n_items).train().to(device)

@@ -18,12 +18,13 @@ def run(data, steps: int, negatives: int, defer: bool):
     from mmlexp import train as train_module
     from mmlexp.encoders import MatrixFactorization
     from mmlexp.losses import MultiMarginLoss
+    from mmlexp.optim import make_optimizer
     from mmlexp.samplers import UniformSampler
 
     users, items = (torch.from_numpy(a) for a in data.train_pairs())
     torch.manual_seed(0)
     model = MatrixFactorization(data.n_users, data.n_items)
-    optimizer = train_module.make_optimizer(model, 1e-4, defer=defer)
+    optimizer = make_optimizer(model, 1e-4, defer=defer)
     gen = torch.Generator().manual_seed(0)
     sampler = UniformSampler(negatives, data.n_items, generator=gen)
     settings = train_module.TrainSettings(l2=1e-8, clip_grad_norm=10.0)

@@ -176,7 +176,7 @@ def run_config(overrides: list[str], workdir: Path, store: Path) -> dict[str, st
     three digests of the run.  torch's thread count is restored afterwards."""
     from hydra import compose, initialize_config_dir
 
-    from mmlexp import cpu_kernels
+    from mmlexp import _numba
     from mmlexp.__main__ import CONFIG_DIR
     from mmlexp.checkpoint import CHECKPOINT_FILE
     from mmlexp.run import train
@@ -190,7 +190,7 @@ def run_config(overrides: list[str], workdir: Path, store: Path) -> dict[str, st
     # numba's OpenMP pool, launched by the first parallel kernel of the process, resets torch's intra-op threads
     # to all cores (NUMBA_NUM_THREADS), undoing trainer.num_threads=1 for the first run of a process only.
     # Launched here first, so that every run is on one thread whatever ran before it in this process.
-    cpu_kernels.set_threads(1)
+    _numba.set_threads(1)
     try:
         with contextlib.chdir(workdir):
             train(cfg)

@@ -15,7 +15,8 @@ from scipy.stats import chisquare
 
 from mmlexp.encoders import MatrixFactorization
 from mmlexp.losses import MultiMarginLoss
-from mmlexp.train import TrainSettings, make_optimizer, train_step
+from mmlexp.optim import make_optimizer
+from mmlexp.train import TrainSettings, train_step
 
 # ---------------------------------------------------------------------------------------------------------- losses
 

@@ -9,9 +9,8 @@ import scipy.sparse as sp
 import torch
 from hydra.utils import instantiate
 
-from mmlexp.config import ConfigError, validate
+from mmlexp.config import OWN_TARGETS, ConfigError, build, validate
 from mmlexp.encoders import MatrixFactorization
-from mmlexp.run import OWN_TARGETS, build
 from tests.conftest import CONF
 
 GROUPS = {g: sorted(p.stem for p in (CONF / g).glob("*.yaml")) for g in ("loss", "sampler", "encoder")}

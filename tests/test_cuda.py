@@ -13,12 +13,13 @@ import torch
 import torch.nn.functional as F
 
 from mmlexp.encoders import MatrixFactorization
+from mmlexp.encoders.cosine import cosine_gather_scores
 from mmlexp.graphed_step import GraphedStep, training_step
 from mmlexp.losses import MultiMarginLoss
-from mmlexp.ops import cosine_gather_scores
+from mmlexp.optim import make_optimizer
 from mmlexp.run import train
 from mmlexp.samplers import PopularitySampler, UniformSampler
-from mmlexp.train import TrainSettings, fit, make_optimizer, train_step
+from mmlexp.train import TrainSettings, fit, train_step
 from tests.conftest import CONF
 from tests.reference import FixedSampler, reference_step
 

@@ -1,4 +1,4 @@
-"""Tests for mmlexp.data: parsing, validation, cache, download, sample and custom data."""
+"""Tests for mmlexp.data (LightGCN format): parsing, validation, cache, download, sample and custom data."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import mmlexp.data as mdata
+import mmlexp.data.lightgcn as mdata
 from mmlexp.data import DataError, load_dataset, parse_lightgcn
 
 REPO = Path(__file__).resolve().parents[1]

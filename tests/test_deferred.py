@@ -1,4 +1,4 @@
-"""Deferred rows of TableAdam (mmlexp.deferred) against the dense path it replaces: the same tables and
+"""Deferred rows of TableAdam (mmlexp.optim.deferred) against the dense path it replaces: the same tables and
 moments after many steps on ``sample``, the clip fallback, the norm bound, and a bit-identical resume."""
 
 import numpy as np
@@ -6,14 +6,17 @@ import pytest
 import scipy.sparse as sp
 import torch
 
-from mmlexp import cpu_kernels, deferred
+from mmlexp import _numba
 from mmlexp.data import load_dataset
 from mmlexp.encoders import LightGCN, MatrixFactorization
 from mmlexp.losses import MultiMarginLoss
+from mmlexp.optim import choose_deferred_rows, deferred, kernels, make_optimizer
+from mmlexp.optim.choose import item_draws
 from mmlexp.samplers import HardNegativeSampler, InBatchSampler, PopularitySampler, SharedSampler, UniformSampler
-from mmlexp.train import TrainSettings, make_optimizer, train_step
+from mmlexp.train import TrainSettings, train_step
+from tests.reference import FixedSampler
 
-pytestmark = pytest.mark.skipif(not cpu_kernels.AVAILABLE, reason="the deferred path runs on the numba kernels")
+pytestmark = pytest.mark.skipif(not _numba.AVAILABLE, reason="the deferred path runs on the numba kernels")
 
 
 @pytest.fixture(scope="module")
@@ -170,7 +173,7 @@ def test_replay_kernel_equals_steps_one_by_one():
             want[2][r] = b2 * want[2][r] + c2 * g * g
             want[0][r] = want[0][r] - step * want[1][r] / (np.sqrt(want[2][r]) / bc + eps)
     before = (p**2).sum()
-    change = deferred.replay_rows(p, m, v, deferred.pending_rows(np.array([4, 0, 1, 0, 2, 3]), done, 3), done, 3, hist)
+    change = kernels.replay_rows(p, m, v, deferred.pending_rows(np.array([4, 0, 1, 0, 2, 3]), done, 3), done, 3, hist)
     for got, expected in zip((p, m, v), want, strict=True):
         np.testing.assert_allclose(got, expected, rtol=1e-12)
     assert done.tolist() == [3] * 5 and change == pytest.approx((p**2).sum() - before, rel=1e-9)
@@ -211,7 +214,7 @@ def test_auto_share_matches_counted_uniform_draws(n_items, draws):
     rng = np.random.default_rng(0)
     counted = np.mean([np.unique(rng.integers(0, n_items, draws)).size / n_items for _ in range(200)])
     sampler = UniformSampler(draws // 10 - 1, n_items)  # B = 10 rows: 10 * (1 + N) = draws
-    _, why = deferred.choose("auto", sampler, 10, n_items, torch.device("cpu"))
+    _, why = choose_deferred_rows("auto", sampler, 10, n_items, torch.device("cpu"))
     assert f"about {counted:.0%} of" in why
 
 
@@ -219,22 +222,35 @@ def test_auto_share_matches_counted_uniform_draws(n_items, draws):
 def test_auto_defers_where_a_step_reads_few_gowalla_rows(negatives, expected):
     """Gowalla's 40,981 items, B=256: deferring pays at 10 negatives (6.6% of the rows read per step), not at 100."""
     sampler = UniformSampler(negatives, 40_981)
-    assert deferred.choose("auto", sampler, 256, 40_981, torch.device("cpu"))[0] is expected
-    assert deferred.choose("auto", sampler, 256, 40_981, torch.device("cuda"))[0] is False  # a CPU path only
+    assert choose_deferred_rows("auto", sampler, 256, 40_981, torch.device("cpu"))[0] is expected
+    assert choose_deferred_rows("auto", sampler, 256, 40_981, torch.device("cuda"))[0] is False  # a CPU path only
 
 
 def test_item_draws_follow_the_sampler():
-    assert deferred.item_draws(UniformSampler(10, 100), 8) == 8 * 11
+    assert item_draws(UniformSampler(10, 100), 8) == 8 * 11
     train = sp.csr_matrix(np.ones((2, 100)))
-    assert deferred.item_draws(PopularitySampler(10, 100, train=train, shared=True), 8) == 8 + 10
-    assert deferred.item_draws(InBatchSampler(), 8) == 8  # the negatives are the batch's own positives
+    assert item_draws(PopularitySampler(10, 100, train=train, shared=True), 8) == 8 + 10
+    assert item_draws(InBatchSampler(), 8) == 8  # the negatives are the batch's own positives
+
+
+def test_a_sampler_that_declares_nothing_gets_the_safe_defaults(sample):
+    """A sampler of one's own without ``scores_model`` may read the model: every row stays current; without
+    ``item_draws`` it counts as drawing its ``num_negatives`` per row."""
+    data, users, items = sample
+    mf = MatrixFactorization(data.n_users, data.n_items, dim=4)
+    neg = torch.tensor([[1, 2], [3, 4]])
+    own = FixedSampler(neg)
+    assert deferred.rows_read(mf, own, users[:2], items[:2], neg) is None
+    assert item_draws(own, 8) == 8
+    own.num_negatives = 2
+    assert item_draws(own, 8) == 8 * 3
 
 
 @pytest.mark.parametrize("mode, expected", [("on", True), (True, True), ("off", False), (False, False)])
 def test_explicit_modes_and_a_bad_value(mode, expected):
-    assert deferred.choose(mode, UniformSampler(800, 100), 256, 100, torch.device("cpu"))[0] is expected
+    assert choose_deferred_rows(mode, UniformSampler(800, 100), 256, 100, torch.device("cpu"))[0] is expected
     with pytest.raises(ValueError, match=r"trainer.defer_rows='sometimes': must be one of auto, on, off"):
-        deferred.choose("sometimes", UniformSampler(8, 100), 256, 100, torch.device("cpu"))
+        choose_deferred_rows("sometimes", UniformSampler(8, 100), 256, 100, torch.device("cpu"))
 
 
 def test_entrypoint_deferred_run_equals_the_dense_run(make_cfg, tmp_path, monkeypatch):

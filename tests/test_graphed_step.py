@@ -13,11 +13,13 @@ import torch
 from mmlexp.checkpoint import changed_settings
 from mmlexp.config import ConfigError, validate
 from mmlexp.encoders import LightGCN, MatrixFactorization, SimpleX
+from mmlexp.encoders.base import EmbeddingEncoder
 from mmlexp.graphed_step import GraphedStep, cuda_graph_mode, eager_reason, training_step
 from mmlexp.losses import MultiMarginLoss
+from mmlexp.optim import make_optimizer
 from mmlexp.run import train
 from mmlexp.samplers import HardNegativeSampler, InBatchSampler, UniformSampler
-from mmlexp.train import TrainSettings, make_optimizer, train_step
+from mmlexp.train import TrainSettings, train_step
 from tests.reference import FixedSampler
 
 N_USERS, N_ITEMS = 12, 30
@@ -77,6 +79,13 @@ def _train_matrix():
     return sp.csr_matrix((np.ones(rows.size), (rows, (rows * 7) % N_ITEMS)), shape=(N_USERS, N_ITEMS))
 
 
+class OwnEncoder(EmbeddingEncoder):
+    """An encoder of one's own that declares no capability."""
+
+    def __init__(self, n_users, n_items, dim, train=None):
+        super().__init__(n_users, n_items, dim, init_std=1e-4, similarity="cosine")
+
+
 @pytest.mark.parametrize(
     "change, named",
     [
@@ -89,7 +98,8 @@ def _train_matrix():
         ({"model": SimpleX}, "encoder SimpleX"),
         ({"sampler": "hard"}, "sampler=hard"),
         ({"sampler": "exclude"}, "exclude_positives=true"),
-        ({"sampler": "fixed"}, "sampler FixedSampler"),
+        ({"sampler": "fixed"}, "sampler FixedSampler is not known to be capturable"),
+        ({"model": OwnEncoder}, "encoder OwnEncoder is not known to be capturable"),  # the encoders' safe default
     ],
 )
 def test_eager_reason_names_the_option(change, named):

@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-import mmlexp.interactions as mint
+import mmlexp.data.interactions as mint
 from mmlexp.config import ConfigError
 from mmlexp.data import DataError, load_dataset
 

@@ -4,10 +4,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from mmlexp import cpu_kernels
-from mmlexp.ops import cosine_gather_scores
+from mmlexp import _numba
+from mmlexp.encoders import cosine
+from mmlexp.encoders.cosine import cosine_gather_scores
 
-needs_numba = pytest.mark.skipif(not cpu_kernels.AVAILABLE, reason="the CPU kernels need numba")
+needs_numba = pytest.mark.skipif(not _numba.AVAILABLE, reason="the CPU kernels need numba")
 
 
 @pytest.mark.parametrize("dtype, tol", [(torch.float64, 1e-12), (torch.float32, 1e-5)])
@@ -65,7 +66,7 @@ def test_bf16_autocast_scores_close_and_gradients_fp32():
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_scatter_rows_accumulates_like_index_add(dtype):
-    from mmlexp.ops import scatter_rows_
+    from mmlexp.encoders.cosine import scatter_rows_
 
     g = torch.Generator().manual_seed(5)
     items = torch.randint(7, (4, 6), generator=g)
@@ -84,7 +85,7 @@ def test_entries_by_row_lists_each_rows_entries_in_order():
     g = torch.Generator().manual_seed(6)
     items = torch.randint(40, (7, 9), generator=g)  # some of the 40 rows unread, others read many times
     items[2, :5] = 11
-    rows, starts, order = cpu_kernels.entries_by_row(items.numpy(), 40)
+    rows, starts, order = cosine.entries_by_row(items.numpy(), 40)
     flat = items.reshape(-1).tolist()
     assert rows.tolist() == sorted(set(flat))
     assert starts[0] == 0 and starts[-1] == len(flat)
@@ -99,8 +100,8 @@ def test_kernel_table_gradient_sums_each_rows_entries():
     table, users = torch.randn(25, 16, generator=g), torch.randn(6, 16, generator=g)
     items = torch.randint(25, (6, 11), generator=g)
     grad, coef = torch.randn(6, 11, generator=g), torch.randn(6, 11, generator=g)
-    rows, starts, order = cpu_kernels.entries_by_row(items.numpy(), 25)
-    vals = cpu_kernels.cosine_rows_grad(table.numpy(), grad.numpy(), coef.numpy(), users.numpy(), rows, starts, order)
+    rows, starts, order = cosine.entries_by_row(items.numpy(), 25)
+    vals = cosine.cosine_rows_grad(table.numpy(), grad.numpy(), coef.numpy(), users.numpy(), rows, starts, order)
     for k, r in enumerate(rows.tolist()):
         acc, scale = torch.zeros(16), torch.zeros(())
         for b in range(6):

@@ -4,16 +4,16 @@
 import pytest
 import torch
 
-from mmlexp import cpu_kernels
+from mmlexp import _numba
 from mmlexp.encoders import MatrixFactorization
 from mmlexp.losses import BPRLoss
-from mmlexp.optim import LazyAdam, TableAdam
-from mmlexp.train import TrainSettings, make_optimizer, train_step
+from mmlexp.optim import LazyAdam, TableAdam, make_optimizer
+from mmlexp.train import TrainSettings, train_step
 
 
 @pytest.mark.parametrize("kernels", [True, False])  # numba rows update / torch index ops
 def test_sparse_gradients_match_torch_sparse_adam(kernels, monkeypatch):
-    monkeypatch.setattr(cpu_kernels, "AVAILABLE", kernels and cpu_kernels.AVAILABLE)
+    monkeypatch.setattr(_numba, "AVAILABLE", kernels and _numba.AVAILABLE)
     torch.manual_seed(0)
     a = torch.nn.Parameter(torch.randn(10, 3))
     b = torch.nn.Parameter(a.detach().clone())
@@ -90,8 +90,8 @@ def _grad(kind: str, rows, vals, shape):
 def test_table_adam_equals_clip_then_adam_on_grad_plus_l2(kernels, kind, dtype, tol, clip, monkeypatch):
     """TableAdam.step(l2, max_norm) == clip_grad_norm_ then torch Adam on (G + l2 * E) for the decayed table and
     G for the rest, for every gradient layout; the parameter changed outside between steps (cached norm) too."""
-    monkeypatch.setattr(cpu_kernels, "AVAILABLE", kernels and cpu_kernels.AVAILABLE)
-    if dtype == torch.float64 and not (kernels and cpu_kernels.AVAILABLE):
+    monkeypatch.setattr(_numba, "AVAILABLE", kernels and _numba.AVAILABLE)
+    if dtype == torch.float64 and not (kernels and _numba.AVAILABLE):
         tol = 1e-8  # torch's fused kernel takes its clip factor (grad_scale) in float32
     gen = torch.Generator().manual_seed(0)
     table, other = torch.randn(20, 4, generator=gen, dtype=dtype), torch.randn(3, dtype=dtype)

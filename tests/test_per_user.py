@@ -18,9 +18,9 @@ from mlflow.tracking import MlflowClient
 from mmlexp.data import load_dataset
 from mmlexp.evaluation import evaluate_embeddings
 from mmlexp.evaluation.per_user import PER_USER_FILE, per_user_metrics, write_per_user
-from mmlexp.evaluation.per_user_backfill import main as backfill
 from mmlexp.report import fetch_runs
 from mmlexp.report.export import export_runs, read_per_user, read_runs, stage
+from mmlexp.report.per_user_backfill import main as backfill
 from mmlexp.report.runs import ReportError
 from mmlexp.run import load_checkpoint, train
 from tests.conftest import EXPERIMENT
@@ -219,6 +219,6 @@ def test_export_copies_each_runs_file_beside_its_epochs(store, tmp_path):
 
 
 def test_backfill_module_runs_as_a_command(tmp_path):
-    cmd = [sys.executable, "-m", "mmlexp.evaluation.per_user_backfill", "--checkpoint", str(tmp_path / "best.pt")]
+    cmd = [sys.executable, "-m", "mmlexp.report.per_user_backfill", "--checkpoint", str(tmp_path / "best.pt")]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 2 and "best.pt: no such file" in proc.stderr and "Traceback" not in proc.stderr

@@ -8,7 +8,7 @@ from mlflow.tracking import MlflowClient
 from mmlexp import run as run_module
 from mmlexp.config import ConfigError, validate
 from mmlexp.data import load_dataset
-from mmlexp.splits import holdout, valid_counts
+from mmlexp.data.splits import holdout, valid_counts
 from tests.test_entrypoint import run_cli, runs
 
 

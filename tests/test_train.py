@@ -3,11 +3,11 @@
 import pytest
 import torch
 
-from mmlexp import cpu_kernels
+from mmlexp import _numba
 from mmlexp.encoders import MatrixFactorization
 from mmlexp.losses import MultiMarginLoss
-from mmlexp.optim import TableAdam
-from mmlexp.train import TrainSettings, fit, make_optimizer, start_gradients_, train_step
+from mmlexp.optim import TableAdam, make_optimizer
+from mmlexp.train import TrainSettings, fit, start_gradients_, train_step
 from tests.reference import FixedSampler, reference_step
 
 
@@ -47,14 +47,14 @@ def test_start_gradients_sets_the_l2_gradient_and_reuses_buffers():
 def test_table_adam_steps_equal_reference_adam_on_loss_plus_l2(clip, dtype, kernels, monkeypatch):
     """Several steps (repeated users and items: rows accumulate) with TableAdam == plain Adam on autograd of
     loss + (l2/2)||E||^2 with clip_grad_norm_, on both of its paths (fp64 too)."""
-    monkeypatch.setattr(cpu_kernels, "AVAILABLE", kernels and cpu_kernels.AVAILABLE)
+    monkeypatch.setattr(_numba, "AVAILABLE", kernels and _numba.AVAILABLE)
     torch.manual_seed(1)
     a = MatrixFactorization(6, 9, dim=4, dropout=0.0, init_std=0.5).to(dtype)
     b = MatrixFactorization(6, 9, dim=4, dropout=0.0, init_std=0.5).to(dtype)
     b.load_state_dict(a.state_dict())
     loss_fn, l2 = MultiMarginLoss(neg_weight=3.0), 0.3
     opt_a = make_optimizer(a, 0.05)
-    assert isinstance(opt_a, TableAdam) and a.sparse_grad == cpu_kernels.AVAILABLE
+    assert isinstance(opt_a, TableAdam) and a.sparse_grad == _numba.AVAILABLE
     opt_b = torch.optim.Adam(b.parameters(), lr=0.05, foreach=False)
     settings = TrainSettings(l2=l2, clip_grad_norm=clip)
     for step in range(4):
@@ -62,10 +62,10 @@ def test_table_adam_steps_equal_reference_adam_on_loss_plus_l2(clip, dtype, kern
         negatives = torch.randint(9, (4, 3))
         train_step(a, loss_fn, FixedSampler(negatives), opt_a, users, items, settings)
         reference_step(b, loss_fn, opt_b, users, items, negatives, l2, clip)
-        opt_a.materialize()  # rows the step deferred (mmlexp.deferred), brought up to date
+        opt_a.materialize()  # rows the step deferred (mmlexp.optim.deferred), brought up to date
         for pa, pb in zip(a.parameters(), b.parameters(), strict=True):
             torch.testing.assert_close(pa, pb, rtol=1e-5, atol=1e-6)
-        if kernels and cpu_kernels.AVAILABLE:
+        if kernels and _numba.AVAILABLE:
             assert a.item_table.grad.is_sparse and a.user_table.grad.is_sparse
 
 

@@ -17,7 +17,8 @@ CONFIG_DIR = os.environ.get("MMLEXP_CONFIG_DIR", PACKAGED_CONFIG_DIR)
 
 @hydra.main(config_path=CONFIG_DIR, config_name="config")
 def main(cfg: DictConfig) -> float:
-    from mmlexp.run import ConfigError, DataError, Diverged, in_multirun, train
+    from mmlexp.hooks import in_multirun
+    from mmlexp.run import ConfigError, DataError, Diverged, train
 
     try:
         return train(cfg)

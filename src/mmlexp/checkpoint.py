@@ -10,6 +10,9 @@ MLflow store and run id, the config).  ``trainer.resume``:
 * a path (a checkpoint file, or a run directory holding one): continue from it; it must exist and be of the
   same dataset and model shapes;
 * ``never``: start over.
+
+With ``tracking.save_checkpoint`` a run also writes ``<run dir>/best.pt`` (``BEST_FILE``, also atomically): the
+best epoch's weights, config and metrics, read back by ``load_checkpoint``.
 """
 
 import logging
@@ -24,6 +27,7 @@ from mmlexp.config import ConfigError
 from mmlexp.tracking import flatten
 
 CHECKPOINT_FILE = "checkpoint.pt"
+BEST_FILE = "best.pt"
 # Settings a resumed run may change: how long it trains, where it logs, how it shows progress.
 MAY_CHANGE = (
     "trainer.epochs",
@@ -51,6 +55,11 @@ def save_atomic(state: dict[str, Any], path: Path) -> None:
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
+
+
+def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
+    """Read a ``best.pt`` written by ``mmlexp.run.train`` (tensors and plain values only: ``weights_only=True``)."""
+    return torch.load(path, map_location="cpu", weights_only=True)
 
 
 def load(path: Path, setting: str) -> dict[str, Any]:

@@ -1,8 +1,9 @@
-"""Validation of the composed config before anything runs.
+"""Validation of the composed config before anything runs, and building its ``_target_`` parts.
 
 Each rule names its key, the bad value and what is allowed, e.g.
 ``trainer.lr=-1.0: must be a number > 0``.  Hyper-parameters of losses, samplers and encoders
-are checked by their own constructors (the error is prefixed with the group name).
+are checked by their own constructors (the error is prefixed with the group name): ``build``
+instantiates a node on the allow-list of targets (``OWN_TARGETS`` plus ``allowed_targets``).
 """
 
 import math
@@ -10,13 +11,37 @@ import re
 from collections.abc import Callable
 from typing import Any
 
+from hydra.errors import InstantiationException
+from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from mmlexp.evaluation import LONGTAIL_SPLITS, METRICS, SELECTIONS
 
+OWN_TARGETS = ["mmlexp.*"]
+
 
 class ConfigError(ValueError):
     """A config value is of the wrong type or outside its allowed range."""
+
+
+def allowed_targets(cfg: DictConfig) -> list[str]:
+    """The ``_target_`` allow-list of a config: mmlexp's own classes plus ``allowed_targets``."""
+    return OWN_TARGETS + list(cfg.get("allowed_targets") or [])
+
+
+def build(group: str, node: DictConfig, allowed: list[str], **kwargs: Any) -> Any:
+    """``instantiate`` on the execution allow-list; constructor errors name the config key."""
+    try:
+        return instantiate(node, _execution_whitelist_=allowed, **kwargs)
+    except InstantiationException as err:
+        if isinstance(err.__cause__, (ValueError, TypeError)):
+            raise ConfigError(f"{group}.{err.__cause__}") from err
+        raise ConfigError(
+            f"{group}._target_={node.get('_target_')!r}: {err}\n"
+            f"Allowed targets: {allowed} (extend with allowed_targets=['mypkg.*'])"
+        ) from err
+    except (ValueError, TypeError) as err:  # the constructor refused a value (Hydra re-raises it as is)
+        raise ConfigError(f"{group}.{err}") from err
 
 
 def _is_int(v: Any) -> bool:

@@ -19,6 +19,7 @@ from typing import Any
 import torch
 
 from mmlexp.config import ConfigError
+from mmlexp.hooks import in_multirun
 
 log = logging.getLogger(__name__)
 
@@ -43,15 +44,11 @@ def resolve_device(name: str, jobs_per_gpu: int = 1) -> torch.device:
 
 def parallel_job() -> tuple[int, Path] | None:
     """(job number, slot directory) for a job that a parallel local launcher runs; None otherwise."""
-    try:
-        from hydra.core.hydra_config import HydraConfig
-        from hydra.types import RunMode
+    if not in_multirun():  # a single run, or not under Hydra (a notebook)
+        return None
+    from hydra.core.hydra_config import HydraConfig
 
-        hc = HydraConfig.get()
-    except (ImportError, ValueError):  # not under Hydra (a notebook)
-        return None
-    if hc.mode != RunMode.MULTIRUN:
-        return None
+    hc = HydraConfig.get()
     launcher: Any = hc.launcher or {}
     target = str(launcher.get("_target_", ""))
     joblib = "joblib" in target.lower() and launcher.get("n_jobs") not in (None, 1)

@@ -19,8 +19,10 @@ states in a checkpoint stay exact.  Seeded runs are reproducible; float sums mad
 
 What stays eager, each with its reason (``eager_reason``): other devices, ``trainer.precision=bf16``,
 ``trainer.optimizer=sparse_adam``, another optimiser than TableAdam, TableAdam with deferred rows,
-parameters that fused Adam does not take, encoders other than MF, the hard sampler, uniform with
-``exclude_positives``, a sampler of unknown kind or drawing off the device.
+parameters that fused Adam does not take, and encoders or samplers that do not declare
+``supports_graph_capture`` (their ``graph_capture_note`` says why: ``encoders.base``, ``samplers.base``;
+of the built-in ones MF and the uniform, popularity, shared and in-batch samplers are checked, uniform
+not with ``exclude_positives``), or a sampler drawing off the device.
 """
 
 import logging
@@ -31,22 +33,14 @@ import torch
 from torch import nn
 
 from mmlexp.config import switch
-from mmlexp.encoders import NGCF, LightGCN, MatrixFactorization, SimpleX, SVDPlusPlus
 from mmlexp.optim import TableAdam
-from mmlexp.samplers import HardNegativeSampler, InBatchSampler, PopularitySampler, SharedSampler, UniformSampler
+from mmlexp.samplers.base import GRAPH_CAPTURE_NOTE, SUPPORTS_GRAPH_CAPTURE
 
 log = logging.getLogger(__name__)
 
 WARMUP = 3  # eager steps on the side stream before the capture (torch.cuda.make_graphed_callables' default)
 
 Step = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
-
-_ENCODER_REASONS: dict[type, str] = {
-    SimpleX: "encoder SimpleX reads each user's history: shapes depend on the batch (graph.row_entries)",
-    SVDPlusPlus: "encoder SVDPlusPlus reads each user's history: shapes depend on the batch (graph.row_entries)",
-    LightGCN: "encoder LightGCN propagates with sparse-matrix products, not checked under capture",
-    NGCF: "encoder NGCF propagates with sparse-matrix products, not checked under capture",
-}
 
 
 def cuda_graph_mode(value: Any) -> str:
@@ -66,14 +60,10 @@ def eager_reason(model: nn.Module, sampler, optimizer: torch.optim.Optimizer, se
         )
     if optimizer.defer:
         return "TableAdam(defer=True): deferred rows are replayed on the host"
-    if not isinstance(model, MatrixFactorization):
-        return _ENCODER_REASONS.get(type(model), f"encoder {type(model).__name__} is not known to be capturable")
-    if isinstance(sampler, HardNegativeSampler):
-        return "sampler=hard scores its pool with the model inside the step, not checked under capture"
-    if isinstance(sampler, UniformSampler) and sampler.exclude_positives:
-        return "sampler.exclude_positives=true redraws on the host until no positive is left"
-    if not isinstance(sampler, (UniformSampler, PopularitySampler, SharedSampler, InBatchSampler)):
-        return f"sampler {type(sampler).__name__} is not known to be capturable"
+    if not getattr(model, "supports_graph_capture", False):  # the encoders' declaration (encoders.base)
+        return f"encoder {type(model).__name__} {getattr(model, 'graph_capture_note', GRAPH_CAPTURE_NOTE)}"
+    if not getattr(sampler, "supports_graph_capture", SUPPORTS_GRAPH_CAPTURE):  # the samplers' (samplers.base)
+        return f"sampler {type(sampler).__name__} {getattr(sampler, 'graph_capture_note', GRAPH_CAPTURE_NOTE)}"
     devices = {p.device.type for p in params} | {sampler.device.type}
     generator = getattr(sampler, "generator", None)
     if generator is not None:

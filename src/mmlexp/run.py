@@ -1,7 +1,9 @@
 """The one reader of the config: build data, encoder, loss and sampler, train, evaluate, track.
 
 ``train(cfg)`` is a plain function (the Hydra entrypoint and notebooks both call it) and returns
-the selection metric of the best epoch, the objective of sweeps.
+the selection metric of the best epoch, the objective of sweeps.  Its steps: ``prepare`` (data and split,
+the parts, a checkpoint to resume), ``start_tracking``, ``fit_tracked`` (``train.fit``, then ``save_best``).
+The sweep layer sits above: its job side reaches a run through ``mmlexp.hooks``.
 """
 
 import contextlib
@@ -10,44 +12,28 @@ import os
 import signal
 import threading
 import time
-from dataclasses import replace
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+import scipy.sparse as sp
 import torch
-from hydra.errors import InstantiationException
-from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from mmlexp import deferred
-from mmlexp.checkpoint import CHECKPOINT_FILE, find_resume, save_atomic
-from mmlexp.config import ConfigError, validate
+from mmlexp.checkpoint import BEST_FILE, CHECKPOINT_FILE, find_resume, load_checkpoint, save_atomic
+from mmlexp.config import OWN_TARGETS, ConfigError, allowed_targets, build, validate
 from mmlexp.data import DataError, InteractionData, load_dataset
+from mmlexp.data.splits import holdout
 from mmlexp.devices import resolve_device
 from mmlexp.evaluation import LongTail, evaluate_embeddings
 from mmlexp.evaluation.per_user import save_run_per_user
-from mmlexp.splits import holdout
+from mmlexp.hooks import PRUNED_TAG, in_multirun, job_tags, trial_reporter
+from mmlexp.optim import choose_deferred_rows, make_optimizer
 from mmlexp.tracking import Tracker, flatten, git_commit
-from mmlexp.train import Diverged, TrainSettings, fit, make_optimizer
+from mmlexp.train import Diverged, FitResult, TrainSettings, fit
 
 log = logging.getLogger("mmlexp")
-
-OWN_TARGETS = ["mmlexp.*"]
-
-
-def build(group: str, node: DictConfig, allowed: list[str], **kwargs: Any) -> Any:
-    """``instantiate`` on the execution allow-list; constructor errors name the config key."""
-    try:
-        return instantiate(node, _execution_whitelist_=allowed, **kwargs)
-    except InstantiationException as err:
-        if isinstance(err.__cause__, (ValueError, TypeError)):
-            raise ConfigError(f"{group}.{err.__cause__}") from err
-        raise ConfigError(
-            f"{group}._target_={node.get('_target_')!r}: {err}\n"
-            f"Allowed targets: {allowed} (extend with allowed_targets=['mypkg.*'])"
-        ) from err
-    except (ValueError, TypeError) as err:  # the constructor refused a value (Hydra re-raises it as is)
-        raise ConfigError(f"{group}.{err}") from err
 
 
 def group_choices(cfg: DictConfig) -> dict[str, str]:
@@ -98,24 +84,6 @@ def sigterm_as_interrupt():
         signal.signal(signal.SIGTERM, previous)
 
 
-def in_multirun() -> bool:
-    with contextlib.suppress(Exception):
-        from hydra.core.hydra_config import HydraConfig
-        from hydra.types import RunMode
-
-        return HydraConfig.get().mode == RunMode.MULTIRUN
-    return False
-
-
-def sweep_job_tags(tracking_uri: str) -> dict[str, str]:
-    """A multirun job's links to its sweep (``mmlexp.sweep.jobs``); a single run never imports the sweep layer."""
-    if not in_multirun():
-        return {}
-    from mmlexp.sweep.jobs import job_tags
-
-    return job_tags(tracking_uri)
-
-
 def load_data(cfg: DictConfig) -> InteractionData:
     if OmegaConf.is_missing(cfg.dataset, "path"):
         raise ConfigError(
@@ -137,29 +105,90 @@ def load_data(cfg: DictConfig) -> InteractionData:
 def train(cfg: DictConfig) -> float:
     """Train one model as configured, track it, and return the best value of ``trainer.monitor``."""
     with sigterm_as_interrupt():
-        return _train(cfg)
+        setup = prepare(cfg)
+        tracker, reopened = start_tracking(setup)
+        result = fit_tracked(setup, tracker, reopened)
+        shown = "  ".join(f"{k} {v:.4f}" for k, v in result.best_metrics.items())
+        print(f"best epoch {result.best_epoch}: {shown}")
+        print(f"logged to {tracker.where}; run dir {setup.out_dir}")
+        return float(result.best_metrics[setup.settings.monitor])
 
 
-def _train(cfg: DictConfig) -> float:
+@dataclass
+class Parts:
+    """The encoder, loss, sampler and optimizer of a run, and the generator its sampler draws from."""
+
+    model: Any
+    loss_fn: Any
+    sampler: Any
+    optimizer: Any
+    generator: torch.Generator
+
+
+@dataclass
+class Setup:
+    """Everything ``prepare`` builds from the config before the run is tracked (a bad value fails here, with no
+    tracked run left behind)."""
+
+    cfg: DictConfig
+    device: torch.device
+    data: InteractionData
+    fit_train: sp.csr_matrix  # data.train, less the validation slice under eval.selection=valid
+    valid: sp.csr_matrix | None
+    parts: Parts
+    settings: TrainSettings
+    evaluate: Callable[[], dict[str, float]]
+    out_dir: Path
+    shapes: dict[str, list[int]]  # the model's tensor shapes (a checkpoint of others is refused)
+    resolved: dict[str, Any]
+    resume: dict[str, Any] | None
+    users: torch.Tensor  # the rows trained on: one (user, item) pair per interaction of fit_train
+    items: torch.Tensor
+
+
+def prepare(cfg: DictConfig) -> Setup:
+    """Check the config, seed, pick the device, load the data and its split, build the parts, find a checkpoint
+    to resume from."""
     validate(cfg)
     if cfg.trainer.num_threads:
         torch.set_num_threads(cfg.trainer.num_threads)
     torch.manual_seed(cfg.seed)
     device = resolve_device(cfg.device, cfg.get("jobs_per_gpu", 1))  # a parallel sweep job: its own GPU
-    allowed = OWN_TARGETS + list(cfg.allowed_targets)
-    data = load_data(cfg)
-    # eval.selection=valid: train on train minus a held-out slice, pick the epoch on that slice
-    selection = str(cfg.eval.get("selection", "paper"))
-    fit_train, valid = data.train, None
-    if selection == "valid":
-        fit_train, valid = holdout(data.train, cfg.eval.valid_fraction, cfg.eval.valid_seed)
-        if valid.nnz == 0:
-            raise ConfigError(
-                f"eval.valid_fraction={cfg.eval.valid_fraction!r}: holds out no interaction of "
-                f"{data.name} (a user keeps round(fraction * n) of its n train items, at least one "
-                "in train); use a larger fraction or eval.selection=paper"
-            )
+    data, fit_train, valid = load_split(cfg)
+    parts = build_parts(cfg, data, fit_train, device)
+    settings = TrainSettings(**{k: cfg.trainer[k] for k in TrainSettings.__dataclass_fields__})
+    out_dir = run_directory(cfg)
+    shapes = {k: list(v.shape) for k, v in parts.model.state_dict().items()}
+    resolved: dict[str, Any] = OmegaConf.to_container(cfg, resolve=True)  # type: ignore[assignment]
+    resume = find_resume(cfg.trainer.get("resume", "auto"), out_dir, data.fingerprint(), shapes, resolved)
+    users, items = (torch.from_numpy(a).to(device) for a in replace(data, train=fit_train).train_pairs())
+    evaluate = make_evaluate(cfg, parts.model, data, fit_train, valid)
+    if valid is not None:
+        settings.monitor = f"valid/{settings.monitor}"  # select on the slice; best/ holds the test metrics there
+    return Setup(
+        cfg, device, data, fit_train, valid, parts, settings, evaluate, out_dir, shapes, resolved, resume, users, items
+    )
 
+
+def load_split(cfg: DictConfig) -> tuple[InteractionData, sp.csr_matrix, sp.csr_matrix | None]:
+    """The dataset, the matrix the model trains on, and the validation slice (None unless eval.selection=valid:
+    then the model trains on train minus the slice, and the epoch is picked on the slice)."""
+    data = load_data(cfg)
+    if str(cfg.eval.get("selection", "paper")) != "valid":
+        return data, data.train, None
+    fit_train, valid = holdout(data.train, cfg.eval.valid_fraction, cfg.eval.valid_seed)
+    if valid.nnz == 0:
+        raise ConfigError(
+            f"eval.valid_fraction={cfg.eval.valid_fraction!r}: holds out no interaction of "
+            f"{data.name} (a user keeps round(fraction * n) of its n train items, at least one "
+            "in train); use a larger fraction or eval.selection=paper"
+        )
+    return data, fit_train, valid
+
+
+def build_parts(cfg: DictConfig, data: InteractionData, fit_train: sp.csr_matrix, device: torch.device) -> Parts:
+    """Encoder, loss and sampler from their config groups (on the allow-list of targets), then the optimizer."""
+    allowed = allowed_targets(cfg)
     model = build("encoder", cfg.encoder, allowed, n_users=data.n_users, n_items=data.n_items, train=fit_train).to(
         device
     )
@@ -168,16 +197,18 @@ def _train(cfg: DictConfig) -> float:
     sampler = build(
         "sampler", cfg.sampler, allowed, n_items=data.n_items, train=fit_train, generator=generator, device=device
     )
-    defer, why = deferred.choose(cfg.trainer.defer_rows, sampler, cfg.trainer.batch_size, data.n_items, device)
+    defer, why = choose_deferred_rows(cfg.trainer.defer_rows, sampler, cfg.trainer.batch_size, data.n_items, device)
     if cfg.trainer.optimizer == "adam":
         log.info(why)
     optimizer = make_optimizer(model, cfg.trainer.lr, cfg.trainer.optimizer, cfg.trainer.l2, defer=defer)
-    settings = TrainSettings(**{k: cfg.trainer[k] for k in TrainSettings.__dataclass_fields__})
-    out_dir = run_directory(cfg)
-    shapes = {k: list(v.shape) for k, v in model.state_dict().items()}
-    resolved: dict[str, Any] = OmegaConf.to_container(cfg, resolve=True)  # type: ignore[assignment]
-    resume = find_resume(cfg.trainer.get("resume", "auto"), out_dir, data.fingerprint(), shapes, resolved)
-    users, items = (torch.from_numpy(a).to(device) for a in replace(data, train=fit_train).train_pairs())
+    return Parts(model, loss_fn, sampler, optimizer, generator)
+
+
+def make_evaluate(
+    cfg: DictConfig, model: Any, data: InteractionData, fit_train: sp.csr_matrix, valid: sp.csr_matrix | None
+) -> Callable[[], dict[str, float]]:
+    """``evaluate()``: test metrics (all train items masked, long-tail groups when enabled), plus ``valid/``
+    metrics on the held-out slice."""
     ks = list(cfg.eval.ks)
     longtail_cfg = cfg.eval.get("longtail") or {}
     longtail = (
@@ -185,11 +216,8 @@ def _train(cfg: DictConfig) -> float:
         if longtail_cfg.get("enabled", False)
         else None
     )
-    if valid is not None:
-        settings.monitor = f"valid/{settings.monitor}"  # select on the slice; best/ holds the test metrics there
 
     def evaluate() -> dict[str, float]:
-        """Test metrics (all train items masked), plus ``valid/`` metrics on the held-out slice."""
         user_emb, item_emb = model.all_embeddings()
         metrics = evaluate_embeddings(
             user_emb, item_emb, data.train, data.test, ks=ks, chunk_size=cfg.eval.chunk_size, longtail=longtail
@@ -199,23 +227,40 @@ def _train(cfg: DictConfig) -> float:
             metrics |= {f"valid/{k}": v for k, v in on_valid.items()}
         return metrics
 
-    choices = group_choices(cfg)
-    run_name = cfg.tracking.run_name or "-".join(
-        [choices.get("encoder", "?"), choices.get("loss", "?"), data.name, f"N{cfg.sampler.get('num_negatives', '-')}"]
-    )
-    tracker = Tracker(cfg.tracking.uri, cfg.tracking.experiment, cfg.tracking.artifact_location, cfg.tracking.enabled)
+    return evaluate
+
+
+def run_tags(setup: Setup, choices: dict[str, str]) -> dict[str, Any]:
+    """The tracked run's tags: group choices, dataset fingerprint, device, commit, split; its sweep's in a sweep."""
+    cfg, data, valid = setup.cfg, setup.data, setup.valid
     tags = {f"choice.{k}": v for k, v in choices.items()} | {
         "dataset": data.name,
-        "device": str(device),
+        "device": str(setup.device),
         "git_commit": git_commit(),
         "mlflow.source.git.commit": git_commit(),
         "torch": torch.__version__,
         **{f"dataset.{k}": v for k, v in data.fingerprint().items()},
-        "selection": selection,
+        "selection": str(cfg.eval.get("selection", "paper")),
     }
     if valid is not None:
         tags |= {"valid.interactions": int(valid.nnz), "valid.users": int((valid.getnnz(axis=1) > 0).sum())}
-    tags |= sweep_job_tags(cfg.tracking.uri)  # in a sweep: mlflow.parentRunId, sweep.id, sweep.job_num, ...
+    return tags | job_tags(cfg.tracking.uri)  # in a sweep: mlflow.parentRunId, sweep.id, sweep.job_num, ...
+
+
+def start_tracking(setup: Setup) -> tuple[Tracker, bool]:
+    """Start the tracked run, or reopen the one a resumed checkpoint belongs to: (tracker, reopened)."""
+    cfg, resume = setup.cfg, setup.resume
+    choices = group_choices(cfg)
+    run_name = cfg.tracking.run_name or "-".join(
+        [
+            choices.get("encoder", "?"),
+            choices.get("loss", "?"),
+            setup.data.name,
+            f"N{cfg.sampler.get('num_negatives', '-')}",
+        ]
+    )
+    tracker = Tracker(cfg.tracking.uri, cfg.tracking.experiment, cfg.tracking.artifact_location, cfg.tracking.enabled)
+    tags = run_tags(setup, choices)
     tracker.close_dead_runs()  # runs of this store left RUNNING by dead processes -> KILLED
     reopened = (
         resume is not None
@@ -223,68 +268,64 @@ def _train(cfg: DictConfig) -> float:
         and tracker.reopen(str(resume.get("run_id")))
     )
     if not reopened:
-        tracker.start(run_name, flatten(resolved), tags | ({"resumed_from": resume["path"]} if resume else {}))
+        tracker.start(run_name, flatten(setup.resolved), tags | ({"resumed_from": resume["path"]} if resume else {}))
     if resume is not None:
         log.info(f"Resuming from {resume['path']} (epoch {resume['epoch']}, step {resume['step']})")
         tracker.set_tags({"resumed_at_epoch": resume["epoch"], "resumed_with_changes": ",".join(resume["changed"])})
+    return tracker, bool(reopened)
+
+
+def epoch_hooks(setup: Setup, tracker: Tracker) -> tuple[Callable[[int, dict[str, float]], None], Callable | None]:
+    """``fit``'s callbacks: ``on_epoch_end`` (track, print, report to an Optuna trial) and the per-epoch
+    checkpoint writer (None with ``trainer.checkpoint=false``)."""
     identity = {
-        "dataset": data.fingerprint(),
-        "shapes": shapes,
-        "tracking_uri": cfg.tracking.uri,
+        "dataset": setup.data.fingerprint(),
+        "shapes": setup.shapes,
+        "tracking_uri": setup.cfg.tracking.uri,
         "run_id": tracker.run_id,
-        "config": OmegaConf.to_yaml(resolved),
+        "config": OmegaConf.to_yaml(setup.resolved),
     }
 
     def save_checkpoint(state: dict) -> None:
-        save_atomic(state | identity, out_dir / CHECKPOINT_FILE)
+        save_atomic(state | identity, setup.out_dir / CHECKPOINT_FILE)
 
-    report = None
-    if os.environ.get("MMLEXP_OPTUNA_TRIAL") is not None:  # an Optuna trial: report epochs, maybe pruned
-        from mmlexp.sweep.pruning import trial_reporter
-
-        report = trial_reporter(cfg)
+    report = trial_reporter(setup.cfg)  # an Optuna trial: report epochs, maybe pruned
 
     def on_epoch_end(epoch: int, record: dict[str, float]) -> None:
         tracker.log_metrics(record, step=epoch)
-        log.info(epoch_line(record, settings.monitor))
+        log.info(epoch_line(record, setup.settings.monitor))
         if report is not None:
             report(epoch, record)
 
+    return on_epoch_end, save_checkpoint if setup.cfg.trainer.get("checkpoint", True) else None
+
+
+def fit_tracked(setup: Setup, tracker: Tracker, reopened: bool) -> FitResult:
+    """Run ``fit`` and save its best epoch; the tracked run ends FINISHED, FAILED or KILLED (Ctrl-C, SIGTERM,
+    a pruned Optuna trial)."""
+    on_epoch_end, checkpoint = epoch_hooks(setup, tracker)
+    p = setup.parts
     status = "FAILED"
     try:
         if not reopened:
-            tracker.log_text(OmegaConf.to_yaml(resolved), "config.yaml")
-            for name, text in data.artifacts.items():  # dataset=interactions: id mappings, split record
+            tracker.log_text(OmegaConf.to_yaml(setup.resolved), "config.yaml")
+            for name, text in setup.data.artifacts.items():  # dataset=interactions: id mappings, split record
                 tracker.log_text(text, name)
         result = fit(
-            model,
-            loss_fn,
-            sampler,
-            optimizer,
-            users,
-            items,
-            evaluate,
-            settings,
-            generator,
+            p.model,
+            p.loss_fn,
+            p.sampler,
+            p.optimizer,
+            setup.users,
+            setup.items,
+            setup.evaluate,
+            setup.settings,
+            p.generator,
             on_epoch_end=on_epoch_end,
-            checkpoint=save_checkpoint if cfg.trainer.get("checkpoint", True) else None,
-            resume=resume,
+            checkpoint=checkpoint,
+            resume=setup.resume,
         )
-        best = {f"best/{k}": v for k, v in result.best_metrics.items()}
-        tracker.log_metrics(best | {"best_epoch": result.best_epoch, "steps": result.steps}, step=result.best_epoch)
-        if cfg.tracking.save_checkpoint:
-            path = out_dir / "best.pt"
-            torch.save(
-                {
-                    "state_dict": result.best_state,
-                    "config": OmegaConf.to_yaml(resolved),
-                    "best_epoch": result.best_epoch,
-                    "metrics": result.best_metrics,
-                },
-                path,
-            )
-            tracker.log_artifact(path)
-        save_run_per_user(model, result, data, ks, cfg.eval.chunk_size, out_dir, tracker)  # per_user.csv.gz
+        save_best(setup, result, tracker)
         status = "FINISHED"
     except (KeyboardInterrupt, SystemExit):  # SystemExit: submitit requeues a preempted job (resumes here)
         status = "KILLED"
@@ -294,16 +335,34 @@ def _train(cfg: DictConfig) -> float:
         raise
     except Exception as err:
         if type(err).__name__ == "TrialPruned":  # optuna.TrialPruned from the reporter (mmlexp.sweep.pruning)
-            tracker.set_tags({"optuna.pruned_at_epoch": getattr(err, "epoch", "?")})
+            tracker.set_tags({PRUNED_TAG: getattr(err, "epoch", "?")})
             status = "KILLED"
         raise
     finally:
         tracker.finish(status)
+    return result
 
-    shown = "  ".join(f"{k} {v:.4f}" for k, v in result.best_metrics.items())
-    print(f"best epoch {result.best_epoch}: {shown}")
-    print(f"logged to {tracker.where}; run dir {out_dir}")
-    return float(result.best_metrics[settings.monitor])
+
+def save_best(setup: Setup, result: FitResult, tracker: Tracker) -> None:
+    """The best epoch's metrics (``best/...``), its weights (``best.pt`` with ``tracking.save_checkpoint``) and
+    its per-user test metrics (``per_user.csv.gz``)."""
+    cfg, out_dir = setup.cfg, setup.out_dir
+    best = {f"best/{k}": v for k, v in result.best_metrics.items()}
+    tracker.log_metrics(best | {"best_epoch": result.best_epoch, "steps": result.steps}, step=result.best_epoch)
+    if cfg.tracking.save_checkpoint:
+        path = out_dir / BEST_FILE
+        save_atomic(
+            {
+                "state_dict": result.best_state,
+                "config": OmegaConf.to_yaml(setup.resolved),
+                "best_epoch": result.best_epoch,
+                "metrics": result.best_metrics,
+            },
+            path,
+        )
+        tracker.log_artifact(path)
+    ks = list(cfg.eval.ks)
+    save_run_per_user(setup.parts.model, result, setup.data, ks, cfg.eval.chunk_size, out_dir, tracker)
 
 
 def epoch_line(record: dict[str, float], monitor: str) -> str:
@@ -317,9 +376,4 @@ def epoch_line(record: dict[str, float], monitor: str) -> str:
     return "  ".join(parts)
 
 
-def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
-    """Read a ``best.pt`` written by ``train`` (tensors and plain values only: ``weights_only=True``)."""
-    return torch.load(path, map_location="cpu", weights_only=True)
-
-
-__all__ = ["train", "build", "load_checkpoint", "in_multirun", "ConfigError", "DataError", "Diverged"]
+__all__ = ["train", "build", "OWN_TARGETS", "load_checkpoint", "in_multirun", "ConfigError", "DataError", "Diverged"]

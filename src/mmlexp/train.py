@@ -12,7 +12,6 @@ batches, negatives and updates: bit-identical on the CPU).
 
 import math
 import time
-import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
@@ -22,9 +21,8 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from mmlexp.deferred import rows_read
 from mmlexp.graphed_step import training_step
-from mmlexp.optim import LazyAdam, TableAdam, coalesced, takes_sparse_grads
+from mmlexp.optim import TableAdam, coalesced, rows_read
 from mmlexp.runtime import keep_freed_memory
 
 
@@ -57,9 +55,6 @@ class FitResult:
     stopped_early: bool = False
 
 
-OPTIMIZERS = ("adam", "sparse_adam")
-
-
 class Diverged(RuntimeError):
     """Training produced a non-finite loss or non-finite embeddings."""
 
@@ -89,50 +84,6 @@ def set_rng_state(state: dict, generator: torch.Generator | None) -> None:
         generator.set_state(state["generator"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def make_optimizer(
-    model: nn.Module, lr: float, name: str = "adam", l2: float = 0.0, defer: bool = False
-) -> torch.optim.Optimizer:
-    """``adam``: dense Adam with torch defaults (paper-reference §3) as ``mmlexp.optim.TableAdam``: the
-    embedding tables in its L2 group, other parameters without L2 (``train_step`` passes ``l2`` and the clip
-    norm to each step).  A model with a ``sparse_grad`` switch gets it on where TableAdam reads sparse
-    gradients without densifying them.  ``sparse_adam``: ``mmlexp.optim.LazyAdam``, a faster variant that
-    changes the semantics (only touched rows move; ``l2`` on those rows only).  ``defer``: TableAdam defers
-    the rows a step does not read and replays them exactly (``mmlexp.deferred``; the entrypoint's
-    ``trainer.defer_rows=auto`` turns it on where a step reads few rows: ``deferred.choose``)."""
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer: torch.optim.Optimizer
-    if name == "sparse_adam":
-        optimizer = LazyAdam(params, lr=lr, weight_decay=l2)
-    elif name == "adam":
-        tables = {id(t) for t in embedding_tables(model)} if hasattr(model, "embedding_tables") else set()
-        groups: list[dict[str, Any]] = [
-            {"params": [p for p in params if id(p) in tables]},
-            {"params": [p for p in params if id(p) not in tables], "decay": False},
-        ]
-        table_adam = TableAdam([g for g in groups if g["params"]], lr=lr, defer=defer)
-        if defer:
-            _materialize_on_model_io(model, table_adam)
-        optimizer = table_adam
-    else:
-        raise ValueError(f"optimizer={name!r}: must be one of {', '.join(OPTIMIZERS)}")
-    if hasattr(model, "sparse_grad"):  # both update a sparse gradient's rows directly on the numba path
-        setattr(model, "sparse_grad", takes_sparse_grads(params))  # noqa: B010 (a plain attribute of MF)
-    return optimizer
-
-
-def _materialize_on_model_io(model: nn.Module, optimizer: TableAdam) -> None:
-    """``model.state_dict()`` and ``model.load_state_dict()`` see (and replace) every row up to date:
-    ``optimizer.materialize()`` first (rows TableAdam deferred, ``mmlexp.deferred``)."""
-    ref = weakref.ref(optimizer)
-
-    def hook(*_args, **_kwargs):
-        if ref() is not None:
-            ref().materialize()
-
-    model.register_state_dict_pre_hook(hook)
-    model.register_load_state_dict_pre_hook(hook)
 
 
 def start_gradients_(model: nn.Module, l2: float) -> None:
@@ -188,7 +139,7 @@ def train_step(model, loss_fn, sampler, optimizer, users, items, settings: Train
 
     The gradient is that of ``loss + (l2/2) * ||E||^2`` on the full embedding tables, clipped to
     ``clip_grad_norm``, then Adam: ``TableAdam`` does L2, clip and update in one step (rows this step does
-    not read may stay deferred, ``mmlexp.deferred``; ``fit`` materialises them at each epoch's end); another
+    not read may stay deferred, ``mmlexp.optim.deferred``; ``fit`` materialises them at each epoch's end); another
     optimiser gets the L2 gradient written first (``start_gradients_``) and ``clipped_step``.
     ``settings.optimizer=sparse_adam`` takes its L2 in the optimiser (touched rows only);
     ``settings.precision=bf16`` scores under bfloat16 autocast."""
@@ -213,7 +164,7 @@ def train_step(model, loss_fn, sampler, optimizer, users, items, settings: Train
     return loss.detach()
 
 
-def fit(
+def fit(  # noqa: C901 - over the complexity bound, still to split
     model: nn.Module,
     loss_fn: nn.Module,
     sampler,

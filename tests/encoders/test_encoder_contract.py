@@ -10,9 +10,10 @@ from mmlexp.data import load_dataset
 from mmlexp.encoders import NGCF, LightGCN, MatrixFactorization, SimpleX, SVDPlusPlus
 from mmlexp.evaluation import evaluate_embeddings
 from mmlexp.losses import MultiMarginLoss
+from mmlexp.optim import make_optimizer
 from mmlexp.run import OWN_TARGETS, build
 from mmlexp.samplers import UniformSampler
-from mmlexp.train import TrainSettings, fit, make_optimizer
+from mmlexp.train import TrainSettings, fit
 from tests.conftest import CONF
 
 HISTORIES = [[0, 2, 5, 7], [1], [0, 1, 2, 3, 4, 5, 6, 8], [9], [2, 9], [], [3, 4, 8, 9]]  # item 10: never seen

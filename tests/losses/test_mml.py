@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from mmlexp import cpu_kernels
+from mmlexp import _numba
 from mmlexp.losses import CosineContrastiveLoss, MultiMarginLoss
 from tests.scaffold import assert_finite_in_bfloat16, refused
 
@@ -93,7 +93,7 @@ def test_bad_hyper_parameters_are_named(kwargs, fragment):
         MultiMarginLoss(**kwargs)
 
 
-@pytest.mark.skipif(not cpu_kernels.AVAILABLE, reason="numba is not installed: only the PyTorch expression runs")
+@pytest.mark.skipif(not _numba.AVAILABLE, reason="numba is not installed: only the PyTorch expression runs")
 @pytest.mark.parametrize(
     "loss_fn",
     [
@@ -114,7 +114,7 @@ def test_hand_written_pass_equals_the_torch_expression(loss_fn, dtype, monkeypat
     upstream = 1.7
     results = []
     for kernels in (True, False):
-        monkeypatch.setattr(cpu_kernels, "AVAILABLE", kernels)
+        monkeypatch.setattr(_numba, "AVAILABLE", kernels)
         s = scores.clone().requires_grad_()
         loss = loss_fn(s)
         (loss * upstream).backward()
@@ -122,6 +122,6 @@ def test_hand_written_pass_equals_the_torch_expression(loss_fn, dtype, monkeypat
     tol = 1e-12 if dtype == torch.float64 else 2e-6
     torch.testing.assert_close(results[0][0], results[1][0], rtol=tol, atol=tol)
     torch.testing.assert_close(results[0][1], results[1][1], rtol=tol, atol=tol)
-    monkeypatch.setattr(cpu_kernels, "AVAILABLE", True)
+    monkeypatch.setattr(_numba, "AVAILABLE", True)
     scores[3, 5] = float("nan")
     assert torch.isnan(loss_fn(scores))

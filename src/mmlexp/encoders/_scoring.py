@@ -1,7 +1,7 @@
 """The one scoring path of every encoder: cosine (default) or dot product, plus the shared checks.
 
 ``similarity="cosine"``: the user vector is L2-normalised (then dropped out in training, RecZoo
-style), item rows are normalised as they are gathered (``mmlexp.ops.cosine_gather_scores``);
+style), item rows are normalised as they are gathered (``encoders.cosine.cosine_gather_scores``);
 ``all_embeddings`` returns both sides normalised, so full ranking by dot product ranks by cosine.
 ``similarity="dot"``: nothing is normalised; ``dot_gather_scores`` is the plain-autograd gather+dot.
 """
@@ -9,7 +9,7 @@ style), item rows are normalised as they are gathered (``mmlexp.ops.cosine_gathe
 import torch
 import torch.nn.functional as F
 
-from mmlexp.ops import cosine_gather_scores
+from mmlexp.encoders.cosine import cosine_gather_scores
 
 SIMILARITIES = ("cosine", "dot")
 

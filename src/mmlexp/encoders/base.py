@@ -8,6 +8,12 @@ has one, the MF-style ``dropout`` on the finished user vector; ``embedding_table
 ``propagated(training)`` gives every user and item vector, rows are taken from it (LightGCN, NGCF).
 Parameter names and the order of the random draws are the encoders' own from before this module
 (checkpoints and seeded runs are unchanged).
+
+Capabilities the trainer reads, declared per encoder (the defaults are the safe ones, which an encoder of
+one's own gets): ``supports_graph_capture`` (False: the training step stays eager unless the encoder was
+checked under CUDA graph capture, ``mmlexp.graphed_step``) with ``graph_capture_note`` saying why not, and
+``rows_read(users, pos_items, negatives)`` (absent: TableAdam keeps every row current, no deferred rows,
+``mmlexp.optim.deferred``; present where the forward reads the given rows of each table and nothing else).
 """
 
 import torch
@@ -25,6 +31,9 @@ from mmlexp.encoders._scoring import (
 
 
 class EmbeddingEncoder(nn.Module):
+    supports_graph_capture: bool = False
+    graph_capture_note: str = "is not known to be capturable"
+
     def __init__(
         self,
         n_users: int,

@@ -8,7 +8,7 @@ Tables are initialised from Normal(0, init_std); L2 applies to the full tables (
 ``similarity="dot"`` scores by plain dot products (nothing normalised; dropout on the raw user vector).
 ``train`` (the training matrix every encoder is handed by the runner) is accepted and not used.
 ``sparse_grad`` (as ``nn.Embedding(sparse=True)``): both tables get sparse gradients of the batch's rows;
-``mmlexp.train.make_optimizer`` turns it on where its optimiser reads them without densifying.
+``mmlexp.optim.make_optimizer`` turns it on where its optimiser reads them without densifying.
 """
 
 import torch
@@ -19,6 +19,8 @@ from mmlexp.encoders.base import EmbeddingEncoder
 
 
 class MatrixFactorization(EmbeddingEncoder):
+    supports_graph_capture = True  # fixed shapes, gathers and dense ops only: checked in tests/test_cuda.py
+
     def __init__(
         self,
         n_users: int,

@@ -29,6 +29,7 @@ from mmlexp.encoders.lightgcn import check_layers
 
 
 class NGCF(PropagatedEncoder):
+    graph_capture_note = "propagates with sparse-matrix products, not checked under capture"
     adjacency: torch.Tensor  # buffer (register_buffer): the normalised adjacency
 
     def __init__(

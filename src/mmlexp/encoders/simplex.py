@@ -49,6 +49,7 @@ AGGREGATORS = ("mean", "user_attention", "self_attention")
 
 
 class SimpleX(EmbeddingEncoder):
+    graph_capture_note = "reads each user's history: shapes depend on the batch (graph.row_entries)"
     # buffers (register_buffer) and the layers only some aggregators have
     indptr: torch.Tensor
     indices: torch.Tensor

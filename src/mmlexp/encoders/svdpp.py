@@ -26,6 +26,7 @@ from mmlexp.encoders.graph import batch_csr
 
 
 class SVDPlusPlus(EmbeddingEncoder):
+    graph_capture_note = "reads each user's history: shapes depend on the batch (graph.row_entries)"
     indptr: torch.Tensor  # buffers (register_buffer): the train CSR and its |N(u)|^-1/2 weights
     indices: torch.Tensor
     weights: torch.Tensor

@@ -29,7 +29,7 @@ from mmlexp.evaluation.ranking import _rank
 
 METRICS = ("recall", "ndcg", "precision", "hit")
 # Best-epoch selection protocols (eval.selection): on the test split (the paper's), or on a
-# validation slice held out of train (mmlexp.splits.holdout), reporting the test metrics there.
+# validation slice held out of train (mmlexp.data.splits.holdout), reporting the test metrics there.
 SELECTIONS = ("paper", "valid")
 
 

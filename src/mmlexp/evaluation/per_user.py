@@ -12,7 +12,7 @@ After training, a run writes these values for its selected epoch's weights on th
 ``<run dir>/per_user.csv.gz`` and logs that file as an MLflow artifact (:func:`save_run_per_user`): a gzip'd
 CSV with columns ``user, recall@K, ndcg@K`` (each K of ``eval.ks``), one row per evaluated user, sorted by
 user id, gzip header without time or name (same values, same bytes). Runs from before this file existed:
-``python -m mmlexp.evaluation.per_user_backfill`` rebuilds it from ``best.pt``.
+``python -m mmlexp.report.per_user_backfill`` rebuilds it from ``best.pt``.
 """
 
 from __future__ import annotations
@@ -125,7 +125,7 @@ def save_run_per_user(model, result, data, ks, chunk_size, out_dir: Path, tracke
         tracker.log_artifact(path)
     except Exception as err:  # evidence after the fact: the trained run stays FINISHED
         why = f"{type(err).__name__}: {str(err).strip()[:300]}"
-        log.warning(f"per-user metrics not saved ({why}); python -m mmlexp.evaluation.per_user_backfill redoes it")
+        log.warning(f"per-user metrics not saved ({why}); python -m mmlexp.report.per_user_backfill redoes it")
         tracker.set_tags({"per_user.error": why})
         return None
     for line in mismatches(frame, result.best_metrics, 1e-9):

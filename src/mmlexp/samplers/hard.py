@@ -21,11 +21,13 @@ row's positive the lowest score, so they are kept only if fewer than N other can
 import scipy.sparse as sp
 import torch
 
+from mmlexp.samplers.base import NegativeSampler
 from mmlexp.samplers.uniform import check_int
 
 
-class HardNegativeSampler:
-    scores_model = True  # reads the model's rows before the batch's are known: TableAdam stays dense (mmlexp.deferred)
+class HardNegativeSampler(NegativeSampler):
+    scores_model = True  # reads the model's rows before the batch's are known: TableAdam stays dense (optim.deferred)
+    graph_capture_note = "(sampler=hard) scores its pool with the model inside the step, not checked under capture"
 
     def __init__(
         self,

@@ -22,6 +22,7 @@ A batch of one row has no other positives: ``sample`` raises ValueError.
 import scipy.sparse as sp
 import torch
 
+from mmlexp.samplers.base import NegativeSampler
 from mmlexp.samplers.uniform import check_int
 
 
@@ -32,7 +33,14 @@ def others_index(batch: int, device: torch.device | str = "cpu") -> torch.Tensor
     return cols + (cols >= rows).long()
 
 
-class InBatchSampler:
+class InBatchSampler(NegativeSampler):
+    scores_model = False
+    supports_graph_capture = True
+
+    def item_draws(self, batch: int) -> int:
+        """B positives; the negatives are the batch's own positives (no further rows)."""
+        return batch
+
     def __init__(
         self,
         num_negatives: int | None = None,

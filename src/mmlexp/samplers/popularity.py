@@ -25,6 +25,7 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
+from mmlexp.samplers.base import NegativeSampler
 from mmlexp.samplers.uniform import check_int
 
 
@@ -57,7 +58,14 @@ def alias_table(probs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return np.asarray(accept), np.asarray(alias, dtype=np.int64)
 
 
-class PopularitySampler:
+class PopularitySampler(NegativeSampler):
+    scores_model = False
+    supports_graph_capture = True
+
+    def item_draws(self, batch: int) -> int:
+        """B positives and N negatives per row, or N for the batch (``shared``)."""
+        return batch + self.num_negatives if self.shared else batch * (1 + self.num_negatives)
+
     def __init__(
         self,
         num_negatives: int,

@@ -14,7 +14,7 @@ items, so the expectation over batches is unchanged; for a non-linear function o
 (e.g. a log-sum-exp softmax) the bias of the N-sample estimate is the same as per-row sampling, only
 the correlation across rows differs.  What is gained is cost: instead of gathering B*N item rows and
 a batched [B, N] dot product, the encoder gathers and normalises N rows once and scores them with one
-``[B, d] x [d, N]`` matmul (``mmlexp.ops.cosine_gather_scores`` with ``[1, N]`` items), and the
+``[B, d] x [d, N]`` matmul (``mmlexp.encoders.cosine.cosine_gather_scores`` with ``[1, N]`` items), and the
 backward scatters N rows instead of B*N.  Each batch draws a fresh set, so over an epoch every item
 is still a negative for every kind of row.
 """
@@ -22,10 +22,18 @@ is still a negative for every kind of row.
 import scipy.sparse as sp
 import torch
 
+from mmlexp.samplers.base import NegativeSampler
 from mmlexp.samplers.uniform import check_int
 
 
-class SharedSampler:
+class SharedSampler(NegativeSampler):
+    scores_model = False
+    supports_graph_capture = True
+
+    def item_draws(self, batch: int) -> int:
+        """B positives and one set of N negatives for the batch."""
+        return batch + self.num_negatives
+
     def __init__(
         self,
         num_negatives: int,

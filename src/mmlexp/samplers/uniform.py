@@ -10,6 +10,8 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
+from mmlexp.samplers.base import NegativeSampler
+
 
 def check_int(name: str, value, minimum: int, allowed: str | None = None) -> int:
     """``value`` as an int >= ``minimum``, else ``ValueError('<name>=<value>: must be ...')``."""
@@ -23,7 +25,16 @@ def check_int(name: str, value, minimum: int, allowed: str | None = None) -> int
     return int(value)
 
 
-class UniformSampler:
+class UniformSampler(NegativeSampler):
+    scores_model = False
+
+    @property
+    def supports_graph_capture(self) -> bool:  # type: ignore[override]
+        """Draws on the device with fixed shapes, except when it redraws positives away on the host."""
+        return not self.exclude_positives
+
+    graph_capture_note = "with sampler.exclude_positives=true redraws on the host until no positive is left"
+
     def __init__(
         self,
         num_negatives: int,

@@ -10,7 +10,8 @@
 * ``errors``: ``SweepError``, what a sweep refuses before it writes anything.
 
 This package is a Hydra plugin (entry point in pyproject.toml), imported at every Hydra start: keep
-module-level imports light (no torch, no optuna, no mlflow).
+module-level imports light (no torch, no optuna, no mlflow).  On import it registers the job side (``job_tags``,
+``pruning.trial_reporter``) in ``mmlexp.hooks``, where ``mmlexp.run`` finds it: this package sits above ``run``.
 """
 
 import warnings
@@ -25,10 +26,14 @@ warnings.filterwarnings(
     r"_target_='mmlexp\.(sweep\.\w+|search\.custom_search_space)' with no",
 )
 
+from mmlexp import hooks  # noqa: E402
 from mmlexp.sweep.errors import SweepError  # noqa: E402
 from mmlexp.sweep.jobs import SWEEP_FILE, TRIAL_ENV, job_tags, read_sweep_file, threads_per_job  # noqa: E402
 from mmlexp.sweep.optuna_sweeper import OptunaSweeper  # noqa: E402
 from mmlexp.sweep.parent import SweepCallback, open_parent  # noqa: E402
+from mmlexp.sweep.pruning import trial_reporter  # noqa: E402
+
+hooks.register(job_tags=job_tags, trial_reporter=trial_reporter)
 
 __all__ = [
     "SweepCallback",

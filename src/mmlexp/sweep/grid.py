@@ -74,8 +74,7 @@ class GridSweeper(BasicSweeper):
 
     def check(self, points: list[list[str]]) -> None:
         """Compose and validate every point (config rules, the loss's own checks): the first bad one raises."""
-        from mmlexp.config import ConfigError, validate
-        from mmlexp.run import OWN_TARGETS, build
+        from mmlexp.config import ConfigError, allowed_targets, build, validate
 
         for idx, point in enumerate(points):
             where = f"grid point {idx} of {len(points)} ({' '.join(point)})"
@@ -84,7 +83,7 @@ class GridSweeper(BasicSweeper):
                 with contextlib.suppress(Exception):
                     del cfg["hydra"]
                 validate(cfg)
-                build("loss", cfg.loss, OWN_TARGETS + list(cfg.allowed_targets))
+                build("loss", cfg.loss, allowed_targets(cfg))
             except ConfigError as err:
                 raise SweepError(f"{where}: {err}") from err
             except Exception as err:  # composition: an unknown key or option

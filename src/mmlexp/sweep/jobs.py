@@ -1,7 +1,7 @@
 """The job side of a sweep: what a job adds to its MLflow run, and its torch threads.
 
 The sweep writes ``sweep.json`` in its sweep directory; jobs read it (any launcher: in process, joblib
-workers, submitit on a shared disk).  Imported by ``mmlexp.run`` only inside a multirun.
+workers, submitit on a shared disk).  ``job_tags`` reaches ``mmlexp.run`` through ``mmlexp.hooks``.
 """
 
 import contextlib
@@ -12,12 +12,21 @@ from pathlib import Path
 from typing import Any
 
 from hydra.core.hydra_config import HydraConfig
-from hydra.types import RunMode
+
+from mmlexp.hooks import POINT_ENV, TRIAL_ENV, in_multirun
 
 SWEEP_FILE = "sweep.json"
-TRIAL_ENV = "MMLEXP_OPTUNA_TRIAL"  # the trial number, set per job by OptunaSweeper
-POINT_ENV = "MMLEXP_GRID_POINT"  # the grid point's index, set per job by GridSweeper
 MAX_TAG = 5000
+__all__ = [
+    "SWEEP_FILE",
+    "MAX_TAG",
+    "POINT_ENV",
+    "TRIAL_ENV",
+    "job_tags",
+    "read_sweep_file",
+    "write_sweep_file",
+    "threads_per_job",
+]
 
 
 def _sweep_dir(hydra_cfg: Any) -> Path:
@@ -40,12 +49,9 @@ def write_sweep_file(sweep_dir: Path, info: dict[str, Any]) -> None:
 
 def job_tags(tracking_uri: str) -> dict[str, str]:
     """Tags linking a multirun job's MLflow run to its sweep; ``{}`` outside a multirun."""
-    try:
-        hc = HydraConfig.get()
-    except ValueError:  # not under Hydra (a notebook)
+    if not in_multirun():  # a single run, or not under Hydra (a notebook)
         return {}
-    if hc.mode != RunMode.MULTIRUN:
-        return {}
+    hc = HydraConfig.get()
     sweep_dir = _sweep_dir(hc)
     tags = {
         "sweep.dir": str(sweep_dir),

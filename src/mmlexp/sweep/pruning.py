@@ -9,28 +9,36 @@ Each evaluated epoch reports ``trainer.monitor`` to the trial (``trial.report(va
 configured pruner says so the reporter raises ``optuna.TrialPruned``. ``mmlexp.run`` tags the MLflow run
 ``optuna.pruned_at_epoch``, ends it KILLED and re-raises; the sweeper then tells the trial PRUNED.
 
-Imported by ``mmlexp.run`` only when ``TRIAL_ENV`` is set (inside an Optuna search).
+``trial_reporter`` reaches ``mmlexp.run`` through ``mmlexp.hooks`` (asked only when ``TRIAL_ENV`` is set).
 """
 
 import logging
 import math
 import os
 import warnings
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from mmlexp.sweep.jobs import TRIAL_ENV
+from mmlexp.hooks import PRUNED_TAG, TRIAL_ENV, Reporter
 
 log = logging.getLogger(__name__)
 
 PRUNER_GROUP = "hydra/sweeper/pruner"
-PRUNED_TAG = "optuna.pruned_at_epoch"
 PRUNER_TARGETS = ("optuna.pruners.*",)
-
-Reporter = Callable[[int, dict[str, float]], None]
+__all__ = [
+    "PRUNED_TAG",
+    "PRUNER_GROUP",
+    "Reporter",
+    "build_pruner",
+    "monitor_key",
+    "trial_reporter",
+    "make_reporter",
+    "is_pruned",
+    "pruner_names",
+    "check_pruner_argv",
+]
 
 
 def build_pruner(node: Any):

@@ -1,11 +1,9 @@
-"""Interaction datasets in the LightGCN text format: parsing, download, validation, cache.
+"""Datasets in the LightGCN text format (``user item item ...`` per line): parsing, validation, download, cache.
 
-Datasets:
 - ``sample``: a small Gowalla subset shipped inside the package (no download).
-- ``gowalla`` / ``yelp2018``: the LightGCN split, read from ``data_dir/<name>/``,
-  downloaded with pooch if missing, checked against a fingerprint, cached parsed.
+- ``gowalla`` / ``yelp2018``: the LightGCN split, read from ``data_dir/<name>/``, downloaded with pooch if
+  missing, checked against a fingerprint, cached parsed.
 - ``custom``: any directory holding ``train.txt`` and ``test.txt``.
-- ``interactions``: any CSV/TSV/Parquet/RecBole ``.inter`` file, split here (``mmlexp.interactions``).
 """
 
 from __future__ import annotations
@@ -13,21 +11,17 @@ from __future__ import annotations
 import hashlib
 import os
 import re
-import tempfile
-import warnings
-from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import platformdirs
-import scipy.sparse as sp
+
+from mmlexp.data.dataset import CACHE_VERSION, DataError, InteractionData, cache_dir, read_cache, save_cache, to_csr
 
 DEFAULT_URL = "https://raw.githubusercontent.com/kuandeng/LightGCN/master/Data"
 FILES = ("train.txt", "test.txt")
 MAX_ID = 2**31 - 2  # indices are stored as int32
-CACHE_VERSION = 1
 
 KNOWN_DATASETS: dict[str, dict] = {
     "gowalla": {
@@ -47,46 +41,6 @@ KNOWN_DATASETS: dict[str, dict] = {
         "url": DEFAULT_URL,
     },
 }
-DATASET_NAMES = ("sample", *KNOWN_DATASETS, "custom", "interactions")
-
-
-class DataError(ValueError):
-    """Bad dataset name, missing/invalid files, or data that fails validation."""
-
-
-@dataclass(frozen=True, eq=False)
-class InteractionData:
-    """Binary user-item interactions split into train and test CSR matrices."""
-
-    name: str
-    train: sp.csr_matrix
-    test: sp.csr_matrix
-    info: dict = field(default_factory=dict)  # more fingerprint entries (dataset=interactions: the file's hash)
-    artifacts: dict = field(default_factory=dict)  # {name: text} logged with the run (id mappings)
-
-    @property
-    def n_users(self) -> int:
-        return self.train.shape[0]
-
-    @property
-    def n_items(self) -> int:
-        return self.train.shape[1]
-
-    def fingerprint(self) -> dict:
-        """Counts that identify the dataset: users, items, train and test nnz."""
-        return {
-            "users": self.n_users,
-            "items": self.n_items,
-            "train": int(self.train.nnz),
-            "test": int(self.test.nnz),
-        } | self.info
-
-    def train_pairs(self) -> tuple[np.ndarray, np.ndarray]:
-        """(users, items) int64 arrays, one entry per train interaction, row-major."""
-        counts = np.diff(self.train.indptr)
-        users = np.repeat(np.arange(self.n_users, dtype=np.int64), counts)
-        return users, self.train.indices.astype(np.int64)
-
 
 # ---------------------------------------------------------------- parsing
 
@@ -161,17 +115,6 @@ def parse_lightgcn(
     return _parse_bytes(data, str(path), n_users, n_items)
 
 
-def _to_csr(users: np.ndarray, items: np.ndarray, shape: tuple[int, int]) -> sp.csr_matrix:
-    """Canonical binary CSR (sorted indices, duplicates collapsed, float32 ones)."""
-    key = np.sort(users * shape[1] + items)
-    if key.size:  # drop duplicates (faster than np.unique)
-        key = key[np.r_[True, key[1:] != key[:-1]]]
-    indptr = np.zeros(shape[0] + 1, np.int64)
-    np.cumsum(np.bincount(key // shape[1], minlength=shape[0]), out=indptr[1:])
-    indices = (key % shape[1]).astype(np.int32)
-    return sp.csr_matrix((np.ones(key.size, np.float32), indices, indptr.astype(np.int32)), shape=shape)
-
-
 def _build(name: str, raw: dict[str, bytes], sources: dict[str, str], expected: dict | None = None) -> InteractionData:
     """Parse train/test bytes into validated InteractionData."""
     lim_u = expected["users"] if expected else None
@@ -182,7 +125,7 @@ def _build(name: str, raw: dict[str, bytes], sources: dict[str, str], expected: 
     n_users = max(p[2] for p in parsed.values())
     n_items = max(int(p[1].max()) + 1 for p in parsed.values() if p[1].size)
     shape = (n_users, n_items)
-    tr, te = (_to_csr(*parsed[f][:2], shape) for f in FILES)
+    tr, te = (to_csr(*parsed[f][:2], shape) for f in FILES)
     overlap = tr.multiply(te).nnz
     if overlap:
         raise DataError(
@@ -205,10 +148,6 @@ def _build(name: str, raw: dict[str, bytes], sources: dict[str, str], expected: 
 
 def _data_dir(data_dir) -> Path:
     return Path(data_dir or os.environ.get("MMLEXP_DATA_DIR") or platformdirs.user_data_dir("mmlexp"))
-
-
-def _cache_dir(cache_dir) -> Path:
-    return Path(cache_dir or os.environ.get("MMLEXP_CACHE_DIR") or platformdirs.user_cache_dir("mmlexp"))
 
 
 def _fetch(name: str, folder: Path, base_url: str | None, download: bool) -> None:
@@ -239,102 +178,38 @@ def _fetch(name: str, folder: Path, base_url: str | None, download: bool) -> Non
             raise DataError(f"{name}: download of {url} into {target} failed: {e}") from e
 
 
-def _read_cache(file: Path, name: str) -> tuple[InteractionData, dict] | None:
-    """Cached matrices and the extra arrays saved with them, or None if absent or unreadable."""
-    try:
-        with np.load(file, allow_pickle=False) as z:
-            arr = {k: z[k] for k in z.files}
-        shape = tuple(int(s) for s in arr.pop("shape"))
-        mats = [
-            sp.csr_matrix(
-                (np.ones(arr[f"{k}_indices"].size, np.float32), arr.pop(f"{k}_indices"), arr.pop(f"{k}_indptr")),
-                shape=shape,
-            )
-            for k in ("train", "test")
-        ]
-        return InteractionData(name, *mats), arr
-    except Exception:
-        return None
-
-
 def _load_cache(name: str, file: Path, expected: dict) -> InteractionData | None:
     """Cached matrices, or None if the cache file is absent, unreadable or inconsistent."""
-    cached = _read_cache(file, name)
+    cached = read_cache(file, name)
     return cached[0] if cached is not None and cached[0].fingerprint() == expected else None
 
 
-def _save_cache(file: Path, data: InteractionData, **extra: Any) -> None:
-    """Atomically write the parsed matrices and ``extra`` arrays (temp file + os.replace); warn on failure."""
-    try:
-        file.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=file.parent, prefix=file.name, suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                np.savez(
-                    fh,
-                    shape=np.array(data.train.shape),
-                    train_indptr=data.train.indptr,
-                    train_indices=data.train.indices,
-                    test_indptr=data.test.indptr,
-                    test_indices=data.test.indices,
-                    **extra,
-                )
-            os.replace(tmp, file)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-    except OSError as e:
-        warnings.warn(f"could not write dataset cache {file}: {e}", stacklevel=2)
-
-
-def _load_known(name, data_dir, cache_dir, base_url, download) -> InteractionData:
+def load_known(
+    name: str, data_dir=None, cache_folder=None, base_url: str | None = None, download: bool = True
+) -> InteractionData:
+    """``gowalla`` or ``yelp2018``: read (downloaded if missing and allowed), checked, cached parsed."""
     folder = _data_dir(data_dir) / name
     _fetch(name, folder, base_url, download)
     raw = {f: (folder / f).read_bytes() for f in FILES}
     digest = hashlib.sha256(raw["train.txt"] + b"\0" + raw["test.txt"]).hexdigest()[:20]
-    cache = _cache_dir(cache_dir) / f"{name}-v{CACHE_VERSION}-{digest}.npz"
+    cache = cache_dir(cache_folder) / f"{name}-v{CACHE_VERSION}-{digest}.npz"
     expected = KNOWN_DATASETS[name]["fingerprint"]
     data = _load_cache(name, cache, expected)
     if data is None:
         data = _build(name, raw, {f: str(folder / f) for f in FILES}, expected)
-        _save_cache(cache, data)
+        save_cache(cache, data)
     return data
 
 
-def load_dataset(
-    name: str,
-    *,
-    path: str | Path | None = None,
-    data_dir=None,
-    cache_dir=None,
-    base_url: str | None = None,
-    download: bool = True,
-    options=None,
-) -> InteractionData:
-    """Load a dataset by name: ``sample``, ``gowalla``, ``yelp2018``, ``custom`` or ``interactions`` (need ``path``).
+def load_sample() -> InteractionData:
+    """The small Gowalla subset shipped inside the package."""
+    folder = resources.files("mmlexp") / "resources" / "sample"
+    raw = {f: (folder / f).read_bytes() for f in FILES}
+    return _build("sample", raw, {f: f"<mmlexp sample>/{f}" for f in FILES})
 
-    ``options``: the ``interactions`` loader's settings (columns, filters, split: conf/dataset/interactions.yaml).
 
-    ``data_dir`` defaults to $MMLEXP_DATA_DIR, else the user data dir; ``cache_dir`` to
-    $MMLEXP_CACHE_DIR, else the user cache dir; ``base_url`` to $MMLEXP_DATA_URL, else
-    the LightGCN repository.
-    """
-    if name not in DATASET_NAMES:
-        raise DataError(f"unknown dataset {name!r}; allowed: {', '.join(DATASET_NAMES)}")
-    if path is not None and name not in ("custom", "interactions"):
-        raise DataError(f"path= is only used with name='custom' or 'interactions' (got name={name!r})")
-    if name == "interactions":
-        if path is None:
-            raise DataError("name='interactions' needs path= a CSV, TSV, Parquet or RecBole .inter file")
-        from mmlexp.interactions import load_interactions
-
-        return load_interactions(path, options, cache_dir)
-    if name in KNOWN_DATASETS:
-        return _load_known(name, data_dir, cache_dir, base_url, download)
-    if name == "sample":
-        folder = resources.files("mmlexp") / "resources" / "sample"
-        raw = {f: (folder / f).read_bytes() for f in FILES}
-        return _build(name, raw, {f: f"<mmlexp sample>/{f}" for f in FILES})
+def load_custom(path: str | Path | None) -> InteractionData:
+    """``train.txt`` and ``test.txt`` of the directory ``path``."""
     if path is None:
         raise DataError("name='custom' needs path= a directory with train.txt and test.txt")
     folder = Path(path)
@@ -344,4 +219,4 @@ def load_dataset(
         if not (folder / f).is_file():
             raise DataError(f"custom dataset file {folder / f} is missing")
     raw = {f: (folder / f).read_bytes() for f in FILES}
-    return _build(name, raw, {f: str(folder / f) for f in FILES})
+    return _build("custom", raw, {f: str(folder / f) for f in FILES})

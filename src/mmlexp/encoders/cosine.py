@@ -1,16 +1,127 @@
-"""Fused kernels of the hot path, each checked against plain autograd in tests/test_ops.py."""
+"""Cosine scores of gathered item rows, ``s[b, c] = <u[b], r> / max(||r||, eps)`` with ``r = table[items[b, c]]``,
+as one autograd op with its own backward (``cosine_gather_scores``; RecZoo SimpleX's cosine towers).
+
+On the CPU (numba, ``mmlexp._numba``) the forward reads each gathered row once (``cosine_scores``) and the
+backward builds the gradient of the touched rows only (``entries_by_row``, ``cosine_rows_grad``,
+``gathered_rows_dot``); elsewhere a gather, ``bmm`` and ``scatter_rows_``.  Checked against plain autograd
+in tests/test_ops.py.
+"""
 
 import numpy as np
 import scipy.sparse
 import torch
 import torch.nn.functional as F
 
-from mmlexp import cpu_kernels
+from mmlexp._numba import AHEAD, BLOCKS, applies_to, jit, nb, prefetch_row, serial_jit, set_threads
 
 try:  # scipy's compiled kernel of ``Y += A @ X`` for a CSC matrix A, accumulating into Y in place
     from scipy.sparse._sparsetools import csc_matvecs as _csc_matvecs
 except ImportError:  # pragma: no cover - a scipy without it: the public (allocating) product below
     _csc_matvecs = None
+
+
+@jit
+def cosine_scores(user_vecs, table, items, eps, scores, inv_norm):  # pragma: no cover - compiled
+    """scores[b, c] = <u[b], r> / max(||r||, eps) with r = table[items[b, c]]; inv_norm[b, c] = 1 / max(||r||, eps).
+    One read of each gathered row (no [B, C, d] copy)."""
+    batch, cols = items.shape
+    d = table.shape[1]
+    flat = items.ravel()
+    for b in nb.prange(batch):
+        for c in range(cols):
+            if b * cols + c + AHEAD < flat.shape[0]:
+                prefetch_row(table, flat[b * cols + c + AHEAD])
+            i = items[b, c]
+            dot = table[i, 0] * user_vecs[b, 0]  # sums in the rows' dtype
+            sq = table[i, 0] * table[i, 0]
+            for j in range(1, d):
+                x = table[i, j]
+                dot += x * user_vecs[b, j]
+                sq += x * x
+            inv = 1 / max(np.sqrt(sq), eps)
+            inv_norm[b, c] = inv
+            scores[b, c] = dot * inv
+
+
+@jit
+def gathered_rows_dot(g, table, items, out):  # pragma: no cover - compiled
+    """out[b] = sum over c of g[b, c] * table[items[b, c]] (the user-side gradient of gathered rows)."""
+    batch, cols = items.shape
+    d = table.shape[1]
+    flat = items.ravel()
+    for b in nb.prange(batch):
+        for j in range(d):
+            out[b, j] = 0.0
+        for c in range(cols):
+            if b * cols + c + AHEAD < flat.shape[0]:
+                prefetch_row(table, flat[b * cols + c + AHEAD])
+            i = items[b, c]
+            w = g[b, c]
+            for j in range(d):
+                out[b, j] += w * table[i, j]
+
+
+@serial_jit
+def entries_by_row(items, n_rows):  # pragma: no cover - compiled
+    """The entries of ``items`` grouped by the table row they read (a counting sort, stable):
+    ``(rows, starts, order)`` with ``rows`` the sorted distinct rows and ``order[starts[k]:starts[k + 1]]`` the
+    flat indices ``b * C + c`` of the entries that read ``rows[k]``, in increasing order."""
+    flat = items.ravel()
+    count = np.zeros(n_rows, dtype=np.int64)
+    for i in flat:
+        count[i] += 1
+    n = 0
+    for r in range(n_rows):
+        if count[r] > 0:
+            n += 1
+    rows = np.empty(n, dtype=np.int64)
+    starts = np.empty(n + 1, dtype=np.int64)
+    k = total = 0
+    for r in range(n_rows):
+        if count[r] > 0:
+            rows[k], starts[k] = r, total
+            total += count[r]
+            count[r] = starts[k]  # from here on: the next free position of row r in ``order``
+            k += 1
+    starts[n] = total
+    order = np.empty(flat.shape[0], dtype=np.int64)
+    for e in range(flat.shape[0]):
+        order[count[flat[e]]] = e
+        count[flat[e]] += 1
+    return rows, starts, order
+
+
+@jit
+def cosine_rows_grad(table, g, row_coef, user_vecs, rows, starts, order):  # pragma: no cover - compiled
+    """The table gradient of ``cosine_scores`` on its touched rows only, as ``vals[k]`` for row ``rows[k]``:
+
+        vals[k] = table[r] * sum_{(b,c): items[b,c] = r} row_coef[b, c]  +  sum_{(b,c): items[b,c] = r} g[b, c] * u[b]
+
+    with g = upstream * inv_norm and row_coef = -g * score * inv_norm, the entries of each row from
+    ``entries_by_row`` (summed in their (b, c) order).  Each row is summed in registers and written once;
+    blocks of rows run in parallel.
+    """
+    n, d = rows.shape[0], table.shape[1]
+    cols = g.shape[1]
+    g_flat, coef_flat = g.ravel(), row_coef.ravel()
+    vals = np.empty((n, d), dtype=table.dtype)
+    per = (n + BLOCKS - 1) // BLOCKS
+    for blk in nb.prange(BLOCKS):
+        acc = np.empty(d, dtype=table.dtype)
+        scale = np.zeros(1, dtype=table.dtype)  # a scalar in the rows' dtype
+        for k in range(blk * per, min(n, (blk + 1) * per)):
+            acc[:] = 0
+            scale[0] = 0
+            for t in range(starts[k], starts[k + 1]):
+                e = order[t]
+                scale[0] += coef_flat[e]
+                w, b = g_flat[e], e // cols
+                for j in range(d):
+                    acc[j] += w * user_vecs[b, j]
+            r = rows[k]
+            for j in range(d):
+                vals[k, j] = acc[j] + scale[0] * table[r, j]
+    return vals
 
 
 def scatter_rows_(out: torch.Tensor, items: torch.Tensor, weights: torch.Tensor, vecs: torch.Tensor) -> torch.Tensor:
@@ -44,7 +155,7 @@ class _CosineGatherScores(torch.autograd.Function):
     r[b, c] is the table row it came from, the table gradient is ``table[i] * sum of -(g * s * inv_norm)``
     over the entries of row i (a scalar scatter) plus ``sum of g * u[b]`` over them (no ``[B, C, d]`` buffer).
 
-    CPU (``cpu_kernels``): one pass reads each gathered row once for its dot product and its norm; the
+    CPU (numba): one pass reads each gathered row once for its dot product and its norm; the
     backward builds the gradient of the touched rows only.  Elsewhere (CUDA, bf16 autocast, no numba): a
     gather, norms from one pass over the table, ``bmm``, and ``scatter_rows_`` for the row sums.
     """
@@ -54,11 +165,11 @@ class _CosineGatherScores(torch.autograd.Function):
         batch, cols = items.shape
         ctx.sparse_grad, ctx.kernel = sparse_grad, _on_kernel_path(user_vecs, table)
         if ctx.kernel:  # CPU: one numba pass, the rows are read once and never copied
-            cpu_kernels.set_threads(torch.get_num_threads())
+            set_threads(torch.get_num_threads())
             items = items.to(torch.int64).contiguous()
             scores = torch.empty(batch, cols, dtype=table.dtype)
             inv_norm = torch.empty(batch, cols, dtype=table.dtype)
-            cpu_kernels.cosine_scores(
+            cosine_scores(
                 user_vecs.detach().contiguous().numpy(),
                 table.detach().numpy(),
                 items.numpy(),
@@ -103,7 +214,7 @@ class _CosineGatherScores(torch.autograd.Function):
 
 def _on_kernel_path(user_vecs: torch.Tensor, table: torch.Tensor) -> bool:
     return (
-        cpu_kernels.applies_to(user_vecs, table)
+        applies_to(user_vecs, table)
         and user_vecs.dtype == table.dtype
         and table.is_contiguous()
         and not torch.is_autocast_enabled("cpu")
@@ -112,19 +223,19 @@ def _on_kernel_path(user_vecs: torch.Tensor, table: torch.Tensor) -> bool:
 
 def _kernel_backward(ctx, grad: torch.Tensor):
     """The backward above in numba: the user gradient sum_c g[b, c] r[b, c], and the table gradient on the
-    touched rows only (``cpu_kernels.cosine_rows_grad``): sparse (coalesced) or written into a zero table."""
+    touched rows only (``cosine_rows_grad``): sparse (coalesced) or written into a zero table."""
     user_vecs, table, items, inv_norm, scores = ctx.saved_tensors
     g = grad.contiguous() * inv_norm
     grad_user = grad_table = None
     weights = table.detach().numpy()
     if ctx.needs_input_grad[0]:
         grad_user = torch.empty_like(user_vecs, memory_format=torch.contiguous_format)
-        cpu_kernels.gathered_rows_dot(g.numpy(), weights, items.numpy(), grad_user.numpy())
+        gathered_rows_dot(g.numpy(), weights, items.numpy(), grad_user.numpy())
     if ctx.needs_input_grad[1]:
         row_coef = -(g * scores * inv_norm)
-        rows, starts, order = cpu_kernels.entries_by_row(items.numpy(), table.shape[0])
+        rows, starts, order = entries_by_row(items.numpy(), table.shape[0])
         vals = torch.from_numpy(
-            cpu_kernels.cosine_rows_grad(
+            cosine_rows_grad(
                 weights, g.numpy(), row_coef.numpy(), user_vecs.detach().contiguous().numpy(), rows, starts, order
             )
         )

@@ -1,5 +1,5 @@
-"""Row-sparse gradients as the optimisers read them (``mmlexp.optim.TableAdam``, ``mmlexp.lazy_adam.LazyAdam``):
-which parameters the numba kernels (``mmlexp.cpu_kernels``) take, a tensor as a 2-D numpy view of rows, and a sparse
+"""Row-sparse gradients as the optimisers read them (``TableAdam``, ``LazyAdam``):
+which parameters the numba kernels (``mmlexp.optim.kernels``) take, a tensor as a 2-D numpy view of rows, and a sparse
 row gradient coalesced (each row once, in order) without a needless sort."""
 
 import math
@@ -7,7 +7,7 @@ import math
 import numpy as np
 import torch
 
-from mmlexp import cpu_kernels
+from mmlexp._numba import applies_to
 
 
 def takes_sparse_grads(params) -> bool:
@@ -17,7 +17,7 @@ def takes_sparse_grads(params) -> bool:
 
 
 def on_kernel_path(p: torch.Tensor) -> bool:
-    return cpu_kernels.applies_to(p) and p.is_contiguous()
+    return applies_to(p) and p.is_contiguous()
 
 
 def adam_scalars(group: dict, t: float, dtype) -> tuple:
@@ -35,7 +35,7 @@ def as_rows(t: torch.Tensor) -> np.ndarray:
 
 def coalesced(grad: torch.Tensor) -> torch.Tensor:
     """A sparse row gradient with each row once, in order.  Autograd drops the coalesced flag of a gradient
-    that is coalesced already (``ops.cosine_gather_scores``): strictly increasing rows are marked so without
+    that is coalesced already (``encoders.cosine.cosine_gather_scores``): strictly increasing rows are marked so without
     the sort of ``coalesce()``; anything else is coalesced."""
     if grad.is_coalesced():
         return grad

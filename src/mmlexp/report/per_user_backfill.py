@@ -1,7 +1,7 @@
-"""``python -m mmlexp.evaluation.per_user_backfill``: the per-user metrics file of a run that finished without one.
+"""``python -m mmlexp.report.per_user_backfill``: the per-user metrics file of a run that finished without one.
 
 The model is rebuilt from the config stored in ``best.pt`` (dataset, encoder; under ``eval.selection=valid``
-on the same train slice as in training: ``mmlexp.splits.holdout`` is seeded), its weights loaded, and
+on the same train slice as in training: ``mmlexp.data.splits.holdout`` is seeded), its weights loaded, and
 ``per_user.csv.gz`` (:mod:`mmlexp.evaluation.per_user`) written. The per-user means must equal the
 checkpoint's ``recall@K`` / ``ndcg@K`` within ``--tolerance`` (a check that the data is the run's); with
 ``--tracking-uri`` and ``--run-id`` the file is also logged as that run's artifact (a finished run too).
@@ -22,7 +22,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from mmlexp.evaluation.per_user import PER_USER_FILE, mismatches, per_user_metrics, saved_ks, write_per_user
 
-PROG = "python -m mmlexp.evaluation.per_user_backfill"
+PROG = "python -m mmlexp.report.per_user_backfill"
 
 
 class BackfillError(Exception):
@@ -48,7 +48,7 @@ def parser() -> argparse.ArgumentParser:
 
 def read_checkpoint(path: Path) -> dict[str, Any]:
     """``best.pt`` as ``train`` wrote it: state_dict, config (YAML), metrics."""
-    from mmlexp.run import load_checkpoint
+    from mmlexp.checkpoint import load_checkpoint
 
     if not path.is_file():
         raise BackfillError(f"--checkpoint {path}: no such file")
@@ -64,10 +64,8 @@ def read_checkpoint(path: Path) -> dict[str, Any]:
 def rebuild(cfg: DictConfig, state: dict, data_dir: str | None, device: str):
     """(model with ``state`` loaded, data) from the run's resolved config; the encoder sees the train split it
     trained on (``holdout`` under ``eval.selection=valid``)."""
-    from mmlexp.config import ConfigError
-    from mmlexp.data import DataError, load_dataset
-    from mmlexp.run import OWN_TARGETS, build
-    from mmlexp.splits import holdout
+    from mmlexp.config import ConfigError, allowed_targets, build
+    from mmlexp.data import DataError, holdout, load_dataset
 
     try:
         options = OmegaConf.to_container(cfg.dataset, resolve=True)
@@ -81,8 +79,9 @@ def rebuild(cfg: DictConfig, state: dict, data_dir: str | None, device: str):
         fit_train = data.train
         if str(cfg.eval.get("selection", "paper")) == "valid":
             fit_train = holdout(data.train, cfg.eval.valid_fraction, cfg.eval.valid_seed)[0]
-        allowed = OWN_TARGETS + list(cfg.get("allowed_targets") or [])
-        model = build("encoder", cfg.encoder, allowed, n_users=data.n_users, n_items=data.n_items, train=fit_train)
+        model = build(
+            "encoder", cfg.encoder, allowed_targets(cfg), n_users=data.n_users, n_items=data.n_items, train=fit_train
+        )
     except (DataError, ConfigError, OSError) as err:
         raise BackfillError(f"dataset {cfg.dataset.name!r} (--data-dir {data_dir}): {err}") from err
     try:

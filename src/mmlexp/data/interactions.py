@@ -23,7 +23,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from mmlexp.data import CACHE_VERSION, DataError, InteractionData, _cache_dir, _read_cache, _save_cache, _to_csr
+from mmlexp.config import ConfigError
+from mmlexp.data.dataset import CACHE_VERSION, DataError, InteractionData, cache_dir, read_cache, save_cache, to_csr
+from mmlexp.data.splits import per_user_holdout, random_keys
 
 log = logging.getLogger("mmlexp")
 FORMATS = {".csv": "csv", ".tsv": "tsv", ".tab": "tsv", ".parquet": "parquet", ".pq": "parquet", ".inter": "inter"}
@@ -48,8 +50,6 @@ DEFAULTS: dict[str, Any] = {
 
 def settings_of(options: Mapping[str, Any] | None) -> dict[str, Any]:
     """The loader's settings (defaults filled in), checked: a bad value names its key and what is allowed."""
-    from mmlexp.config import ConfigError
-
     options = {k: v for k, v in (options or {}).items() if k not in ("name", "path", "download")}
     unknown = sorted(set(options) - set(DEFAULTS))
     if unknown:
@@ -201,25 +201,21 @@ def k_core(users: np.ndarray, items: np.ndarray, min_user: int, min_item: int) -
 
 
 def split_test(users: np.ndarray, times: np.ndarray, s: dict[str, Any]) -> np.ndarray:
-    """Mask of the test interactions: per user, by ``s['split']`` (rows ordered by user, then time)."""
-    rng = np.random.default_rng(s["seed"])
+    """Mask of the test interactions: per user, by ``s['split']``; the test items are each user's largest keys
+    (random keys drawn with ``s['seed']``, or the times; ties: the later row)."""
     by_random = s["split"] == "random" or (s["split"] == "leave_one_out" and s["leave_one_out"] == "random")
-    key = rng.random(users.size) if by_random else times  # the test items are each user's largest keys
-    order = np.lexsort((np.arange(users.size), key, users))
+    keys = random_keys(users.size, s["seed"]) if by_random else times
     counts = np.bincount(users, minlength=users.max() + 1)
     n_test = (
         np.ones_like(counts)
         if s["split"] == "leave_one_out"
         else np.floor(s["test_fraction"] * counts + 0.5).astype(np.int64)
     )  # round half up
-    rank_from_end = np.empty(users.size, np.int64)
-    ends = np.cumsum(counts)
-    rank_from_end[order] = np.repeat(ends, counts) - 1 - np.arange(users.size)
-    return rank_from_end < n_test[users]
+    return per_user_holdout(users, n_test, keys, largest=True)
 
 
-def build(path: Path, raw: bytes, s: dict[str, Any]) -> tuple[InteractionData, dict[str, np.ndarray], dict]:
-    """Parse, filter, split and remap: (data, {"user_ids", "item_ids"}, stats)."""
+def _read_rows(path: Path, raw: bytes, s: dict[str, Any]) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict]:
+    """(user ids, item ids, times, stats) of the file's rows with ``rating >= min_rating``."""
     frame, where = read_table(path, raw, s)
     if frame.empty:
         raise DataError(f"{path}: no interactions (only a header); expected one interaction per {where}")
@@ -242,6 +238,12 @@ def build(path: Path, raw: bytes, s: dict[str, Any]) -> tuple[InteractionData, d
     users, items, times = users[keep], items[keep], times[keep]
     if not keep.any():
         raise DataError(f"{path}: no interaction has {s['rating_col']} >= dataset.min_rating={s['min_rating']}")
+    return users, items, times, stats
+
+
+def build(path: Path, raw: bytes, s: dict[str, Any]) -> tuple[InteractionData, dict[str, np.ndarray], dict]:
+    """Parse, filter, split and remap: (data, {"user_ids", "item_ids"}, stats)."""
+    users, items, times, stats = _read_rows(path, raw, s)
     u, _ = _codes(users)
     i, _ = _codes(items)
     first = np.lexsort((np.arange(u.size), times, i, u))  # duplicates: the earliest (then first) row kept
@@ -278,7 +280,7 @@ def build(path: Path, raw: bytes, s: dict[str, Any]) -> tuple[InteractionData, d
     u, user_ids = _codes(users)
     i, item_ids = _codes(items)
     shape = (user_ids.size, item_ids.size)
-    data = InteractionData("interactions", _to_csr(u[~test], i[~test], shape), _to_csr(u[test], i[test], shape))
+    data = InteractionData("interactions", to_csr(u[~test], i[~test], shape), to_csr(u[test], i[test], shape))
     return data, {"user_ids": user_ids, "item_ids": item_ids}, stats
 
 
@@ -311,7 +313,7 @@ def _with_artifacts(
     return InteractionData(data.name, data.train, data.test, info=info, artifacts=artifacts)
 
 
-def load_interactions(path: str | Path, options: Mapping[str, Any] | None = None, cache_dir=None) -> InteractionData:
+def load_interactions(path: str | Path, options: Mapping[str, Any] | None = None, cache_folder=None) -> InteractionData:
     """Load an interaction file as train/test matrices (see the module docstring); cached by content + settings."""
     path = Path(path).expanduser()
     s = settings_of(options)
@@ -321,15 +323,15 @@ def load_interactions(path: str | Path, options: Mapping[str, Any] | None = None
         raise DataError(f"cannot read interaction file {path}: {e.strerror or e}") from e
     digest = hashlib.sha256(raw).hexdigest()
     key = hashlib.sha256(json.dumps([digest, s], sort_keys=True, default=str).encode()).hexdigest()[:20]
-    cache = _cache_dir(cache_dir) / f"interactions-v{CACHE_VERSION}-{key}.npz"
-    cached = _read_cache(cache, "interactions")
+    cache = cache_dir(cache_folder) / f"interactions-v{CACHE_VERSION}-{key}.npz"
+    cached = read_cache(cache, "interactions")
     if cached is not None and cached[1].get("sha256") == digest:
         data, extra = cached
         stats = json.loads(str(extra["stats"]))
         ids = {"user_ids": extra["user_ids"], "item_ids": extra["item_ids"]}
         return _with_artifacts(data, ids, s, digest, stats, path)
     data, ids, stats = build(path, raw, s)
-    _save_cache(
+    save_cache(
         cache,
         data,
         user_ids=ids["user_ids"].astype(str),

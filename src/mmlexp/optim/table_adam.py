@@ -1,7 +1,10 @@
-"""The trainer's optimisers: ``TableAdam`` (the default, the paper's dense Adam with L2 and clipping
-folded into one update; the rows a step does not read deferred and replayed exactly, ``mmlexp.deferred``)
-and ``LazyAdam`` (the ``trainer.optimizer=sparse_adam`` variant, ``mmlexp.lazy_adam``; re-exported here
-with the row helpers of ``mmlexp.sparse_rows``).
+"""``TableAdam``, the default optimiser: the paper's dense Adam (paper-reference §3) with L2 and the clip
+norm folded into one update,
+
+    g = coef * (l2 * E + G),   coef = min(1, max_norm / (||l2 * E + G|| + 1e-6)),   E <- Adam(g)
+
+(Adam with bias correction, Kingma & Ba 2015, torch's formulas: ``kernels.adam_row``); the rows a step does
+not read may be deferred and replayed exactly (``mmlexp.optim.deferred``).
 """
 
 import math
@@ -12,11 +15,9 @@ import torch
 from torch.autograd.graph import increment_version
 from torch.optim.adam import adam as functional_adam
 
-from mmlexp import cpu_kernels, deferred
-from mmlexp.lazy_adam import LazyAdam, touched_rows
-from mmlexp.sparse_rows import adam_scalars, as_rows, coalesced, distinct_rows, on_kernel_path, takes_sparse_grads
-
-__all__ = ["TableAdam", "LazyAdam", "coalesced", "takes_sparse_grads", "touched_rows"]
+from mmlexp._numba import set_threads
+from mmlexp.optim import deferred, kernels
+from mmlexp.optim.sparse_rows import adam_scalars, as_rows, distinct_rows, on_kernel_path
 
 _LOADED = object()  # a kept ||E||^2 from load_state_dict: the checkpoint's rows, whatever p._version says
 
@@ -32,11 +33,11 @@ class TableAdam(torch.optim.Optimizer):
 
     ``step(l2=..., max_norm=...)``: ``l2`` acts on the groups with ``decay=True`` (``make_optimizer`` puts the
     embedding tables there, other parameters in a ``decay=False`` group).  On the CPU (fp32/fp64, numba) it
-    is two passes over each table (``cpu_kernels.grad_sq_norm``, ``cpu_kernels.adam_rows``) with the gradient
+    is two passes over each table (``kernels.grad_sq_norm``, ``kernels.adam_rows``) with the gradient
     formed in registers, and a sparse gradient (a batch's rows) is read only on its rows; elsewhere the
     gradient is materialised and torch's fused Adam runs with the clip as its ``grad_scale``.
 
-    Deferred rows (``mmlexp.deferred``, ``defer=True``, numba path only): ``prepare(reads)`` before a step's
+    Deferred rows (``mmlexp.optim.deferred``, ``defer=True``, numba path only): ``prepare(reads)`` before a step's
     forward brings the rows it reads up to date; the step then updates the rows with a gradient and records
     the step's scalars for the others, replayed when next read.  ``materialize()`` brings every row up to
     date (``state_dict()`` does it first); a ``step`` without ``prepare`` is dense.  Same results as dense.
@@ -53,7 +54,7 @@ class TableAdam(torch.optim.Optimizer):
         if not lr > 0:
             raise ValueError(f"lr={lr}: must be > 0")
         super().__init__(params, dict(lr=lr, betas=betas, eps=eps, decay=True))
-        self.defer = bool(defer)  # the entrypoint chooses (trainer.defer_rows, deferred.choose)
+        self.defer = bool(defer)  # the entrypoint chooses (trainer.defer_rows, choose_deferred_rows)
         self._param_sq: dict[torch.Tensor, tuple[object, float]] = {}  # p -> (p._version, ||p||^2) after our update
         self._deferred: dict[torch.Tensor, deferred.DeferredTable] = {}
         self._reads: dict | None = None
@@ -92,7 +93,7 @@ class TableAdam(torch.optim.Optimizer):
         ):
             self.materialize()
             return
-        cpu_kernels.set_threads(torch.get_num_threads())
+        set_threads(torch.get_num_threads())
         for p, index in reads.items():
             table = self._deferred.get(p)
             if table is None:
@@ -117,7 +118,7 @@ class TableAdam(torch.optim.Optimizer):
             if self._param_sq.get(p, (None,))[0] != p._version:  # ||E||^2 summed as adam_rows sums it
                 if table.version != p._version:
                     table.check_unchanged()
-                self._param_sq[p] = (p._version, float(deferred.table_sq_norm(as_rows(p))))
+                self._param_sq[p] = (p._version, float(kernels.table_sq_norm(as_rows(p))))
 
     def state_dict(self) -> dict:
         """torch's, every row materialised first, plus the kept ||E||^2 (``param_sq``, by parameter index)
@@ -171,7 +172,7 @@ class TableAdam(torch.optim.Optimizer):
         return loss
 
     def _kernel_step(self, work, max_norm):
-        cpu_kernels.set_threads(torch.get_num_threads())
+        set_threads(torch.get_num_threads())
         parts = [_kernel_operands(p, decay) for _, p, decay, _ in work]
         coef = 1.0
         if max_norm:
@@ -179,7 +180,7 @@ class TableAdam(torch.optim.Optimizer):
             coef = min(1.0, max_norm / (total + 1e-6))
         for (group, p, _, state), ops in zip(work, parts, strict=True):
             t = float(state["step"].add_(1))
-            sq = cpu_kernels.adam_rows(
+            sq = kernels.adam_rows(
                 ops.param,
                 as_rows(state["exp_avg"]),
                 as_rows(state["exp_avg_sq"]),
@@ -194,7 +195,7 @@ class TableAdam(torch.optim.Optimizer):
             self._param_sq[p] = (p._version, sq)
 
     def _deferred_step(self, work, reads, max_norm) -> bool:
-        """The step on the rows with a gradient, the others deferred (``mmlexp.deferred``); False (nothing
+        """The step on the rows with a gradient, the others deferred (``mmlexp.optim.deferred``); False (nothing
         done) where the bounds on ||E|| of the deferred rows leave the clip factor undecided."""
         dense = [p.grad is not None and not p.grad.is_sparse for _, p, _, _ in work]
         parts = [_row_operands(p, decay, reads[p]) for _, p, decay, _ in work]
@@ -211,10 +212,10 @@ class TableAdam(torch.optim.Optimizer):
             scalar = ops.param.dtype.type
             hist = np.array(
                 [ops.l2 * scalar(coef), *adam_scalars(group, t, ops.param.dtype)], dtype=ops.param.dtype
-            )  # the columns of deferred.replay_rows
+            )  # the columns of kernels.replay_rows
             table = self._deferred[p]
             if ops.rows.size:
-                table.sq += deferred.adam_touched(
+                table.sq += kernels.adam_touched(
                     ops.param,
                     as_rows(state["exp_avg"]),
                     as_rows(state["exp_avg_sq"]),
@@ -237,8 +238,7 @@ class TableAdam(torch.optim.Optimizer):
         evaluated at both ends of the range of ||E||^2 (``DeferredTable.sq_range``; a dense gradient's
         norm is summed in fp32 lanes there: 1% either way); None where the two ends round differently."""
         touched = [
-            cpu_kernels.touched_grad_sq(ops.param, ops.rows, ops.vals, ops.l2) if ops.rows.size else 0.0
-            for ops in parts
+            kernels.touched_grad_sq(ops.param, ops.rows, ops.vals, ops.l2) if ops.rows.size else 0.0 for ops in parts
         ]
         ends = []
         for side in (0, 1):  # 0: the smallest ||E||, the largest coef
@@ -258,7 +258,7 @@ class TableAdam(torch.optim.Optimizer):
         """||l2 * p + G||^2.  Dense G: one pass.  Sparse or no G: l2^2 ||p||^2 (kept from the last update while
         ``p._version`` says p is unchanged, else one pass) plus a pass over G's rows only."""
         if ops.dense:
-            return cpu_kernels.grad_sq_norm(ops.param, ops.vals, ops.l2)
+            return kernels.grad_sq_norm(ops.param, ops.vals, ops.l2)
         total = 0.0
         if ops.l2:
             version, kept = self._param_sq.get(p, (None, 0.0))
@@ -267,7 +267,7 @@ class TableAdam(torch.optim.Optimizer):
                 sq = float(torch.linalg.vector_norm(p.detach(), dtype=torch.float64) ** 2)
             total += float(ops.l2) ** 2 * sq
         if ops.rows.size:
-            total += cpu_kernels.touched_grad_sq(ops.param, ops.rows, ops.vals, ops.l2)
+            total += kernels.touched_grad_sq(ops.param, ops.rows, ops.vals, ops.l2)
         return total
 
     @staticmethod
@@ -280,7 +280,7 @@ class TableAdam(torch.optim.Optimizer):
         if max_norm:
             total = torch.nn.utils.get_total_norm(grads, foreach=True)
             scale = ((total + 1e-6) / max_norm).clamp_(min=1.0).float()  # 1 / coef: the fused kernel divides
-        by_group = {}
+        by_group: dict[int, tuple[dict, list]] = {}
         for (group, p, _, state), grad in zip(work, grads, strict=True):
             by_group.setdefault(id(group), (group, []))[1].append((p, grad, state))
         for group, items in by_group.values():
@@ -313,7 +313,7 @@ _NO_ROWS = np.empty(0, dtype=np.int64)
 
 
 class _Operands(NamedTuple):
-    """A parameter and its gradient G as ``cpu_kernels`` read them: ``dense`` (vals = G's rows), or sparse
+    """A parameter and its gradient G as ``kernels`` read them: ``dense`` (vals = G's rows), or sparse
     (row ``rows[k]`` has ``vals[k]``, rows sorted and distinct), G None being sparse and empty."""
 
     param: np.ndarray

@@ -17,8 +17,9 @@ parameters that are not 2-D get plain dense Adam.
 import torch
 from torch.autograd.graph import increment_version
 
-from mmlexp import cpu_kernels
-from mmlexp.sparse_rows import adam_scalars, as_rows, distinct_rows, on_kernel_path
+from mmlexp._numba import set_threads
+from mmlexp.optim.kernels import lazy_adam_rows
+from mmlexp.optim.sparse_rows import adam_scalars, as_rows, distinct_rows, on_kernel_path
 
 
 class LazyAdam(torch.optim.Optimizer):
@@ -48,9 +49,9 @@ class LazyAdam(torch.optim.Optimizer):
                 t = state["step"]
                 rows, grad = touched_rows(p.grad)
                 if rows is not None and on_kernel_path(p):  # numba: the touched rows updated in place
-                    cpu_kernels.set_threads(torch.get_num_threads())
+                    set_threads(torch.get_num_threads())
                     scalar = as_rows(p).dtype.type
-                    cpu_kernels.lazy_adam_rows(
+                    lazy_adam_rows(
                         as_rows(p),
                         as_rows(state["exp_avg"]),
                         as_rows(state["exp_avg_sq"]),
