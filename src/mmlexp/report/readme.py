@@ -72,28 +72,8 @@ def status_table(results: Path, dataset: str, link_base: Path) -> str:
     rows, done, off = [], 0, 0
     for loss, n, selection in order:
         sub = cells[(cells["loss"] == loss) & (cells["num_negatives"] == n) & (cells["selection"] == selection)]
-        sub = sub.set_index("metric")
-        label = f"{loss_label(loss)}, N={n}" + (", selection valid" if selection != "paper" else "")
-        row, flagged = [label], False
-        for metric in METRICS:
-            ours = sub.loc[metric] if metric in sub.index else None
-            ref = paper.get((loss, metric)) if n == 100 else None
-            row += [_ours(ours), f"{ref:.4f}" if ref is not None else "—"]
-            if ours is not None and ref is not None:
-                delta = 100 * (ours["mean"] - ref) / ref
-                off_paper = selection == "paper" and abs(delta) > THRESHOLD_PCT
-                flagged |= off_paper
-                row.append(f"{delta:+.1f}" + (" ⚠" if off_paper else ""))
-            else:
-                row.append("—")
-        if len(sub):
-            first = sub.iloc[0]
-            ids = str(first["run_ids"]).split()
-            links = " ".join(f"[{rid[:8]}]({rel}/{where[rid]})" if rid in where else rid[:8] for rid in ids)
-            row += [str(first["epochs"]), str(first["seeds"]).replace(" ", ","), links]
-            done, off = done + 1, off + flagged
-        else:
-            row += ["—", "—", "pending"]
+        row, flagged = _cell_row(sub.set_index("metric"), paper, (loss, n, selection), where, rel)
+        done, off = done + (len(sub) > 0), off + flagged
         rows.append(row)
     header = [
         "cell (MF)",
@@ -121,6 +101,29 @@ def status_table(results: Path, dataset: str, link_base: Path) -> str:
     ]
     lines += ["| " + " | ".join(r) + " |" for r in rows]
     return "\n".join(lines)
+
+
+def _cell_row(sub: pd.DataFrame, paper: pd.Series, cell: tuple, where: dict, rel: str) -> tuple[list[str], bool]:
+    """One table row (ours, paper, Δ % per metric; epochs, seeds, run links) and whether it is flagged ⚠."""
+    loss, n, selection = cell
+    row, flagged = [f"{loss_label(loss)}, N={n}" + (", selection valid" if selection != "paper" else "")], False
+    for metric in METRICS:
+        ours = sub.loc[metric] if metric in sub.index else None
+        ref = paper.get((loss, metric)) if n == 100 else None
+        row += [_ours(ours), f"{ref:.4f}" if ref is not None else "—"]
+        if ours is not None and ref is not None:
+            delta = 100 * (ours["mean"] - ref) / ref
+            off_paper = selection == "paper" and abs(delta) > THRESHOLD_PCT
+            flagged |= off_paper
+            row.append(f"{delta:+.1f}" + (" ⚠" if off_paper else ""))
+        else:
+            row.append("—")
+    if not len(sub):
+        return row + ["—", "—", "pending"], False
+    first = sub.iloc[0]
+    ids = str(first["run_ids"]).split()
+    links = " ".join(f"[{rid[:8]}]({rel}/{where[rid]})" if rid in where else rid[:8] for rid in ids)
+    return row + [str(first["epochs"]), str(first["seeds"]).replace(" ", ","), links], flagged
 
 
 def _ours(row) -> str:

@@ -116,18 +116,25 @@ def selection_md(gaps: pd.DataFrame) -> list[str]:
         ]
         for r in gaps.itertuples()
     ]
-    lines = [md_table(header, rows), ""]
+    return [md_table(header, rows), "", *_valid_lines(gaps), *protocol_split(gaps), *_peak_lines(gaps)]
+
+
+def _valid_lines(gaps: pd.DataFrame) -> list[str]:
+    """One line per ``valid`` run: what choosing its epoch on test would have reported instead."""
     valid = gaps[gaps["selection"] == "valid"]
-    for r in valid.itertuples():
-        lines.append(
-            f"* {r.dataset} {figures.loss_label(r.loss)} N={r.num_negatives} seed {r.seed}, "
-            f"{figures.METRIC_LABELS.get(r.metric, r.metric)}: choosing the epoch on test instead of on the held-out "
-            f"slice would report {fmt(r.test_best)} (epoch {r.test_best_epoch}) instead of {fmt(r.selected)} "
-            f"(epoch {r.selected_epoch}): {_pct(r.test_best_minus_selected, r.selected)}."
-        )
-    if len(valid):
-        lines.append("")
-    lines += protocol_split(gaps)
+    lines = [
+        f"* {r.dataset} {figures.loss_label(r.loss)} N={r.num_negatives} seed {r.seed}, "
+        f"{figures.METRIC_LABELS.get(r.metric, r.metric)}: choosing the epoch on test instead of on the held-out "
+        f"slice would report {fmt(r.test_best)} (epoch {r.test_best_epoch}) instead of {fmt(r.selected)} "
+        f"(epoch {r.selected_epoch}): {_pct(r.test_best_minus_selected, r.selected)}."
+        for r in valid.itertuples()
+    ]
+    return [*lines, ""] if lines else []
+
+
+def _peak_lines(gaps: pd.DataFrame) -> list[str]:
+    """The runs whose test Recall@20 peaks in the first tenth of training, and those still rising at the end."""
+    lines: list[str] = []
     early = gaps[(gaps["metric"] == MONITOR) & (gaps["test_best_epoch"] <= gaps["last_epoch"] // 10)]
     if len(early):
         lines += [
