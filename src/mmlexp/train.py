@@ -164,7 +164,38 @@ def train_step(model, loss_fn, sampler, optimizer, users, items, settings: Train
     return loss.detach()
 
 
-def fit(  # noqa: C901 - over the complexity bound, still to split
+@dataclass
+class _Progress:
+    """What ``fit`` carries from epoch to epoch (and a checkpoint keeps): the best so far and the counters."""
+
+    best: FitResult
+    best_score: float = float("-inf")
+    bad_evals: int = 0
+    step: int = 0
+    first_epoch: int = 1
+    elapsed: float = 0.0
+
+
+def _restored(resume: dict | None, model: nn.Module, optimizer, generator) -> _Progress:
+    """A fresh start, or the state of ``resume`` (model, optimizer and RNG states loaded)."""
+    if resume is None:
+        return _Progress(FitResult(best_epoch=-1, best_metrics={}, best_state={}))
+    model.load_state_dict(resume["model"])
+    optimizer.load_state_dict(resume["optimizer"])
+    set_rng_state(resume["rng"], generator)
+    best = FitResult(
+        best_epoch=resume["best_epoch"],
+        best_metrics=dict(resume["best_metrics"]),
+        best_state=resume["best_state"],
+        history=list(resume["history"]),
+    )
+    best.stopped_early = bool(resume.get("stopped_early", False))
+    return _Progress(
+        best, resume["best_score"], resume["bad_evals"], resume["step"], resume["epoch"] + 1, resume["elapsed_s"]
+    )
+
+
+def fit(
     model: nn.Module,
     loss_fn: nn.Module,
     sampler,
@@ -185,123 +216,123 @@ def fit(  # noqa: C901 - over the complexity bound, still to split
     ``checkpoint(state)`` is called after each evaluated epoch with ``training_state``'s dict; ``resume=state``
     continues from such a state (model, optimizer and RNG states are loaded here).  ``settings.cuda_graph``: on
     CUDA the step is replayed as one CUDA graph where the options allow (``mmlexp.graphed_step``)."""
-    n_rows, batch = users.shape[0], settings.batch_size
-    best = FitResult(best_epoch=-1, best_metrics={}, best_state={})
-    best_score, bad_evals, step, first_epoch, elapsed = float("-inf"), 0, 0, 1, 0.0
-    if resume is not None:
-        model.load_state_dict(resume["model"])
-        optimizer.load_state_dict(resume["optimizer"])
-        set_rng_state(resume["rng"], generator)
-        best = FitResult(
-            best_epoch=resume["best_epoch"],
-            best_metrics=dict(resume["best_metrics"]),
-            best_state=resume["best_state"],
-            history=list(resume["history"]),
-        )
-        best_score, bad_evals, step = resume["best_score"], resume["bad_evals"], resume["step"]
-        first_epoch, elapsed = resume["epoch"] + 1, resume["elapsed_s"]
-        best.stopped_early = bool(resume.get("stopped_early", False))
+    run = _restored(resume, model, optimizer, generator)
     keep_freed_memory()  # large per-step temporaries reused, not page-faulted in again (mmlexp.runtime)
-    fit_start = time.perf_counter() - elapsed
+    fit_start = time.perf_counter() - run.elapsed
     deadline = fit_start + 60 * settings.max_minutes if settings.max_minutes else float("inf")
     if resume is not None and (
-        best.stopped_early or step >= (settings.max_steps or float("inf")) or time.perf_counter() >= deadline
+        run.best.stopped_early or run.step >= (settings.max_steps or float("inf")) or time.perf_counter() >= deadline
     ):
-        best.steps = step  # the checkpoint is of the run's last epoch: nothing left to train
-        return best
+        run.best.steps = run.step  # the checkpoint is of the run's last epoch: nothing left to train
+        return run.best
     eager = partial(train_step, model, loss_fn, sampler, optimizer, settings=settings)
     step_fn = training_step(eager, model, sampler, optimizer, settings)  # eager, or one CUDA graph per step
-    for epoch in range(first_epoch, settings.epochs + 1):
+    for epoch in range(run.first_epoch, settings.epochs + 1):
         model.train()
-        start, loss_sum, loss_rows = time.perf_counter(), torch.zeros((), device=users.device), 0
-        order = torch.randperm(n_rows, generator=generator, device=generator.device if generator else "cpu")
-        order = order.to(users.device)
-        bar = tqdm(
-            total=n_rows,
-            desc=f"epoch {epoch}",
-            unit="int",
-            unit_scale=True,
-            disable=not settings.progress,
-            leave=False,
-            mininterval=0.5,
+        start = time.perf_counter()
+        loss_sum, loss_rows, out_of_budget = _train_epoch(
+            step_fn, users, items, epoch, run, settings, generator, deadline
         )
-        out_of_budget = False
-        for first in range(0, n_rows, batch):
-            rows = order[first : first + batch]
-            if rows.numel() == 1 and first > 0:
-                break  # a trailing batch of one row is skipped (in-batch negatives need two rows)
-            loss = step_fn(users[rows], items[rows])
-            loss_sum += loss * rows.numel()
-            loss_rows += rows.numel()
-            step += 1
-            if step % settings.log_every == 0:
-                value = loss.item()
-                if not math.isfinite(value):
-                    raise Diverged(epoch, step, f"loss {value}")
-                bar.set_postfix(loss=f"{value:.4f}", refresh=False)
-            bar.update(rows.numel())
-            out_of_budget = (
-                settings.max_steps is not None and step >= settings.max_steps
-            ) or time.perf_counter() >= deadline
-            if out_of_budget:
-                break
-        bar.close()
         if hasattr(optimizer, "materialize"):  # every deferred row up to date before anything reads the tables
             optimizer.materialize()
-        seconds = time.perf_counter() - start
-        if not math.isfinite(loss_sum.item()):
-            raise Diverged(epoch, step, f"mean loss of the epoch {loss_sum.item()}")
-        record = {
-            "epoch": epoch,
-            "train_loss": loss_sum.item() / max(loss_rows, 1),
-            "l2_penalty": l2_penalty(embedding_tables(model), settings.l2),
-            "epoch_time_s": seconds,
-            "interactions_per_s": loss_rows / seconds,
-            "step": step,
-        }
+        record = _epoch_record(model, epoch, loss_sum, loss_rows, time.perf_counter() - start, run.step, settings)
         done = epoch == settings.epochs or out_of_budget
         evaluated = epoch % settings.eval_every == 0 or done
         if evaluated:
-            model.eval()
-            bad = [i for i, t in enumerate(embedding_tables(model)) if not bool(torch.isfinite(t).all())]
-            if bad:
-                raise Diverged(epoch, step, f"non-finite values in embedding table {bad[0]}")
-            t0 = time.perf_counter()
-            metrics = evaluate()
-            record |= metrics | {"eval_time_s": time.perf_counter() - t0}
-            score = metrics[settings.monitor]
-            if score > best_score:
-                best_score, bad_evals = score, 0
-                best.best_epoch, best.best_metrics = epoch, dict(metrics)
-                best.best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-            else:
-                bad_evals += 1
-            if settings.patience is not None and bad_evals >= settings.patience:
-                best.stopped_early = True
-                done = True
+            record |= _evaluated(model, evaluate, epoch, run, settings)
+            done = done or run.best.stopped_early
         record["wall_time_s"] = time.perf_counter() - fit_start  # training + evaluation so far
-        best.history.append(record)
+        run.best.history.append(record)
         if on_epoch_end is not None:
             on_epoch_end(epoch, record)
         if evaluated and checkpoint is not None:
-            checkpoint(
-                training_state(
-                    model,
-                    optimizer,
-                    generator,
-                    best,
-                    epoch=epoch,
-                    step=step,
-                    best_score=best_score,
-                    bad_evals=bad_evals,
-                    stopped_early=best.stopped_early,
-                    elapsed_s=time.perf_counter() - fit_start,
-                )
-            )
+            checkpoint(_checkpoint_state(model, optimizer, generator, run, epoch, fit_start))
         if done:
             break
-    best.steps = step
-    return best
+    run.best.steps = run.step
+    return run.best
+
+
+def _train_epoch(step_fn, users, items, epoch: int, run: _Progress, settings: TrainSettings, generator, deadline):
+    """One pass over the shuffled rows (or until the step / time budget): (loss sum, rows, out of budget)."""
+    n_rows, batch = users.shape[0], settings.batch_size
+    loss_sum, loss_rows = torch.zeros((), device=users.device), 0
+    order = torch.randperm(n_rows, generator=generator, device=generator.device if generator else "cpu")
+    order = order.to(users.device)
+    bar = tqdm(total=n_rows, desc=f"epoch {epoch}", unit="int", unit_scale=True, disable=not settings.progress,
+               leave=False, mininterval=0.5)  # fmt: skip
+    out_of_budget = False
+    for first in range(0, n_rows, batch):
+        rows = order[first : first + batch]
+        if rows.numel() == 1 and first > 0:
+            break  # a trailing batch of one row is skipped (in-batch negatives need two rows)
+        loss = step_fn(users[rows], items[rows])
+        loss_sum += loss * rows.numel()
+        loss_rows += rows.numel()
+        run.step += 1
+        if run.step % settings.log_every == 0:
+            value = loss.item()
+            if not math.isfinite(value):
+                raise Diverged(epoch, run.step, f"loss {value}")
+            bar.set_postfix(loss=f"{value:.4f}", refresh=False)
+        bar.update(rows.numel())
+        out_of_budget = (
+            settings.max_steps is not None and run.step >= settings.max_steps
+        ) or time.perf_counter() >= deadline
+        if out_of_budget:
+            break
+    bar.close()
+    return loss_sum, loss_rows, out_of_budget
+
+
+def _epoch_record(model, epoch: int, loss_sum, loss_rows: int, seconds: float, step: int, settings) -> dict:
+    """The epoch's training numbers (a non-finite mean loss is a ``Diverged``)."""
+    if not math.isfinite(loss_sum.item()):
+        raise Diverged(epoch, step, f"mean loss of the epoch {loss_sum.item()}")
+    return {
+        "epoch": epoch,
+        "train_loss": loss_sum.item() / max(loss_rows, 1),
+        "l2_penalty": l2_penalty(embedding_tables(model), settings.l2),
+        "epoch_time_s": seconds,
+        "interactions_per_s": loss_rows / seconds,
+        "step": step,
+    }
+
+
+def _evaluated(model, evaluate, epoch: int, run: _Progress, settings: TrainSettings) -> dict[str, float]:
+    """Evaluate (non-finite tables are a ``Diverged``), keep the best epoch, count toward early stopping."""
+    model.eval()
+    bad = [i for i, t in enumerate(embedding_tables(model)) if not bool(torch.isfinite(t).all())]
+    if bad:
+        raise Diverged(epoch, run.step, f"non-finite values in embedding table {bad[0]}")
+    t0 = time.perf_counter()
+    metrics = evaluate()
+    out = metrics | {"eval_time_s": time.perf_counter() - t0}
+    score = metrics[settings.monitor]
+    if score > run.best_score:
+        run.best_score, run.bad_evals = score, 0
+        run.best.best_epoch, run.best.best_metrics = epoch, dict(metrics)
+        run.best.best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    else:
+        run.bad_evals += 1
+    if settings.patience is not None and run.bad_evals >= settings.patience:
+        run.best.stopped_early = True
+    return out
+
+
+def _checkpoint_state(model, optimizer, generator, run: _Progress, epoch: int, fit_start: float) -> dict:
+    return training_state(
+        model,
+        optimizer,
+        generator,
+        run.best,
+        epoch=epoch,
+        step=run.step,
+        best_score=run.best_score,
+        bad_evals=run.bad_evals,
+        stopped_early=run.best.stopped_early,
+        elapsed_s=time.perf_counter() - fit_start,
+    )
 
 
 def training_state(model, optimizer, generator, best: FitResult, **counters) -> dict:
