@@ -180,11 +180,8 @@ class OptunaSweeper(Sweeper):
         states = [t.state for t in study.get_trials(deepcopy=False)]
         return sum(states.count(s) for s in _finished_states()), states.count(TrialState.RUNNING)
 
-    def _loop(self, study, distributions, fixed, fixed_overrides, sweep_dir: Path, overrides_attr: str) -> None:  # noqa: C901 - over the complexity bound, still to split
-        from optuna.trial import TrialState
-
-        from mmlexp.search import DRAW_PREFIX, format_override
-
+    def _loop(self, study, distributions, fixed, fixed_overrides, sweep_dir: Path, overrides_attr: str) -> None:
+        """Ask, launch and tell batches of trials until the study has ``n_trials`` finished ones."""
         impl = self.impl
         n_jobs = impl.n_jobs if impl.n_jobs > 0 else max(1, len(os.sched_getaffinity(0)) + 1 + impl.n_jobs)
         launched = failed = job_idx = 0
@@ -194,71 +191,90 @@ class OptunaSweeper(Sweeper):
             todo = impl.n_trials - complete - running
             if todo <= 0:
                 if running == 0 or not self.heartbeat_interval:  # (without heartbeats a dead host never goes stale)
-                    pruned = len(study.get_trials(deepcopy=False, states=(TrialState.PRUNED,)))
-                    log.info(
-                        f"Study {study.study_name}: {complete - pruned} complete trials, {pruned} pruned, "
-                        f"{running} running (n_trials={impl.n_trials})"
-                    )
+                    self._log_done(study, complete, running)
                     return
                 time.sleep(self.poll_interval)  # other workers run the last trials (or they go stale)
                 continue
-            with warnings.catch_warnings():  # "heartbeat ... with Study.optimize": we beat ourselves
-                warnings.filterwarnings("ignore", message="Heartbeat of storage")
-                asked = [study.ask() for _ in range(min(todo, n_jobs))]
-            batch = self._take(study, asked)
+            batch = self._claim(study, min(todo, n_jobs), sweep_dir, job_idx)
             if not batch:
                 continue
-            for i, trial in enumerate(batch):  # one write each (a storage round trip per attribute)
-                trial.set_user_attr(
-                    WORKER_ATTR,
-                    {
-                        "host": socket.gethostname(),
-                        "pid": os.getpid(),
-                        "sweep_dir": str(sweep_dir),
-                        "job_num": job_idx + i,
-                    },
-                )
             told: set[int] = set()
             try:
-                overrides = []
-                for trial in batch:
-                    study.sampler = self._sampler(trial.number)
-                    # fixed overrides added here rather than by _configure_trials, which stores each one as a
-                    # user attribute of every trial (a storage write each; the job's MLflow run has them)
-                    (line,) = impl._configure_trials([trial], distributions, {}, fixed_overrides)
-                    line = [o for o in line if not o.startswith(DRAW_PREFIX)]
-                    line += [f"{k}={v}" for k, v in fixed.items()]
-                    line += [format_override(k, v) for k, v in trial.user_attrs.get(overrides_attr, {}).items()]
-                    overrides.append(line + [f"+hydra.job.env_set.{TRIAL_ENV}={trial.number}"])
+                overrides = [
+                    self._overrides(study, t, distributions, fixed, fixed_overrides, overrides_attr) for t in batch
+                ]
                 with heartbeats(study._storage, [t._trial_id for t in batch], self.heartbeat_interval):
                     returns = impl.launcher.launch(overrides, initial_job_idx=job_idx)
                 job_idx += len(returns)
-                errors = []
-                for trial, ret in zip(batch, returns, strict=True):
-                    if is_pruned(ret._return_value):  # the job's reporter stopped it (mmlexp.sweep.pruning)
-                        study.tell(trial, state=TrialState.PRUNED)
-                        log.info(f"Trial {trial.number} pruned: {ret._return_value}")
-                        told.add(trial.number)
-                        continue
-                    try:
-                        value = float(ret.return_value)  # re-raises the job's exception
-                        if not math.isfinite(value):
-                            raise ValueError(f"the objective is {value}")
-                        study.tell(trial, value)
-                    except Exception as err:
-                        study.tell(trial, state=TrialState.FAIL)
-                        log.warning(f"Trial {trial.number} failed: {err}")
-                        errors.append(ret)
-                    told.add(trial.number)
+                errors = self._tell(study, batch, returns, told)
             finally:  # Ctrl-C / an error in the launcher: the batch's trials are not left RUNNING
-                for trial in batch:
-                    if trial.number not in told:
-                        with contextlib.suppress(Exception):
-                            study.tell(trial, state=TrialState.FAIL)
+                _fail_untold(study, batch, told)
             launched, failed = launched + len(returns), failed + len(errors)
             if errors and failed / launched > impl.max_failure_rate:
                 log.error(f"{failed} of {launched} trials failed (max_failure_rate={impl.max_failure_rate})")
                 _ = errors[0].return_value  # raises the job's exception, with its traceback
+
+    def _log_done(self, study, complete: int, running: int) -> None:
+        from optuna.trial import TrialState
+
+        pruned = len(study.get_trials(deepcopy=False, states=(TrialState.PRUNED,)))
+        log.info(
+            f"Study {study.study_name}: {complete - pruned} complete trials, {pruned} pruned, "
+            f"{running} running (n_trials={self.impl.n_trials})"
+        )
+
+    def _claim(self, study, n: int, sweep_dir: Path, job_idx: int) -> list:
+        """Ask for ``n`` trials, keep those this worker may run, and mark each with this worker."""
+        with warnings.catch_warnings():  # "heartbeat ... with Study.optimize": we beat ourselves
+            warnings.filterwarnings("ignore", message="Heartbeat of storage")
+            asked = [study.ask() for _ in range(n)]
+        batch = self._take(study, asked)
+        for i, trial in enumerate(batch):  # one write each (a storage round trip per attribute)
+            worker = {
+                "host": socket.gethostname(),
+                "pid": os.getpid(),
+                "sweep_dir": str(sweep_dir),
+                "job_num": job_idx + i,
+            }
+            trial.set_user_attr(WORKER_ATTR, worker)
+        return batch
+
+    def _overrides(self, study, trial, distributions, fixed, fixed_overrides, overrides_attr: str) -> list[str]:
+        """The Hydra overrides of ``trial``'s job (its sampled values, the fixed ones, the trial number)."""
+        from mmlexp.search import DRAW_PREFIX, format_override
+
+        study.sampler = self._sampler(trial.number)
+        # fixed overrides added here rather than by _configure_trials, which stores each one as a
+        # user attribute of every trial (a storage write each; the job's MLflow run has them)
+        (line,) = self.impl._configure_trials([trial], distributions, {}, fixed_overrides)
+        line = [o for o in line if not o.startswith(DRAW_PREFIX)]
+        line += [f"{k}={v}" for k, v in fixed.items()]
+        line += [format_override(k, v) for k, v in trial.user_attrs.get(overrides_attr, {}).items()]
+        return line + [f"+hydra.job.env_set.{TRIAL_ENV}={trial.number}"]
+
+    @staticmethod
+    def _tell(study, batch: list, returns: list, told: set[int]) -> list:
+        """Tell the study each job's outcome (pruned, its value, or failed); returns the failed jobs."""
+        from optuna.trial import TrialState
+
+        errors = []
+        for trial, ret in zip(batch, returns, strict=True):
+            if is_pruned(ret._return_value):  # the job's reporter stopped it (mmlexp.sweep.pruning)
+                study.tell(trial, state=TrialState.PRUNED)
+                log.info(f"Trial {trial.number} pruned: {ret._return_value}")
+                told.add(trial.number)
+                continue
+            try:
+                value = float(ret.return_value)  # re-raises the job's exception
+                if not math.isfinite(value):
+                    raise ValueError(f"the objective is {value}")
+                study.tell(trial, value)
+            except Exception as err:
+                study.tell(trial, state=TrialState.FAIL)
+                log.warning(f"Trial {trial.number} failed: {err}")
+                errors.append(ret)
+            told.add(trial.number)
+        return errors
 
     def _sampler(self, number: int):
         """The sampler for trial ``number``: seeded with seed + number, so a resumed study or a second worker
@@ -361,3 +377,13 @@ def _finished_states() -> tuple:
     from optuna.trial import TrialState
 
     return TrialState.COMPLETE, TrialState.PRUNED
+
+
+def _fail_untold(study, batch: list, told: set[int]) -> None:
+    """The trials of ``batch`` not told yet (Ctrl-C, a launcher error) end FAIL, never left RUNNING."""
+    from optuna.trial import TrialState
+
+    for trial in batch:
+        if trial.number not in told:
+            with contextlib.suppress(Exception):
+                study.tell(trial, state=TrialState.FAIL)
