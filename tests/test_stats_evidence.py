@@ -12,6 +12,7 @@ import pytest
 from scipy import stats
 
 from mmlexp.report import evidence
+from mmlexp.report.runs import ReportError
 from mmlexp.report.stats import bootstrap_diff, holm, mean_ci, negative_curves, seed_paired, wilcoxon_p
 from mmlexp.report.status import claim_verdicts
 
@@ -235,5 +236,5 @@ def test_without_per_user_files_the_verdict_is_a_point_estimate(tmp_path):
 def test_a_named_per_user_file_that_is_missing_is_an_error(tmp_path):
     runs = _synthetic(tmp_path)
     (tmp_path / runs["users_csv"].iloc[0]).unlink()
-    with pytest.raises(evidence.ReportError, match="no per-user file"):
+    with pytest.raises(ReportError, match="no per-user file"):
         evidence.claim_tests(negative_curves(runs), CLAIMS, runs, tmp_path)

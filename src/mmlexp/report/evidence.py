@@ -16,14 +16,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from mmlexp.report import export
-from mmlexp.report.export import cell_id
-from mmlexp.report.runs import ReportError
+from mmlexp.report.export import USERS_COLUMN, cell_id, read_per_user
 from mmlexp.report.stats import bootstrap_diff, holm, seed_paired, wilcoxon_p
 
 ALPHA = 0.05
 LEVEL_PCT = 3.0  # "level off by 100" read as: 100 -> 800 negatives changes a loss by at most 3%
-USERS_COLUMN = "users_csv"  # runs.csv: the run's per-user metrics, relative to runs.csv
 HOLDS, FAILS, OPEN = "HOLDS", "DOES NOT HOLD", "NOT RESOLVED"
 PER_USER, POINT = "per-user", "point estimate"
 UNTESTED = "no per-user evidence: point estimate only, NOT tested"
@@ -75,25 +72,6 @@ class Claim:
     a: tuple[str, int]
     b: tuple[str, int]
     expect: str
-
-
-def read_users(base: Path, row: Mapping) -> pd.DataFrame | None:
-    """A run's per-user metrics: the gzipped CSV ``row["users_csv"]`` (relative to ``base``; columns ``user`` and
-    the metrics, one row per test user); None when the run has none, a ``ReportError`` when the file is missing.
-    The fallback of ``default_reader`` where ``mmlexp.report.export`` has no ``read_per_user``."""
-    rel = row.get(USERS_COLUMN)
-    if not isinstance(rel, str) or not rel:
-        return None
-    path = base / rel
-    if not path.is_file():
-        raise ReportError(f"run {row.get('run_id')}: no per-user file at {path}")
-    return pd.read_csv(path)
-
-
-def default_reader() -> Reader:
-    """``mmlexp.report.export.read_per_user`` (same contract as ``read_users``) where it exists, else ``read_users``;
-    ``claim_tests`` takes any reader of this signature."""
-    return getattr(export, "read_per_user", read_users)
 
 
 def claim_specs(curves: pd.DataFrame, claims: pd.DataFrame) -> list[Claim]:
@@ -283,12 +261,12 @@ def claim_tests(
     """``claims.csv``: one row per claim test (``claim_specs``), Holm-adjusted over every per-user Wilcoxon p-value
     in it (the family: all claim tests of the report), with its verdict; after each (dataset, metric)'s per-loss
     level rows, their combined "all losses level off by 100" row. ``runs``: the Figure 3 runs (with ``seed``,
-    ``run_id`` and ``users_csv`` relative to ``base``, read with ``reader``, default ``default_reader()``); without
+    ``run_id`` and ``users_csv`` relative to ``base``, read with ``reader``, default ``export.read_per_user``); without
     them every verdict is a point estimate."""
     specs = claim_specs(curves, claims) if len(curves) else []
     if runs is None:
         runs = pd.DataFrame(columns=["dataset", "loss", "num_negatives", "seed", "run_id"])
-    load = reader or default_reader()
+    load = reader or read_per_user
     cache: dict[str, pd.DataFrame | None] = {}
 
     def read(row: Mapping) -> pd.DataFrame | None:  # each run's file read once, indexed by user

@@ -74,8 +74,8 @@ def run_missing(plan: Plan, stores: Stores, results: Path, threads: int) -> int:
     """Run the plan's pending runs one at a time (state re-read before each); 1 if any failed."""
     stores.root.mkdir(parents=True, exist_ok=True)
     failed = []
-    for run in plan.runs:
-        state = next(s for s in plan_state(plan, stores, results) if s.run == run)
+    for run in [s.run for s in plan_state(plan, stores, results) if s.state != DONE]:
+        state = next(s for s in plan_state(plan, stores, results) if s.run == run)  # another worker may have run it
         if state.state == DONE:
             continue
         print(f"== {plan.dataset} {run.label} (step {run.step}): {state.state}", flush=True)

@@ -14,6 +14,7 @@ order of preference:
 eval comes from the same dataset, else another one's scaled by users x items. Each estimate says which it rests on.
 """
 
+import functools
 import math
 import statistics
 from dataclasses import dataclass
@@ -59,6 +60,7 @@ class Estimate:
         return self.train_s + self.eval_s
 
 
+@functools.cache
 def default_batch(dataset: str) -> int:
     from mmlexp.__main__ import CONFIG_DIR
 
