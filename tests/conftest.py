@@ -26,9 +26,47 @@ SWEEP = [
 ]
 
 
+# Every file mmlexp writes by default (outputs/, multirun/, mlflow.db, reports/, build/, ...) is git-ignored, so a test
+# that writes into the checkout shows up as a new ignored path. Tool caches are not counted.
+_NOT_COUNTED = (".venv", "**/__pycache__/**", ".mypy_cache", ".ruff_cache", ".pytest_cache", ".benchmarks")
+_NOT_COUNTED += (".grimp_cache", ".import_linter_cache")
+_BEFORE = pytest.StashKey[set[str] | None]()
+
+
+def _ignored_paths() -> set[str] | None:
+    """The checkout's git-ignored files (None outside a git checkout, e.g. an unpacked sdist)."""
+    cmd = ["git", "status", "--porcelain", "--ignored=traditional", "--untracked-files=all", "--", "."]
+    try:
+        out = subprocess.run(cmd + [f":!{p}" for p in _NOT_COUNTED], cwd=REPO, capture_output=True, text=True)
+    except OSError:
+        return None
+    if out.returncode != 0:
+        return None
+    return {line[3:] for line in out.stdout.splitlines() if line.startswith("!! ")}
+
+
+def pytest_sessionstart(session):
+    session.config.stash[_BEFORE] = _ignored_paths()
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """Tests write only under tmp_path: the session fails if it left new files in the checkout (set
+    MMLEXP_CHECKOUT_GUARD=off only while other work edits the checkout at the same time)."""
+    before = session.config.stash.get(_BEFORE, None)
+    after = _ignored_paths()
+    if before is None or after is None or os.environ.get("MMLEXP_CHECKOUT_GUARD") == "off":
+        return
+    if new := sorted(after - before):
+        listed = "\n  ".join(new[:20]) + ("\n  ..." if len(new) > 20 else "")
+        session.config.get_terminal_writer().line(f"\nthe tests wrote into the checkout {REPO}:\n  {listed}", red=True)
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
 @pytest.fixture(autouse=True)
 def _isolated_dirs(tmp_path_factory, monkeypatch):
-    """Real data read from ../shared/data (read-only); parsed caches in a per-session temp dir."""
+    """Real data read from ../shared/data (read-only); parsed caches in a per-session temp dir; each test runs in a
+    fresh temp working directory, so a default relative path (./outputs of a run outside Hydra) lands there."""
+    monkeypatch.chdir(tmp_path_factory.mktemp("cwd"))
     monkeypatch.setenv("MMLEXP_DATA_DIR", str(SHARED_DATA))
     cache = os.environ.get("MMLEXP_TEST_CACHE_DIR") or str(tmp_path_factory.getbasetemp() / "cache")
     monkeypatch.setenv("MMLEXP_CACHE_DIR", cache)

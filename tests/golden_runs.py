@@ -176,7 +176,6 @@ def run_config(overrides: list[str], workdir: Path, store: Path) -> dict[str, st
     three digests of the run.  torch's thread count is restored afterwards."""
     from hydra import compose, initialize_config_dir
 
-    from mmlexp import _numba
     from mmlexp.__main__ import CONFIG_DIR
     from mmlexp.checkpoint import CHECKPOINT_FILE
     from mmlexp.run import train
@@ -186,11 +185,7 @@ def run_config(overrides: list[str], workdir: Path, store: Path) -> dict[str, st
     with initialize_config_dir(config_dir=CONFIG_DIR):  # no version_base: as the CLI's @hydra.main composes
         cfg = compose("config", overrides=[*BASE, *tracking, *overrides])
     workdir.mkdir(parents=True, exist_ok=True)
-    threads = torch.get_num_threads()
-    # numba's OpenMP pool, launched by the first parallel kernel of the process, resets torch's intra-op threads
-    # to all cores (NUMBA_NUM_THREADS), undoing trainer.num_threads=1 for the first run of a process only.
-    # Launched here first, so that every run is on one thread whatever ran before it in this process.
-    _numba.set_threads(1)
+    threads = torch.get_num_threads()  # trainer.num_threads=1 holds in the first run of a process too
     try:
         with contextlib.chdir(workdir):
             train(cfg)

@@ -130,3 +130,25 @@ def test_sigterm_marks_the_run_killed(tmp_path):
     proc.wait(timeout=60)
     client, found = runs(tmp_path)
     assert [r.info.status for r in found] == ["KILLED"]
+
+
+def test_num_threads_holds_in_a_fresh_process_after_numba_starts(tmp_path):
+    """numba's OpenMP pool, started by a process's first parallel kernel, resets torch's intra-op threads to all
+    cores; ``trainer.num_threads`` must still hold after the run's kernels ran."""
+    script = f"""
+import torch
+from hydra import compose, initialize_config_dir
+from mmlexp.__main__ import CONFIG_DIR
+from mmlexp.run import train
+overrides = ["dataset=sample", "trainer.epochs=1", "trainer.progress=false", "trainer.num_threads=1",
+             "tracking.uri=sqlite:///{tmp_path}/mlflow.db", "tracking.save_checkpoint=false"]
+with initialize_config_dir(config_dir=CONFIG_DIR):
+    train(compose("config", overrides=overrides))
+import numba
+print(torch.get_num_threads(), numba.get_num_threads(), numba.config.NUMBA_NUM_THREADS)
+"""
+    env = dict(os.environ, OMP_NUM_THREADS="2", NUMBA_NUM_THREADS="2")  # a pool of 2: the reset is visible
+    out = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr[-3000:]
+    torch_threads, numba_threads, pool = map(int, out.stdout.split()[-3:])
+    assert pool == 2 and (torch_threads, numba_threads) == (1, 1)

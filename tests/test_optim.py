@@ -118,6 +118,20 @@ def test_table_adam_equals_clip_then_adam_on_grad_plus_l2(kernels, kind, dtype, 
                 ref[0].mul_(1.5)
 
 
-def test_table_adam_refuses_bad_lr():
+@pytest.mark.parametrize("optimizer", [TableAdam, LazyAdam])
+@pytest.mark.parametrize(
+    ("bad", "message"),
+    [({"lr": -0.001}, "lr=-0.001"), ({"betas": (0.9, 1.0)}, r"betas=\(0.9, 1.0\)"), ({"eps": -1e-8}, "eps=-1e-08")],
+)
+def test_adam_optimizers_refuse_what_torch_adam_refuses(optimizer, bad, message):
+    params = [torch.nn.Parameter(torch.zeros(2))]
+    with pytest.raises(ValueError):  # the reference: torch's own checks refuse the same values
+        torch.optim.Adam(params, **bad)
+    with pytest.raises(ValueError, match=message):
+        optimizer(params, **bad)
+
+
+@pytest.mark.parametrize("optimizer", [TableAdam, LazyAdam])
+def test_adam_optimizers_refuse_a_zero_lr(optimizer):  # stricter than torch: a run that cannot learn
     with pytest.raises(ValueError, match="lr=0"):
-        TableAdam([torch.nn.Parameter(torch.zeros(2))], lr=0)
+        optimizer([torch.nn.Parameter(torch.zeros(2))], lr=0)

@@ -3,6 +3,7 @@
 import configparser
 import importlib
 import importlib.util
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -19,10 +20,21 @@ def test_the_package_config_dir_is_the_top_level_conf():
     assert PACKAGED_CONFIG_DIR == str(CONF.resolve())
 
 
+def tracked_copy(dest):
+    """The checkout's tracked files (links kept as links) under ``dest``: a build writes build/ and *.egg-info
+    next to its sources, which must not be the checkout."""
+    files = subprocess.run(["git", "ls-files", "-z"], cwd=REPO, capture_output=True, check=True).stdout.split(b"\0")
+    for name in filter(None, (f.decode() for f in files)):
+        (dest / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(REPO / name, dest / name, follow_symlinks=False)
+    return dest
+
+
 @pytest.mark.skipif(importlib.util.find_spec("build") is None, reason="needs the `build` package (dev extra)")
 def test_wheel_ships_every_config_and_the_entry_points(tmp_path):
+    source = tracked_copy(tmp_path / "source")
     subprocess.run(
-        [sys.executable, "-m", "build", "--wheel", "--outdir", str(tmp_path), str(REPO)],
+        [sys.executable, "-m", "build", "--wheel", "--outdir", str(tmp_path), str(source)],
         check=True,
         capture_output=True,
         timeout=300,

@@ -1,6 +1,6 @@
 """The MLflow UI on a tiny sweep's store: the parent run and its child runs with metrics, through the REST API
 and (marked `browser`) in headless Chromium: the rendered pages must show the sweep's child runs and their
-metrics. Screenshots are saved under reports/ (git-ignored)."""
+metrics. Screenshots are saved under the test's tmp_path."""
 
 import contextlib
 import html
@@ -19,12 +19,11 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO
 from tests.test_sweeps import sweep_cli
 
 CHROMIUM = next((p for p in map(shutil.which, ("chromium", "chromium-browser", "google-chrome")) if p), None)
-SCREENSHOT = REPO / "reports" / "mlflow_ui_sweep_runs.png"
-PARENT_SCREENSHOT = REPO / "reports" / "mlflow_ui_sweep_parent.png"
+SCREENSHOT = "mlflow_ui_sweep_runs.png"
+PARENT_SCREENSHOT = "mlflow_ui_sweep_parent.png"
 
 
 def free_port() -> int:
@@ -183,13 +182,13 @@ def test_browser_shows_the_sweep_its_child_runs_and_their_metrics(ui, tmp_path):
     assert all(name in text for name in names), text[:3000]
     assert "Sort: best/recall_at_20" in text and "2 matching runs" in text, text[:3000]
     assert parent["info"]["run_name"] not in text  # filtered to the jobs
-    screenshot(table, SCREENSHOT, tmp_path / "profile")
+    screenshot(table, tmp_path / SCREENSHOT, tmp_path / "profile")
 
     parent_page = f"{ui}/#/experiments/{exp}/runs/{parent['info']['run_id']}"
     text = page_text(parent_page, tmp_path / "profile")
     listed = re.search(r"Child runs (\S+) , (\S+) ", text)
     assert listed and set(listed.groups()) == set(names), text[:3000]
-    screenshot(parent_page, PARENT_SCREENSHOT, tmp_path / "profile")
+    screenshot(parent_page, tmp_path / PARENT_SCREENSHOT, tmp_path / "profile")
 
     ids = urllib.parse.quote(json.dumps([c["info"]["run_id"] for c in children]))
     text = page_text(

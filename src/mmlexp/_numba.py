@@ -88,6 +88,13 @@ def applies_to(*tensors) -> bool:
     )
 
 
+def start_pool() -> None:
+    """Start numba's thread pool now.  Starting its OpenMP layer resets torch's intra-op threads to all cores
+    (they share libgomp), so a process starts it before ``torch.set_num_threads``, not at its first kernel."""
+    if AVAILABLE:
+        nb.get_num_threads()  # launches the pool
+
+
 def set_threads(n: int) -> None:
     """Use ``n`` threads (capped at numba's pool), to follow ``torch.get_num_threads()``."""
     if AVAILABLE:

@@ -21,6 +21,7 @@ import scipy.sparse as sp
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from mmlexp import _numba
 from mmlexp.checkpoint import BEST_FILE, CHECKPOINT_FILE, find_resume, load_checkpoint, save_atomic
 from mmlexp.config import OWN_TARGETS, ConfigError, allowed_targets, build, validate
 from mmlexp.data import DataError, InteractionData, load_dataset
@@ -151,6 +152,7 @@ def prepare(cfg: DictConfig) -> Setup:
     to resume from."""
     validate(cfg)
     if cfg.trainer.num_threads:
+        _numba.start_pool()  # else its later start would undo the setting
         torch.set_num_threads(cfg.trainer.num_threads)
     torch.manual_seed(cfg.seed)
     device = resolve_device(cfg.device, cfg.get("jobs_per_gpu", 1))  # a parallel sweep job: its own GPU

@@ -112,7 +112,7 @@ def rank_top_k(
     return _rank(user_emb, item_emb, train, int(k_max), users, chunk_size, method, progress)
 
 
-def _rank(  # noqa: C901 - over the complexity bound, still to split
+def _rank(
     user_emb, item_emb, exclude: sp.csr_matrix, k: int, users: np.ndarray, chunk_size, method: str, progress: bool
 ) -> torch.Tensor:
     if chunk_size is not None and (not _is_int(chunk_size) or chunk_size < 1):
@@ -127,26 +127,24 @@ def _rank(  # noqa: C901 - over the complexity bound, still to split
     u = user_emb.detach()[torch.from_numpy(users).to(device)].to(dtype).contiguous()
     v = item_emb.detach().to(dtype).contiguous()
     rows = exclude if n_eval == exclude.shape[0] and np.array_equal(users, np.arange(n_eval)) else exclude[users]
-    mask = _ChunkMask(rows, device)
-
-    ranker: _DenseTopK | _BlockedTopK
-    if method == "topk":
-        ranker = _DenseTopK(v, k)
-    else:
-        ranker = _BlockedTopK(v, k, bf16=method == "bf16")
+    ranker: _DenseTopK | _BlockedTopK = _DenseTopK(v, k) if method == "topk" else _BlockedTopK(v, k, method == "bf16")
     if chunk_size is None:
-        budget = _CHUNK_BYTES["device" if device.type != "cpu" else method]
-        chunk_size = ranker.default_chunk(budget)
-    chunk_size = min(int(chunk_size), n_eval)
-
+        chunk_size = ranker.default_chunk(_CHUNK_BYTES["device" if device.type != "cpu" else method])
     out = torch.empty(n_eval, k, dtype=torch.long)
+    _rank_chunks(ranker, u, _ChunkMask(rows, device), out, min(int(chunk_size), n_eval), progress)
+    return out
+
+
+def _rank_chunks(ranker, u: torch.Tensor, mask, out: torch.Tensor, chunk_size: int, progress: bool) -> None:
+    """Fill ``out`` with the top-k of each chunk of ``chunk_size`` users.
+
+    CPU: the chunks are spread over worker threads that run their ops on one thread each, rather than each op
+    being split over all threads: many small ops that each wait for all threads stall whenever one is descheduled
+    (another busy process): 15x slower on 2 cores with one busy, against ~1x this way; as fast on idle cores."""
+    n_eval = len(out)
     n_chunks = -(-n_eval // chunk_size)
-    # CPU: the chunks are spread over worker threads that run their ops on one thread each,
-    # rather than each op being split over all threads: many small ops that each wait for all
-    # threads stall whenever one is descheduled (another busy process): 15x slower on 2 cores
-    # with one busy, against ~1x this way; as fast on idle cores.
     threads = torch.get_num_threads()
-    n_workers = min(threads, n_chunks) if device.type == "cpu" and _CHUNK_THREADS else 1
+    n_workers = min(threads, n_chunks) if u.device.type == "cpu" and _CHUNK_THREADS else 1
     rankers = [ranker] + [ranker.sibling() for _ in range(n_workers - 1)]
     bar = None
     if progress:
@@ -175,7 +173,6 @@ def _rank(  # noqa: C901 - over the complexity bound, still to split
     finally:
         if bar is not None:
             bar.close()
-    return out
 
 
 class _ChunkMask:
@@ -262,33 +259,52 @@ class _BlockedTopK:
         return self._select(u, mask, s, e)
 
     def _select(self, u, mask, s, e):
-        n, k, bs, g, n_pad = u.shape[0], self.k, self.bs, self.g, self.n_pad
-        nb = n_pad // bs
-        dev = u.device
-        # item-major coarse scores [n_pad, n]; padding rows and train items -> -inf
-        scores = _buffer(self, "buf", n_pad * n, self.coarse_dtype, dev).view(n_pad, n)
+        """The chunk's top-k in four steps, or None where the bf16 bound or the candidate limit fails."""
+        scores = self._coarse_scores(u, mask, s, e)
+        bmax, lower, delta = self._threshold(scores, u)
+        found = self._candidates(scores, bmax, lower, u)
+        if found is None:
+            return None
+        row, item, cval = found
+        cand, items = self._padded(row, item, cval, u)
+        if self.bf16:  # exact scores of the candidates; check the bound on them
+            cand = self._rescored(cand, items, delta, u)
+            if cand is None:
+                return None
+        best = torch.topk(cand, self.k, dim=1, sorted=True).indices  # 4. exact top-k among each row's candidates
+        return items.gather(1, best)
+
+    def _coarse_scores(self, u, mask, s, e) -> torch.Tensor:
+        """Item-major coarse scores [n_pad, n]; padding rows and train items -> -inf."""
+        n = u.shape[0]
+        scores = _buffer(self, "buf", self.n_pad * n, self.coarse_dtype, u.device).view(self.n_pad, n)
         torch.mm(self.vc, u.to(self.coarse_dtype).T, out=scores)
         scores[self.n_items :] = -math.inf
-        flat = scores.view(-1)
-        flat[mask.flat(s, e, True, n)] = -math.inf
+        scores.view(-1)[mask.flat(s, e, True, n)] = -math.inf
+        return scores
 
-        # 1. block maxima [nb, n], group maxima, and a threshold with >= k items at or above it
-        bmax = _buffer(self, "bm_buf", nb * n, self.coarse_dtype, dev).view(nb, n)
+    def _threshold(self, scores, u):
+        """1. Block maxima [nb, n], group maxima, and a threshold with >= k items at or above it (lowered by the
+        bf16 error bound ``2 delta``)."""
+        n, bs, g = u.shape[0], self.bs, self.g
+        nb = self.n_pad // bs
+        bmax = _buffer(self, "bm_buf", nb * n, self.coarse_dtype, u.device).view(nb, n)
         torch.amax(scores.view(nb, bs, n), dim=1, out=bmax)
         gmax = bmax.view(nb // g, g, n).amax(dim=1) if g > 1 else bmax
-        thr = torch.topk(gmax.T, k, dim=1, sorted=False).values.amin(dim=1).to(u.dtype)
-        if self.bf16:  # compared in u.dtype: no rounding of the line itself
-            delta = u.norm(dim=1) * self.delta_scale + self.delta_abs
-            lower = thr - 2 * delta
-        else:
-            lower = thr
+        thr = torch.topk(gmax.T, self.k, dim=1, sorted=False).values.amin(dim=1).to(u.dtype)
+        if not self.bf16:
+            return bmax, thr, None
+        delta = u.norm(dim=1) * self.delta_scale + self.delta_abs  # compared in u.dtype: no rounding of the line
+        return bmax, thr - 2 * delta, delta
 
-        # 2. candidate blocks -> candidate items, rows ascending
+    def _candidates(self, scores, bmax, lower, u) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
+        """2. Candidate blocks -> candidate items (row, item, coarse value), rows ascending; None over the limit."""
+        n, k, bs = u.shape[0], self.k, self.bs
         r, blk = (bmax.T.to(u.dtype) >= lower[:, None]).nonzero(as_tuple=True)
         limit = (_BF16_MAX_CAND_PER_K * k + _BF16_MAX_CAND_EXTRA) * n if self.bf16 else None
         if limit is not None and r.numel() > limit:
             return None
-        offs = self._offsets(n, dev)
+        flat, offs = scores.view(-1), self._offsets(n, u.device)
         vals = flat.index_select(0, ((blk * (bs * n) + r)[:, None] + offs).view(-1)).view(-1, bs).to(u.dtype)
         p, off = (vals >= lower.index_select(0, r)[:, None]).nonzero(as_tuple=True)
         row = r.index_select(0, p)
@@ -300,9 +316,12 @@ class _BlockedTopK:
         self.n_candidates += row.numel()
         if limit is not None and row.numel() > limit:
             return None
+        return row, item, cval
 
-        # 3. candidates padded to [n, width] (every row has >= k): -inf marks empty slots, the
-        #    lowest finite value excluded items (candidates only where a row has < k others)
+    def _padded(self, row, item, cval, u):
+        """3. Candidates padded to [n, width] (every row has >= k): -inf marks empty slots, the lowest finite
+        value excluded items (candidates only where a row has < k others)."""
+        n, dev = u.shape[0], u.device
         counts = torch.bincount(row, minlength=n)
         width = int(counts.max())
         pos = row * width + torch.arange(row.numel(), device=dev) - (torch.cumsum(counts, 0) - counts)[row]
@@ -310,19 +329,18 @@ class _BlockedTopK:
         cand = torch.full((n * width,), -math.inf, dtype=u.dtype, device=dev)
         cand = cand.index_copy_(0, pos, cval.masked_fill_(cval == -math.inf, lowest)).view(n, width)
         items = torch.zeros(n * width, dtype=torch.long, device=dev).index_copy_(0, pos, item).view(n, width)
-        if self.bf16:  # exact scores of the candidates; check the bound on them
-            d = u.shape[1]
-            cand_v = _buffer(self, "v_buf", n * width * d, u.dtype, dev).view(n * width, d)
-            torch.index_select(self.v, 0, items.view(-1), out=cand_v)
-            exact = torch.bmm(u[:, None, :], cand_v.view(n, width, d).transpose(1, 2))[:, 0, :]
-            real = cand > lowest
-            if bool(((cand - exact).abs_() > delta[:, None]).logical_and_(real).any()):
-                return None
-            cand = torch.where(real, exact, cand)
+        return cand, items
 
-        # 4. exact top-k among each row's candidates
-        best = torch.topk(cand, k, dim=1, sorted=True).indices
-        return items.gather(1, best)
+    def _rescored(self, cand, items, delta, u):
+        """The candidates' exact scores, or None where a coarse score is off by more than the bound ``delta``."""
+        (n, width), d = cand.shape, u.shape[1]
+        cand_v = _buffer(self, "v_buf", n * width * d, u.dtype, u.device).view(n * width, d)
+        torch.index_select(self.v, 0, items.view(-1), out=cand_v)
+        exact = torch.bmm(u[:, None, :], cand_v.view(n, width, d).transpose(1, 2))[:, 0, :]
+        real = cand > torch.finfo(u.dtype).min
+        if bool(((cand - exact).abs_() > delta[:, None]).logical_and_(real).any()):
+            return None
+        return torch.where(real, exact, cand)
 
     def _offsets(self, n, dev):
         if n not in self.offsets:

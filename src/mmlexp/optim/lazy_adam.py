@@ -19,7 +19,7 @@ from torch.autograd.graph import increment_version
 
 from mmlexp._numba import set_threads
 from mmlexp.optim.kernels import lazy_adam_rows
-from mmlexp.optim.sparse_rows import adam_scalars, as_rows, distinct_rows, on_kernel_path
+from mmlexp.optim.sparse_rows import adam_defaults, adam_scalars, as_rows, distinct_rows, moment_rows, on_kernel_path
 
 
 class LazyAdam(torch.optim.Optimizer):
@@ -31,9 +31,7 @@ class LazyAdam(torch.optim.Optimizer):
         eps: float = 1e-8,
         weight_decay: float = 0.0,
     ):
-        if not lr > 0:
-            raise ValueError(f"lr={lr}: must be > 0")
-        super().__init__(params, dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay))
+        super().__init__(params, adam_defaults(lr, betas, eps, weight_decay=weight_decay))
 
     @torch.no_grad()
     def step(self, closure=None):
@@ -53,8 +51,7 @@ class LazyAdam(torch.optim.Optimizer):
                     scalar = as_rows(p).dtype.type
                     lazy_adam_rows(
                         as_rows(p),
-                        as_rows(state["exp_avg"]),
-                        as_rows(state["exp_avg_sq"]),
+                        *moment_rows(state),
                         rows.numpy(),
                         grad.contiguous().numpy(),
                         scalar(wd),

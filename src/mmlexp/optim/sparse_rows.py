@@ -28,6 +28,23 @@ def adam_scalars(group: dict, t: float, dtype) -> tuple:
     return tuple(scalar(x) for x in (lr / (1 - b1**t), b1, 1 - b1, b2, 1 - b2, eps, math.sqrt(1 - b2**t)))
 
 
+def adam_defaults(lr: float, betas: tuple[float, float], eps: float, **extra) -> dict:
+    """An Adam optimizer's defaults, checked as ``torch.optim.Adam`` checks them: lr > 0, betas in [0, 1),
+    eps >= 0."""
+    if not lr > 0:
+        raise ValueError(f"lr={lr}: must be > 0")
+    if not all(0.0 <= b < 1.0 for b in betas) or len(betas) != 2:
+        raise ValueError(f"betas={tuple(betas)}: must be two numbers in [0, 1)")
+    if not eps >= 0:
+        raise ValueError(f"eps={eps}: must be >= 0")
+    return dict(lr=lr, betas=betas, eps=eps, **extra)
+
+
+def moment_rows(state: dict) -> tuple[np.ndarray, np.ndarray]:
+    """Adam's moments ``exp_avg``, ``exp_avg_sq`` of a parameter's state as row views (``as_rows``)."""
+    return as_rows(state["exp_avg"]), as_rows(state["exp_avg_sq"])
+
+
 def as_rows(t: torch.Tensor) -> np.ndarray:
     """A contiguous tensor as a 2-D numpy view (rows x last dim; 1-D and 0-D as one row)."""
     return t.detach().reshape(-1, t.shape[-1] if t.dim() else 1).numpy()

@@ -17,7 +17,7 @@ from torch.optim.adam import adam as functional_adam
 
 from mmlexp._numba import set_threads
 from mmlexp.optim import deferred, kernels
-from mmlexp.optim.sparse_rows import adam_scalars, as_rows, distinct_rows, on_kernel_path
+from mmlexp.optim.sparse_rows import adam_defaults, adam_scalars, as_rows, distinct_rows, moment_rows, on_kernel_path
 
 _LOADED = object()  # a kept ||E||^2 from load_state_dict: the checkpoint's rows, whatever p._version says
 
@@ -51,9 +51,7 @@ class TableAdam(torch.optim.Optimizer):
         eps: float = 1e-8,
         defer: bool = False,
     ):
-        if not lr > 0:
-            raise ValueError(f"lr={lr}: must be > 0")
-        super().__init__(params, dict(lr=lr, betas=betas, eps=eps, decay=True))
+        super().__init__(params, adam_defaults(lr, betas, eps, decay=True))
         self.defer = bool(defer)  # the entrypoint chooses (trainer.defer_rows, choose_deferred_rows)
         self._param_sq: dict[torch.Tensor, tuple[object, float]] = {}  # p -> (p._version, ||p||^2) after our update
         self._deferred: dict[torch.Tensor, deferred.DeferredTable] = {}
@@ -73,7 +71,7 @@ class TableAdam(torch.optim.Optimizer):
 
     def _rows(self, p: torch.Tensor) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         state = self._state(p)
-        return as_rows(p), as_rows(state["exp_avg"]), as_rows(state["exp_avg_sq"])
+        return as_rows(p), *moment_rows(state)
 
     def prepare(self, reads: dict[torch.Tensor, torch.Tensor] | None) -> None:
         """Before a step's forward: ``reads`` maps each table to the rows the step reads
@@ -182,8 +180,7 @@ class TableAdam(torch.optim.Optimizer):
             t = float(state["step"].add_(1))
             sq = kernels.adam_rows(
                 ops.param,
-                as_rows(state["exp_avg"]),
-                as_rows(state["exp_avg_sq"]),
+                *moment_rows(state),
                 ops.rows,
                 ops.vals,
                 ops.l2,
@@ -217,8 +214,7 @@ class TableAdam(torch.optim.Optimizer):
             if ops.rows.size:
                 table.sq += kernels.adam_touched(
                     ops.param,
-                    as_rows(state["exp_avg"]),
-                    as_rows(state["exp_avg_sq"]),
+                    *moment_rows(state),
                     ops.rows,
                     ops.vals,
                     ops.l2,
