@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 # Tests and benchmarks read the offline copies of Gowalla/Yelp2018 beside the repo.
 export MMLEXP_DATA_DIR ?= $(abspath ../shared/data)
 
-.PHONY: install run test test-slow test-postgres lint import-graph format bench ui dashboard clean \
+.PHONY: install run test test-slow test-postgres lint docs docs-serve import-graph format bench ui dashboard clean \
 	reproduce-table2 reproduce-table3 reproduce-fig3 reproduce-quick reproduce reproduce-status need-dataset report notebooks bench-variants dist
 
 $(STAMP): pyproject.toml constraints.txt
@@ -16,6 +16,12 @@ $(STAMP): pyproject.toml constraints.txt
 	@touch $(STAMP)
 
 install: $(STAMP)
+
+# The documentation site's tools (the `docs` extra), on top of the dev install.
+DOCS_STAMP := $(VENV)/.installed-docs
+$(DOCS_STAMP): $(STAMP)
+	$(PY) -m pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[dev,docs]'
+	@touch $(DOCS_STAMP)
 
 run: install  ## train MF + MML on the embedded sample dataset and print its metrics
 	$(PY) -m mmlexp $(ARGS)
@@ -31,6 +37,12 @@ lint: install  ## ruff (lint rules, then formatting) and mypy on src/mmlexp, as 
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy src/mmlexp
 	$(VENV)/bin/lint-imports
+
+docs: install $(DOCS_STAMP)  ## the site (mkdocs build --strict into site/): results and config pages generated from results/ and conf/
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict
+
+docs-serve: install $(DOCS_STAMP)  ## the site with live reload on http://127.0.0.1:8000 (loopback only)
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs serve --strict --dev-addr 127.0.0.1:$${PORT:-8000}
 
 import-graph: install  ## docs/import-graph.svg: what imports what between mmlexp's modules (docs/architecture.md)
 	$(PY) scripts/import_graph.py
@@ -63,7 +75,6 @@ test-postgres: install  ## a two-worker Optuna sweep against a throwaway Postgre
 # each printing its estimated run time first, then `make report`. SEEDS=1,2,3 for several seeds per cell;
 # ARGS= extra overrides (device=cuda, 'hydra.sweeper.params.loss="mml,ccl"', hydra/launcher=joblib, ...).
 SEEDS ?= 1
-QUICK_SEEDS ?= 1,2
 ESTIMATE := $(PY) scripts/estimate_runtime.py
 SWEEP := $(PY) -m mmlexp -m
 REPORT_EXPERIMENT ?= reproduce
@@ -98,21 +109,17 @@ reproduce: install need-dataset  ## DATASET=...: print the plan's estimate, then
 reproduce-status: install need-dataset  ## DATASET=...: each run of the plan (done / running epoch k/n / pending) and the time left
 	$(PY) -m mmlexp.reproduce status $(PLAN_ARGS)
 
-# The same pipeline on the CPU in about 20 minutes (Gowalla, 200 steps per run; MLflow experiment reproduce-quick).
-reproduce-quick: install  ## every table and figure from short Gowalla runs (~20 min on 2 cores; not converged)
-	$(ESTIMATE) --sweep "+experiment=quick_fig3 seed=$(QUICK_SEEDS) $(ARGS)" --sweep "+experiment=quick_table2 seed=1 $(ARGS)" \
-		--sweep "+experiment=quick_table3 seed=1 $(ARGS)" --sweep "+experiment=quick_tta seed=1 $(ARGS)"
-	$(SWEEP) +experiment=quick_fig3 seed=$(QUICK_SEEDS) $(ARGS)
-	$(SWEEP) +experiment=quick_table2 seed=1 $(ARGS)
-	$(SWEEP) +experiment=quick_table3 seed=1 $(ARGS)
-	$(SWEEP) +experiment=quick_tta seed=1 $(ARGS)
-	$(MAKE) --no-print-directory report REPORT_EXPERIMENT=reproduce-quick REPORT_NAME=quick
+# The paper in miniature (conf/reproduce/quick.yaml): a few full Gowalla epochs per run, one at a time, resumable.
+reproduce-quick: install  ## MML / CCL / BSL at 10 and 100 negatives, a few full Gowalla epochs each: reports/quick/ (~15 min on 2 cores)
+	$(PY) -m mmlexp.reproduce run quick $(if $(RUNS),--runs $(RUNS),) --threads $${THREADS:-2}
+	$(PY) -m mmlexp.reproduce report quick $(if $(RUNS),--runs $(RUNS),) --results reports
 
 report: install  ## DATASET=...: results/<dataset>/ (+ README table); without: reports/$(REPORT_NAME)/ from REPORT_EXPERIMENT
 ifneq ($(DATASET),)
 	$(PY) -m mmlexp.reproduce report $(PLAN_ARGS)
 	$(PY) -m mmlexp.report.readme --results results/gowalla results/yelp2018 --readme README.md
 	$(PY) -m mmlexp.report.overview --results results
+	$(PY) scripts/docs_results.py --readme README.md
 else
 	$(PY) -m mmlexp.report --experiment $(REPORT_EXPERIMENT) --name $(REPORT_NAME) $(REPORT_ARGS)
 endif

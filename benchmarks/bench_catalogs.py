@@ -101,8 +101,8 @@ def main():
     parser.add_argument("--threads", type=int, default=None, help="torch and numba threads (default: torch's)")
     parser.add_argument("--out", type=Path, default=HERE / ".catalogs", help="where the catalogues are written")
     args = parser.parse_args()
+    from mmlexp.allocator import keep_freed_memory
     from mmlexp.data import load_dataset
-    from mmlexp.runtime import keep_freed_memory
 
     keep_freed_memory()
     if args.threads:

@@ -5,7 +5,7 @@ its peak resident memory is its own); the loops alternate, ``--repeats`` times, 
 processes hits them alike; the best of the repeats is reported.  Loops:
 
   plain         benchmarks/plain_loop.py: nn.Embedding, DataLoader, autograd, Adam, as usually written
-  plain+malloc  the same with ``mmlexp.runtime.keep_freed_memory()`` (shows what the allocator alone gives)
+  plain+malloc  the same with ``mmlexp.allocator.keep_freed_memory()`` (shows what the allocator alone gives)
   mmlexp        ``mmlexp.train.train_step`` with its defaults (the paper's semantics)
   mmlexp:<variant>  a named fast variant (``--variants shared sparse_adam bf16``), semantics changed;
                 ``deferred``: the default's semantics with deferred rows (``make_optimizer(defer=True)``)
@@ -30,10 +30,10 @@ sys.path.insert(0, str(HERE))
 
 
 def mmlexp_training(users, items, n_users, n_items, num_negatives, batch_size, max_steps, variant="", device="cpu"):
+    from mmlexp.allocator import keep_freed_memory
     from mmlexp.encoders import MatrixFactorization
     from mmlexp.losses import MultiMarginLoss
     from mmlexp.optim import make_optimizer
-    from mmlexp.runtime import keep_freed_memory
     from mmlexp.samplers import SharedSampler, UniformSampler
     from mmlexp.train import TrainSettings, train_step
 
@@ -73,7 +73,7 @@ def worker(args) -> None:
     device = {"device": args.device}
     loop, _, variant = args.worker.partition(":")
     if loop == "plain+malloc":
-        from mmlexp.runtime import keep_freed_memory
+        from mmlexp.allocator import keep_freed_memory
 
         keep_freed_memory()
     run = (

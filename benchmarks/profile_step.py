@@ -67,8 +67,8 @@ def main():
     args = parser.parse_args()
     import bench_catalogs
 
+    from mmlexp.allocator import keep_freed_memory
     from mmlexp.data import load_dataset
-    from mmlexp.runtime import keep_freed_memory
 
     keep_freed_memory()
     torch.set_num_threads(args.threads)

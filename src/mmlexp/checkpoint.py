@@ -40,6 +40,7 @@ MAY_CHANGE = (
     "trainer.num_threads",
     "trainer.cuda_graph",
     "trainer.defer_rows",  # the same bits either way
+    "trainer.memory_check",  # a check before training (issue 31), nothing of the run
     "device",
     "tracking.",
 )

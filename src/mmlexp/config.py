@@ -119,6 +119,7 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "trainer.log_every": int_at_least(1),
     "trainer.num_threads": optional(int_at_least(1)),
     "trainer.checkpoint": BOOL,
+    "trainer.memory_check": BOOL,
     "trainer.resume": (
         (lambda v: v is None or (isinstance(v, str) and v != "")),
         "auto, never, or the path of a checkpoint file or run directory",
@@ -134,6 +135,8 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "num_negatives": int_at_least(1),
     "sampler.num_negatives": int_at_least(1),
     "tracking.enabled": BOOL,
+    "tracking.timeout": POSITIVE,
+    "tracking.stale_after_s": POSITIVE,
 }
 
 

@@ -30,8 +30,9 @@ from mmlexp.devices import resolve_device
 from mmlexp.evaluation import LongTail, evaluate_embeddings
 from mmlexp.evaluation.per_user import save_run_per_user
 from mmlexp.hooks import PRUNED_TAG, in_multirun, job_tags, trial_reporter
+from mmlexp.memory import check_memory
 from mmlexp.optim import choose_deferred_rows, make_optimizer
-from mmlexp.tracking import Tracker, flatten, git_commit
+from mmlexp.tracking import BUFFER_FILE, DEFAULT_TIMEOUT_S, STALE_AFTER_S, Tracker, check_store, flatten, git_commit
 from mmlexp.train import Diverged, FitResult, TrainSettings, fit
 
 log = logging.getLogger("mmlexp")
@@ -151,12 +152,15 @@ def prepare(cfg: DictConfig) -> Setup:
     """Check the config, seed, pick the device, load the data and its split, build the parts, find a checkpoint
     to resume from."""
     validate(cfg)
+    if cfg.tracking.enabled:  # issue 31: an unusable store stops here, before anything is written
+        check_store(cfg.tracking.uri, cfg.tracking.get("timeout", DEFAULT_TIMEOUT_S))
     if cfg.trainer.num_threads:
         _numba.start_pool()  # else its later start would undo the setting
         torch.set_num_threads(cfg.trainer.num_threads)
     torch.manual_seed(cfg.seed)
     device = resolve_device(cfg.device, cfg.get("jobs_per_gpu", 1))  # a parallel sweep job: its own GPU
     data, fit_train, valid = load_split(cfg)
+    check_memory(cfg, data.n_users, data.n_items, fit_train.nnz, device)  # issue 31: sizes that cannot fit
     parts = build_parts(cfg, data, fit_train, device)
     settings = TrainSettings(**{k: cfg.trainer[k] for k in TrainSettings.__dataclass_fields__})
     out_dir = run_directory(cfg)
@@ -262,8 +266,9 @@ def start_tracking(setup: Setup) -> tuple[Tracker, bool]:
         ]
     )
     tracker = Tracker(cfg.tracking.uri, cfg.tracking.experiment, cfg.tracking.artifact_location, cfg.tracking.enabled)
+    tracker.buffer_file = setup.out_dir / BUFFER_FILE  # what the store could not take mid-run (issue 31)
     tags = run_tags(setup, choices)
-    tracker.close_dead_runs()  # runs of this store left RUNNING by dead processes -> KILLED
+    tracker.close_dead_runs(cfg.tracking.get("stale_after_s", STALE_AFTER_S))  # dead processes' RUNNING runs -> KILLED
     reopened = (
         resume is not None
         and resume.get("tracking_uri") == cfg.tracking.uri

@@ -6,25 +6,41 @@ Every run carries liveness tags: ``mmlexp.host``, ``mmlexp.pid``, ``mmlexp.pid_s
 why, the RUNNING runs whose process is gone: a dead pid on this host, or elsewhere no heartbeat for
 ``grace_s`` seconds.
 
+Before a run, ``check_store`` refuses (``StoreError``, exit 2) a store that cannot be used: an SQLite file that is
+not a database, unreadable or without write permission, a server or database that does not answer within
+``tracking.timeout`` seconds (MLflow's HTTP timeout and retries are bounded by it too), each named by its URI with
+any password masked.  During a run a failing store does not stop training: ``Tracker`` buffers what it could not
+log, sends it with the next call once the store answers, and keeps it in ``<run dir>/tracking_buffer.jsonl``
+while the store is down (``replay_buffer`` sends that file later).
+
 Metric names use ``_at_`` (``recall_at_20``): MLflow rejects ``@``.  MLflow is imported only when
 tracking is on, so ``tracking.enabled=false`` runs where it is not installed (a bare GPU machine).
 """
 
 import contextlib
+import json
 import logging
 import math
 import os
 import socket
+import sqlite3
 import subprocess
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote, urlsplit, urlunsplit
+
+from mmlexp.config import ConfigError
 
 MAX_PARAM_LENGTH = 6000
 HEARTBEAT_S = 60.0
-STALE_AFTER_S = 600.0  # another host's run without a heartbeat for this long is dead
+STALE_AFTER_S = 600.0  # another host's run without a heartbeat this long is dead (tracking.stale_after_s)
+DEFAULT_TIMEOUT_S = 10.0  # default of tracking.timeout
+HTTP_RETRIES = 2  # MLflow's HTTP retries per request (MLFLOW_HTTP_REQUEST_MAX_RETRIES) unless set in the environment
+BUFFER_FILE = "tracking_buffer.jsonl"  # in the run directory: what a failing store could not take
+SQLITE_HEADER = b"SQLite format 3\x00"
 HOST_TAG, PID_TAG, PID_STARTED_TAG, HEARTBEAT_TAG, KILLED_TAG = (
     "mmlexp.host",
     "mmlexp.pid",
@@ -130,8 +146,9 @@ def git_commit() -> str | None:
 
 def _sqlite_parent(uri: str) -> None:
     """Create the folder of a ``sqlite:///path`` store so a first run just works."""
-    if uri.startswith("sqlite:///"):
-        Path(uri[len("sqlite:///") :]).expanduser().resolve().parent.mkdir(parents=True, exist_ok=True)
+    path = sqlite_path(uri)
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
 
 
 @contextlib.contextmanager
@@ -152,6 +169,164 @@ def _store_lock(uri: str):
             fcntl.flock(lock, fcntl.LOCK_UN)
 
 
+class StoreError(ConfigError):
+    """The tracking store cannot be used (exit 2 before training, like a bad config value)."""
+
+
+def masked(uri: str) -> str:
+    """``uri`` with the password of its ``user:password@`` part replaced by ``***``."""
+    try:
+        parts = urlsplit(uri)
+        password = parts.password
+    except ValueError:
+        return uri
+    if not password:
+        return uri
+    user, host = parts.netloc.rsplit("@", 1)[0].split(":", 1)[0], parts.netloc.rsplit("@", 1)[1]
+    return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
+
+
+def _scrubbed(text: str, uri: str) -> str:
+    """``text`` (an error) without the URI's password; its first line only."""
+    with contextlib.suppress(ValueError):
+        if password := urlsplit(uri).password:
+            text = text.replace(password, "***")
+    return (text.strip().splitlines() or ["?"])[0][:500]
+
+
+def sqlite_path(uri: str) -> Path | None:
+    """The file of a ``sqlite:///path`` store (relative to the working directory), else None."""
+    if not uri.startswith("sqlite:///"):
+        return None
+    return Path(uri[len("sqlite:///") :].split("?", 1)[0]).expanduser().resolve()
+
+
+_OWN_ENV: set[str] = set()
+
+
+def bound_http_retries(timeout: float) -> None:
+    """Bound MLflow's HTTP requests by ``timeout`` s each, ``HTTP_RETRIES`` retries with a short backoff (MLflow's
+    defaults retry for minutes); variables the user set in the environment are kept."""
+    wanted = {
+        "MLFLOW_HTTP_REQUEST_TIMEOUT": str(max(1, math.ceil(timeout))),
+        "MLFLOW_HTTP_REQUEST_MAX_RETRIES": str(HTTP_RETRIES),
+        "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+    }
+    for name, value in wanted.items():
+        if name not in os.environ or name in _OWN_ENV:
+            os.environ[name] = value
+            _OWN_ENV.add(name)
+
+
+def _within(timeout: float, fn: Callable[[], Any]) -> tuple[bool, BaseException | None]:
+    """Run ``fn`` in a daemon thread: (finished in time, its error)."""
+    box: dict[str, BaseException] = {}
+
+    def target() -> None:
+        try:
+            fn()
+        except BaseException as err:  # handed to the caller
+            box["err"] = err
+
+    thread = threading.Thread(target=target, name="mlflow-store-check", daemon=True)
+    thread.start()
+    thread.join(timeout)
+    return not thread.is_alive(), box.get("err")
+
+
+def _nearest_existing(path: Path) -> Path:
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return path
+
+
+def _check_sqlite_file(uri: str, path: Path, timeout: float) -> None:
+    """An existing SQLite store: readable, a database, not locked past ``timeout``; opened read-only."""
+    name = f"tracking.uri={masked(uri)}"
+    if path.is_dir():
+        raise StoreError(f"{name}: {path} is a directory, not an SQLite database file")
+    try:
+        with open(path, "rb") as f:
+            head = f.read(len(SQLITE_HEADER))
+    except OSError as err:
+        raise StoreError(f"{name}: cannot read {path} ({err.strerror or err})") from err
+    if head and head != SQLITE_HEADER:  # an empty file is a new database to SQLite
+        raise StoreError(f"{name}: {path} is not an SQLite database (it starts with {head[:16]!r}); use another file")
+    try:
+        con = sqlite3.connect(f"file:{quote(str(path))}?mode=ro", uri=True, timeout=timeout)
+        try:
+            con.execute("SELECT count(*) FROM sqlite_master").fetchone()
+        finally:
+            con.close()
+    except sqlite3.Error as err:
+        raise StoreError(f"{name}: {path} cannot be read as an SQLite database ({err})") from err
+
+
+def _check_writable(uri: str, path: Path, beside: bool = True) -> None:
+    """The store (and its folder with ``beside``: SQLite writes a journal there), or the folder to create it in,
+    can be written."""
+    name = f"tracking.uri={masked(uri)}"
+    if path.exists():
+        for target in (path, path.parent) if beside else (path,):
+            if not os.access(target, os.W_OK):
+                raise StoreError(f"{name}: no write permission on {target}")
+        return
+    base = _nearest_existing(path.parent)
+    if not base.is_dir() or not os.access(base, os.W_OK | os.X_OK):
+        raise StoreError(f"{name}: cannot create {path}: no write permission on {base}")
+
+
+def _probe(uri: str) -> Callable[[], Any]:
+    """A read-only call that needs the store: a query on a database URI, else a search through MLflow."""
+    scheme = uri.split(":", 1)[0].split("+", 1)[0].lower()
+    if scheme in ("postgresql", "postgres", "mysql", "mssql"):
+
+        def query() -> None:
+            import sqlalchemy as sa
+
+            engine = sa.create_engine(uri)
+            try:
+                with engine.connect() as con:
+                    con.execute(sa.text("SELECT 1"))
+            finally:
+                engine.dispose()
+
+        return query
+
+    def search() -> None:
+        from mlflow.tracking import MlflowClient
+
+        MlflowClient(tracking_uri=uri).search_experiments(max_results=1)
+
+    return search
+
+
+def check_store(uri: str, timeout: float = DEFAULT_TIMEOUT_S) -> None:
+    """Raise ``StoreError`` when the tracking store ``uri`` cannot be used; writes nothing.
+
+    SQLite: the file is a readable database (or can be created) with write permission. A server or database:
+    it answers a read within ``timeout`` s. Also bounds MLflow's HTTP timeout and retries by ``timeout``."""
+    if uri.startswith(("http://", "https://", "databricks")):
+        bound_http_retries(timeout)
+    path = sqlite_path(uri)
+    if path is not None:
+        if path.exists():
+            _check_sqlite_file(uri, path, timeout)
+        _check_writable(uri, path)
+        return
+    if "://" not in uri or uri.startswith("file:"):  # a local folder (MLflow's file store)
+        _check_writable(uri, Path(uri.removeprefix("file://")).expanduser().resolve(), beside=False)
+        return
+    done, err = _within(timeout, _probe(uri))
+    if not done:
+        raise StoreError(
+            f"tracking.uri={masked(uri)}: the tracking server did not answer within tracking.timeout={timeout} s; "
+            "start it, check the address, or raise tracking.timeout (or tracking.enabled=false)"
+        )
+    if err is not None:
+        raise StoreError(f"tracking.uri={masked(uri)}: the store refused a first read: {_scrubbed(str(err), uri)}")
+
+
 class Tracker:
     """Thin wrapper over ``MlflowClient`` for one run. ``enabled=False`` turns every call into a no-op."""
 
@@ -159,6 +334,9 @@ class Tracker:
         self.enabled = enabled
         self.run_id: str = ""  # set by start() or reopen()
         self._beat_stop: threading.Event | None = None
+        self.buffer_file: Path | None = None  # where operations the store refused are kept (the run directory's)
+        self._pending: list[dict[str, Any]] = []  # operations not yet taken by the store, oldest first
+        self._failures = 0  # failed sends since the store last answered
         if not enabled:
             return
         from mlflow.tracking import MlflowClient
@@ -231,44 +409,124 @@ class Tracker:
         return True
 
     def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
-        if not self.enabled:
-            return
-        from mlflow.entities import Metric
-
-        now = int(time.time() * 1000)
-        batch = [
-            Metric(mlflow_key(k), float(v), now, step)
-            for k, v in metrics.items()
-            if v is not None and math.isfinite(float(v))
-        ]
-        self.client.log_batch(self.run_id, metrics=batch, synchronous=True)
+        """Log the finite ``metrics`` at ``step`` (buffered while the store fails)."""
+        batch = {mlflow_key(k): float(v) for k, v in metrics.items() if v is not None and math.isfinite(float(v))}
+        if batch:
+            self._submit({"op": "metrics", "metrics": batch, "step": int(step), "time": int(time.time() * 1000)})
 
     def set_tags(self, tags: Mapping[str, Any]) -> None:
-        if self.enabled:
-            from mlflow.entities import RunTag
-
-            self.client.log_batch(self.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+        self._submit({"op": "tags", "tags": {k: str(v) for k, v in tags.items()}})
 
     def log_text(self, text: str, name: str) -> None:
-        if self.enabled:
-            self.client.log_text(self.run_id, text, name)
+        self._submit({"op": "text", "text": text, "name": name})
 
     def log_artifact(self, path: str | os.PathLike) -> None:
+        self._submit({"op": "artifact", "path": str(Path(path).resolve())})
+
+    def _submit(self, op: dict[str, Any]) -> None:
+        """Send ``op`` after whatever is buffered; while the store fails, keep it (training goes on)."""
         if self.enabled:
-            self.client.log_artifact(self.run_id, str(path))
+            self._pending.append({"run_id": self.run_id, **op})
+            self.flush()
+
+    def flush(self) -> bool:
+        """Send the buffered operations in order; False when the store still fails (they stay buffered, and in
+        ``buffer_file``)."""
+        sent = 0
+        while self._pending:
+            try:
+                send(self.client, self._pending[0])
+            except Exception as err:  # the store is down or refuses: keep the rest for the next call
+                self._store_failed(err)
+                return False
+            self._pending.pop(0)
+            sent += 1
+        if self._failures:
+            log.warning(f"MLflow store {masked(self.uri)} answers again: {sent} buffered operations logged")
+            self._failures = 0
+            if self.buffer_file is not None:
+                self.buffer_file.unlink(missing_ok=True)
+        return True
+
+    def _store_failed(self, err: Exception) -> None:
+        self._failures += 1
+        if self._failures == 1:
+            kept = f", kept in {self.buffer_file}" if self.buffer_file is not None else ""
+            log.warning(
+                f"MLflow store {masked(self.uri)} failed ({type(err).__name__}: {_scrubbed(str(err), self.uri)}); "
+                f"training goes on, {len(self._pending)} operations buffered{kept} and retried with the next one"
+            )
+        if self.buffer_file is not None:
+            try:
+                write_buffer(self.buffer_file, self._pending)
+            except OSError as write_err:
+                log.warning(f"cannot write the tracking buffer {self.buffer_file}: {write_err}")
 
     def stop_heartbeat(self) -> None:
         if self._beat_stop is not None:
             self._beat_stop.set()
 
     def finish(self, status: str = "FINISHED") -> None:
-        """End the run as FINISHED, FAILED or KILLED."""
+        """End the run as FINISHED, FAILED or KILLED (buffered, like the rest, while the store fails)."""
         self.stop_heartbeat()
         if self.enabled and self.run_id:
-            self.client.set_terminated(self.run_id, status=status)
+            self._submit({"op": "terminate", "status": status, "time": int(time.time() * 1000)})
+        if self._pending:
+            where = f"kept in {self.buffer_file}" if self.buffer_file is not None else "lost (no buffer file)"
+            log.warning(
+                f"MLflow store {masked(self.uri)} still fails: {len(self._pending)} operations not logged, {where}; "
+                "send them later with mmlexp.tracking.replay_buffer(<file>, <tracking uri>)"
+            )
 
     @property
     def where(self) -> str:
         if not self.enabled:
             return "nowhere (tracking.enabled=false)"
-        return f"{self.uri} (experiment id {self.experiment_id}, run id {self.run_id})"
+        pending = f"; {len(self._pending)} operations not logged, in {self.buffer_file}" if self._pending else ""
+        return f"{masked(self.uri)} (experiment id {self.experiment_id}, run id {self.run_id}){pending}"
+
+
+def send(client, op: Mapping[str, Any]) -> None:
+    """Perform one operation of a tracker's buffer (``{"op": "metrics" | "tags" | "text" | "artifact" |
+    "terminate", "run_id": ..., ...}``) on ``client``."""
+    from mlflow.entities import Metric, RunTag
+
+    run_id, kind = op["run_id"], op["op"]
+    if kind == "metrics":
+        batch = [Metric(k, float(v), int(op["time"]), int(op["step"])) for k, v in op["metrics"].items()]
+        client.log_batch(run_id, metrics=batch, synchronous=True)
+    elif kind == "tags":
+        client.log_batch(run_id, tags=[RunTag(k, v) for k, v in op["tags"].items()])
+    elif kind == "text":
+        client.log_text(run_id, op["text"], op["name"])
+    elif kind == "artifact":
+        client.log_artifact(run_id, op["path"])
+    elif kind == "terminate":
+        client.set_terminated(run_id, status=op["status"], end_time=int(op["time"]))
+    else:
+        raise ValueError(f"unknown tracking operation {kind!r}")
+
+
+def write_buffer(path: Path, ops: list[dict[str, Any]]) -> None:
+    """``ops`` as JSON lines in ``path`` (atomic: a partial file never replaces a whole one)."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text("".join(json.dumps(op) + "\n" for op in ops))
+    os.replace(tmp, path)
+
+
+def replay_buffer(path: str | os.PathLike, uri: str) -> int:
+    """Send the operations a run kept in its ``tracking_buffer.jsonl`` to the store ``uri``; the file is removed
+    once all are sent (what is left stays in it on an error). Returns how many were sent."""
+    from mlflow.tracking import MlflowClient
+
+    path = Path(path)
+    ops = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    client = MlflowClient(tracking_uri=uri)
+    for i, op in enumerate(ops):
+        try:
+            send(client, op)
+        except Exception:
+            write_buffer(path, ops[i:])
+            raise
+    path.unlink()
+    return len(ops)

@@ -21,9 +21,9 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from mmlexp.allocator import keep_freed_memory
 from mmlexp.graphed_step import training_step
 from mmlexp.optim import TableAdam, coalesced, rows_read
-from mmlexp.runtime import keep_freed_memory
 
 
 @dataclass
@@ -217,7 +217,7 @@ def fit(
     continues from such a state (model, optimizer and RNG states are loaded here).  ``settings.cuda_graph``: on
     CUDA the step is replayed as one CUDA graph where the options allow (``mmlexp.graphed_step``)."""
     run = _restored(resume, model, optimizer, generator)
-    keep_freed_memory()  # large per-step temporaries reused, not page-faulted in again (mmlexp.runtime)
+    keep_freed_memory()  # large per-step temporaries reused, not page-faulted in again (mmlexp.allocator)
     fit_start = time.perf_counter() - run.elapsed
     deadline = fit_start + 60 * settings.max_minutes if settings.max_minutes else float("inf")
     if resume is not None and (

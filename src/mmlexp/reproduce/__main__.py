@@ -95,13 +95,14 @@ def has_runs(stores: Stores, plan: Plan) -> bool:
 
 
 def write_report(plan: Plan, stores: Stores, results: Path) -> int:
-    """``results/<dataset>/`` from the store (merged with the committed runs), else rebuilt from the committed CSVs."""
+    """``results/<plan>/`` (a dataset's plan is named after it) from the store, merged with the committed runs, else
+    rebuilt from the committed CSVs."""
     from mmlexp.report.__main__ import main as report
 
-    committed = results / plan.dataset / "runs.csv"
+    committed = results / plan.name / "runs.csv"
     if has_runs(stores, plan):
         where = ["--tracking-uri", stores.tracking_uri, "--experiment", plan.experiment, "--export-csv"]
-        args = [*where, "--dataset", plan.dataset, "--out", str(results), "--name", plan.dataset]
+        args = [*where, "--dataset", plan.dataset, "--out", str(results), "--name", plan.name]
     elif committed.is_file():
         args = ["--from-csv", str(committed)]
     else:

@@ -1,4 +1,4 @@
-"""Process settings of the CPU hot path.
+"""The process's memory allocator settings for the CPU hot path (glibc malloc thresholds).
 
 glibc's ``malloc`` hands every block over its mmap threshold (at most 32 MiB by default) straight
 back to the kernel on ``free``, so each step's large temporaries (the ``[B, N, d]`` gathered rows:
