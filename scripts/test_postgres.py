@@ -8,7 +8,10 @@
    running trials: two workers, as on two machines.
 4. Checks the study: exactly n_trials COMPLETE trials, none RUNNING, both workers ran trials, and every complete
    trial has exactly one FINISHED MLflow run under the study's parent run.
-5. Runs two workers of the same grid (`-m loss=... num_negatives=...`, ledger in PostgreSQL) started together,
+5. Runs two workers of another study, kills one (`kill -9`) once a trial of its has a checkpoint and starts it
+   again: the killed trial ends FAIL, taken over by a complete trial with its parameters that continued from its
+   checkpoint; the study ends with exactly n_trials complete trials, none RUNNING, no MLflow run RUNNING.
+6. Runs two workers of the same grid (`-m loss=... num_negatives=...`, ledger in PostgreSQL) started together,
    and checks that every point ran exactly once (one FINISHED MLflow run each, one parent run, every ledger row
    finished at its first attempt) and that both workers ran points. Stops both servers.
 
@@ -27,6 +30,7 @@ import tempfile
 import time
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 N_TRIALS = 6
@@ -162,21 +166,100 @@ def mlflow_server(backend: str, tmp: Path):
         log("MLflow server stopped")
 
 
-def worker(name: str, tmp: Path, *args: str) -> subprocess.Popen:
+TINY = ("trainer.epochs=1", "trainer.max_steps=5")
+
+
+def worker(name: str, tmp: Path, *args: str, size: tuple[str, ...] = TINY) -> subprocess.Popen:
     """``python -m mmlexp -m <args>`` with tiny runs, in its own working dir (as on its own machine)."""
     cwd = tmp / name
     cwd.mkdir()
-    cmd = [sys.executable, "-m", "mmlexp", "-m", *args, "tracking.artifact_location=null", "trainer.epochs=1",
-           "trainer.max_steps=5", "trainer.progress=false"]  # fmt: skip
+    cmd = [sys.executable, "-m", "mmlexp", "-m", *args, "tracking.artifact_location=null", *size,
+           "trainer.progress=false"]  # fmt: skip
     out = open(cwd / "sweep.log", "w")
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     return subprocess.Popen(cmd, cwd=cwd, stdout=out, stderr=subprocess.STDOUT, env=env)
 
 
-def sweep_worker(name: str, storage: str, tracking: str, tmp: Path) -> subprocess.Popen:
+def sweep_worker(name: str, storage: str, tracking: str, tmp: Path, *args: str, **kw: Any) -> subprocess.Popen:
     return worker(name, tmp, "hparams_search=mml_optuna", f"hydra.sweeper.storage={storage}",
                   f"hydra.sweeper.n_trials={N_TRIALS}", "hydra.sweeper.heartbeat_interval=5",
-                  f"tracking.uri={tracking}", "num_negatives=10")  # fmt: skip
+                  f"tracking.uri={tracking}", "num_negatives=10", *args, **kw)  # fmt: skip
+
+
+TAKEOVER = ("hydra.sweeper.study_name=mml_takeover",)
+LONGER = ("trainer.epochs=4", "trainer.max_steps=null")
+
+
+def checkpointed_trial(study, pid: int):
+    """A RUNNING trial of the worker ``pid`` that has written a checkpoint, or None."""
+    from optuna.trial import TrialState
+
+    for trial in study.get_trials(states=(TrialState.RUNNING,)):
+        worker = trial.user_attrs.get("worker") or {}
+        if worker.get("pid") == pid and (Path(worker.get("job_dir", "-")) / "checkpoint.pt").exists():
+            return trial
+    return None
+
+
+def kill_one_worker(storage: str, tracking: str, tmp: Path) -> list[str]:
+    """Two workers of one study; worker 1 killed with a trial half done, then started again. Returns failures."""
+    import optuna
+
+    first = sweep_worker("kill1", storage, tracking, tmp, *TAKEOVER, size=LONGER)
+    deadline, victim, second = time.time() + 600, None, None
+    while victim is None and time.time() < deadline and first.poll() is None:
+        time.sleep(0.5)
+        with contextlib.suppress(Exception):
+            study = optuna.load_study(study_name="mml_takeover", storage=storage)
+            if second is None and study.trials:  # the second starts once trials run (one parent run)
+                second = sweep_worker("kill2", storage, tracking, tmp, *TAKEOVER, size=LONGER)
+            victim = checkpointed_trial(study, first.pid)
+    first.kill()
+    first.wait()
+    if victim is None or second is None:
+        if second is not None:
+            second.kill()
+        return [
+            "worker 1 never ran a trial to its first checkpoint:\n" + (tmp / "kill1" / "sweep.log").read_text()[-3000:]
+        ]
+    log(f"killed worker 1 (pid {first.pid}) during trial {victim.number}; started again")
+    again = sweep_worker("kill1-again", storage, tracking, tmp, *TAKEOVER, size=LONGER)
+    failures = []
+    for name, proc in (("kill2", second), ("kill1-again", again)):
+        if proc.wait(timeout=900) != 0:
+            failures.append(f"{name} exited {proc.returncode}:\n" + (tmp / name / "sweep.log").read_text()[-3000:])
+    return failures + check_takeover(storage, tracking, victim.number)
+
+
+def check_takeover(storage: str, tracking: str, killed: int) -> list[str]:
+    """The killed trial FAIL, taken over by a complete trial with its parameters that continued its MLflow run
+    from its checkpoint; n_trials complete; nothing RUNNING in the study or in MLflow."""
+    import optuna
+    from mlflow.tracking import MlflowClient
+    from optuna.trial import TrialState
+
+    study = optuna.load_study(study_name="mml_takeover", storage=storage)
+    trials = {t.number: t for t in study.trials}
+    complete = [t for t in trials.values() if t.state == TrialState.COMPLETE]
+    failures = [] if len(complete) == N_TRIALS else [f"takeover study: {len(complete)} complete trials"]
+    if study.get_trials(states=(TrialState.RUNNING, TrialState.WAITING)):
+        failures.append("takeover study: trials left RUNNING or WAITING")
+    by = trials[killed].user_attrs.get("taken_over_by")
+    takeover = trials.get(by) if by is not None else None
+    if trials[killed].state != TrialState.FAIL or takeover is None or takeover.state != TrialState.COMPLETE:
+        failures.append(f"trial {killed} was not taken over by a complete trial (taken_over_by={by})")
+    elif takeover.params != trials[killed].params:
+        failures.append(f"trial {by} took over trial {killed} with other parameters")
+    client = MlflowClient(tracking)
+    experiment = client.get_experiment_by_name("mmlexp").experiment_id
+    runs = client.search_runs([experiment], filter_string="tags.`optuna.study` = 'mml_takeover'")
+    if [r.info.run_id for r in runs if r.info.status == "RUNNING"]:
+        failures.append("MLflow runs left RUNNING in the takeover study")
+    resumed = [r for r in runs if r.data.tags.get("optuna.takes_over") == str(killed)]
+    if len(resumed) != 1 or "resumed_at_epoch" not in resumed[0].data.tags:
+        failures.append(f"no MLflow run of trial {by} continued trial {killed}'s from its checkpoint")
+    log(f"takeover: trial {killed} killed, taken over by trial {by}; {len(complete)} complete trials")
+    return failures
 
 
 GRID = ["loss=mml,ccl,bsl,bpr", "num_negatives=10,20"]
@@ -295,6 +378,7 @@ def main() -> int:
             if any(r.data.tags.get("mlflow.parentRunId") != parent_id for r in finished):
                 failures.append("a trial's MLflow run is not a child of the study's parent run")
             log(f"MLflow: {len(finished)} finished trial runs under parent {parent_id}, {len(runs)} runs in all")
+            failures += kill_one_worker(storage, tracking, tmp)
             failures += check_grid(storage, tracking, tmp)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -144,6 +144,45 @@ def test_check_pruner_argv():
     )
 
 
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["hydra/sweeper/pruner=median"],
+        ["-m", "num_negatives=10,100", "hydra/sweeper/pruner=hyperband"],
+        ["+experiment=table2", "hydra/sweeper/pruner=median"],
+        ["hparams_search=mml_optuna", "hydra/sweeper=basic", "hydra/sweeper/pruner=median"],
+    ],
+)
+def test_a_pruner_without_an_optuna_search_names_the_override_and_what_is_allowed(argv):
+    pruner = argv[-1]
+    assert check_pruner_argv(argv, CONF) == (
+        f"{pruner}: a pruner stops poor trials of an Optuna search, and this command runs none (hydra/sweeper=basic); "
+        "allowed only with -m and an Optuna search: hparams_search=bsl_optuna|ccl_optuna|mml_optuna, or "
+        "hydra/sweeper=mmlexp_optuna; else leave it out"
+    )
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["hydra/sweeper=mmlexp_optuna", "hydra/sweeper/pruner=median"],
+        ["+hparams_search=ccl_optuna", "hydra/sweeper/pruner=median"],
+        ["--config-dir", "mine", "hydra/sweeper/pruner=median"],  # another config dir: Hydra decides
+        ["hparams_search=my_search", "hydra/sweeper/pruner=median"],  # not one of ours: Hydra decides
+    ],
+)
+def test_a_pruner_with_a_search_or_a_config_we_do_not_know_passes(argv):
+    assert check_pruner_argv(argv, CONF) is None
+
+
+def test_a_pruner_without_a_search_exits_2_before_anything_is_written(tmp_path):
+    cmd = [sys.executable, "-m", "mmlexp", "hydra/sweeper/pruner=median", f"tracking.uri=sqlite:///{tmp_path}/m.db"]
+    proc = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2
+    assert "mmlexp: error: hydra/sweeper/pruner=median: a pruner stops poor trials of an Optuna search" in proc.stderr
+    assert "Traceback" not in proc.stderr and list(tmp_path.iterdir()) == []
+
+
 # ------------------------------------------------------------------------------------- the real entrypoint
 
 

@@ -204,7 +204,10 @@ def test_optuna_study_resumes_after_kill_9_and_runs_only_the_missing_trials(tmp_
     proc = sweep_cli(tmp_path, *args)  # the same command
     study = load_study(tmp_path)
     states = {t.number: t.state for t in study.trials}
-    assert states[killed] == TrialState.FAIL  # the interrupted trial is not counted complete
+    assert states[killed] == TrialState.FAIL  # the interrupted trial is not counted complete...
+    takeover = study.trials[killed].user_attrs["taken_over_by"]  # ...a trial with its parameters took it over
+    assert states[takeover] == TrialState.COMPLETE and study.trials[takeover].params == study.trials[killed].params
+    assert study.trials[takeover].user_attrs["takes_over"] == killed
     assert sum(s == TrialState.COMPLETE for s in states.values()) == 3
     assert len(states) == 4  # 3 complete + the killed one: only the missing trials ran
     for number, value in before.items():  # completed trials survived
@@ -212,14 +215,16 @@ def test_optuna_study_resumes_after_kill_9_and_runs_only_the_missing_trials(tmp_
     (parent,), children = mlflow_runs(tmp_path)
     assert parent.info.status == "FINISHED" and parent.data.metrics["complete_trials"] == 3
     status = {r.data.tags["optuna.trial_number"]: r.info.status for r in children}
-    assert status[str(killed)] == "KILLED"  # its MLflow run is closed, not left RUNNING
+    # killed before its first checkpoint: its MLflow run is closed (KILLED); after: the takeover continued it
+    resumed = (tmp_path / "multirun").glob(f"*/*/{killed}/checkpoint.pt")
+    assert status.get(str(killed)) == (None if any(resumed) else "KILLED")
     for number in before:
         assert status[str(number)] == "FINISHED"
         assert before_runs[str(number)] in {r.info.run_id for r in children}  # the very same runs
     check_trials_match_runs(study, parent, children)
     # a third call with the study complete runs nothing
     sweep_cli(tmp_path, *args)
-    assert len(load_study(tmp_path).trials) == 4 and len(mlflow_runs(tmp_path)[1]) == 4
+    assert len(load_study(tmp_path).trials) == 4 and len(mlflow_runs(tmp_path)[1]) == len(children)
 
 
 def test_parallel_joblib_workers_lose_and_duplicate_no_trial(tmp_path):

@@ -16,7 +16,7 @@ CONFIG_DIR = os.environ.get("MMLEXP_CONFIG_DIR", PACKAGED_CONFIG_DIR)
 
 
 @hydra.main(config_path=CONFIG_DIR, config_name="config")
-def main(cfg: DictConfig) -> float:
+def _main(cfg: DictConfig) -> float:
     from mmlexp.hooks import in_multirun
     from mmlexp.run import ConfigError, DataError, Diverged, train
 
@@ -35,11 +35,17 @@ def main(cfg: DictConfig) -> float:
         sys.exit(2)
 
 
-if __name__ == "__main__":
-    if any("pruner=" in arg for arg in sys.argv[1:]):  # Hydra's own "Could not find" would exit 1
+def main() -> None:
+    """``mmlexp`` and ``python -m mmlexp``: a pruner that Hydra would refuse with exit 1 ("Could not find", "No
+    match in the defaults list") is refused here with exit 2 and what is allowed; then Hydra runs ``_main``."""
+    if any("pruner=" in arg for arg in sys.argv[1:]):
         from mmlexp.sweep.pruning import check_pruner_argv
 
         if error := check_pruner_argv(sys.argv[1:], CONFIG_DIR):
             print(f"mmlexp: error: {error}", file=sys.stderr)
             sys.exit(2)
+    _main()
+
+
+if __name__ == "__main__":
     main()

@@ -162,3 +162,37 @@ def segment_max(x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
     if x.shape[0] == 0:
         return x.new_full((lengths.numel(),), float("-inf"))
     return torch.segment_reduce(x.detach(), "max", lengths=lengths, unsafe=True)
+
+
+# ---------------------------------------------------------------- rows of a propagation
+def scipy_view(adj: torch.Tensor) -> sp.csr_matrix:
+    """A CPU torch sparse CSR tensor as a scipy CSR matrix over the same arrays (no copy of the values)."""
+    return sp.csr_matrix(
+        (adj.values().numpy(), adj.col_indices().numpy(), adj.crow_indices().numpy()), shape=tuple(adj.shape)
+    )
+
+
+class _RowsProduct(torch.autograd.Function):
+    """``sub @ x`` with ``sub = adj[rows]`` (scipy CSR) of a SYMMETRIC ``adj``; backward ``sub^T @ grad``
+    (scipy's CSC view of the same arrays: no transpose is built)."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, sub: sp.csr_matrix) -> torch.Tensor:
+        ctx.sub = sub
+        return torch.from_numpy(sub @ x.detach().numpy())
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        return torch.from_numpy(ctx.sub.T @ grad.contiguous().numpy()), None
+
+
+def rows_product(adj: torch.Tensor, rows: torch.Tensor, x: torch.Tensor, scipy_adj: sp.csr_matrix | None = None):
+    """``(adj @ x)[rows]`` for a SYMMETRIC sparse CSR ``adj`` without the other rows: one product of the ``rows``
+    of ``adj`` each way (forward and backward).  CPU: scipy on ``scipy_adj`` (``scipy_view(adj)``); elsewhere the
+    rows as a torch sparse COO tensor (autograd's sparse product)."""
+    if x.device.type == "cpu" and x.dtype == torch.float32:
+        sub = (scipy_adj if scipy_adj is not None else scipy_view(adj))[rows.numpy()]
+        return _RowsProduct.apply(x, sub) if x.requires_grad else torch.from_numpy(sub @ x.numpy())
+    crow, col = adj.crow_indices().long(), adj.col_indices().long()
+    sub = batch_csr(crow, col, adj.values(), rows, adj.shape[1]).to_sparse_coo()
+    return torch.sparse.mm(sub, x)

@@ -1,9 +1,13 @@
 """A reproduction plan (``conf/reproduce/<dataset>.yaml``): the runs of one dataset's reproduction, in priority order.
 
 A plan has ``dataset``, ``experiment`` (the MLflow experiment), ``run`` (every step's defaults) and ``steps``; a step
-names ``loss``, ``negatives`` and optionally ``seed``, ``encoder``, ``selection``, ``epochs`` (a value or a list)
-and ``overrides`` (extra Hydra overrides). A step's runs are the product loss x negatives x seed, in that order.
-A run is identified by its cell (``Run.key``): the same keys as a row of ``results/<dataset>/runs.csv``.
+names ``loss``, ``negatives`` and optionally ``seed``, ``encoder``, ``selection``, ``epochs`` (a value or a list),
+``patience`` (early stopping after that many evaluations without a better ``trainer.monitor``; absent or null: no
+early stop, ``trainer.patience=null``) and ``overrides`` (extra Hydra overrides). ``run`` takes the same keys but
+``why``. A step's runs are the product loss x negatives x seed, in that order.
+A run is identified by its cell (``Run.key``): the same keys as a row of ``results/<dataset>/runs.csv``; an early-
+stopping run (patience < epochs) adds its patience, so that it is told apart from the same cell without it (the key
+of a run without early stopping is what it always was).
 """
 
 import itertools
@@ -14,7 +18,8 @@ from typing import Any
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 PLAN_KEYS = {"dataset", "experiment", "run", "steps"}
-STEP_KEYS = {"why", "loss", "negatives", "seed", "encoder", "selection", "epochs", "overrides"}
+STEP_KEYS = {"why", "loss", "negatives", "seed", "encoder", "selection", "epochs", "patience", "overrides"}
+RUN_KEYS = STEP_KEYS - {"why"}
 SWEPT = ("loss", "negatives", "seed")
 SELECTIONS = ("paper", "valid")
 
@@ -37,16 +42,26 @@ class Run:
     step: int
     why: str = ""
     extra: tuple[str, ...] = field(default=())
+    patience: int | None = None
+
+    @property
+    def early_stop(self) -> bool:
+        """Whether early stopping can fire (as ``runs.csv``'s early_stop: patience set and below the epochs)."""
+        return self.patience is not None and self.patience < self.epochs
 
     @property
     def key(self) -> tuple:
-        """What tells runs apart: ``runs.csv``'s dataset, encoder, loss, num_negatives, selection, seed, epochs."""
-        return (self.dataset, self.encoder, self.loss, self.negatives, self.selection, self.seed, self.epochs)
+        """What tells runs apart: ``runs.csv``'s dataset, encoder, loss, num_negatives, selection, seed, epochs,
+        and the patience of an early-stopping run (``state.row_key``)."""
+        base = (self.dataset, self.encoder, self.loss, self.negatives, self.selection, self.seed, self.epochs)
+        return (*base, self.patience) if self.early_stop else base
 
     @property
     def label(self) -> str:
         sel = "" if self.selection == "paper" else f" {self.selection}"
-        return f"{self.loss} N={self.negatives}{sel} seed {self.seed}"
+        enc = "" if self.encoder == "mf" else f"{self.encoder} "
+        stop = f" patience {self.patience}" if self.patience is not None else ""
+        return f"{enc}{self.loss} N={self.negatives}{sel}{stop} seed {self.seed}"
 
     def overrides(self) -> list[str]:
         """The Hydra overrides of this run (no machine paths: the runner adds its stores)."""
@@ -55,7 +70,7 @@ class Run:
             f"encoder={self.encoder}",
             f"seed={self.seed}",
             f"trainer.epochs={self.epochs}",
-            "trainer.patience=null",
+            f"trainer.patience={'null' if self.patience is None else self.patience}",
             "trainer.progress=false",
             f"loss={self.loss}",
             f"num_negatives={self.negatives}",
@@ -107,7 +122,11 @@ def parse_plan(raw: dict[str, Any], path: Path) -> Plan:
     for key in ("dataset", "steps"):
         if not raw.get(key):
             raise PlanError(f"plan {path}: {key!r} is missing")
-    defaults = {"encoder": "mf", "epochs": 100, "selection": "paper", "seed": 1} | dict(raw.get("run") or {})
+    run_defaults = raw.get("run") or {}
+    if not isinstance(run_defaults, dict) or set(run_defaults) - RUN_KEYS:
+        bad = sorted(set(run_defaults) - RUN_KEYS) if isinstance(run_defaults, dict) else run_defaults
+        raise PlanError(f"plan {path}: run: unknown key(s) {bad}; allowed: {sorted(RUN_KEYS)}")
+    defaults = {"encoder": "mf", "epochs": 100, "selection": "paper", "seed": 1} | dict(run_defaults)
     runs: list[Run] = []
     seen: set[tuple] = set()
     for i, step in enumerate(raw["steps"], start=1):
@@ -141,9 +160,22 @@ def step_runs(dataset: str, defaults: dict, step: dict, index: int, path: Path) 
         bad = [v for v in values if not isinstance(v, int) or isinstance(v, bool) or v < (0 if key == "seed" else 1)]
         if bad:
             raise PlanError(f"{where}: {key}={bad[0]!r}; must be a positive integer")
-    extra = tuple(str(o) for o in _values(step.get("overrides") or []))
+    patience = _patience(merged.get("patience"), merged["epochs"], where)
+    extra = tuple(str(o) for o in _values(merged.get("overrides") or []))
     return [
         Run(dataset, str(merged["encoder"]), str(loss), int(n), str(merged["selection"]), int(seed),
-            int(merged["epochs"]), index, str(step.get("why", "")), extra)
+            int(merged["epochs"]), index, str(step.get("why", "")), extra, patience)
         for loss, n, seed in itertools.product(losses, negatives, seeds)
     ]  # fmt: skip
+
+
+def _patience(value: Any, epochs: int, where: str) -> int | None:
+    """A step's patience: null (no early stop) or an integer in [1, epochs)."""
+    if value is None:
+        return None
+    if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value < epochs:
+        raise PlanError(
+            f"{where}: patience={value!r}; allowed: null (no early stop) or an integer from 1 to epochs - 1 "
+            f"({epochs - 1}: a patience of the epochs or more never stops a run)"
+        )
+    return value

@@ -30,18 +30,24 @@ class RunState:
 
 
 def row_key(row) -> tuple:
+    """``Run.key`` of a ``runs.csv`` / store row: the cell's columns, plus the patience of an early-stopping run."""
     values = [row[c] for c in KEY_COLUMNS]
-    return (str(values[0]), str(values[1]), str(values[2]), int(values[3]), str(values[4]), int(values[5]),
-            int(values[6]))  # fmt: skip
+    key = (str(values[0]), str(values[1]), str(values[2]), int(values[3]), str(values[4]), int(values[5]),
+           int(values[6]))  # fmt: skip
+    patience = row.get("patience")
+    if row.get("early_stop") == "Y" and patience is not None and not pd.isna(patience):
+        return (*key, int(patience))
+    return key
 
 
 def committed_runs(results_root: Path, dataset: str) -> dict[tuple, str]:
-    """Keys of the runs committed in ``results/<dataset>/runs.csv`` (full runs only: no early stop, no max_steps)."""
+    """Keys of the runs committed in ``results/<dataset>/runs.csv`` (full runs only: no max_steps; an early-stopping
+    run counts with its patience)."""
     path = results_root / dataset / "runs.csv"
     if not path.is_file():
         return {}
     df = pd.read_csv(path)
-    full = df[(df["early_stop"] == "N") & df["max_steps"].isna()] if "max_steps" in df else df
+    full = df[df["max_steps"].isna()] if "max_steps" in df else df
     return {row_key(r): "committed" for _, r in full.iterrows()}
 
 

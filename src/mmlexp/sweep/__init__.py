@@ -3,7 +3,8 @@
 * ``jobs``: the job side (MLflow tags linking a job to its sweep, torch threads per parallel job).
 * ``parent``: the sweep's parent MLflow run and ``SweepCallback`` (``hydra.callbacks`` in conf/config.yaml).
 * ``optuna_sweeper``: ``OptunaSweeper`` (``hydra/sweeper=mmlexp_optuna``), a resumable Optuna search
-  (its input checks: ``optuna_checks``).
+  (its input checks: ``optuna_checks``; ``takeover``: a trial left RUNNING by a dead sweep is continued from its
+  checkpoint by a new trial with its parameters).
 * ``grid`` / ``ledger``: ``GridSweeper``, the default for ``-m``, and its ledger of points; ``status``: how far
   along the grids of a ledger are (``python -m mmlexp.sweep.status``).
 * ``liveness``: is the process behind a RUNNING trial or run still alive; Optuna heartbeats.

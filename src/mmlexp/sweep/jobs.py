@@ -63,8 +63,10 @@ def job_tags(tracking_uri: str) -> dict[str, str]:
     info = read_sweep_file(sweep_dir)
     if info.get("parent_run_id") and info.get("tracking_uri") == tracking_uri:
         tags |= {"mlflow.parentRunId": info["parent_run_id"], "sweep.id": info["sweep_id"]}
-    if os.environ.get(TRIAL_ENV) is not None and info.get("study"):
-        tags |= {"optuna.study": info["study"], "optuna.trial_number": os.environ[TRIAL_ENV]}
+    if os.environ.get(TRIAL_ENV) is not None:  # an Optuna trial runs in <sweep dir>/<trial number>
+        tags["sweep.job_num"] = os.environ[TRIAL_ENV]
+        if info.get("study"):
+            tags |= {"optuna.study": info["study"], "optuna.trial_number": os.environ[TRIAL_ENV]}
     if "torch" in sys.modules:  # set by SweepCallback.on_job_start when jobs run side by side
         tags["torch.num_threads"] = str(sys.modules["torch"].get_num_threads())
     return tags

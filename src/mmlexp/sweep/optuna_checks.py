@@ -26,48 +26,14 @@ class SweeperSettings(Protocol):
 _ABSENT = object()
 
 
-def checked_search(sweeper: SweeperSettings, arguments: list[str]):  # noqa: C901 - over the complexity bound, still to split
+def checked_search(sweeper: SweeperSettings, arguments: list[str]):
     """The sweep's (distributions, fixed, fixed_overrides), every input checked (``SweepError`` otherwise);
     sets ``sweeper.pruner``."""
-    from hydra_plugins.hydra_optuna_sweeper._impl import create_params_from_overrides
-
-    from mmlexp.search import MarginSpace
-
     impl = sweeper.impl
-    n = impl.n_trials
-    if not isinstance(n, int) or isinstance(n, bool) or n < 1:
-        raise SweepError(
-            f"hydra.sweeper.n_trials={n!r}: must be an integer >= 1 (the number of complete trials the study must have)"
-        )
+    check_budget(impl)
     sweeper.pruner = checked_pruner(sweeper.pruner_config, impl)
-    if not isinstance(impl.n_jobs, int) or impl.n_jobs == 0:
-        raise SweepError(
-            f"hydra.sweeper.n_jobs={impl.n_jobs!r}: must be an integer >= 1 "
-            "(trials launched together), or -1 for one per core"
-        )
-    impl._process_searchspace_config()
-    try:
-        distributions, fixed, fixed_overrides = create_params_from_overrides(
-            impl._parse_sweeper_params_config() + list(arguments)
-        )
-    except Exception as err:  # a malformed sweep expression
-        raise SweepError(f"hydra.sweeper.params: {err}") from err
-    for name in fixed:
-        distributions.pop(name, None)
-    derived: list[str] = []
-    if sweeper.space is not None or sweeper.custom_search_space == "mmlexp.search.custom_search_space":
-        if sweeper.custom_search_space != "mmlexp.search.custom_search_space":
-            raise SweepError(
-                "hydra.sweeper.space is set but hydra.sweeper.custom_search_space is "
-                f"{sweeper.custom_search_space!r}: set it to mmlexp.search.custom_search_space"
-            )
-        try:
-            derived = MarginSpace.from_config(sweeper.space).keys()
-        except (TypeError, ValueError) as err:
-            raise SweepError(str(err)) from err
-    for name in derived:
-        if name in distributions or name in fixed:
-            raise SweepError(f"hydra.sweeper.params.{name}: also set by hydra.sweeper.space; remove one")
+    distributions, fixed, fixed_overrides = parsed_params(impl, arguments)
+    derived = derived_keys(sweeper, distributions, fixed)
     check_keys(
         sweeper.config,
         list(distributions),
@@ -77,6 +43,59 @@ def checked_search(sweeper: SweeperSettings, arguments: list[str]):  # noqa: C90
     if not distributions and not derived and not impl.custom_search_space_extender:
         raise SweepError("hydra.sweeper.params is empty: nothing to search")
     return distributions, fixed, fixed_overrides
+
+
+def check_budget(impl: Any) -> None:
+    """``n_trials`` (complete trials the study must have) and ``n_jobs`` (trials launched together)."""
+    n = impl.n_trials
+    if not isinstance(n, int) or isinstance(n, bool) or n < 1:
+        raise SweepError(
+            f"hydra.sweeper.n_trials={n!r}: must be an integer >= 1 (the number of complete trials the study must have)"
+        )
+    if not isinstance(impl.n_jobs, int) or impl.n_jobs == 0:
+        raise SweepError(
+            f"hydra.sweeper.n_jobs={impl.n_jobs!r}: must be an integer >= 1 "
+            "(trials launched together), or -1 for one per core"
+        )
+
+
+def parsed_params(impl: Any, arguments: list[str]) -> tuple[dict, dict, list]:
+    """(distributions, fixed, fixed_overrides) of ``hydra.sweeper.params`` and the command-line sweeps; a key
+    given a fixed value is no longer searched."""
+    from hydra_plugins.hydra_optuna_sweeper._impl import create_params_from_overrides
+
+    impl._process_searchspace_config()
+    try:
+        distributions, fixed, fixed_overrides = create_params_from_overrides(
+            impl._parse_sweeper_params_config() + list(arguments)
+        )
+    except Exception as err:  # a malformed sweep expression
+        raise SweepError(f"hydra.sweeper.params: {err}") from err
+    for name in fixed:
+        distributions.pop(name, None)
+    return distributions, fixed, fixed_overrides
+
+
+def derived_keys(sweeper: SweeperSettings, distributions: dict, fixed: dict) -> list[str]:
+    """The config keys ``hydra.sweeper.space`` writes (margins, weights), none of them also searched or fixed."""
+    from mmlexp.search import MarginSpace
+
+    hook = "mmlexp.search.custom_search_space"
+    if sweeper.space is None and sweeper.custom_search_space != hook:
+        return []
+    if sweeper.custom_search_space != hook:
+        raise SweepError(
+            "hydra.sweeper.space is set but hydra.sweeper.custom_search_space is "
+            f"{sweeper.custom_search_space!r}: set it to {hook}"
+        )
+    try:
+        derived = MarginSpace.from_config(sweeper.space).keys()
+    except (TypeError, ValueError) as err:
+        raise SweepError(str(err)) from err
+    for name in derived:
+        if name in distributions or name in fixed:
+            raise SweepError(f"hydra.sweeper.params.{name}: also set by hydra.sweeper.space; remove one")
+    return derived
 
 
 def checked_pruner(pruner_config: Any, impl: Any):

@@ -3,9 +3,11 @@ ask/launch/tell loop with a study-level budget. ``n_trials`` is the number of fi
 ``hydra/sweeper/pruner``: a pruned trial uses up its slot, else a pruner would make the search run on and on) the
 study must end with, so re-running the same command resumes the study and runs only the missing trials. A job that
 raised ``optuna.TrialPruned`` (``mmlexp.sweep.pruning``) is told PRUNED, not FAIL. Trials left RUNNING by a
-killed sweep are failed (a dead process on this host, or Optuna heartbeats from any host) and their MLflow runs
-marked KILLED. Every input is checked before the study or the MLflow store is touched. The parent MLflow run
-belongs to the study (a resumed study keeps its parent). The input checks are in ``mmlexp.sweep.optuna_checks``.
+killed sweep (a dead process on this host, or Optuna heartbeats from any host) or interrupted by Ctrl-C are failed
+and taken over by new trials with the same parameters, which continue from their checkpoints
+(``mmlexp.sweep.takeover``): each trial runs in ``<sweep dir>/<trial number>``. Every input is checked before the
+study or the MLflow store is touched. The parent MLflow run belongs to the study (a resumed study keeps its
+parent). The input checks are in ``mmlexp.sweep.optuna_checks``.
 """
 
 import contextlib
@@ -30,11 +32,23 @@ from mmlexp.sweep.liveness import alive, heartbeats
 from mmlexp.sweep.optuna_checks import checked_search
 from mmlexp.sweep.parent import open_parent
 from mmlexp.sweep.pruning import is_pruned
+from mmlexp.sweep.takeover import (
+    TAKES_OVER,
+    TAKES_OVER_TAG,
+    backend,
+    copy_checkpoint,
+    copy_reports,
+    is_valid,
+    run_key,
+    skip,
+    take_over,
+)
 
 log = logging.getLogger(__name__)
 
 PARENT_ATTR = "mlflow_parent_run_id"  # study user attribute: the study's parent MLflow run
-WORKER_ATTR = "worker"  # trial user attribute: host, pid, sweep_dir, job_num of its sweeper
+WORKER_ATTR = "worker"  # trial user attribute: host, pid, sweep_dir, job_num, job_dir of its sweeper
+RUN_KEY_ATTR = "run_key"  # trial user attribute: the digest of its job's settings (takeover.run_key)
 
 
 class OptunaSweeper(Sweeper):
@@ -76,6 +90,7 @@ class OptunaSweeper(Sweeper):
         self.poll_interval = poll_interval or min(heartbeat_interval or 5, 5)
         self.parent = None
         self.config: Any = None  # the sweep's config, set by setup()
+        self.search: tuple = ({}, {}, [])  # (distributions, fixed, fixed_overrides), set by sweep()
 
     def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
         self.impl.setup(hydra_context=hydra_context, task_function=task_function, config=config)
@@ -101,8 +116,7 @@ class OptunaSweeper(Sweeper):
                         str(url),
                         heartbeat_interval=self.heartbeat_interval or None,
                         grace_period=self.grace_period if self.heartbeat_interval else None,
-                        heartbeat_stale_trial_callback=lambda study, trial: self._close_trial_run(study, trial),
-                    )
+                    )  # (stale trials: _fail_stale, not Optuna's callback, which fails them before they are taken over)
             except Exception as err:
                 reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
                 raise SweepError(
@@ -126,7 +140,7 @@ class OptunaSweeper(Sweeper):
         from mmlexp.search import OVERRIDES_ATTR
 
         try:
-            distributions, fixed, fixed_overrides = self._plan(arguments)
+            self.search = self._plan(arguments)
             study = self._open_study()
         except SweepError as err:  # a clear message, no traceback; nothing was written
             print(f"mmlexp: error: {err}", file=sys.stderr)
@@ -160,7 +174,7 @@ class OptunaSweeper(Sweeper):
             study.set_user_attr(PARENT_ATTR, self.parent.run_id)
         status = "FAILED"
         try:
-            self._loop(study, distributions, fixed, fixed_overrides, sweep_dir, OVERRIDES_ATTR)
+            self._loop(study, sweep_dir)
             status = "FINISHED"
         except KeyboardInterrupt:
             status = "KILLED"
@@ -180,7 +194,7 @@ class OptunaSweeper(Sweeper):
         states = [t.state for t in study.get_trials(deepcopy=False)]
         return sum(states.count(s) for s in _finished_states()), states.count(TrialState.RUNNING)
 
-    def _loop(self, study, distributions, fixed, fixed_overrides, sweep_dir: Path, overrides_attr: str) -> None:
+    def _loop(self, study, sweep_dir: Path) -> None:
         """Ask, launch and tell batches of trials until the study has ``n_trials`` finished ones."""
         impl = self.impl
         n_jobs = impl.n_jobs if impl.n_jobs > 0 else max(1, len(os.sched_getaffinity(0)) + 1 + impl.n_jobs)
@@ -195,24 +209,32 @@ class OptunaSweeper(Sweeper):
                     return
                 time.sleep(self.poll_interval)  # other workers run the last trials (or they go stale)
                 continue
-            batch = self._claim(study, min(todo, n_jobs), sweep_dir, job_idx)
+            batch, overrides = self._claim(study, min(todo, n_jobs), sweep_dir, job_idx)
             if not batch:
                 continue
-            told: set[int] = set()
-            try:
-                overrides = [
-                    self._overrides(study, t, distributions, fixed, fixed_overrides, overrides_attr) for t in batch
-                ]
-                with heartbeats(study._storage, [t._trial_id for t in batch], self.heartbeat_interval):
-                    returns = impl.launcher.launch(overrides, initial_job_idx=job_idx)
-                job_idx += len(returns)
-                errors = self._tell(study, batch, returns, told)
-            finally:  # Ctrl-C / an error in the launcher: the batch's trials are not left RUNNING
-                _fail_untold(study, batch, told)
+            returns, errors = self._run_batch(study, batch, overrides, job_idx)
+            job_idx += len(returns)
             launched, failed = launched + len(returns), failed + len(errors)
             if errors and failed / launched > impl.max_failure_rate:
                 log.error(f"{failed} of {launched} trials failed (max_failure_rate={impl.max_failure_rate})")
                 _ = errors[0].return_value  # raises the job's exception, with its traceback
+
+    def _run_batch(self, study, batch: list, overrides: list[list[str]], job_idx: int) -> tuple[list, list]:
+        """Launch the batch's jobs (heartbeats meanwhile) and tell their outcomes: (returns, failed jobs).
+        Ctrl-C (SIGTERM): the untold trials are taken over, to continue from their checkpoints on the next call;
+        a launcher error: they are failed. Never left RUNNING."""
+        told: set[int] = set()
+        interrupted = False
+        try:
+            with heartbeats(study._storage, [t._trial_id for t in batch], self.heartbeat_interval):
+                returns = self.impl.launcher.launch(overrides, initial_job_idx=job_idx)
+            return returns, self._tell(study, batch, returns, told)
+        except KeyboardInterrupt:
+            interrupted = True
+            raise
+        finally:
+            for trial in (t for t in batch if t.number not in told):
+                self._end_untold(study, trial, interrupted)
 
     def _log_done(self, study, complete: int, running: int) -> None:
         from optuna.trial import TrialState
@@ -223,34 +245,83 @@ class OptunaSweeper(Sweeper):
             f"{running} running (n_trials={self.impl.n_trials})"
         )
 
-    def _claim(self, study, n: int, sweep_dir: Path, job_idx: int) -> list:
-        """Ask for ``n`` trials, keep those this worker may run, and mark each with this worker."""
+    def _claim(self, study, n: int, sweep_dir: Path, job_idx: int) -> tuple[list, list[list[str]]]:
+        """Ask for ``n`` trials, keep those this worker may run, mark each with this worker and its job directory
+        (``<sweep dir>/<trial number>``) at once (a trial left RUNNING must say by whom), then with the key of
+        its settings; a takeover gets its dead trial's checkpoint. Returns (trials, their overrides)."""
         with warnings.catch_warnings():  # "heartbeat ... with Study.optimize": we beat ourselves
             warnings.filterwarnings("ignore", message="Heartbeat of storage")
             asked = [study.ask() for _ in range(n)]
         batch = self._take(study, asked)
-        for i, trial in enumerate(batch):  # one write each (a storage round trip per attribute)
+        for i, trial in enumerate(batch):
             worker = {
                 "host": socket.gethostname(),
                 "pid": os.getpid(),
                 "sweep_dir": str(sweep_dir),
                 "job_num": job_idx + i,
+                "job_dir": str((sweep_dir / str(trial.number)).resolve()),
             }
-            trial.set_user_attr(WORKER_ATTR, worker)
-        return batch
+            trial.set_user_attr(WORKER_ATTR, worker)  # one write each (a storage round trip per attribute)
+        lines = [self._overrides(study, trial) for trial in batch]
+        command = [str(o) for o in OmegaConf.select(self.config, "hydra.overrides.task", default=[]) or []]
+        for trial, line in zip(batch, lines, strict=True):
+            trial.set_user_attr(RUN_KEY_ATTR, run_key(line, command))
+            self._adopt(study, trial)
+        return batch, lines
 
-    def _overrides(self, study, trial, distributions, fixed, fixed_overrides, overrides_attr: str) -> list[str]:
-        """The Hydra overrides of ``trial``'s job (its sampled values, the fixed ones, the trial number)."""
-        from mmlexp.search import DRAW_PREFIX, format_override
+    def _adopt(self, study, trial) -> None:
+        """A takeover trial: the dead trial's reported epochs, and its checkpoint in this trial's job directory
+        when both ran the same settings (its MLflow run, which the job reopens, is retagged with this trial)."""
+        dead_number = trial.user_attrs.get(TAKES_OVER)
+        if dead_number is None:
+            return
+        storage = backend(study)
+        dead = storage.get_trial(storage.get_trial_id_from_study_id_trial_number(study._study_id, int(dead_number)))
+        copy_reports(study, dead, trial)
+        theirs, worker = dead.user_attrs.get(WORKER_ATTR) or {}, trial.user_attrs[WORKER_ATTR]
+        same = theirs.get("job_dir") and dead.user_attrs.get(RUN_KEY_ATTR) == trial.user_attrs[RUN_KEY_ATTR]
+        copied = copy_checkpoint(theirs["job_dir"], Path(worker["job_dir"])) if same else None
+        if copied is None:
+            why = "it has no checkpoint" if same else "the settings differ"
+            log.info(f"Trial {trial.number} takes over trial {dead_number} from the start ({why}): {trial.params}")
+            return
+        log.info(
+            f"Trial {trial.number} takes over trial {dead_number} (interrupted before): it continues from its "
+            f"checkpoint, copied to {copied}"
+        )
+        self._retag_run(study, int(dead_number), trial.number, worker)
 
+    def _retag_run(self, study, dead_number: int, number: int, worker: dict) -> None:
+        """The MLflow run of trial ``dead_number``, which its takeover ``number`` reopens, now names the takeover."""
+        if self.parent is None:
+            return
+        from mlflow.entities import RunTag
+
+        tags = {
+            "optuna.trial_number": number,
+            TAKES_OVER_TAG: dead_number,
+            "sweep.job_num": number,
+            "sweep.dir": str(Path(worker["sweep_dir"]).resolve()),
+        }
+        query = f"tags.`optuna.study` = '{study.study_name}' and tags.`optuna.trial_number` = '{dead_number}'"
+        with contextlib.suppress(Exception):
+            client = self.parent.client
+            for run in client.search_runs([self.parent.experiment_id], filter_string=query):
+                client.log_batch(run.info.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+
+    def _overrides(self, study, trial) -> list[str]:
+        """The Hydra overrides of ``trial``'s job (its sampled values, the fixed ones, its directory and number)."""
+        from mmlexp.search import DRAW_PREFIX, OVERRIDES_ATTR, format_override
+
+        distributions, fixed, fixed_overrides = self.search
         study.sampler = self._sampler(trial.number)
         # fixed overrides added here rather than by _configure_trials, which stores each one as a
         # user attribute of every trial (a storage write each; the job's MLflow run has them)
         (line,) = self.impl._configure_trials([trial], distributions, {}, fixed_overrides)
         line = [o for o in line if not o.startswith(DRAW_PREFIX)]
         line += [f"{k}={v}" for k, v in fixed.items()]
-        line += [format_override(k, v) for k, v in trial.user_attrs.get(overrides_attr, {}).items()]
-        return line + [f"+hydra.job.env_set.{TRIAL_ENV}={trial.number}"]
+        line += [format_override(k, v) for k, v in trial.user_attrs.get(OVERRIDES_ATTR, {}).items()]
+        return line + [f"hydra.sweep.subdir={trial.number}", f"+hydra.job.env_set.{TRIAL_ENV}={trial.number}"]
 
     @staticmethod
     def _tell(study, batch: list, returns: list, told: set[int]) -> list:
@@ -292,39 +363,56 @@ class OptunaSweeper(Sweeper):
 
     def _take(self, study, asked: list) -> list:
         """Keep the asked trials that fit the budget: concurrent workers may race for the last slots
-        (lower trial numbers win); a surplus trial is failed before anything runs."""
+        (lower trial numbers win); a surplus trial, or a takeover that lost its race, is failed before it runs."""
         from optuna.trial import TrialState
 
         states = (*_finished_states(), TrialState.RUNNING)
         live = sorted(t.number for t in study.get_trials(deepcopy=False, states=states))
         keep = []
         for trial in asked:
-            if live.index(trial.number) < self.impl.n_trials:
-                keep.append(trial)
+            if not is_valid(study, trial):
+                skip(study, trial._trial_id, f"trial {trial.user_attrs[TAKES_OVER]} was taken over by another trial")
+            elif live.index(trial.number) >= self.impl.n_trials:
+                skip(study, trial._trial_id, "the study already had n_trials complete or running trials")
             else:
-                trial.set_user_attr("skipped", "the study already had n_trials complete or running trials")
-                study.tell(trial, state=TrialState.FAIL)
+                keep.append(trial)
         return keep
 
     def _fail_stale(self, study) -> None:
-        """Fail RUNNING trials whose sweeper died: a dead pid on this host, or no heartbeat (RDB storage)."""
-        import optuna
+        """Take over the RUNNING trials whose sweeper died: a dead pid on this host, or no Optuna heartbeat for
+        ``grace_period`` s (RDB storage, any host). Each is failed and its MLflow run marked KILLED."""
         from optuna.trial import TrialState
 
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            optuna.storages.fail_stale_trials(study)  # calls _close_trial_run for each
+        stale = set(_stale_trial_ids(study))
         host = socket.gethostname()
         for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
             attrs = trial.user_attrs.get(WORKER_ATTR) or {}
             if attrs.get("host") == host and attrs.get("pid") and not alive(attrs["pid"], trial.datetime_start):
-                with contextlib.suppress(optuna.exceptions.UpdateFinishedTrialError):
-                    if study._storage.set_trial_state_values(trial._trial_id, state=TrialState.FAIL):
-                        log.warning(
-                            f"Trial {trial.number} was left running by a dead sweep (pid {attrs['pid']}): "
-                            "marked FAIL; it will be run again"
-                        )
-                        self._close_trial_run(study, trial)
+                self._replace(study, trial, f"a dead sweep (pid {attrs['pid']})")
+            elif trial._trial_id in stale:
+                self._replace(study, trial, f"a sweep without a heartbeat for {self.grace_period} s ({attrs})")
+
+    def _replace(self, study, trial, why: str) -> None:
+        """Fail ``trial`` (left running by ``why``), close its MLflow run and enqueue its takeover."""
+        number = take_over(study, trial)
+        if number is None:  # another worker did, or the trial ended meanwhile
+            return
+        log.warning(
+            f"Trial {trial.number} was left running by {why}: marked FAIL; trial {number} takes it over "
+            "(the same parameters, from its last checkpoint)"
+        )
+        self._close_trial_run(study, trial)
+
+    def _end_untold(self, study, trial, interrupted: bool) -> None:
+        """A trial of the batch that was not told (Ctrl-C, a launcher error): taken over after Ctrl-C (the next
+        call continues it), else failed."""
+        from optuna.trial import TrialState
+
+        with contextlib.suppress(Exception):
+            if interrupted and take_over(study, trial) is not None:
+                log.warning(f"Trial {trial.number} interrupted: re-run the command to continue it")
+            else:
+                study.tell(trial, state=TrialState.FAIL)
 
     def _close_trial_run(self, study, trial) -> None:
         """Mark the MLflow run of a stale trial KILLED (best effort)."""
@@ -379,11 +467,8 @@ def _finished_states() -> tuple:
     return TrialState.COMPLETE, TrialState.PRUNED
 
 
-def _fail_untold(study, batch: list, told: set[int]) -> None:
-    """The trials of ``batch`` not told yet (Ctrl-C, a launcher error) end FAIL, never left RUNNING."""
-    from optuna.trial import TrialState
-
-    for trial in batch:
-        if trial.number not in told:
-            with contextlib.suppress(Exception):
-                study.tell(trial, state=TrialState.FAIL)
+def _stale_trial_ids(study) -> list[int]:
+    """Ids of the RUNNING trials without an Optuna heartbeat for the grace period (none without heartbeats)."""
+    storage = study._storage
+    interval = getattr(storage, "get_heartbeat_interval", lambda: None)()
+    return list(storage._get_stale_trial_ids(study._study_id)) if interval else []

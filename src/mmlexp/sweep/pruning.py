@@ -15,6 +15,7 @@ configured pruner says so the reporter raises ``optuna.TrialPruned``. ``mmlexp.r
 import logging
 import math
 import os
+import re
 import warnings
 from pathlib import Path
 from typing import Any
@@ -38,6 +39,7 @@ __all__ = [
     "is_pruned",
     "pruner_names",
     "check_pruner_argv",
+    "chosen_sweeper",
 ]
 
 
@@ -125,12 +127,63 @@ def pruner_names(config_dir: str | os.PathLike) -> list[str]:
 
 
 def check_pruner_argv(argv: list[str], config_dir: str | os.PathLike) -> str | None:
-    """An error message for ``hydra/sweeper/pruner=NAME`` on the command line when NAME has no config file
-    (checked before Hydra starts: nothing is written); None when it is fine or absent."""
+    """An error message for ``hydra/sweeper/pruner=NAME`` on the command line when NAME has no config file, or
+    when the command runs no Optuna search (checked before Hydra starts: nothing is written); None when it is
+    fine or absent."""
     for arg in argv:
         key, sep, value = arg.lstrip("+~").partition("=")
         if sep and key == PRUNER_GROUP:
             names = pruner_names(config_dir)
             if names and value not in names:
                 return f"{PRUNER_GROUP}={value!r}: no such pruner; choose one of {', '.join(names)}"
+            return _pruner_without_search(arg, argv, Path(config_dir))
     return None
+
+
+def _pruner_without_search(arg: str, argv: list[str], config_dir: Path) -> str | None:
+    """The message for a pruner given to a command whose sweeper has no pruner (not an Optuna search)."""
+    sweeper = chosen_sweeper(argv, config_dir)
+    if sweeper is None or _has_pruner(config_dir / "hydra" / "sweeper" / f"{sweeper}.yaml"):
+        return None
+    searches = [p.stem for p in sorted((config_dir / "hparams_search").glob("*.yaml")) if _has_pruner_sweeper(p)]
+    return (
+        f"{arg}: a pruner stops poor trials of an Optuna search, and this command runs none "
+        f"(hydra/sweeper={sweeper}); allowed only with -m and an Optuna search: hparams_search="
+        f"{'|'.join(searches)}, or hydra/sweeper=mmlexp_optuna; else leave it out"
+    )
+
+
+def chosen_sweeper(argv: list[str], config_dir: Path) -> str | None:
+    """The ``hydra/sweeper`` option the command line picks: its own ``hydra/sweeper=NAME``, else one set by a
+    config group file it picks (``hparams_search=mml_optuna``), else ``basic``. None when it cannot tell (another
+    config dir, a search path, a group option that is not a file of ``config_dir``)."""
+    explicit, picked = None, "basic"
+    for arg in argv:
+        if arg.startswith(("-cd", "--config-dir", "-cp", "--config-path", "hydra.searchpath", "+hydra.searchpath")):
+            return None
+        key, sep, value = arg.lstrip("+~").partition("=")
+        if not sep or "." in key:
+            continue
+        if key == "hydra/sweeper":
+            explicit = value
+        elif (config_dir / key).is_dir():
+            files = [config_dir / key / f"{option}.yaml" for option in value.split(",") if option]
+            if not all(f.is_file() for f in files):
+                return None
+            picked = next((s for s in map(_sweeper_override, files) if s), picked)
+    return explicit or picked
+
+
+def _sweeper_override(path: Path) -> str | None:
+    match = re.search(r"^\s*-\s*(?:override\s+)?/?hydra/sweeper\s*:\s*(\w+)", path.read_text(), re.MULTILINE)
+    return match.group(1) if match else None
+
+
+def _has_pruner(path: Path) -> bool:
+    """Whether the sweeper config ``path`` has a pruner in its defaults (``mmlexp_optuna``)."""
+    return path.is_file() and re.search(r"^\s*-\s*pruner\s*:", path.read_text(), re.MULTILINE) is not None
+
+
+def _has_pruner_sweeper(path: Path) -> bool:
+    sweeper = _sweeper_override(path)
+    return sweeper is not None and _has_pruner(path.parent.parent / "hydra" / "sweeper" / f"{sweeper}.yaml")
