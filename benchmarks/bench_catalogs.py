@@ -4,7 +4,7 @@ The catalogues (issue "Performance II"): 30,000 users with 27 train items (and 3
 uniformly from 40,000 or 400,000 items; written in the LightGCN format under ``--out`` (generated, not
 committed; ``dataset=custom dataset.path=...`` trains on them).  MF + MML, uniform negatives, B=256,
 paper settings (lr 1e-4, l2 1e-8, clip 10).  ``dense`` is ``TableAdam`` as by default (every row of
-both tables read and written each step); ``deferred`` with ``defer=True`` (``mmlexp.optim.deferred``).
+both tables read and written each step); ``deferred`` with ``defer=True`` (``mmlexp.optim.deferred_rows``).
 Each loop warms up first (``--warmup`` steps: the deferred rows reach their steady backlog), then the loops
 alternate, timed
 blocks of ``--steps`` steps, best of ``--repeats``.  ``materialize`` is the one full replay an epoch

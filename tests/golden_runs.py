@@ -70,7 +70,7 @@ CONFIGS: dict[str, list[str]] = {
     # a clip this tight leaves the deferred clip factor undecided: every step takes the dense fallback
     "mf-bpr-shared-defer-clip": ["encoder=mf", "loss=bpr", "sampler=shared", *DEFER, "trainer.clip_grad_norm=0.05"],
     "mf-softmax-in_batch-defer": ["encoder=mf", "loss=softmax", "sampler=in_batch", *DEFER],
-    # sampler=hard scores the model: defer_rows=on stays dense (deferred.rows_read is None)
+    # sampler=hard scores the model: defer_rows=on stays dense (deferred_rows.rows_read is None)
     "mf-hinge-hard-defer": ["encoder=mf", "loss=hinge", "sampler=hard", *DEFER],
     "mf-ssm-popularity_shared-sparse_adam": [
         "encoder=mf",

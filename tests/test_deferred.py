@@ -1,4 +1,4 @@
-"""Deferred rows of TableAdam (mmlexp.optim.deferred) against the dense path it replaces: the same tables and
+"""Deferred rows of TableAdam (mmlexp.optim.deferred_rows) against the dense path it replaces: the same tables and
 moments after many steps on ``sample``, the clip fallback, the norm bound, and a bit-identical resume."""
 
 import numpy as np
@@ -10,7 +10,7 @@ from mmlexp import _numba
 from mmlexp.data import load_dataset
 from mmlexp.encoders import LightGCN, MatrixFactorization
 from mmlexp.losses import MultiMarginLoss
-from mmlexp.optim import choose_deferred_rows, deferred, kernels, make_optimizer
+from mmlexp.optim import choose_deferred_rows, deferred_rows, kernels, make_optimizer
 from mmlexp.optim.choose import item_draws
 from mmlexp.samplers import HardNegativeSampler, InBatchSampler, PopularitySampler, SharedSampler, UniformSampler
 from mmlexp.train import TrainSettings, train_step
@@ -173,7 +173,9 @@ def test_replay_kernel_equals_steps_one_by_one():
             want[2][r] = b2 * want[2][r] + c2 * g * g
             want[0][r] = want[0][r] - step * want[1][r] / (np.sqrt(want[2][r]) / bc + eps)
     before = (p**2).sum()
-    change = kernels.replay_rows(p, m, v, deferred.pending_rows(np.array([4, 0, 1, 0, 2, 3]), done, 3), done, 3, hist)
+    change = kernels.replay_rows(
+        p, m, v, deferred_rows.pending_rows(np.array([4, 0, 1, 0, 2, 3]), done, 3), done, 3, hist
+    )
     for got, expected in zip((p, m, v), want, strict=True):
         np.testing.assert_allclose(got, expected, rtol=1e-12)
     assert done.tolist() == [3] * 5 and change == pytest.approx((p**2).sum() - before, rel=1e-9)
@@ -183,17 +185,17 @@ def test_rows_read_falls_back_where_deferral_cannot_apply(sample):
     data, users, items = sample
     mf = MatrixFactorization(data.n_users, data.n_items, dim=4)
     neg = torch.tensor([[1, 2], [3, 4]])
-    reads = deferred.rows_read(mf, UniformSampler(2, data.n_items), users[:2], items[:2], neg)
+    reads = deferred_rows.rows_read(mf, UniformSampler(2, data.n_items), users[:2], items[:2], neg)
     assert reads[mf.user_table] is not None and reads[mf.item_table].tolist() == items[:2].tolist() + [1, 2, 3, 4]
-    assert deferred.rows_read(mf, HardNegativeSampler(2, data.n_items), users[:2], items[:2], neg) is None
+    assert deferred_rows.rows_read(mf, HardNegativeSampler(2, data.n_items), users[:2], items[:2], neg) is None
     gcn = LightGCN(data.n_users, data.n_items, dim=4, train=data.train)
-    assert deferred.rows_read(gcn, UniformSampler(2, data.n_items), users[:2], items[:2], neg) is None
+    assert deferred_rows.rows_read(gcn, UniformSampler(2, data.n_items), users[:2], items[:2], neg) is None
 
 
 def test_adam_ratio_bound_holds_on_adversarial_gradients():
     """|m| / sqrt(v) <= K for any gradient sequence: a burst then silence, alternating signs, noise."""
     b1, b2 = 0.9, 0.999
-    bound = deferred.adam_ratio_bound(b1, b2)
+    bound = deferred_rows.adam_ratio_bound(b1, b2)
     rng = np.random.default_rng(0)
     for grads in [
         np.r_[np.ones(50), np.zeros(200)],
@@ -205,7 +207,7 @@ def test_adam_ratio_bound_holds_on_adversarial_gradients():
         for g in grads:
             m, v = b1 * m + (1 - b1) * g, b2 * v + (1 - b2) * g * g
             assert v == 0 or abs(m) / np.sqrt(v) <= bound
-    assert deferred.adam_ratio_bound(0.99, 0.9) == float("inf")
+    assert deferred_rows.adam_ratio_bound(0.99, 0.9) == float("inf")
 
 
 @pytest.mark.parametrize("n_items, draws", [(40_981, 2_816), (1_000, 50), (500, 1_200)])
@@ -240,7 +242,7 @@ def test_a_sampler_that_declares_nothing_gets_the_safe_defaults(sample):
     mf = MatrixFactorization(data.n_users, data.n_items, dim=4)
     neg = torch.tensor([[1, 2], [3, 4]])
     own = FixedSampler(neg)
-    assert deferred.rows_read(mf, own, users[:2], items[:2], neg) is None
+    assert deferred_rows.rows_read(mf, own, users[:2], items[:2], neg) is None
     assert item_draws(own, 8) == 8
     own.num_negatives = 2
     assert item_draws(own, 8) == 8 * 3
@@ -261,8 +263,8 @@ def test_entrypoint_deferred_run_equals_the_dense_run(make_cfg, tmp_path, monkey
 
     monkeypatch.chdir(tmp_path)
     replays = []
-    replay = deferred.DeferredTable.replay
-    monkeypatch.setattr(deferred.DeferredTable, "replay", lambda *a, **k: (replays.append(1), replay(*a, **k))[1])
+    replay = deferred_rows.DeferredTable.replay
+    monkeypatch.setattr(deferred_rows.DeferredTable, "replay", lambda *a, **k: (replays.append(1), replay(*a, **k))[1])
     states, results, replayed = {}, {}, {}
     for mode in ("on", "off"):
         cfg = make_cfg(

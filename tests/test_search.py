@@ -1,4 +1,4 @@
-"""mmlexp.search: draws in (0, 1) -> sorted margins inside (low, high) and weights on the simplex."""
+"""mmlexp.search_space: draws in (0, 1) -> sorted margins inside (low, high) and weights on the simplex."""
 
 import math
 from itertools import pairwise
@@ -9,7 +9,7 @@ import pytest
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import OmegaConf
 
-from mmlexp.search import (
+from mmlexp.search_space import (
     DRAW_PREFIX,
     EPS,
     OVERRIDES_ATTR,

@@ -62,7 +62,7 @@ def test_table_adam_steps_equal_reference_adam_on_loss_plus_l2(clip, dtype, kern
         negatives = torch.randint(9, (4, 3))
         train_step(a, loss_fn, FixedSampler(negatives), opt_a, users, items, settings)
         reference_step(b, loss_fn, opt_b, users, items, negatives, l2, clip)
-        opt_a.materialize()  # rows the step deferred (mmlexp.optim.deferred), brought up to date
+        opt_a.materialize()  # rows the step deferred (mmlexp.optim.deferred_rows), brought up to date
         for pa, pb in zip(a.parameters(), b.parameters(), strict=True):
             torch.testing.assert_close(pa, pb, rtol=1e-5, atol=1e-6)
         if kernels and _numba.AVAILABLE:

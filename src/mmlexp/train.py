@@ -139,7 +139,7 @@ def train_step(model, loss_fn, sampler, optimizer, users, items, settings: Train
 
     The gradient is that of ``loss + (l2/2) * ||E||^2`` on the full embedding tables, clipped to
     ``clip_grad_norm``, then Adam: ``TableAdam`` does L2, clip and update in one step (rows this step does
-    not read may stay deferred, ``mmlexp.optim.deferred``; ``fit`` materialises them at each epoch's end); another
+    not read may stay deferred, ``mmlexp.optim.deferred_rows``; ``fit`` materialises them at each epoch's end); another
     optimiser gets the L2 gradient written first (``start_gradients_``) and ``clipped_step``.
     ``settings.optimizer=sparse_adam`` takes its L2 in the optimiser (touched rows only);
     ``settings.precision=bf16`` scores under bfloat16 autocast."""

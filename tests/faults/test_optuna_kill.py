@@ -17,7 +17,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 from optuna.trial import TrialState
 
-from mmlexp.search import DRAW_PREFIX, OVERRIDES_ATTR, format_override
+from mmlexp.search_space import DRAW_PREFIX, OVERRIDES_ATTR, format_override
 from tests.test_sweeps import read_only
 
 N_TRIALS = 4

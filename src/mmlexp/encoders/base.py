@@ -20,7 +20,7 @@ Capabilities the trainer reads, declared per encoder (the defaults are the safe 
 one's own gets): ``supports_graph_capture`` (False: the training step stays eager unless the encoder was
 checked under CUDA graph capture, ``mmlexp.graphed_step``) with ``graph_capture_note`` saying why not, and
 ``rows_read(users, pos_items, negatives)`` (absent: TableAdam keeps every row current, no deferred rows,
-``mmlexp.optim.deferred``; present where the forward reads the given rows of each table and nothing else).
+``mmlexp.optim.deferred_rows``; present where the forward reads the given rows of each table and nothing else).
 """
 
 import torch

@@ -9,7 +9,7 @@ choose       make_optimizer, choose_deferred_rows: trainer.optimizer and trainer
 """
 
 from mmlexp.optim.choose import OPTIMIZERS, choose_deferred_rows, make_optimizer
-from mmlexp.optim.deferred import rows_read
+from mmlexp.optim.deferred_rows import rows_read
 from mmlexp.optim.lazy_adam import LazyAdam, touched_rows
 from mmlexp.optim.sparse_rows import coalesced, takes_sparse_grads
 from mmlexp.optim.table_adam import TableAdam

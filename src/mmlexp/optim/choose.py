@@ -31,7 +31,7 @@ def make_optimizer(
     step).  A model with a ``sparse_grad`` switch gets it on where TableAdam reads sparse gradients without
     densifying them.  ``sparse_adam``: ``LazyAdam``, a faster variant that changes the semantics (only
     touched rows move; ``l2`` on those rows only).  ``defer``: TableAdam defers the rows a step does not
-    read and replays them exactly (``mmlexp.optim.deferred``; ``choose_deferred_rows`` decides)."""
+    read and replays them exactly (``mmlexp.optim.deferred_rows``; ``choose_deferred_rows`` decides)."""
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer: torch.optim.Optimizer
     if name == "sparse_adam":
@@ -56,7 +56,7 @@ def make_optimizer(
 
 def _materialize_on_model_io(model: nn.Module, optimizer: TableAdam) -> None:
     """``model.state_dict()`` and ``model.load_state_dict()`` see (and replace) every row up to date:
-    ``optimizer.materialize()`` first (rows TableAdam deferred, ``mmlexp.optim.deferred``)."""
+    ``optimizer.materialize()`` first (rows TableAdam deferred, ``mmlexp.optim.deferred_rows``)."""
     ref = weakref.ref(optimizer)
 
     def hook(*_args, **_kwargs):

@@ -11,7 +11,7 @@ says, same shape, same bits):
 
   adam_rows      every row of a table, g = coef * (l2 * p + G)         (``TableAdam``, the dense path)
   adam_touched   the rows a step read only, the same g                 (``TableAdam``, deferred rows)
-  replay_rows    a row's pending steps, g = l2 * coef_s * p            (``optim.deferred``)
+  replay_rows    a row's pending steps, g = l2 * coef_s * p            (``optim.deferred_rows``)
 
 ``lazy_adam_rows`` (``LazyAdam``: touched rows only, g = G + wd * p, L2 on the touched rows as RecZoo/RecBox
 regularise batch rows) has the same formulas with g in a register; written out through ``adam_row`` it rounds

@@ -4,7 +4,7 @@ norm folded into one update,
     g = coef * (l2 * E + G),   coef = min(1, max_norm / (||l2 * E + G|| + 1e-6)),   E <- Adam(g)
 
 (Adam with bias correction, Kingma & Ba 2015, torch's formulas: ``kernels.adam_row``); the rows a step does
-not read may be deferred and replayed exactly (``mmlexp.optim.deferred``).
+not read may be deferred and replayed exactly (``mmlexp.optim.deferred_rows``).
 """
 
 import math
@@ -16,7 +16,7 @@ from torch.autograd.graph import increment_version
 from torch.optim.adam import adam as functional_adam
 
 from mmlexp._numba import set_threads
-from mmlexp.optim import deferred, kernels
+from mmlexp.optim import deferred_rows, kernels
 from mmlexp.optim.sparse_rows import adam_defaults, adam_scalars, as_rows, distinct_rows, moment_rows, on_kernel_path
 
 _LOADED = object()  # a kept ||E||^2 from load_state_dict: the checkpoint's rows, whatever p._version says
@@ -37,7 +37,7 @@ class TableAdam(torch.optim.Optimizer):
     formed in registers, and a sparse gradient (a batch's rows) is read only on its rows; elsewhere the
     gradient is materialised and torch's fused Adam runs with the clip as its ``grad_scale``.
 
-    Deferred rows (``mmlexp.optim.deferred``, ``defer=True``, numba path only): ``prepare(reads)`` before a step's
+    Deferred rows (``mmlexp.optim.deferred_rows``, ``defer=True``, numba path only): ``prepare(reads)`` before a step's
     forward brings the rows it reads up to date; the step then updates the rows with a gradient and records
     the step's scalars for the others, replayed when next read.  ``materialize()`` brings every row up to
     date (``state_dict()`` does it first); a ``step`` without ``prepare`` is dense.  Same results as dense.
@@ -54,7 +54,7 @@ class TableAdam(torch.optim.Optimizer):
         super().__init__(params, adam_defaults(lr, betas, eps, decay=True))
         self.defer = bool(defer)  # the entrypoint chooses (trainer.defer_rows, choose_deferred_rows)
         self._param_sq: dict[torch.Tensor, tuple[object, float]] = {}  # p -> (p._version, ||p||^2) after our update
-        self._deferred: dict[torch.Tensor, deferred.DeferredTable] = {}
+        self._deferred: dict[torch.Tensor, deferred_rows.DeferredTable] = {}
         self._reads: dict | None = None
         # steps taken deferred (of which with the clip acting) / dense because the clip factor was undecided
         self.deferred_steps = self.clipped_steps = self.fallback_steps = 0
@@ -75,7 +75,7 @@ class TableAdam(torch.optim.Optimizer):
 
     def prepare(self, reads: dict[torch.Tensor, torch.Tensor] | None) -> None:
         """Before a step's forward: ``reads`` maps each table to the rows the step reads
-        (``deferred.rows_read``); those rows are brought up to date and the step may defer the others.
+        (``deferred_rows.rows_read``); those rows are brought up to date and the step may defer the others.
         None, or parameters the deferred path does not cover: everything is materialised, the step is dense."""
         self._reads = None
         params = [p for group in self.param_groups for p in group["params"]]
@@ -95,7 +95,7 @@ class TableAdam(torch.optim.Optimizer):
         for p, index in reads.items():
             table = self._deferred.get(p)
             if table is None:
-                table = self._deferred[p] = deferred.DeferredTable(p)
+                table = self._deferred[p] = deferred_rows.DeferredTable(p)
             table.check_unchanged()
             if table.pending:
                 table.replay(*self._rows(p), index.detach().to(torch.int64).contiguous().numpy())
@@ -192,7 +192,7 @@ class TableAdam(torch.optim.Optimizer):
             self._param_sq[p] = (p._version, sq)
 
     def _deferred_step(self, work, reads, max_norm) -> bool:
-        """The step on the rows with a gradient, the others deferred (``mmlexp.optim.deferred``); False (nothing
+        """The step on the rows with a gradient, the others deferred (``mmlexp.optim.deferred_rows``); False (nothing
         done) where the bounds on ||E|| of the deferred rows leave the clip factor undecided."""
         dense = [p.grad is not None and not p.grad.is_sparse for _, p, _, _ in work]
         parts = [_row_operands(p, decay, reads[p]) for _, p, decay, _ in work]
@@ -221,7 +221,7 @@ class TableAdam(torch.optim.Optimizer):
                     scalar(coef),
                     *hist[1:],
                 )
-            table.push(hist, (lr / (1 - b1**t)) * math.sqrt(1 - b2**t) * deferred.adam_ratio_bound(b1, b2))
+            table.push(hist, (lr / (1 - b1**t)) * math.sqrt(1 - b2**t) * deferred_rows.adam_ratio_bound(b1, b2))
             table.done[ops.rows] = table.steps
             increment_version(p)
             table.version = p._version

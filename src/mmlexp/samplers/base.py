@@ -5,7 +5,7 @@ are the safe ones, which a sampler of one's own gets without declaring anything 
 ``NegativeSampler`` or not: the readers fall back to the same values):
 
   scores_model            True: ``sample`` may read the model's rows, so TableAdam keeps every row current
-                          (no deferred rows, ``mmlexp.optim.deferred``); False where it never looks at the model
+                          (no deferred rows, ``mmlexp.optim.deferred_rows``); False where it never looks at the model
   supports_graph_capture  False: the step stays eager (``mmlexp.graphed_step``); True where ``sample`` draws
                           on the device with fixed shapes (checked under CUDA graph capture)
   graph_capture_note      why not, for the log line

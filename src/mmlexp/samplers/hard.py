@@ -26,7 +26,7 @@ from mmlexp.samplers.uniform import check_int
 
 
 class HardNegativeSampler(NegativeSampler):
-    scores_model = True  # reads the model's rows before the batch's are known: TableAdam stays dense (optim.deferred)
+    scores_model = True  # reads model rows before the batch's are known: TableAdam stays dense (optim.deferred_rows)
     graph_capture_note = "(sampler=hard) scores its pool with the model inside the step, not checked under capture"
 
     def __init__(

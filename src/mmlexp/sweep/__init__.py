@@ -17,7 +17,7 @@ module-level imports light (no torch, no optuna, no mlflow).  On import it regis
 
 import warnings
 
-# conf/config.yaml registers SweepCallback (and mml_optuna names mmlexp.search.custom_search_space); Hydra 1.4
+# conf/config.yaml registers SweepCallback (and mml_optuna names mmlexp.search_space.custom_search_space); Hydra 1.4
 # instantiates both without an execution whitelist and warns on every run. This package is imported (entry point)
 # before that happens: silence the warning for these targets only.
 warnings.filterwarnings(

@@ -78,9 +78,9 @@ def parsed_params(impl: Any, arguments: list[str]) -> tuple[dict, dict, list]:
 
 def derived_keys(sweeper: SweeperSettings, distributions: dict, fixed: dict) -> list[str]:
     """The config keys ``hydra.sweeper.space`` writes (margins, weights), none of them also searched or fixed."""
-    from mmlexp.search import MarginSpace
+    from mmlexp.search_space import MarginSpace
 
-    hook = "mmlexp.search.custom_search_space"
+    hook = "mmlexp.search_space.custom_search_space"
     if sweeper.space is None and sweeper.custom_search_space != hook:
         return []
     if sweeper.custom_search_space != hook:

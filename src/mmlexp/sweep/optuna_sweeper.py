@@ -54,7 +54,7 @@ RUN_KEY_ATTR = "run_key"  # trial user attribute: the digest of its job's settin
 class OptunaSweeper(Sweeper):
     """hydra-optuna-sweeper with a study-level budget (resume), input checks first, an MLflow parent run.
 
-    Same settings as ``hydra/sweeper=optuna`` plus ``space`` (``mmlexp.search.MarginSpace``: constrained
+    Same settings as ``hydra/sweeper=optuna`` plus ``space`` (``mmlexp.search_space.MarginSpace``: constrained
     margins/weights), ``heartbeat_interval``/``grace_period`` (seconds; stale trials of dead hosts) and
     ``poll_interval`` (seconds between checks while other workers finish the last trials).
     """
@@ -137,7 +137,7 @@ class OptunaSweeper(Sweeper):
 
     # ---- the loop
     def sweep(self, arguments: list[str]) -> None:
-        from mmlexp.search import OVERRIDES_ATTR
+        from mmlexp.search_space import OVERRIDES_ATTR
 
         try:
             self.search = self._plan(arguments)
@@ -311,7 +311,7 @@ class OptunaSweeper(Sweeper):
 
     def _overrides(self, study, trial) -> list[str]:
         """The Hydra overrides of ``trial``'s job (its sampled values, the fixed ones, its directory and number)."""
-        from mmlexp.search import DRAW_PREFIX, OVERRIDES_ATTR, format_override
+        from mmlexp.search_space import DRAW_PREFIX, OVERRIDES_ATTR, format_override
 
         distributions, fixed, fixed_overrides = self.search
         study.sampler = self._sampler(trial.number)
@@ -431,7 +431,7 @@ class OptunaSweeper(Sweeper):
         """``optimization_results.yaml`` in the sweep dir; best value and trial on the parent run."""
         from optuna.trial import TrialState
 
-        from mmlexp.search import DRAW_PREFIX
+        from mmlexp.search_space import DRAW_PREFIX
 
         complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
         if not complete:
