@@ -8,7 +8,7 @@ each case is reported as a ratio to the first (the reference), and an epoch's es
 the reference's committed epoch time (``--reference-epoch-s``: MF + CCL at 100 negatives, 18.5 s).
 ``--profile``: a torch profiler table (time per operator, forward and backward) per case.
 
-    MMLEXP_DATA_DIR=/work/shared/data python benchmarks/profile_ssm_simplex.py \
+    MMLEXP_DATA_DIR=../shared/data python benchmarks/profile_ssm_simplex.py \
         --case mf_ccl lightgcn_ssm lightgcn_ssm_before mf_ssm simplex_ccl --rounds 3 --steps 4 --profile
 
 Cases (all Gowalla): mf_ccl (MF + CCL, 100 negatives, the reference); lightgcn_ssm / mf_ssm (+experiment=ssm_paper,

@@ -90,18 +90,19 @@ def test_passwords_are_masked():
     assert masked("sqlite:///mlflow.db") == "sqlite:///mlflow.db"
 
 
+@pytest.mark.skipif(
+    os.geteuid() == 0 and os.access("/proc/sys", os.W_OK),
+    reason="running as root (chmod does not stop writes) and /proc/sys is not a read-only mount here",
+)
 def test_a_store_folder_without_write_permission_stops_the_run(make_cfg, tmp_path, monkeypatch):
     """A folder made read-only (chmod) when not root; as root (chmod does not stop root) a read-only mount."""
     if os.geteuid() != 0:
         folder = tmp_path / "ro"
         folder.mkdir()
         folder.chmod(0o555)
-        monkeypatch.chdir(tmp_path)
     else:
         folder = Path("/proc/sys")
-        if os.access(folder, os.W_OK):
-            pytest.skip("running as root (chmod does not stop writes) and /proc/sys is not a read-only mount here")
-        monkeypatch.chdir(tmp_path)
+    monkeypatch.chdir(tmp_path)
     uri = f"sqlite:///{folder}/sub/mlflow.db"
     try:
         with pytest.raises(StoreError, match=f"cannot create {folder}/sub/mlflow.db: no write permission on {folder}"):
