@@ -19,7 +19,6 @@ import functools
 import http.server
 import json
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -32,27 +31,12 @@ import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
+from headless_chromium import command
+
 REPO = Path(__file__).resolve().parents[1]
 OUT = REPO / "docs" / "assets" / "screenshots"
 NEGATIVES = "10,50,100,200,400,800"
 SWEEP = ["trainer.epochs=3", "trainer.progress=false", "trainer.num_threads=1", "tracking.experiment=negatives"]
-FLAGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--no-first-run",
-    "--hide-scrollbars",
-    "--virtual-time-budget=20000",
-]
-
-
-def chromium() -> str:
-    found = next((p for p in map(shutil.which, ("chromium", "chromium-browser", "google-chrome")) if p), None)
-    if found is None:
-        raise SystemExit("chromium is not installed (apt-get install chromium)")
-    return found
 
 
 def free_port() -> int:
@@ -63,7 +47,7 @@ def free_port() -> int:
 
 def chrome(args: list[str], profile: Path, size: tuple[int, int] = (1600, 900)) -> str:
     """Run headless Chromium once; its stdout (``--dump-dom`` output)."""
-    cmd = [chromium(), *FLAGS, f"--window-size={size[0]},{size[1]}", f"--user-data-dir={profile}", *args]
+    cmd = command(profile, size, *args)
     return subprocess.run(cmd, capture_output=True, text=True, timeout=180, check=False).stdout
 
 
@@ -90,7 +74,7 @@ class Browser:
     def __init__(self, profile: Path, size: tuple[int, int] = (1600, 900)) -> None:
         to_chrome, self._write = os.pipe()
         self._read, from_chrome = os.pipe()
-        cmd = [chromium(), *FLAGS[:-1], f"--window-size={size[0]},{size[1]}", f"--user-data-dir={profile}"]
+        cmd = command(profile, size, budget=False)
         self.proc = subprocess.Popen(
             [*cmd, "--remote-debugging-pipe", "about:blank"],
             close_fds=False,  # only the inheritable fds 3 and 4 made by preexec_fn reach chromium

@@ -9,7 +9,6 @@ import functools
 import http.server
 import io
 import re
-import shutil
 import subprocess
 import threading
 from collections.abc import Iterator
@@ -17,20 +16,9 @@ from pathlib import Path
 
 import pytest
 
+from scripts.headless_chromium import CHROMIUM, command
 from tests.test_docs import build_site, text_of
 
-CHROMIUM = next((p for p in map(shutil.which, ("chromium", "chromium-browser", "google-chrome")) if p), None)
-FLAGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--no-first-run",
-    "--hide-scrollbars",
-    "--window-size=1400,1800",
-    "--virtual-time-budget=20000",
-]
 # Served with every HTML page (never in the site): once the page has loaded, each image's natural width as an attribute.
 PROBE = (
     b"<script>window.addEventListener('load', () => { for (const img of document.images) "
@@ -83,7 +71,7 @@ def site_url(tmp_path_factory) -> Iterator[str]:
 
 
 def chrome(url: str, tmp_path: Path, *args: str) -> str:
-    cmd = [CHROMIUM, *FLAGS, f"--user-data-dir={tmp_path / 'profile'}", *args, url]
+    cmd = command(tmp_path / "profile", (1400, 1800), *args, url)
     return subprocess.run(cmd, capture_output=True, text=True, timeout=180, check=False).stdout
 
 

@@ -7,7 +7,6 @@ import html
 import json
 import os
 import re
-import shutil
 import signal
 import socket
 import subprocess
@@ -19,9 +18,9 @@ from pathlib import Path
 
 import pytest
 
+from scripts.headless_chromium import CHROMIUM, command
 from tests.test_sweeps import sweep_cli
 
-CHROMIUM = next((p for p in map(shutil.which, ("chromium", "chromium-browser", "google-chrome")) if p), None)
 SCREENSHOT = "mlflow_ui_sweep_runs.png"
 PARENT_SCREENSHOT = "mlflow_ui_sweep_parent.png"
 
@@ -107,24 +106,11 @@ def test_rest_api_shows_the_parent_run_and_its_child_runs_with_metrics(ui):
     assert parent_metrics["finished_jobs"] == 2 and tags(parents[0])["best.run_id"] == best["info"]["run_id"]
 
 
-CHROMIUM_FLAGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--no-first-run",
-    "--hide-scrollbars",
-    "--window-size=1600,900",
-    "--virtual-time-budget=20000",
-]
-
-
 def screenshot(url: str, path: Path, profile: Path) -> None:
     path.parent.mkdir(exist_ok=True)
     path.unlink(missing_ok=True)
     subprocess.run(
-        [CHROMIUM, *CHROMIUM_FLAGS, f"--user-data-dir={profile}", f"--screenshot={path}", url],
+        command(profile, (1600, 900), f"--screenshot={path}", url),
         capture_output=True,
         timeout=180,
         check=False,
@@ -141,7 +127,7 @@ def screenshot(url: str, path: Path, profile: Path) -> None:
 def page_text(url: str, profile: Path) -> str:
     """The page's text once its scripts have rendered it (Chromium's --dump-dom, tags and scripts stripped)."""
     out = subprocess.run(
-        [CHROMIUM, *CHROMIUM_FLAGS, f"--user-data-dir={profile}", "--dump-dom", url],
+        command(profile, (1600, 900), "--dump-dom", url),
         capture_output=True,
         text=True,
         timeout=180,
