@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 # Tests and benchmarks read the offline copies of Gowalla/Yelp2018 beside the repo.
 export MMLEXP_DATA_DIR ?= $(abspath ../shared/data)
 
-.PHONY: install run test test-slow test-postgres lint docs docs-serve import-graph format bench ui dashboard clean \
+.PHONY: install run test test-slow test-postgres test-slurm lint docs docs-serve import-graph format bench ui dashboard clean \
 	reproduce-table2 reproduce-table3 reproduce-fig3 reproduce-quick reproduce reproduce-status need-dataset report notebooks bench-variants dist
 
 $(STAMP): pyproject.toml constraints.txt
@@ -70,6 +70,9 @@ dashboard: install  ## optuna-dashboard on http://127.0.0.1:8080 for the studies
 
 test-postgres: install  ## a two-worker Optuna sweep against a throwaway PostgreSQL server + MLflow server
 	$(PY) scripts/test_postgres.py
+
+test-slurm: install  ## a grid, an Optuna search and a requeued job on a throwaway single-node SLURM cluster (root)
+	$(PY) scripts/test_slurm.py
 
 # Reproduce the MML paper: tracked Hydra sweeps defined in conf/experiment/ (MLflow experiment `reproduce`),
 # each printing its estimated run time first, then `make report`. SEEDS=1,2,3 for several seeds per cell;

@@ -1,6 +1,8 @@
 """``trainer.cuda_graph`` on the CPU: the parts the graphed step shares with the eager one (static buffers, the
-batches of another size, the fallback decisions with their reasons, the config plumbing).  The capture and replay
-themselves are checked on a GPU (tests/test_cuda.py)."""
+batches of another size, the fallback decisions with their reasons, the config plumbing), and the CUDA-only
+branches run with fake graphs (``FakeGraphs`` in place of ``CudaGraphs``): the first replay checked against the
+eager step, and the fallback to the eager step on a failed capture, a failed replay or a mismatch.  The real
+capture and replay are checked on a GPU (tests/test_cuda.py, benchmarks/gpu_check.sh)."""
 
 import logging
 from functools import partial
@@ -14,7 +16,7 @@ from mmlexp.checkpoint import changed_settings
 from mmlexp.config import ConfigError, validate
 from mmlexp.encoders import LightGCN, MatrixFactorization, SimpleX
 from mmlexp.encoders.base import EmbeddingEncoder
-from mmlexp.graphed_step import GraphedStep, cuda_graph_mode, eager_reason, training_step
+from mmlexp.graphed_step import GraphedStep, cuda_graph_mode, eager_reason, state_tensors, training_step
 from mmlexp.losses import MultiMarginLoss
 from mmlexp.optim import make_optimizer
 from mmlexp.run import train
@@ -52,7 +54,8 @@ def test_the_buffered_step_equals_train_step_bit_for_bit(sampler_cls):
     model_a, loss_a, sampler_a, opt_a = setup(sampler_cls)  # one run after the other: dropout draws from torch's RNG
     expected = [train_step(model_a, loss_a, sampler_a, opt_a, users, items, settings) for users, items in batches()]
     model_b, loss_b, sampler_b, opt_b = setup(sampler_cls)
-    step = GraphedStep(partial(train_step, model_b, loss_b, sampler_b, opt_b, settings=settings), batch=8)
+    eager = partial(train_step, model_b, loss_b, sampler_b, opt_b, settings=settings)
+    step = GraphedStep(eager, batch=8, state=partial(state_tensors, model_b, opt_b))
     sizes = []
     for (users, items), loss in zip(batches(), expected, strict=True):
         assert torch.equal(step(users, items), loss)
@@ -64,6 +67,129 @@ def test_the_buffered_step_equals_train_step_bit_for_bit(sampler_cls):
         for key in ("exp_avg", "exp_avg_sq", "step"):
             assert torch.equal(opt_a.state[a][key], opt_b.state[b][key])
     assert torch.equal(sampler_a.generator.get_state(), sampler_b.generator.get_state())
+
+
+class FakeGraph:
+    """A captured step: ``replay`` runs it on the static buffers into the static loss, as a CUDA graph does."""
+
+    def __init__(self, owner: "FakeGraphs", step, users, items):
+        self.owner, self.step, self.users, self.items, self.loss = owner, step, users, items, torch.zeros(())
+
+    def replay(self):
+        self.owner.replays += 1
+        if self.owner.replays == self.owner.replay_fails_at:
+            raise RuntimeError("CUDA error: operation failed due to a previous error during capture (fake)")
+        loss = self.step(self.users, self.items)
+        for _ in range(self.owner.extra_updates):  # a graph whose update is not the eager one
+            self.step(self.users, self.items)
+        self.loss.copy_(loss + self.owner.loss_skew)
+
+
+class FakeGraphs:
+    """``CudaGraphs`` on the CPU: the warm-up runs the step, a capture records it without running it (nothing
+    runs during a CUDA capture); ``capture_fails``, ``replay_fails_at`` (1: the first replay), ``loss_skew`` and
+    ``extra_updates`` make it go wrong."""
+
+    def __init__(self, capture_fails=False, replay_fails_at=None, loss_skew=0.0, extra_updates=0):
+        self.capture_fails, self.replay_fails_at = capture_fails, replay_fails_at
+        self.loss_skew, self.extra_updates = loss_skew, extra_updates
+        self.warmups = self.captures = self.replays = 0
+
+    def applies(self, users):
+        return True
+
+    def warm_up(self, step, users, items):
+        self.warmups += 1
+        return step(users, items)
+
+    def capture(self, step, users, items, generator):
+        self.captures += 1
+        if self.capture_fails:
+            raise RuntimeError("operation not permitted when stream is capturing (fake)")
+        graph = FakeGraph(self, step, users, items)
+        return graph, graph.loss
+
+    def default_generator(self, device):
+        return torch.default_generator
+
+
+def eager_and_graphed(graphs: FakeGraphs, epochs=3):
+    """The same seeded training eagerly (``train_step``) and through ``GraphedStep`` with ``graphs``: both runs'
+    losses, weights, Adam state and generator state.  3 epochs of 3 full batches (and a smaller one): 3 warm-up
+    steps, the checked capture at the 4th full batch, 5 replays after it."""
+    settings = TrainSettings(l2=1e-3, clip_grad_norm=0.05)
+    runs = []
+    for graphed in (False, True):
+        model, loss_fn, sampler, optimizer = setup()
+        eager = partial(train_step, model, loss_fn, sampler, optimizer, settings=settings)
+        step = GraphedStep(eager, 8, partial(state_tensors, model, optimizer), sampler.generator, graphs=graphs)
+        losses = [float((step if graphed else eager)(users, items)) for users, items in batches(epochs)]
+        optimizer.materialize()
+        runs.append((losses, state_tensors(model, optimizer), sampler.generator.get_state(), step))
+    return runs
+
+
+def assert_same_training(eager, graphed):
+    assert graphed[0] == eager[0]  # every step's loss
+    assert all(torch.equal(a, b) for a, b in zip(eager[1], graphed[1], strict=True))  # weights, Adam moments, step
+    assert torch.equal(eager[2], graphed[2])  # the sampler's generator: the same draws
+
+
+def test_the_first_replay_is_checked_against_the_eager_step_and_the_graph_then_trains_as_it(caplog):
+    graphs = FakeGraphs()
+    with caplog.at_level(logging.INFO, logger="mmlexp.graphed_step"):
+        eager, graphed = eager_and_graphed(graphs)
+    assert (graphs.warmups, graphs.captures, graphs.replays) == (3, 1, 6)  # the checked replay + 5
+    assert_same_training(eager, graphed)  # the eager step of the check was undone: each batch applied once
+    step = graphed[3]
+    assert step.fallback is None and step.graph is not None
+    messages = [r.message for r in caplog.records]
+    assert "captured the training step in a CUDA graph (batch 8)" in messages
+    assert any(m.startswith("the first replayed step matched the eager one (loss ") for m in messages)
+    assert not any(r.levelno >= logging.WARNING for r in caplog.records)
+
+
+@pytest.mark.parametrize(
+    "fake, named, replays",
+    [
+        ({"capture_fails": True}, "capturing the training step or its first replay failed (RuntimeError('operation", 0),
+        ({"replay_fails_at": 1}, "capturing the training step or its first replay failed (RuntimeError('CUDA error", 1),
+        ({"replay_fails_at": 3}, "replaying the training step's CUDA graph failed (RuntimeError('CUDA error", 3),
+        ({"loss_skew": 0.5}, "the first replayed step does not match the eager one (the loss differs; loss ", 1),
+        (
+            {"extra_updates": 1},
+            "the first replayed step does not match the eager one (state tensor 0 of shape (12, 8)",
+            1,
+        ),
+    ],
+    ids=["capture fails", "first replay fails", "third replay fails", "loss mismatch", "update mismatch"],
+)
+def test_any_failure_of_the_graph_falls_back_to_the_eager_step_with_a_warning(caplog, fake, named, replays):
+    """Whatever goes wrong, the run goes on eagerly from where eager training would be: every batch applied once,
+    the same losses, weights, Adam state and draws as eager training (the failing batch run eagerly, or the eager
+    result of the check put back), and one warning naming the error."""
+    graphs = FakeGraphs(**fake)
+    with caplog.at_level(logging.INFO, logger="mmlexp.graphed_step"):
+        eager, graphed = eager_and_graphed(graphs)
+    assert_same_training(eager, graphed)
+    assert graphs.replays == replays and graphed[3].fallback is not None and graphed[3].graph is None
+    [warning] = [r.message for r in caplog.records if r.levelno >= logging.WARNING]
+    assert warning.startswith(f"trainer.cuda_graph: {named}") and warning.endswith(
+        "; the training step runs eagerly for the rest of the run"
+    )
+    checked = any(r.message.startswith("the first replayed step matched") for r in caplog.records)
+    assert checked == (replays > 1)  # a later replay failed after a checked first one
+
+
+def test_a_loss_mismatch_names_both_losses_and_the_tolerance(caplog):
+    with caplog.at_level(logging.WARNING, logger="mmlexp.graphed_step"):
+        eager, _ = eager_and_graphed(FakeGraphs(loss_skew=0.25))
+    want = eager[0][4]  # the 4th full batch: the first of epoch 2 (8, 8, 8, 5 rows per epoch)
+    [warning] = [r.message for r in caplog.records]
+    assert f"(the loss differs; loss {float(torch.tensor(want + 0.25))!r} graphed, {want!r} eager; " in warning
+    assert warning.endswith(
+        "tolerance rtol 0.0001/0.0001, atol 1e-06/1e-06); the training step runs eagerly for the rest of the run"
+    )
 
 
 def test_in_batch_keeps_the_index_of_every_batch_size():

@@ -24,9 +24,10 @@ warnings.filterwarnings(
     "ignore",
     category=UserWarning,
     message=r"hydra\.utils\.instantiate\(\) resolved "
-    r"_target_='mmlexp\.(sweep\.\w+|search\.custom_search_space)' with no",
+    r"_target_='mmlexp\.(sweep\.\w+|search_space\.custom_search_space)' with no",
 )
 
+import mmlexp.slurm_logging  # noqa: E402, F401  (submitit's sacct errors, said once: no SLURM accounting)
 from mmlexp import hooks  # noqa: E402
 from mmlexp.sweep.errors import SweepError  # noqa: E402
 from mmlexp.sweep.jobs import SWEEP_FILE, TRIAL_ENV, job_tags, read_sweep_file, threads_per_job  # noqa: E402
