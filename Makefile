@@ -113,7 +113,7 @@ reproduce-status: install need-dataset  ## DATASET=...: each run of the plan (do
 	$(PY) -m mmlexp.reproduce status $(PLAN_ARGS)
 
 # The paper in miniature (conf/reproduce/quick.yaml): a few full Gowalla epochs per run, one at a time, resumable.
-reproduce-quick: install  ## MML / CCL / BSL at 10 and 100 negatives, a few full Gowalla epochs each: reports/quick/ (~15 min on 2 cores)
+reproduce-quick: install  ## MML / CCL / BSL at 10 and 100 negatives, a few full Gowalla epochs each: reports/quick/ (10-25 min on 2 cores)
 	$(PY) -m mmlexp.reproduce run quick $(if $(RUNS),--runs $(RUNS),) --threads $${THREADS:-2}
 	$(PY) -m mmlexp.reproduce report quick $(if $(RUNS),--runs $(RUNS),) --results reports
 

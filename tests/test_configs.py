@@ -9,7 +9,7 @@ import scipy.sparse as sp
 import torch
 from hydra.utils import instantiate
 
-from mmlexp.config import OWN_TARGETS, ConfigError, build, validate
+from mmlexp.config import OWN_TARGETS, build, validate
 from mmlexp.encoders import MatrixFactorization
 from tests.conftest import CONF
 
@@ -76,48 +76,6 @@ def test_yelp_mml_picks_the_paper_setting_and_overrides_win(make_cfg):
 def test_num_negatives_reaches_the_sampler(make_cfg):
     for n in (10, 800, 123):
         assert make_cfg(f"num_negatives={n}").sampler.num_negatives == n
-
-
-@pytest.mark.parametrize(
-    "override, message",
-    [
-        ("trainer.lr=0", "trainer.lr=0: must be a number > 0"),
-        ("trainer.lr=-1e-3", "trainer.lr=-0.001: must be a number > 0"),
-        ("trainer.batch_size=0", "trainer.batch_size=0: must be an integer >= 1"),
-        ("trainer.batch_size=abc", "trainer.batch_size='abc': must be an integer >= 1"),
-        ("num_negatives=0", "num_negatives=0: must be an integer >= 1"),
-        ("trainer.epochs=2.5", "trainer.epochs=2.5: must be an integer >= 1"),
-        ("eval.ks=[]", "eval.ks=[]: must be a non-empty list of integers >= 1"),
-        ("trainer.monitor=recall@10", "trainer.monitor='recall@10': must be one of"),
-        ("device=gpu", "device='gpu': must be auto, cpu, cuda, cuda:N or mps"),
-    ],
-)
-def test_bad_values_name_key_value_and_allowed(make_cfg, override, message):
-    with pytest.raises(ConfigError) as err:
-        validate(make_cfg(override))
-    assert message in str(err.value)
-
-
-@pytest.mark.parametrize(
-    "override, message",
-    [
-        ("loss.margins=[0.9,0.8,0.7]", "loss.margins=[0.9, 0.8, 0.7]: margins must be strictly increasing"),
-        ("loss.margins=[0.7,0.8,1.9]", "loss.margins=[0.7, 0.8, 1.9]: every margin must lie in [-1, 1]"),
-        ("loss.weights=[0.1,-0.2,0.5]", "loss.weights=-0.2: must be a finite number >= 0"),
-        ("loss.weights=[0.1,nan,0.5]", "loss.weights=nan"),
-    ],
-)
-def test_bad_loss_values_are_named_with_their_group(make_cfg, override, message):
-    cfg = make_cfg(override)
-    with pytest.raises(ConfigError) as err:
-        build("loss", cfg.loss, OWN_TARGETS)
-    assert message in str(err.value)
-
-
-def test_targets_outside_the_allow_list_are_refused(make_cfg):
-    cfg = make_cfg("loss._target_=os.system")
-    with pytest.raises(ConfigError, match="Allowed targets"):
-        build("loss", cfg.loss, OWN_TARGETS)
 
 
 def test_own_loss_plugs_in_through_allowed_targets(make_cfg, tmp_path, monkeypatch):

@@ -159,3 +159,11 @@ def test_readme_claims_block_is_fresh():
     docs_results = scripts_module("docs_results")
     fix = "python scripts/docs_results.py --readme README.md"
     assert docs_results.update_readme(REPO / "README.md", check=True) == 0, f"stale claims block: run {fix}"
+
+
+def test_bad_inputs_page_is_the_catalogue():
+    """docs/bad-inputs.md's table is generated from tests/test_bad_inputs.py's CASES and listed in the nav."""
+    docs_bad_inputs = scripts_module("docs_bad_inputs")
+    fix = "python scripts/docs_bad_inputs.py"
+    assert docs_bad_inputs.main(["--check"]) == 0, f"stale docs/bad-inputs.md: run {fix}"
+    assert "bad-inputs.md" in str(yaml.safe_load((REPO / "mkdocs.yml").read_text())["nav"])

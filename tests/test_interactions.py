@@ -14,7 +14,6 @@ import pandas as pd
 import pytest
 
 import mmlexp.data.interactions as mint
-from mmlexp.config import ConfigError
 from mmlexp.data import DataError, load_dataset
 
 INTER = """user_id:token\titem_id:token\trating:float\ttimestamp:float
@@ -157,64 +156,6 @@ def test_cache_is_reused_and_rebuilt_when_the_file_changes(tmp_path, cache, monk
     assert len(list(cache.glob("interactions-*.npz"))) == 2
 
 
-@pytest.mark.parametrize(
-    "name, content, options, message",
-    [
-        (
-            "log.csv",
-            "user,item_id\na,b\n",
-            {},
-            "no column 'user_id' (dataset.user_col); the file's columns are 'user', 'item_id'",
-        ),
-        ("log.csv", "", {}, "the file is empty"),
-        ("log.csv", "user_id,item_id\n", {}, "no interactions (only a header)"),
-        ("log.csv", b"user_id,item_id\na,b\nc,d\xe9\n", {}, "line 3, column 4: byte 0xe9 is not valid utf-8 text"),
-        (
-            "log.csv",
-            "user_id,item_id,stars\na,b,5\nc,d,five\n",
-            {"rating_col": "stars"},
-            "line 3, column 'stars' (dataset.rating_col): 'five' is not a number",
-        ),
-        (
-            "log.csv",
-            "user_id,item_id,t\na,b,1\nc,d,yesterday-ish\n",
-            {"time_col": "t", "split": "temporal"},
-            "line 3, column 't' (dataset.time_col): 'yesterday-ish' is not a number or a date",
-        ),
-        ("log.csv", "user_id,item_id\na,b\na,c\nd,b\n", {}, "split=random leaves no test interactions"),
-        ("log.csv", "user_id,item_id\na,\n", {}, "line 2, column 'item_id' (dataset.item_col): empty id"),
-        ("log.txt", "user_id,item_id\na,b\n", {}, "cannot tell the format from the extension '.txt'"),
-        ("log.parquet", "not parquet", {}, "not a readable Parquet file"),
-    ],
-)
-def test_bad_files_name_file_line_or_column_and_cache_nothing(tmp_path, cache, name, content, options, message):
-    path = tmp_path / name
-    path.write_bytes(content if isinstance(content, bytes) else content.encode())
-    with pytest.raises(DataError) as err:
-        load(path, cache, **options)
-    assert str(path) in str(err.value) and message in str(err.value)
-    assert not cache.exists() or not any(cache.iterdir())
-
-
-@pytest.mark.parametrize(
-    "options, message",
-    [
-        ({"split": "chronological"}, "dataset.split='chronological': allowed random, temporal, leave_one_out"),
-        ({"split": "temporal"}, "dataset.time_col=null: split=temporal"),
-        ({"test_fraction": 1.5}, "dataset.test_fraction=1.5: must be a number in (0, 1)"),
-        ({"min_user_interactions": -1}, "dataset.min_user_interactions=-1: must be an integer >= 0"),
-        ({"min_rating": 3}, "dataset.min_rating=3: must be a number, with dataset.rating_col set"),
-        ({"format": "xlsx"}, "dataset.format='xlsx': allowed auto, csv, tsv, parquet, inter"),
-        ({"user_column": "u"}, "dataset.user_column: unknown setting of dataset=interactions; allowed: format, sep,"),
-    ],
-)
-def test_bad_settings_name_the_key_and_what_is_allowed(tmp_path, cache, options, message):
-    path = tmp_path / "log.csv"
-    path.write_text("user_id,item_id\na,b\n")
-    with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
-        load(path, cache, **options)
-
-
 def cli(tmp_path, *overrides):
     env = dict(os.environ, PYTHONUNBUFFERED="1", MMLEXP_CACHE_DIR=str(tmp_path / "cache"))
     cmd = [
@@ -260,12 +201,3 @@ def test_cli_trains_on_a_csv_with_string_ids_and_logs_the_mapping(tmp_path):
     assert {p.name for p in (artifacts / "dataset").iterdir()} == {"user_ids.csv", "item_ids.csv", "interactions.json"}
     users = pd.read_csv(artifacts / "dataset" / "user_ids.csv")
     assert users["user_id"].tolist() == [f"u{u:03d}" for u in range(150)]
-
-
-def test_cli_bad_file_exits_2_with_the_message(tmp_path):
-    path = tmp_path / "log.csv"
-    path.write_text("user,item\na,b\n")
-    proc = cli(tmp_path, f"dataset.path={path}")
-    assert proc.returncode == 2
-    assert f"mmlexp: error: {path}: no column 'user_id' (dataset.user_col)" in proc.stderr
-    assert not (tmp_path / "mlflow.db").exists() and not (tmp_path / "cache").exists()

@@ -160,3 +160,51 @@ def test_longtail_errors_name_the_value():
     lt = LongTail.from_train(sp.csr_matrix(np.eye(4, dtype=np.float32)), 2)
     with pytest.raises(ValueError, match="longtail covers 4 items, but the embeddings have n_items=3"):
         evaluate_embeddings(torch.eye(3), torch.eye(3), train, train, ks=(1,), longtail=lt)
+
+
+def decile_of_every_interaction(pop, n_groups):
+    """The SSM paper's Figure 1 grouping computed another way: list every training interaction, items sorted by
+    popularity (ties by id), cut the list into ``n_groups`` slices of equal length; an item belongs to the slice that
+    holds the middle of its run of interactions (an item of no interaction: the slice at its place in the list)."""
+    pop = [int(p) for p in pop]
+    order = sorted(range(len(pop)), key=lambda i: (pop[i], i))
+    listed = [i for i in order for _ in range(pop[i])]  # one entry per interaction
+    total = len(listed)
+    groups, start = {}, 0
+    for i in order:
+        middle = start + pop[i] / 2  # the item's interactions are listed[start : start + pop[i]]
+        groups[i] = min(n_groups - 1, int(middle * n_groups / total)) if total else 0
+        assert all(listed[j] == i for j in range(start, start + pop[i]))
+        start += pop[i]
+    return [groups[i] for i in range(len(pop))]
+
+
+def test_ten_groups_of_equal_interactions_on_a_toy_example():
+    # 20 items; popularity 1..10 (twice each) -> 110 interactions, 11 a decile
+    pop = np.array([1, 2, 3, 4, 5, 6, 7, 8, 9, 10] * 2)
+    groups = popularity_groups(pop, 10, "equal_interactions")
+    assert groups.tolist() == decile_of_every_interaction(pop, 10)
+    # by hand: sorted 1 1 2 2 3 3 ... 10 10 (ids 0, 10, 1, 11, ...); the middle of each item's interactions:
+    # 0.5 1.5 3 5 7.5 10.5 14 18 22.5 27.5 33 39 45.5 52.5 60 68 76.5 85.5 95 105, decile = floor(middle / 11)
+    middles = [0.5, 1.5, 3, 5, 7.5, 10.5, 14, 18, 22.5, 27.5, 33, 39, 45.5, 52.5, 60, 68, 76.5, 85.5, 95, 105]
+    order = sorted(range(20), key=lambda i: (pop[i], i))
+    assert [groups[i] for i in order] == [int(m // 11) for m in middles]
+    shares = np.bincount(groups, weights=pop, minlength=10) / pop.sum()
+    assert np.abs(shares - 0.1).max() < 10 / 110  # each decile within one item of a tenth of the interactions
+    # a long-tailed toy catalogue with zeros and ties
+    rng = np.random.default_rng(28)
+    pop = rng.zipf(1.4, size=300).clip(max=2000) - 1
+    assert popularity_groups(pop, 10, "equal_interactions").tolist() == decile_of_every_interaction(pop, 10)
+
+
+@pytest.mark.parametrize("seed", [0, 5])
+def test_five_groups_are_pairs_of_deciles(seed):
+    """The report's 5-group panel sums adjacent deciles: exact, since floor(5x) = floor(floor(10x) / 2)."""
+    user_emb, item_emb, train, test = random_data(seed, n_users=60, n_items=90)
+    ten, five = (LongTail.from_train(train, n, "equal_interactions") for n in (10, 5))
+    assert (five.groups == ten.groups // 2).all()
+    a = evaluate_embeddings(user_emb, item_emb, train, test, ks=(20,), longtail=ten)
+    b = evaluate_embeddings(user_emb, item_emb, train, test, ks=(20,), longtail=five)
+    for g in range(5):
+        pair = a[f"tail_recall@20_g{2 * g}"] + a[f"tail_recall@20_g{2 * g + 1}"]
+        assert b[f"tail_recall@20_g{g}"] == pytest.approx(pair, abs=1e-12)

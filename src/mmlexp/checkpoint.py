@@ -13,16 +13,25 @@ MLflow store and run id, the config).  ``trainer.resume``:
 
 With ``tracking.save_checkpoint`` a run also writes ``<run dir>/best.pt`` (``BEST_FILE``, also atomically): the
 best epoch's weights, config and metrics, read back by ``load_checkpoint``.
+
+Faults (issue 31, ``tests/faults``): a write that fails (disk full, a file size limit) raises
+``CheckpointWriteError`` naming the file; its temporary file is removed and the previous checkpoint is left as it
+was, so the same command resumes from it once there is room.  A checkpoint that is truncated or corrupt (every
+record's CRC-32 is checked before it is loaded: a single flipped bit is found) is refused with a ``ConfigError``
+naming the file (exit 2).  Only the last checkpoint is kept, so there is no fallback to an older one: the message
+says how to start over or where to point ``trainer.resume``.
 """
 
 import logging
 import os
+import zipfile
 from pathlib import Path
 from typing import Any
 
 import torch
 from omegaconf import OmegaConf
 
+from mmlexp import faults
 from mmlexp.config import ConfigError
 from mmlexp.tracking import flatten
 
@@ -48,14 +57,55 @@ MAY_CHANGE = (
 log = logging.getLogger("mmlexp")
 
 
+class CheckpointWriteError(OSError):
+    """A checkpoint could not be written (disk full, a file size limit); the previous one is left as it was."""
+
+
+class _Writer:
+    """A file for ``torch.save`` that keeps the ``OSError`` of a failed write (torch reports it as a bare
+    ``RuntimeError: unexpected pos``)."""
+
+    def __init__(self, f: Any):
+        self.f = f
+        self.error: OSError | None = None
+
+    def write(self, data: Any) -> int:
+        try:
+            return self.f.write(data)
+        except OSError as err:
+            self.error = err
+            raise
+
+    def flush(self) -> None:
+        self.f.flush()
+
+
 def save_atomic(state: dict[str, Any], path: Path) -> None:
-    """``torch.save`` that never leaves a half-written file at ``path``."""
+    """``torch.save`` that never leaves a half-written file at ``path`` (nor, on an error, a temporary file); a
+    failed write raises ``CheckpointWriteError``. Temporary files left by a killed writer are removed."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as f:
-        torch.save(state, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    writer = None
+    try:
+        with open(tmp, "wb") as f:
+            writer = _Writer(f)
+            torch.save(state, writer)  # type: ignore[arg-type]  # (a file-like object: write and flush)
+            faults.hit("checkpoint")  # fault injection (tests/faults): a no-op unless MMLEXP_FAULT is set
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except (OSError, RuntimeError) as err:
+        tmp.unlink(missing_ok=True)
+        cause = err if isinstance(err, OSError) else writer.error if writer is not None else None
+        if cause is None:
+            raise
+        previous = f"the previous {path} is left as it was" if path.exists() else f"there was no {path} before"
+        raise CheckpointWriteError(
+            cause.errno,
+            f"cannot write the checkpoint {path} ({cause.strerror or cause}; disk full or a file size limit?); "
+            f"{previous}: make room and run the same command again to resume",
+        ) from err
+    for stale in path.parent.glob(f".{path.name}.*.tmp"):  # a writer killed mid-write (one writer per run dir)
+        stale.unlink(missing_ok=True)
 
 
 def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
@@ -63,14 +113,33 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     return torch.load(path, map_location="cpu", weights_only=True)
 
 
-def load(path: Path, setting: str) -> dict[str, Any]:
+def check_records(path: Path) -> None:
+    """Raise ``ValueError`` when a record of the checkpoint (a zip archive) is truncated or fails its CRC-32
+    (``torch.load`` reads a flipped bit in the weights without a word). A file that is not a zip is left to
+    ``torch.load``."""
+    if not zipfile.is_zipfile(path):
+        return
     try:
+        with zipfile.ZipFile(path) as archive:
+            bad = archive.testzip()
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError) as err:
+        raise ValueError(f"a damaged zip archive: {err}") from err
+    if bad is not None:
+        raise ValueError(f"record {bad!r} fails its CRC-32 check: the file is corrupt")
+
+
+def load(path: Path, setting: str) -> dict[str, Any]:
+    """The training state in ``path``; a file that cannot be read, is truncated or corrupt is a ``ConfigError``
+    naming it."""
+    try:
+        check_records(path)
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:
         reason = str(err).strip().splitlines()[0] if str(err).strip() else ""
         raise ConfigError(
             f"trainer.resume={setting!r}: cannot load the checkpoint {path} "
-            f"({type(err).__name__}: {reason[:300]}); use trainer.resume=never to start over"
+            f"({type(err).__name__}: {reason[:300]}); it is truncated or corrupt, and no older checkpoint is kept: "
+            "use trainer.resume=never to start over, or trainer.resume=<a good checkpoint.pt>"
         ) from err
     if not isinstance(state, dict) or "model" not in state or "epoch" not in state:
         raise ConfigError(

@@ -4,11 +4,16 @@ Each rule names its key, the bad value and what is allowed, e.g.
 ``trainer.lr=-1.0: must be a number > 0``.  Hyper-parameters of losses, samplers and encoders
 are checked by their own constructors (the error is prefixed with the group name): ``build``
 instantiates a node on the allow-list of targets (``OWN_TARGETS`` plus ``allowed_targets``).
+A command line Hydra refuses before a run starts (an unknown group option or key, an override it cannot parse, a
+run folder it cannot create) is explained by ``explain_overrides`` / ``argv_dir_error`` (the entrypoint's exit 2).
+Every refused input is listed in ``docs/bad-inputs.md`` (``tests/test_bad_inputs.py``).
 """
 
 import math
+import os
 import re
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from hydra.errors import InstantiationException
@@ -84,6 +89,34 @@ TARGETS = (
     "a list of module prefixes such as 'mylab.losses.*'",
 )
 
+# MLflow's tracking URI schemes (a driver may follow the scheme: postgresql+psycopg2://...); none: a folder path
+TRACKING_SCHEMES = (
+    "file",
+    "sqlite",
+    "postgresql",
+    "mysql",
+    "mssql",
+    "http",
+    "https",
+    "databricks",
+    "databricks-uc",
+    "uc",
+)
+
+
+def _tracking_scheme(v: Any) -> str | None:
+    match = re.match(r"([A-Za-z][\w.-]*)(\+[\w.-]+)?:", v) if isinstance(v, str) else None
+    if match and len(match.group(1)) > 1:
+        return match.group(1).lower()
+    return "" if isinstance(v, str) and v else None  # a folder path (C:\\... on Windows)
+
+
+TRACKING_URI = (
+    lambda v: _tracking_scheme(v) in ("", *TRACKING_SCHEMES),
+    "an MLflow tracking URI: sqlite:///FILE, postgresql://..., mysql://..., mssql://..., http(s)://HOST:PORT, "
+    "databricks, file:///FOLDER or a folder path",
+)
+
 SWITCHES = ("auto", "on", "off")
 SWITCH = (lambda v: isinstance(v, bool) or v in SWITCHES, "one of auto, on, off (true/false: on/off)")
 
@@ -135,6 +168,7 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "num_negatives": int_at_least(1),
     "sampler.num_negatives": int_at_least(1),
     "tracking.enabled": BOOL,
+    "tracking.uri": TRACKING_URI,
     "tracking.timeout": POSITIVE,
     "tracking.stale_after_s": POSITIVE,
 }
@@ -158,3 +192,115 @@ def validate(cfg: DictConfig) -> None:
     names = metric_names(cfg.eval.ks)
     if monitor not in names:
         raise ConfigError(f"trainer.monitor={monitor!r}: must be one of {names} (metrics at eval.ks)")
+
+
+# ---------------------------------------------------------------- a command line Hydra refused
+
+# Hydra's command-line flags that take a value (their value is not an override)
+_VALUE_FLAGS = ("-c", "--cfg", "-p", "--package", "--experimental-rerun", "--info", "-i")
+_OTHER_CONFIG = ("-cd", "--config-dir", "-cp", "--config-path", "-cn", "--config-name")
+
+
+def command_overrides(argv: list[str]) -> list[str] | None:
+    """The Hydra overrides of ``python -m mmlexp`` arguments; None when the command composes another config than
+    the packaged one (``--config-dir``, ``--config-name``, ``hydra.searchpath``): then it cannot be composed here."""
+    overrides: list[str] = []
+    skip = False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg.split("=")[0] in _OTHER_CONFIG or "hydra.searchpath" in arg:
+            return None
+        elif arg in _VALUE_FLAGS:
+            skip = True
+        elif not arg.startswith("-"):
+            overrides.append(arg)
+    return overrides
+
+
+def explain_overrides(argv: list[str], config_dir: str) -> str | None:
+    """Why Hydra refused the command line ``argv`` before any run started (composed again here, nothing written):
+    the override, the key or option, and what is allowed. None when composing it succeeds (Hydra failed for
+    another reason) or when it cannot be composed here."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import ConfigCompositionException, OverrideParseException
+
+    overrides = command_overrides(argv)
+    if overrides is None:
+        return None
+    try:
+        parsed = OverridesParser.create().parse_overrides(overrides)
+    except OverrideParseException as err:
+        lines = [line for line in err.message.strip().splitlines() if not line.startswith(("See ", "Error "))]
+        reason = lines[-1] if lines else "cannot be parsed"
+        return f"{err.override!r}: not an override ({reason}); write key=value, group=option or +key=value"
+    single = [o.input_line for o in parsed if not o.is_sweep_override() and o.input_line]
+    GlobalHydra.instance().clear()  # Hydra's failed run left it initialized
+    try:
+        with initialize_config_dir(config_dir=str(config_dir)):
+            try:
+                cfg = compose("config", overrides=single, return_hydra_config=True)
+            except ConfigCompositionException as err:
+                return _composition_error(err, single)
+        return run_dir_error(cfg, "sweep" if {"-m", "--multirun"} & set(argv) else "run")
+    except Exception:  # noqa: BLE001 (a config that cannot be composed here at all: Hydra's message stands)
+        return None
+    finally:
+        GlobalHydra.instance().clear()
+
+
+def _composition_error(err: Exception, overrides: list[str]) -> str:
+    """The message for a composition error: an unknown group option, an unknown key, or Hydra's own words."""
+    from hydra import compose
+    from hydra.errors import MissingConfigException
+    from omegaconf.errors import OmegaConfBaseException
+
+    if isinstance(err, MissingConfigException) and err.missing_cfg_file and err.options:
+        group, _, option = str(err.missing_cfg_file).rpartition("/")
+        given = next((o for o in overrides if o.lstrip("+~").startswith(f"{group}=")), f"{group}={option}")
+        return f"{given}: no option {option!r} in the config group {group}; allowed: {', '.join(err.options)}"
+    cause = err.__cause__
+    key = getattr(cause, "full_key", None)
+    if isinstance(cause, OmegaConfBaseException) and key and "not in struct" in str(cause):
+        parent = str(key).rpartition(".")[0]
+        rest = [o for o in overrides if o.lstrip("+~").partition("=")[0] != key]
+        whole = compose("config", overrides=rest)
+        node = OmegaConf.select(whole, parent) if parent else whole
+        keys = ", ".join(map(str, node.keys())) if isinstance(node, DictConfig) else "(see conf/)"
+        return f"{key}: no such key{f' in {parent}' if parent else ''}; allowed: {keys}"
+    return " ".join(line.strip() for line in str(err).strip().splitlines()[:3])
+
+
+def run_dir_error(cfg: DictConfig, mode: str = "run") -> str | None:
+    """Why ``hydra.run.dir`` (``mode="sweep"``: ``hydra.sweep.dir``) of a composed config cannot be created."""
+    key = f"hydra.{mode}.dir"
+    try:
+        return dir_error(key, str(OmegaConf.select(cfg, key)))
+    except Exception:  # noqa: BLE001 (an interpolation that does not resolve here)
+        return None
+
+
+def argv_dir_error(argv: list[str]) -> str | None:
+    """An explicit ``hydra.run.dir=`` (with ``-m``: ``hydra.sweep.dir=``) that cannot be created, refused before
+    Hydra tries (its own refusal is a traceback, after a sweep has opened its stores)."""
+    key = "hydra.sweep.dir" if {"-m", "--multirun"} & set(argv) else "hydra.run.dir"
+    for arg in reversed(argv):
+        name, sep, value = arg.lstrip("+").partition("=")
+        if sep and name == key and "${" not in value:
+            return dir_error(key, value.strip("'\""))
+    return None
+
+
+def dir_error(key: str, value: str) -> str | None:
+    """Why the folder ``value`` of ``key`` cannot be created or written (a file in the way, no write permission)."""
+    path = Path(value).expanduser().absolute()
+    base = next(p for p in (path, *path.parents) if p.exists())
+    if base == path and path.is_dir():
+        return None if os.access(path, os.W_OK | os.X_OK) else f"{key}={path}: no write permission on it"
+    if not base.is_dir():
+        return f"{key}={path}: cannot create it, {base} is a file; choose a folder path"
+    if not os.access(base, os.W_OK | os.X_OK):
+        return f"{key}={path}: cannot create it, no write permission on {base}; choose a writable folder"
+    return None

@@ -21,7 +21,7 @@ import scipy.sparse as sp
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from mmlexp import _numba
+from mmlexp import _numba, faults
 from mmlexp.checkpoint import BEST_FILE, CHECKPOINT_FILE, find_resume, load_checkpoint, save_atomic
 from mmlexp.config import OWN_TARGETS, ConfigError, allowed_targets, build, validate
 from mmlexp.data import DataError, InteractionData, load_dataset
@@ -228,6 +228,7 @@ def make_evaluate(
         metrics = evaluate_embeddings(
             user_emb, item_emb, data.train, data.test, ks=ks, chunk_size=cfg.eval.chunk_size, longtail=longtail
         )
+        faults.hit("eval")  # fault injection (tests/faults): a no-op unless MMLEXP_FAULT is set
         if valid is not None:
             on_valid = evaluate_embeddings(user_emb, item_emb, fit_train, valid, ks=ks, chunk_size=cfg.eval.chunk_size)
             metrics |= {f"valid/{k}": v for k, v in on_valid.items()}

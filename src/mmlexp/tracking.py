@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote, urlsplit, urlunsplit
 
+from mmlexp import faults
 from mmlexp.config import ConfigError
 
 MAX_PARAM_LENGTH = 6000
@@ -258,6 +259,13 @@ def _check_sqlite_file(uri: str, path: Path, timeout: float) -> None:
             con.execute("SELECT count(*) FROM sqlite_master").fetchone()
         finally:
             con.close()
+    except sqlite3.OperationalError as err:
+        if "locked" not in str(err):
+            raise StoreError(f"{name}: {path} cannot be read as an SQLite database ({err})") from err
+        raise StoreError(
+            f"{name}: {path} is locked by another process ({err}, waited tracking.timeout={timeout} s); let it finish, "
+            "or raise tracking.timeout"
+        ) from err
     except sqlite3.Error as err:
         raise StoreError(f"{name}: {path} cannot be read as an SQLite database ({err})") from err
 
@@ -435,6 +443,7 @@ class Tracker:
         sent = 0
         while self._pending:
             try:
+                faults.hit("mlflow")  # fault injection (tests/faults): a no-op unless MMLEXP_FAULT is set
                 send(self.client, self._pending[0])
             except Exception as err:  # the store is down or refuses: keep the rest for the next call
                 self._store_failed(err)

@@ -21,6 +21,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from mmlexp import faults
 from mmlexp.allocator import keep_freed_memory
 from mmlexp.graphed_step import training_step
 from mmlexp.optim import TableAdam, coalesced, rows_read
@@ -266,6 +267,7 @@ def _train_epoch(step_fn, users, items, epoch: int, run: _Progress, settings: Tr
         rows = order[first : first + batch]
         if rows.numel() == 1 and first > 0:
             break  # a trailing batch of one row is skipped (in-batch negatives need two rows)
+        faults.hit("step")  # fault injection (tests/faults): a no-op unless MMLEXP_FAULT is set
         loss = step_fn(users[rows], items[rows])
         loss_sum += loss * rows.numel()
         loss_rows += rows.numel()

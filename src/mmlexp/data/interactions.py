@@ -320,7 +320,10 @@ def load_interactions(path: str | Path, options: Mapping[str, Any] | None = None
     try:
         raw = path.read_bytes()
     except OSError as e:
-        raise DataError(f"cannot read interaction file {path}: {e.strerror or e}") from e
+        raise DataError(
+            f"cannot read interaction file {path}: {e.strerror or e}; dataset.path must be a readable CSV, TSV, "
+            "Parquet or RecBole .inter file"
+        ) from e
     digest = hashlib.sha256(raw).hexdigest()
     key = hashlib.sha256(json.dumps([digest, s], sort_keys=True, default=str).encode()).hexdigest()[:20]
     cache = cache_dir(cache_folder) / f"interactions-v{CACHE_VERSION}-{key}.npz"

@@ -121,7 +121,10 @@ def _build(name: str, raw: dict[str, bytes], sources: dict[str, str], expected: 
     lim_i = expected["items"] if expected else None
     parsed = {f: _parse_bytes(raw[f], sources[f], lim_u, lim_i) for f in FILES}
     if parsed["train.txt"][1].size == 0:
-        raise DataError(f"{name}: {sources['train.txt']} holds no interactions")
+        raise DataError(
+            f"{name}: {sources['train.txt']} holds no interactions; expected lines 'user item item ...' "
+            "with non-negative integer ids"
+        )
     n_users = max(p[2] for p in parsed.values())
     n_items = max(int(p[1].max()) + 1 for p in parsed.values() if p[1].size)
     shape = (n_users, n_items)
@@ -213,10 +216,12 @@ def load_custom(path: str | Path | None) -> InteractionData:
     if path is None:
         raise DataError("name='custom' needs path= a directory with train.txt and test.txt")
     folder = Path(path)
+    allowed = "allowed: a directory holding LightGCN-format train.txt and test.txt"
     if not folder.is_dir():
-        raise DataError(f"custom dataset directory {folder} does not exist")
+        what = "is a file, not a directory" if folder.exists() else "does not exist"
+        raise DataError(f"dataset.path={folder}: custom dataset directory {folder} {what}; {allowed}")
     for f in FILES:
         if not (folder / f).is_file():
-            raise DataError(f"custom dataset file {folder / f} is missing")
+            raise DataError(f"dataset.path={folder}: custom dataset file {folder / f} is missing; {allowed}")
     raw = {f: (folder / f).read_bytes() for f in FILES}
     return _build("custom", raw, {f: str(folder / f) for f in FILES})

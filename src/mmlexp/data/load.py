@@ -32,7 +32,10 @@ def load_dataset(
     if name not in DATASET_NAMES:
         raise DataError(f"unknown dataset {name!r}; allowed: {', '.join(DATASET_NAMES)}")
     if path is not None and name not in ("custom", "interactions"):
-        raise DataError(f"path= is only used with name='custom' or 'interactions' (got name={name!r})")
+        raise DataError(
+            f"dataset.path={str(path)!r} is only read by dataset=custom or dataset=interactions (got dataset={name}); "
+            "allowed: dataset.path=null here, or one of those datasets"
+        )
     if name == "interactions":
         if path is None:
             raise DataError("name='interactions' needs path= a CSV, TSV, Parquet or RecBole .inter file")

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from mmlexp.report import evidence, export, figures, selection, status
+from mmlexp.report import evidence, export, figures, seed_systems, selection, status
 from mmlexp.report.runs import CELL_KEYS, ReportError, drop_duplicates, fetch_runs, metric_history
 from mmlexp.report.stats import METRICS, aggregate, negative_curves, paired_tests
 from mmlexp.report.tables import (
@@ -148,9 +148,21 @@ def _write(runs: pd.DataFrame, opts: Options, out: Path, name: str, notes: list[
     )
     committed = export.EPOCHS_COLUMN in runs
     md = _header(runs, opts, name, cells, selections, committed)
-    md += _paper_tables(cells, selections, out)
+    md += _paper_tables(cells, selections, runs, out)
     fruns, fdesc = focus_subset(runs, opts)
-    md += _figure3(fruns, fdesc, opts, out)
+    curves, claims = _figure3_data(fruns, fdesc, opts, out)
+    # every claim test of the report is one Holm family: Figure 3's (on the focus runs) and the other systems'
+    read = evidence.cached_reader(out)
+    figure3_rows, systems_rows = evidence.claim_rows(curves, claims, fruns, read), seed_systems.claim_rows(runs, read)
+    verdicts = evidence.judge(figure3_rows, systems_rows["p_wilcoxon"])
+    systems = evidence.judge(systems_rows, figure3_rows["p_wilcoxon"])
+    verdicts.to_csv(out / "claims.csv", index=False)
+    systems.to_csv(out / seed_systems.CLAIMS_CSV, index=False)
+    figure3_md = status.claim_verdicts(verdicts, pd.concat([verdicts, systems], ignore_index=True))
+    md += _figure3(curves, claims, fdesc, opts, figure3_md)
+    method = [] if figure3_md else status.method_lines(pd.concat([verdicts, systems], ignore_index=True))
+    md += seed_systems.claims_section(systems, method)
+    md += seed_systems.long_tail_section(runs, out)
     tests = paired_tests(runs, baseline=opts.baseline_loss, metrics=METRICS)
     md += _paired(tests, opts, out)
     n_focus = focus_negatives(fruns, opts)
@@ -190,6 +202,7 @@ def _header(runs: pd.DataFrame, opts: Options, name: str, cells, selections: lis
         "Every run behind a number is in [runs.csv](runs.csv) and in the `run_ids` column of each CSV.",
         "",
     ]
+    runs = runs[runs["loss"] != "ssm"]  # the SSM paper's runs have its budget: 1000 epochs, early stopping
     if not runs["epochs"].dropna().eq(100).all():
         budgets = ", ".join(str(e) for e in sorted(runs["epochs"].dropna().unique()))
         md += [
@@ -205,8 +218,9 @@ def _header(runs: pd.DataFrame, opts: Options, name: str, cells, selections: lis
     return md
 
 
-def _paper_tables(cells: pd.DataFrame, selections: list[str], out: Path) -> list[str]:
-    """Table 2 and Table 3 beside the paper's (table2.csv, table3.csv) and the cells far from it."""
+def _paper_tables(cells: pd.DataFrame, selections: list[str], runs: pd.DataFrame, out: Path) -> list[str]:
+    """Table 2 and Table 3 beside the paper's (table2.csv, table3.csv), the SSM paper's Table 2 (ssm_table2.csv)
+    and the cells far from them."""
     md: list[str] = []
     tables = {}
     for tname in ("table2", "table3"):
@@ -222,12 +236,15 @@ def _paper_tables(cells: pd.DataFrame, selections: list[str], out: Path) -> list
             "",
         ]
 
+    tables[seed_systems.SSM_TABLE] = paper_table(seed_systems.SSM_TABLE, cells, ["paper"])
+    md += seed_systems.ssm_section(tables[seed_systems.SSM_TABLE], runs, out)
     md += status.explanation_section(tables, out)
     return md
 
 
-def _figure3(fruns: pd.DataFrame, fdesc: str, opts: Options, out: Path) -> list[str]:
-    """Accuracy against negatives (figure3_negatives.*), the paper's claims and their verdicts (claims.csv)."""
+def _figure3_data(fruns: pd.DataFrame, fdesc: str, opts: Options, out: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Accuracy against negatives (figure3_negatives.*) and the paper's Figure 3 gains beside ours
+    (figure3_claims.csv): the curves and the claims."""
     curves = negative_curves(fruns, confidence=opts.confidence)
     curves.to_csv(out / "figure3_negatives.csv", index=False)
     fig = figures.plot_negative_curves(fruns)
@@ -235,6 +252,12 @@ def _figure3(fruns: pd.DataFrame, fdesc: str, opts: Options, out: Path) -> list[
     figures.save(fig, out / "figure3_negatives")
     claims = figure3_claims(curves)
     claims.to_csv(out / "figure3_claims.csv", index=False)
+    return curves, claims
+
+
+def _figure3(curves: pd.DataFrame, claims: pd.DataFrame, fdesc: str, opts: Options, verdicts: list[str]) -> list[str]:
+    """The Figure 3 section: the figure, the paper's gains beside ours, and the claim ``verdicts`` (report.md
+    lines, ``status.claim_verdicts``)."""
     md = [
         "## Figure 3: accuracy against the number of negatives",
         "",
@@ -266,12 +289,7 @@ def _figure3(fruns: pd.DataFrame, fdesc: str, opts: Options, out: Path) -> list[
                 ),
                 "",
             ]
-
-    # the evidence behind each verdict: per-user tests where the runs have per-user files (under ``out``)
-    verdicts = evidence.claim_tests(curves, claims, fruns, out)
-    verdicts.to_csv(out / "claims.csv", index=False)
-    md += status.claim_verdicts(verdicts)
-    return md
+    return md + verdicts
 
 
 def _paired(tests: pd.DataFrame, opts: Options, out: Path) -> list[str]:

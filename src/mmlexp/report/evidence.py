@@ -3,13 +3,15 @@
 Every Figure 3 claim that compares two losses in one setting (or one loss at 100 and at 800 negatives) is tested on
 the test users both runs scored, paired by user: two-sided Wilcoxon signed-rank test and the mean difference with a
 seeded percentile bootstrap interval (``mmlexp.report.stats``), Holm-corrected over all the claim tests of the report
-(one family). With >= 2 seeds of both cells the seed-level paired t-test is computed beside it. A claim whose runs
-have no per-user file (``users_csv`` in runs.csv) keeps the point-estimate verdict and says it is not tested.
-``claim_tests`` gives the rows of ``claims.csv``; ``mmlexp.report.status.claim_verdicts`` prints them.
+(one family, with the other systems' claims of ``mmlexp.report.seed_systems``: ``judge`` takes their p-values). With
+>= 2 seeds of both cells the seed-level paired t-test is computed beside it (``compare``). A claim whose runs have no
+per-user file (``users_csv`` in runs.csv) keeps the point-estimate verdict and says it is not tested; one whose cells
+have not run yet is NOT RESOLVED. ``claim_tests`` gives the rows of ``claims.csv`` (``claim_rows``, then ``judge``);
+``mmlexp.report.status.claim_verdicts`` prints them.
 """
 
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,7 +24,7 @@ from mmlexp.report.stats import bootstrap_diff, holm, seed_paired, wilcoxon_p
 ALPHA = 0.05
 LEVEL_PCT = 3.0  # "level off by 100" read as: 100 -> 800 negatives changes a loss by at most 3%
 HOLDS, FAILS, OPEN = "HOLDS", "DOES NOT HOLD", "NOT RESOLVED"
-PER_USER, POINT = "per-user", "point estimate"
+PER_USER, POINT, NOT_RUN = "per-user", "point estimate", "not run yet"
 UNTESTED = "no per-user evidence: point estimate only, NOT tested"
 LEVEL_LOSSES = ("mml", "ccl", "bsl")
 LEVEL_SUFFIX = "levels off from 100 to 800 negatives"  # the per-loss rows of the "level off" claim
@@ -174,26 +176,21 @@ def _provenance(a_runs: pd.DataFrame, b_runs: pd.DataFrame, seeds: list, used: l
     }
 
 
-def claim_row(claim: Claim, curves: pd.DataFrame, runs: pd.DataFrame, read: Callable) -> dict:
-    """One row of ``claims.csv`` before Holm and the verdict: the point estimate from ``curves``, the seed-level
-    paired test over the common seeds, and the per-user test where both cells have per-user files."""
-    mean_a, mean_b = _mean(curves, claim, claim.a), _mean(curves, claim, claim.b)
-    a_runs, b_runs = (_cell(runs[runs["seed"].notna()], claim.dataset, side) for side in (claim.a, claim.b))
+def compare(
+    a_runs: pd.DataFrame, b_runs: pd.DataFrame, metric: str, means: tuple[float, float], read: Callable
+) -> dict:
+    """The evidence of cell a against cell b on ``metric`` (``means``: their point estimates): the seed-level paired
+    test over the common seeds, and the per-user test (Wilcoxon, bootstrap) where both have per-user files."""
+    mean_a, mean_b = means
     seeds = sorted(set(a_runs["seed"]) & set(b_runs["seed"]))
-    x, y, used = user_pairs(a_runs, b_runs, seeds, claim.metric, read)
+    x, y, used = user_pairs(a_runs, b_runs, seeds, metric, read)
     row = {
-        "claim": claim.text,
-        "dataset": claim.dataset,
-        "metric": claim.metric,
-        "a": _cell_name(a_runs, claim.dataset, claim.a),
-        "b": _cell_name(b_runs, claim.dataset, claim.b),
-        "expect": claim.expect,
         "n_users": len(x),
         "n_seeds": len(seeds),
         "user_seeds": " ".join(str(s) for s in used),
         "mean_a": mean_a,
         "mean_b": mean_b,
-        **_seed_level(a_runs, b_runs, seeds, claim.metric),
+        **_seed_level(a_runs, b_runs, seeds, metric),
         **_provenance(a_runs, b_runs, seeds, used, read),
     }
     if used:
@@ -202,12 +199,30 @@ def claim_row(claim: Claim, curves: pd.DataFrame, runs: pd.DataFrame, read: Call
     return {**row, "mean_diff": diff, "rel_diff_pct": 100 * diff / mean_b if mean_b else math.nan, "evidence": POINT}
 
 
+def claim_row(claim: Claim, curves: pd.DataFrame, runs: pd.DataFrame, read: Callable) -> dict:
+    """One row of ``claims.csv`` before Holm and the verdict: the point estimate from ``curves``, the seed-level
+    paired test over the common seeds, and the per-user test where both cells have per-user files (``compare``)."""
+    means = (_mean(curves, claim, claim.a), _mean(curves, claim, claim.b))
+    a_runs, b_runs = (_cell(runs[runs["seed"].notna()], claim.dataset, side) for side in (claim.a, claim.b))
+    return {
+        "claim": claim.text,
+        "dataset": claim.dataset,
+        "metric": claim.metric,
+        "a": _cell_name(a_runs, claim.dataset, claim.a),
+        "b": _cell_name(b_runs, claim.dataset, claim.b),
+        "expect": claim.expect,
+        **compare(a_runs, b_runs, claim.metric, means, read),
+    }
+
+
 def verdict(row: Mapping, alpha: float = ALPHA) -> str:
     """Per-user evidence: a difference not significant after Holm (``p_holm >= alpha``) is NOT RESOLVED, otherwise
     HOLDS / DOES NOT HOLD by its sign against ``expect`` (``>``, ``≥``: a > b; ``<``: a < b). ``level``: HOLDS when
     the bootstrap interval of the relative change lies within ±LEVEL_PCT %, DOES NOT HOLD when the change is
     significant and its interval lies outside, else NOT RESOLVED. Point estimate only: the sign of a - b (``≥``:
-    a >= b), or |relative change| <= LEVEL_PCT % for ``level``."""
+    a >= b), or |relative change| <= LEVEL_PCT % for ``level``. A claim whose cells have not run yet: NOT RESOLVED."""
+    if row["evidence"] == NOT_RUN:
+        return OPEN
     expect, diff = row["expect"], row["mean_diff"]
     if row["evidence"] != PER_USER:
         holds = {">": diff > 0, "≥": diff >= 0, "<": diff < 0, "level": abs(row["rel_diff_pct"]) <= LEVEL_PCT}
@@ -251,33 +266,37 @@ def level_off(rows: pd.DataFrame) -> dict:
     }
 
 
-def claim_tests(
-    curves: pd.DataFrame,
-    claims: pd.DataFrame,
-    runs: pd.DataFrame | None = None,
-    base: Path | None = None,
-    reader: Reader | None = None,
-) -> pd.DataFrame:
-    """``claims.csv``: one row per claim test (``claim_specs``), Holm-adjusted over every per-user Wilcoxon p-value
-    in it (the family: all claim tests of the report), with its verdict; after each (dataset, metric)'s per-loss
-    level rows, their combined "all losses level off by 100" row. ``runs``: the Figure 3 runs (with ``seed``,
-    ``run_id`` and ``users_csv`` relative to ``base``, read with ``reader``, default ``export.read_per_user``); without
-    them every verdict is a point estimate."""
-    specs = claim_specs(curves, claims) if len(curves) else []
-    if runs is None:
-        runs = pd.DataFrame(columns=["dataset", "loss", "num_negatives", "seed", "run_id"])
+def cached_reader(base: Path | None = None, reader: Reader | None = None) -> Callable[[Mapping], pd.DataFrame | None]:
+    """A run row -> its per-user file (``reader``, default ``export.read_per_user``, relative to ``base``), indexed
+    by user; each run's file read once."""
     load = reader or read_per_user
     cache: dict[str, pd.DataFrame | None] = {}
 
-    def read(row: Mapping) -> pd.DataFrame | None:  # each run's file read once, indexed by user
+    def read(row: Mapping) -> pd.DataFrame | None:
         key = str(row.get("run_id"))
         if key not in cache:
             frame = load(base or Path("."), row)
             cache[key] = frame.set_index("user") if frame is not None and "user" in frame else frame
         return cache[key]
 
-    rows = pd.DataFrame([claim_row(c, curves, runs, read) for c in specs], columns=list(COLUMNS))
-    rows["p_holm"] = holm(rows["p_wilcoxon"].to_numpy(float))
+    return read
+
+
+def claim_rows(curves: pd.DataFrame, claims: pd.DataFrame, runs: pd.DataFrame | None, read: Callable) -> pd.DataFrame:
+    """The rows of ``claims.csv`` before Holm and the verdicts (``claim_row`` of each ``claim_specs``)."""
+    specs = claim_specs(curves, claims) if len(curves) else []
+    if runs is None:
+        runs = pd.DataFrame(columns=["dataset", "loss", "num_negatives", "seed", "run_id"])
+    return pd.DataFrame([claim_row(c, curves, runs, read) for c in specs], columns=list(COLUMNS))
+
+
+def judge(rows: pd.DataFrame, others: Sequence[float] = ()) -> pd.DataFrame:
+    """Holm-adjust the per-user Wilcoxon p-values of ``rows`` in one family with ``others`` (the p-values of the
+    report's other claim tests), decide each verdict, and after each (dataset, metric)'s per-loss level rows add
+    their combined "all losses level off by 100" row."""
+    rows = rows.copy()
+    p = rows["p_wilcoxon"].to_numpy(float)
+    rows["p_holm"] = holm(np.concatenate([p, np.asarray(others, dtype=float)]))[: len(p)]
     rows["verdict"] = [verdict(r) for _, r in rows.iterrows()]
     key = rows[["dataset", "metric"]].assign(level=rows["expect"] == "level")
     blocks = (key != key.shift()).any(axis=1).cumsum()  # consecutive rows of one (dataset, metric, level or not)
@@ -287,3 +306,19 @@ def claim_tests(
         if group["expect"].iloc[0] == "level":
             out.append(pd.DataFrame([level_off(group)], columns=list(COLUMNS)))
     return pd.concat(out, ignore_index=True) if out else rows
+
+
+def claim_tests(
+    curves: pd.DataFrame,
+    claims: pd.DataFrame,
+    runs: pd.DataFrame | None = None,
+    base: Path | None = None,
+    reader: Reader | None = None,
+    others: Sequence[float] = (),
+) -> pd.DataFrame:
+    """``claims.csv``: one row per claim test (``claim_specs``), Holm-adjusted over every per-user Wilcoxon p-value
+    in it and in ``others`` (the family: all claim tests of the report), with its verdict; after each (dataset,
+    metric)'s per-loss level rows, their combined "all losses level off by 100" row. ``runs``: the Figure 3 runs
+    (with ``seed``, ``run_id`` and ``users_csv`` relative to ``base``, read with ``reader``, default
+    ``export.read_per_user``); without them every verdict is a point estimate."""
+    return judge(claim_rows(curves, claims, runs, cached_reader(base, reader)), others)

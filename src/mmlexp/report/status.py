@@ -154,7 +154,7 @@ def _tested(row) -> str:
     )
 
 
-def _pair_line(row) -> str:
+def pair_line(row) -> str:
     """A claim between two losses: ``MML beats CCL at 10 negatives (paper +13.0%)``, ``MML ≥ CCL at 800 …``."""
     tested = row.evidence == evidence.PER_USER
     if row.expect == ">":
@@ -197,7 +197,8 @@ def _level_line(row, parts: pd.DataFrame) -> str:
 
 
 def method_lines(tests: pd.DataFrame) -> list[str]:
-    """How the verdicts are decided, and the Holm family of this report."""
+    """How the verdicts are decided, and the Holm family of this report (the tested rows of ``tests``: every claim
+    test of the report)."""
     family = tests[tests["p_wilcoxon"].notna()]
     members = (
         f"its {len(family)} tests: " + "; ".join(f"{r.dataset} {r.metric} {r.claim}" for r in family.itertuples())
@@ -237,9 +238,10 @@ def method_lines(tests: pd.DataFrame) -> list[str]:
     ]
 
 
-def claim_verdicts(tests: pd.DataFrame) -> list[str]:
+def claim_verdicts(tests: pd.DataFrame, family: pd.DataFrame | None = None) -> list[str]:
     """report.md lines: how the verdicts are decided, then each Figure 3 claim of the paper with our runs
-    (``evidence.claim_tests``), marked HOLDS / DOES NOT HOLD / NOT RESOLVED with the evidence it rests on."""
+    (``evidence.claim_tests``), marked HOLDS / DOES NOT HOLD / NOT RESOLVED with the evidence it rests on.
+    ``family``: every claim test of the report, Figure 3's and the others' (default: ``tests``)."""
     out = []
     level = tests["claim"].str.endswith(evidence.LEVEL_SUFFIX) if len(tests) else pd.Series(dtype=bool)
     for i, row in enumerate(tests.itertuples()):
@@ -249,7 +251,8 @@ def claim_verdicts(tests: pd.DataFrame) -> list[str]:
             parts = tests[level & (tests["dataset"] == row.dataset) & (tests["metric"] == row.metric)]
             out.append(_level_line(row, parts))
         else:
-            out.append(_pair_line(row))
+            out.append(pair_line(row))
     if not out:
         return []
-    return ["The paper's Figure 3 claims on our runs:", "", *method_lines(tests), *(f"* {line}" for line in out), ""]
+    family = tests if family is None else family
+    return ["The paper's Figure 3 claims on our runs:", "", *method_lines(family), *(f"* {line}" for line in out), ""]

@@ -25,10 +25,18 @@ TABLES = {  # paper table -> (its row keys, which of our cells belong to it besi
         ("loss",),
         lambda c, paper: (c["num_negatives"] == 100) & (c["encoder"] == "mf") & (c["early_stop"] == "N"),
     ),
+    # the SSM paper's Table 2 (resources/paper/ssm_table2.csv): sampled softmax, in-batch negatives, early stopping
+    "ssm_table2": (
+        ("encoder", "loss"),
+        lambda c, paper: (
+            (c["loss"] == "ssm") & c["num_negatives"].isin(paper["num_negatives"].unique()) & (c["early_stop"] == "Y")
+        ),
+    ),
 }
 TITLES = {
     "table2": "Table 2: MF / SimpleX × CCL / MML × early stop (100 negatives)",
     "table3": "Table 3: losses with MF, 100 negatives, no early stop",
+    "ssm_table2": "SSM paper Table 2: LightGCN + SSM and MF + SSM",
 }
 
 

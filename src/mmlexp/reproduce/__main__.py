@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 
 from mmlexp.reproduce.estimate import committed_speeds, estimate, human, seconds_left, store_speeds
-from mmlexp.reproduce.plan import Plan, PlanError, Run, load_plan
+from mmlexp.reproduce.plan import Plan, PlanError, Run, check_names, load_plan, select_steps
 from mmlexp.reproduce.state import DONE, RUNNING, RunState, plan_state
 from mmlexp.reproduce.stores import Stores, default_runs_dir
 
@@ -117,17 +117,14 @@ def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
         plan = load_plan(args.plan)
+        check_names(plan)
+        plan = select_steps(plan, args.steps)
+        stores = Stores(args.runs.resolve() if args.runs else default_runs_dir())
+        if args.command == "run":
+            stores.check_writable()
     except PlanError as err:
         print(f"mmlexp.reproduce: error: {err}", file=sys.stderr)
         return 2
-    if args.steps:
-        bad = [k for k in args.steps if k not in {r.step for r in plan.runs}]
-        if bad:
-            print(f"mmlexp.reproduce: error: --steps {bad[0]}: the plan has steps 1..{max(r.step for r in plan.runs)}")
-            return 2
-        plan = Plan(plan.name, plan.dataset, plan.experiment, tuple(r for r in plan.runs if r.step in args.steps),
-                    plan.path)  # fmt: skip
-    stores = Stores(args.runs.resolve() if args.runs else default_runs_dir())
     print(f"stores: {stores.root}")
     if args.command == "report":
         return write_report(plan, stores, args.results)

@@ -179,3 +179,33 @@ def _patience(value: Any, epochs: int, where: str) -> int | None:
             f"({epochs - 1}: a patience of the epochs or more never stops a run)"
         )
     return value
+
+
+def options(group: str) -> list[str]:
+    """The options of a config group (``conf/<group>/*.yaml``): what a plan may name."""
+    return sorted(p.stem for p in (plan_dir().parent / group).glob("*.yaml"))
+
+
+def check_names(plan: Plan) -> None:
+    """Refuse a plan whose dataset, loss or encoder is not an option of its config group (before anything runs)."""
+    for group, named in (
+        ("dataset", {(0, plan.dataset)}),
+        ("loss", {(r.step, r.loss) for r in plan.runs}),
+        ("encoder", {(r.step, r.encoder) for r in plan.runs}),
+    ):
+        allowed = options(group)
+        for step, name in sorted(named):
+            if name not in allowed:
+                where = f"plan {plan.path}" + (f", step {step}" if step else "")
+                raise PlanError(f"{where}: {group}={name!r}: no such {group}; allowed: {', '.join(allowed)}")
+
+
+def select_steps(plan: Plan, steps: list[int] | None) -> Plan:
+    """The plan with only the runs of ``steps`` (1-based, as ``--steps`` gives them); all of it for None."""
+    if not steps:
+        return plan
+    have = sorted({r.step for r in plan.runs})
+    bad = [k for k in steps if k not in have]
+    if bad:
+        raise PlanError(f"--steps {bad[0]}: {plan.path} has steps {have[0]}..{have[-1]}; allowed: one or more of them")
+    return Plan(plan.name, plan.dataset, plan.experiment, tuple(r for r in plan.runs if r.step in steps), plan.path)

@@ -37,6 +37,16 @@ class Stores:
     def exists(self) -> bool:
         return (self.root / "mlflow.db").is_file()
 
+    def check_writable(self) -> None:
+        """Refuse (``PlanError``, exit 2) a stores folder that cannot be created or written, before anything runs."""
+        from mmlexp.reproduce.plan import PlanError
+
+        base = next(p for p in (self.root, *self.root.parents) if p.exists())
+        if not base.is_dir():
+            raise PlanError(f"--runs {self.root}: {base} is a file; allowed: a folder that can be written")
+        if not os.access(base, os.W_OK | os.X_OK):
+            raise PlanError(f"--runs {self.root}: no write permission on {base}; allowed: a folder that can be written")
+
     def overrides(self) -> list[str]:
         """What a run needs to track into these stores and resume through their ledger."""
         return [

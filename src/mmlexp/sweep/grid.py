@@ -30,7 +30,7 @@ from omegaconf import DictConfig, OmegaConf
 from mmlexp.sweep.errors import SweepError, mask_url
 from mmlexp.sweep.jobs import MAX_TAG, POINT_ENV
 from mmlexp.sweep.ledger import FAILED, FINISHED, RUNNING, Ledger, fingerprint
-from mmlexp.sweep.parent import command_line, exit_status, open_parent
+from mmlexp.sweep.parent import check_tracking, command_line, exit_status, open_parent, stale_after_s
 
 log = logging.getLogger(__name__)
 
@@ -97,6 +97,7 @@ class GridSweeper(BasicSweeper):
                 raise SweepError(f"hydra.sweeper.batch_size={self.batch_size!r}: must be an integer >= 1")
             points = self.points(arguments)
             self.check(points)
+            check_tracking(self.cfg)  # an unusable MLflow store stops the grid before the ledger is written
             tracking = OmegaConf.select(self.cfg, "tracking.uri") or ""
             experiment = OmegaConf.select(self.cfg, "tracking.experiment") or ""
             ledger = Ledger(str(self.storage), grace_period=self.grace_period)
@@ -150,7 +151,7 @@ class GridSweeper(BasicSweeper):
         parent = open_(grid["parent_run_id"])
         if parent is None:
             return None
-        parent.close_dead_runs(self.grace_period)
+        parent.close_dead_runs(stale_after_s(self.cfg))  # tracking.stale_after_s, as a single run
         recorded = ledger.set_parent(parent.run_id)
         if recorded != parent.run_id:
             parent.stop_heartbeat()

@@ -21,6 +21,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from mmlexp import faults
 from mmlexp.sweep.errors import SweepError, mask_url
 from mmlexp.sweep.liveness import alive_since
 
@@ -235,6 +236,7 @@ class Ledger:
         self._update_mine([points.c.idx.in_(idxs), points.c.state == RUNNING], heartbeat=time.time())
 
     def finish(self, idx: int, state: str, message: str | None = None) -> None:
+        faults.hit("ledger")  # fault injection (tests/faults): a no-op unless MMLEXP_FAULT is set
         self._update_mine([points.c.idx == idx], state=state, message=message)
 
     def release(self, idxs: list[int]) -> None:

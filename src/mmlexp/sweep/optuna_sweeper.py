@@ -26,11 +26,12 @@ from hydra.plugins.sweeper import Sweeper
 from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, OmegaConf
 
+from mmlexp import faults
 from mmlexp.sweep.errors import SweepError, mask_url
 from mmlexp.sweep.jobs import MAX_TAG, TRIAL_ENV
 from mmlexp.sweep.liveness import alive, heartbeats
 from mmlexp.sweep.optuna_checks import checked_search
-from mmlexp.sweep.parent import open_parent
+from mmlexp.sweep.parent import check_tracking, open_parent, stale_after_s
 from mmlexp.sweep.pruning import is_pruned
 from mmlexp.sweep.takeover import (
     TAKES_OVER,
@@ -141,6 +142,7 @@ class OptunaSweeper(Sweeper):
 
         try:
             self.search = self._plan(arguments)
+            check_tracking(self.config)  # an unusable MLflow store stops the search before the study is written
             study = self._open_study()
         except SweepError as err:  # a clear message, no traceback; nothing was written
             print(f"mmlexp: error: {err}", file=sys.stderr)
@@ -169,7 +171,7 @@ class OptunaSweeper(Sweeper):
             storage=mask_url(impl.storage),
         )
         if self.parent is not None:
-            self.parent.close_dead_runs(self.grace_period or 2 * (self.heartbeat_interval or 60) + 600)
+            self.parent.close_dead_runs(stale_after_s(config))  # tracking.stale_after_s, as a single run
         if self.parent is not None and study.user_attrs.get(PARENT_ATTR) != self.parent.run_id:
             study.set_user_attr(PARENT_ATTR, self.parent.run_id)
         status = "FAILED"
@@ -330,6 +332,7 @@ class OptunaSweeper(Sweeper):
 
         errors = []
         for trial, ret in zip(batch, returns, strict=True):
+            faults.hit("ledger")  # fault injection (tests/faults): a no-op unless MMLEXP_FAULT is set
             if is_pruned(ret._return_value):  # the job's reporter stopped it (mmlexp.sweep.pruning)
                 study.tell(trial, state=TrialState.PRUNED)
                 log.info(f"Trial {trial.number} pruned: {ret._return_value}")

@@ -1,5 +1,10 @@
 """The parent MLflow run of a sweep (its jobs are child runs) and ``SweepCallback``, registered in
-``hydra.callbacks`` (conf/config.yaml): SIGTERM as Ctrl-C for the whole sweep, torch threads per job."""
+``hydra.callbacks`` (conf/config.yaml): SIGTERM as Ctrl-C for the whole sweep, torch threads per job.
+
+Before a sweep writes anything its tracking store is checked (``check_tracking``: ``mmlexp.tracking.check_store``,
+an unusable store is a ``SweepError``, exit 2); RUNNING runs of dead processes are closed with the setting
+``tracking.stale_after_s`` (``stale_after_s``), as a single run does.
+"""
 
 import contextlib
 import signal
@@ -12,6 +17,7 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
+from mmlexp.sweep.errors import SweepError
 from mmlexp.sweep.jobs import MAX_TAG, threads_per_job, write_sweep_file
 
 
@@ -26,6 +32,27 @@ def _tracking(config: DictConfig) -> dict[str, Any] | None:
     }
 
 
+def check_tracking(config: DictConfig) -> None:
+    """Refuse (``SweepError``) a tracking store that cannot be used (``mmlexp.tracking.check_store``: not a
+    database, no write permission, a server that does not answer within ``tracking.timeout``); writes nothing."""
+    tracking = _tracking(config)
+    if tracking is None:
+        return
+    from mmlexp.tracking import DEFAULT_TIMEOUT_S, StoreError, check_store
+
+    try:
+        check_store(str(tracking["uri"]), float(OmegaConf.select(config, "tracking.timeout") or DEFAULT_TIMEOUT_S))
+    except StoreError as err:
+        raise SweepError(str(err)) from err
+
+
+def stale_after_s(config: DictConfig) -> float:
+    """Seconds without a heartbeat after which another host's RUNNING MLflow run is dead: ``tracking.stale_after_s``."""
+    from mmlexp.tracking import STALE_AFTER_S
+
+    return float(OmegaConf.select(config, "tracking.stale_after_s") or STALE_AFTER_S)
+
+
 def open_parent(
     config: DictConfig,
     sweep_dir: Path,
@@ -37,12 +64,14 @@ def open_parent(
     reuse: str | None = None,
     **info: Any,
 ):
-    """Create (or reopen ``reuse``) the sweep's parent MLflow run and write ``sweep.json``; None: no tracking."""
+    """Create (or reopen ``reuse``) the sweep's parent MLflow run and write ``sweep.json``; None: no tracking.
+    The store is checked first (``check_tracking``: ``SweepError``, nothing written)."""
     from mmlexp.tracking import Tracker, git_commit
 
     tracking = _tracking(config)
     if tracking is None:
         return None
+    check_tracking(config)
     tracker = Tracker(tracking["uri"], tracking["experiment"], tracking["artifact_location"])
     if not (reuse and tracker.reopen(reuse)):
         tags = {
@@ -122,14 +151,18 @@ class SweepCallback(Callback):
         swept = [
             str(o.input_line) for o in OverridesParser.create().parse_overrides(overrides) if o.is_sweep_override()
         ]
-        self.parent = open_parent(
-            config,
-            sweep_dir,
-            name=f"grid {' '.join(swept) or sweep_dir}"[:250],
-            sweep_id=str(sweep_dir),
-            kind="grid",
-            params={"sweep.overrides": " ".join(overrides)},
-        )
+        try:
+            self.parent = open_parent(
+                config,
+                sweep_dir,
+                name=f"grid {' '.join(swept) or sweep_dir}"[:250],
+                sweep_id=str(sweep_dir),
+                kind="grid",
+                params={"sweep.overrides": " ".join(overrides)},
+            )
+        except SweepError as err:  # an unusable tracking store: a clear message, exit 2, nothing written
+            print(f"mmlexp: error: {err}", file=sys.stderr)
+            sys.exit(2)
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         if self.parent is not None:
