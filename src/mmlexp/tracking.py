@@ -259,14 +259,12 @@ def _check_sqlite_file(uri: str, path: Path, timeout: float) -> None:
             con.execute("SELECT count(*) FROM sqlite_master").fetchone()
         finally:
             con.close()
-    except sqlite3.OperationalError as err:
-        if "locked" not in str(err):
-            raise StoreError(f"{name}: {path} cannot be read as an SQLite database ({err})") from err
-        raise StoreError(
-            f"{name}: {path} is locked by another process ({err}, waited tracking.timeout={timeout} s); let it finish, "
-            "or raise tracking.timeout"
-        ) from err
     except sqlite3.Error as err:
+        if "locked" in str(err):
+            raise StoreError(
+                f"{name}: {path} is locked by another process ({err}, waited tracking.timeout={timeout} s); "
+                "let it finish, or raise tracking.timeout"
+            ) from err
         raise StoreError(f"{name}: {path} cannot be read as an SQLite database ({err})") from err
 
 
