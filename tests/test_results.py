@@ -146,6 +146,29 @@ def test_cells_more_than_3pct_off_are_flagged(tmp_path):
     assert "None:" in "\n".join(explanation_section(_table([]), tmp_path / "nothing"))
 
 
+def test_a_shortened_cell_needs_no_explanation_but_a_full_one_does(tmp_path):
+    """A miniature (make reproduce-quick: 10 epochs where the paper trains 100) is far from the paper by design: its
+    cells get the shortened-run note, not a demand; a full-budget cell as far off still needs its explanation, and a
+    hand-written explanation wins over the note."""
+    tables = _table(
+        [
+            ("gowalla", "mf", "mml", 10, "N", "paper", "recall@20", 0.1626, 0.1626 * 0.8, 1),
+            ("gowalla", "mf", "ccl", 10, "N", "paper", "recall@20", 0.1443, 0.1443 * 0.8, 1),
+            ("gowalla", "mf", "bsl", 10, "N", "paper", "recall@20", 0.1705, 0.1705 * 0.8, 1),
+        ]
+    )
+    tables["table3"]["epochs"] = ["10", "100", "3 10"]
+    (tmp_path / "explanations.md").write_text("## gowalla-mf-bsl-N10-paper\nBSL evidence.\n")
+    md = "\n".join(explanation_section(tables, tmp_path))
+    assert "**1 NEED AN EXPLANATION**: gowalla-mf-ccl-N10-paper." in md
+    mml, rest = md.split("### gowalla-mf-mml-N10-paper")[1].split("### gowalla-mf-ccl-N10-paper")
+    assert "Shortened run: 10 epochs where the paper trains 100" in mml
+    ccl, bsl = rest.split("### gowalla-mf-bsl-N10-paper")
+    assert "NEEDS EXPLANATION" in ccl and "Shortened" not in ccl
+    assert "BSL evidence." in bsl and "Shortened" not in bsl
+    assert "Other notes" not in md
+
+
 def _fake_results(folder: Path) -> None:
     folder.mkdir(parents=True)
     rows = [
