@@ -23,36 +23,32 @@ installed).
 import contextlib
 import os
 import shutil
-import signal
 import socket
 import sqlite3
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
-SKIP = 77
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # scripts/, for _throwaway wherever this is run from
+import _throwaway  # noqa: E402
+from _throwaway import TINY, daemon, free_port, log, stop, timed, wait_until  # noqa: E402
+
+_throwaway.TAG = "test-slurm"
 BINARIES = ("munged", "slurmctld", "slurmd", "sbatch", "scontrol", "squeue", "sinfo", "scancel")
 LAUNCHER = ("hydra/launcher=slurm_example", "hydra.launcher.gpus_per_node=0", "hydra.launcher.cpus_per_task=1",
             "hydra.launcher.mem_gb=1", "hydra.launcher.timeout_min=30", "hydra.launcher.array_parallelism=2",
             "trainer.num_threads=1")  # fmt: skip
 BASE = ("num_negatives=10", "trainer.progress=false", "eval.longtail.enabled=false")
-TINY = ("trainer.epochs=1", "trainer.max_steps=5")
 REQUEUE_EPOCHS = 8  # about 2 s each on `sample`: the job is requeued at its epoch-2 checkpoint or later
-SWEEPS: list[subprocess.Popen] = []  # every sweep started: none outlives the script
 SACCT_MARK, SACCT_SAID = "Bypassing sacct error", "SLURM accounting is disabled (sacct: "
-
-
-def log(message: str) -> None:
-    print(f"[test-slurm] {message}", flush=True)
-
-
-def free_port() -> int:
-    with contextlib.closing(socket.socket()) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+# What the grid and the search sweeps must leave in their stores: the sweep's Optuna store's rows (SQL), what they
+# are, the state each of the 2 must end in; what the log calls them and the sweep's MLflow job runs.
+STORES = {
+    "grid": ("SELECT idx, state FROM mmlexp_grid_points", "points", "finished", "grid: ledger points", "job"),
+    "search": ("SELECT number, state FROM trials", "trials", "COMPLETE", "Optuna search: trials", "trial"),
+}
 
 
 def ensure_slurm() -> str | None:
@@ -60,10 +56,7 @@ def ensure_slurm() -> str | None:
     if os.geteuid() != 0:
         return "not root: slurmd must run as root to start jobs"
     if not all(shutil.which(b) for b in BINARIES) and shutil.which("apt-get"):
-        log("installing slurm-wlm and munge (apt-get)")
-        env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
-        subprocess.run(["apt-get", "update", "-qq"], check=True, env=env)
-        subprocess.run(["apt-get", "install", "-y", "-qq", "slurm-wlm", "munge"], check=True, env=env)
+        _throwaway.apt_install("slurm-wlm", "munge")
     missing = [b for b in BINARIES if not shutil.which(b)]
     return f"no {', '.join(missing)} (and no apt-get to install slurm-wlm, munge)" if missing else None
 
@@ -102,36 +95,15 @@ PartitionName=debug Nodes={node} Default=YES MaxTime=INFINITE State=UP
 """
 
 
-def daemon(tmp: Path, name: str, *cmd: str) -> subprocess.Popen:
-    """A daemon in the foreground of its own session (stopped with its process group), its output in tmp."""
-    out = open(tmp / f"{name}.out", "w")
-    return subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-
-
-def stop(proc: subprocess.Popen, name: str) -> None:
-    if proc.poll() is None:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-    log(f"{name} stopped")
-
-
 def slurm(env: dict, *cmd: str) -> str:
     return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=60).stdout.strip()
 
 
 def wait_for(what: str, ready, timeout: float, logs: list[Path]) -> None:
-    deadline = time.time() + timeout
-    while not ready():
-        if time.time() > deadline:
-            tails = "\n".join(f"--- {p.name}\n{p.read_text()[-2000:]}" for p in logs if p.exists())
-            raise RuntimeError(f"{what} within {timeout:.0f} s\n{tails}")
-        time.sleep(0.5)
+    """Waits until ``ready()``; else fails with ``what`` and the tails of ``logs``."""
+    if not wait_until(ready, timeout):
+        tails = "\n".join(f"--- {p.name}\n{p.read_text()[-2000:]}" for p in logs if p.exists())
+        raise RuntimeError(f"{what} within {timeout:.0f} s\n{tails}")
 
 
 @contextlib.contextmanager
@@ -147,13 +119,13 @@ def cluster(tmp: Path) -> Iterator[dict]:
     conf.write_text(slurm_conf(tmp, node))
     env = dict(os.environ, SLURM_CONF=str(conf))
     started = time.time()
-    procs = [(daemon(tmp, "munged", "munged", "-F", "--force", f"--key-file={key}", f"--socket={tmp}/munge.socket",
+    procs = [(daemon(tmp / "munged.out", "munged", "-F", "--force", f"--key-file={key}", f"--socket={tmp}/munge.socket",
                      f"--pid-file={tmp}/munged.pid", f"--log-file={tmp}/munged.log", f"--seed-file={tmp}/munge.seed"),
               "munged")]  # fmt: skip
     try:
         wait_for("munged did not start", (tmp / "munge.socket").exists, 30, [tmp / "munged.out", tmp / "munged.log"])
-        procs.append((daemon(tmp, "slurmctld", "slurmctld", "-D", "-i", "-f", str(conf)), "slurmctld"))
-        procs.append((daemon(tmp, "slurmd", "slurmd", "-D", "-N", node, "-f", str(conf)), "slurmd"))
+        procs.append((daemon(tmp / "slurmctld.out", "slurmctld", "-D", "-i", "-f", str(conf)), "slurmctld"))
+        procs.append((daemon(tmp / "slurmd.out", "slurmd", "-D", "-N", node, "-f", str(conf)), "slurmd"))
         logs = [tmp / f for f in ("slurmctld.out", "slurmctld.log", "slurmd.out", "slurmd.log")]
         wait_for("the node did not become idle", lambda: slurm(env, "sinfo", "-h", "-o", "%T") == "idle", 120, logs)
         log(f"SLURM {slurm(env, 'sinfo', '-V')} cluster up in {time.time() - started:.1f} s: node {node}, partition "
@@ -163,8 +135,7 @@ def cluster(tmp: Path) -> Iterator[dict]:
         jobs = slurm(env, "squeue", "-h", "-o", "%i") if len(procs) == 3 else ""
         if jobs:
             slurm(env, "scancel", *jobs.split())
-            with contextlib.suppress(RuntimeError):
-                wait_for("jobs still there", lambda: not slurm(env, "squeue", "-h", "-o", "%i"), 30, [])
+            wait_until(lambda: not slurm(env, "squeue", "-h", "-o", "%i"), 30)
         for proc, name in reversed(procs):
             stop(proc, name)
 
@@ -172,23 +143,13 @@ def cluster(tmp: Path) -> Iterator[dict]:
 def sweep(name: str, tmp: Path, env: dict, *args: str) -> subprocess.Popen:
     """``python -m mmlexp -m <args>`` through the SLURM launcher, in its own working dir (its stores there)."""
     cwd = tmp / name
-    cwd.mkdir()
-    cmd = [sys.executable, "-m", "mmlexp", "-m", *LAUNCHER, f"hydra.sweep.dir={cwd}/sweep",
-           f"tracking.artifact_location={cwd}/artifacts", *args]  # fmt: skip
-    out = open(cwd / "sweep.log", "w")
-    proc = subprocess.Popen(cmd, cwd=cwd, stdout=out, stderr=subprocess.STDOUT, env=dict(env, PYTHONUNBUFFERED="1"))
-    SWEEPS.append(proc)
-    return proc
+    stores = (f"hydra.sweep.dir={cwd}/sweep", f"tracking.artifact_location={cwd}/artifacts")
+    return _throwaway.sweep(cwd, *LAUNCHER, *stores, *args, env=env)
 
 
-def finished(name: str, tmp: Path, proc: subprocess.Popen, timeout: float = 900) -> list[str]:
+def finished(name: str, tmp: Path, proc: subprocess.Popen) -> list[str]:
     """Waits for a sweep; its failure (with the log's tail) if it did not exit 0."""
-    try:
-        code = proc.wait(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        code = proc.wait()
-    return [] if code == 0 else [f"{name} exited {code}:\n" + (tmp / name / "sweep.log").read_text()[-3000:]]
+    return _throwaway.finished(tmp / name, proc)
 
 
 def query(db: Path, sql: str) -> list[tuple]:
@@ -203,23 +164,15 @@ def mlflow_runs(cwd: Path) -> list[tuple[str, str]]:
     return [(status, "parent" if role == "parent" else "job") for status, role in rows]
 
 
-def check_grid(tmp: Path) -> list[str]:
-    cwd = tmp / "grid"
-    points = sorted(query(cwd / "optuna.db", "SELECT idx, state FROM mmlexp_grid_points"))
+def check_sweep(tmp: Path, name: str) -> list[str]:
+    """The grid's 2 points or the search's 2 trials (:data:`STORES`) ended in their state, with 2 FINISHED runs."""
+    sql, what, state, label, runs = STORES[name]
+    cwd = tmp / name
+    rows = sorted(query(cwd / "optuna.db", sql))
     jobs = sorted(status for status, role in mlflow_runs(cwd) if role == "job")
-    log(f"grid: ledger points {points}; MLflow job runs {jobs}")
-    if points != [(0, "finished"), (1, "finished")] or jobs != ["FINISHED", "FINISHED"]:
-        return [f"grid: points {points}, runs {jobs}: expected 2 finished points, 2 FINISHED runs"]
-    return []
-
-
-def check_search(tmp: Path) -> list[str]:
-    cwd = tmp / "search"
-    trials = sorted(query(cwd / "optuna.db", "SELECT number, state FROM trials"))
-    jobs = sorted(status for status, role in mlflow_runs(cwd) if role == "job")
-    log(f"Optuna search: trials {trials}; MLflow trial runs {jobs}")
-    if trials != [(0, "COMPLETE"), (1, "COMPLETE")] or jobs != ["FINISHED", "FINISHED"]:
-        return [f"search: trials {trials}, runs {jobs}: expected 2 COMPLETE trials, 2 FINISHED runs"]
+    log(f"{label} {rows}; MLflow {runs} runs {jobs}")
+    if rows != [(0, state), (1, state)] or jobs != ["FINISHED", "FINISHED"]:
+        return [f"{name}: {what} {rows}, runs {jobs}: expected 2 {state} {what}, 2 FINISHED runs"]
     return []
 
 
@@ -259,8 +212,7 @@ def requeue_one(tmp: Path, env: dict) -> list[str]:
     run = (*BASE, f"trainer.epochs={REQUEUE_EPOCHS}")
     reference, requeued = sweep("reference", tmp, env, *run), sweep("requeued", tmp, env, *run)
     run_dir = tmp / "requeued" / "sweep" / "0"
-    with contextlib.suppress(RuntimeError):
-        wait_for("no checkpoint", lambda: checkpoint_epoch(run_dir) >= 2 or requeued.poll() is not None, 600, [])
+    wait_until(lambda: checkpoint_epoch(run_dir) >= 2 or requeued.poll() is not None, 600)
     job, at = job_of(env, tmp / "requeued"), checkpoint_epoch(run_dir)
     if job is None or at < 2 or at >= REQUEUE_EPOCHS:
         failures = finished("reference", tmp, reference) + finished("requeued", tmp, requeued)
@@ -324,48 +276,27 @@ def sacct_lines(tmp: Path) -> list[str]:
 
 
 def run_checks(tmp: Path, env: dict) -> list[str]:
-    started = time.time()
-    grid = sweep("grid", tmp, env, "loss=mml,ccl", *BASE, *TINY)
-    search = sweep("search", tmp, env, "hparams_search=mml_optuna", "hydra.sweeper.n_trials=2", *BASE, *TINY)
-    failures = finished("grid", tmp, grid) + finished("search", tmp, search)
-    for check in (check_grid, check_search):
-        try:
-            failures += check(tmp)
-        except sqlite3.Error as err:
-            failures.append(f"{check.__name__}: {err}")
-    log(f"grid and search done in {time.time() - started:.0f} s")
-    started = time.time()
-    failures += requeue_one(tmp, env)
-    log(f"requeue check done in {time.time() - started:.0f} s")
+    with timed("grid and search"):
+        grid = sweep("grid", tmp, env, "loss=mml,ccl", *BASE, *TINY)
+        search = sweep("search", tmp, env, "hparams_search=mml_optuna", "hydra.sweeper.n_trials=2", *BASE, *TINY)
+        failures = finished("grid", tmp, grid) + finished("search", tmp, search)
+        for name in STORES:
+            try:
+                failures += check_sweep(tmp, name)
+            except sqlite3.Error as err:
+                failures.append(f"check_{name}: {err}")
+    with timed("requeue check"):
+        failures += requeue_one(tmp, env)
     return failures + sacct_lines(tmp)
 
 
+def checks(tmp: Path) -> list[str]:
+    with cluster(tmp) as env:
+        return run_checks(tmp, env)
+
+
 def main() -> int:
-    why = ensure_slurm()
-    if why is not None:
-        log(f"skipped: {why}")
-        return SKIP
-    started = time.time()
-    tmp = Path(tempfile.mkdtemp(prefix="mmlexp-slurm-"))
-    tmp.chmod(0o755)
-    try:
-        with cluster(tmp) as env:
-            failures = run_checks(tmp, env)
-    except Exception as err:  # the cluster did not start, or a check crashed: a failure, after the teardown
-        failures = [f"{type(err).__name__}: {err}"]
-    finally:
-        for proc in SWEEPS:  # a check that crashed may leave its sweep running
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
-        if os.environ.get("TEST_SLURM_KEEP"):  # debugging: keep the cluster's files and the sweeps' logs
-            log(f"kept {tmp}")
-        else:
-            shutil.rmtree(tmp, ignore_errors=True)
-    for failure in failures:
-        log(f"FAILED: {failure}")
-    log(f"{'passed' if not failures else 'failed'} in {time.time() - started:.0f} s")
-    return 1 if failures else 0
+    return _throwaway.run(ensure_slurm(), "mmlexp-slurm-", checks, keep="TEST_SLURM_KEEP")
 
 
 if __name__ == "__main__":
