@@ -13,6 +13,10 @@ any password masked.  During a run a failing store does not stop training: ``Tra
 log, sends it with the next call once the store answers, and keeps it in ``<run dir>/tracking_buffer.jsonl``
 while the store is down (``replay_buffer`` sends that file later).
 
+A reopened training run (``Tracker.reopen``: a resumed run) does not log a metric again at a step the store already
+holds for it: a run killed after logging epoch k but before its checkpoint trains epoch k again (bit-identical) and
+would log it twice.  Sweep parents, which log summaries at one step again and again, are left as they were.
+
 Metric names use ``_at_`` (``recall_at_20``): MLflow rejects ``@``.  MLflow is imported only when
 tracking is on, so ``tracking.enabled=false`` runs where it is not installed (a bare GPU machine).
 """
@@ -343,6 +347,7 @@ class Tracker:
         self.buffer_file: Path | None = None  # where operations the store refused are kept (the run directory's)
         self._pending: list[dict[str, Any]] = []  # operations not yet taken by the store, oldest first
         self._failures = 0  # failed sends since the store last answered
+        self._logged: dict[str, int] = {}  # a reopened run: the last step of each metric the store holds
         if not enabled:
             return
         from mlflow.tracking import MlflowClient
@@ -397,9 +402,10 @@ class Tracker:
             self.client.log_batch(self.run_id, params=items[i : i + 100], synchronous=True)
         return self.run_id
 
-    def reopen(self, run_id: str) -> bool:
-        """Continue an existing run of this experiment (a resumed sweep's parent): RUNNING again.
-        False when the run is not in this store and experiment."""
+    def reopen(self, run_id: str, skip_logged: bool | None = None) -> bool:
+        """Continue an existing run of this experiment (a resumed run, a resumed sweep's parent): RUNNING again.
+        With ``skip_logged`` (default: unless the run is a sweep parent) metrics at steps the store holds are not
+        logged again. False when the run is not in this store and experiment."""
         if not self.enabled:
             return False
         try:
@@ -410,13 +416,20 @@ class Tracker:
             return False
         self.client.update_run(run_id, status="RUNNING")
         self.run_id = run_id
+        skip = run.data.tags.get("sweep.role") != "parent" if skip_logged is None else skip_logged
+        self._logged = last_steps(self.client, run) if skip else {}
+        if self._logged:
+            log.info(f"MLflow run {run_id} holds metrics up to step {max(self._logged.values())}: not logged again")
         self.set_tags(liveness_tags())
         self._start_heartbeat()
         return True
 
     def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
-        """Log the finite ``metrics`` at ``step`` (buffered while the store fails)."""
+        """Log the finite ``metrics`` at ``step`` (buffered while the store fails); in a reopened run not those
+        the store already holds at ``step`` or later."""
         batch = {mlflow_key(k): float(v) for k, v in metrics.items() if v is not None and math.isfinite(float(v))}
+        if self._logged:
+            batch = {k: v for k, v in batch.items() if k not in self._logged or int(step) > self._logged[k]}
         if batch:
             self._submit({"op": "metrics", "metrics": batch, "step": int(step), "time": int(time.time() * 1000)})
 
@@ -491,6 +504,18 @@ class Tracker:
             return "nowhere (tracking.enabled=false)"
         pending = f"; {len(self._pending)} operations not logged, in {self.buffer_file}" if self._pending else ""
         return f"{masked(self.uri)} (experiment id {self.experiment_id}, run id {self.run_id}){pending}"
+
+
+def last_steps(client, run) -> dict[str, int]:
+    """The last step of each metric of ``run`` in the store (read once, as a run is reopened; {} when the store
+    fails: the metrics are then logged again, as before)."""
+    try:
+        history = client.get_metric_history
+        return {key: max((m.step for m in history(run.info.run_id, key)), default=-1) for key in run.data.metrics}
+    except Exception as err:  # the store is flaky: at-least-once logging rather than none
+        log.warning(f"cannot read the metric history of MLflow run {run.info.run_id} ({type(err).__name__}): "
+                    "epochs trained again are logged again")  # fmt: skip
+        return {}
 
 
 def send(client, op: Mapping[str, Any]) -> None:

@@ -228,8 +228,10 @@ def mlflow_lost(ref: tuple, got: tuple) -> int:
     ref_final, ref_history, _, ref_artifacts = ref
     got_final, got_history, _, got_artifacts = got
     lost = values_lost(ref_final, got_final) + values_lost(ref_history, got_history)
-    # config.yaml names the run's own paths (its store, its run directory): there, only that it is logged
-    differ = [p for p, size in ref_artifacts.items() if got_artifacts.get(p, -1) != size and p != "config.yaml"]
+    # config.yaml names the run's own paths (its store, its run directory), and so does the config inside best.pt
+    # (whose tensors run_dir_lost compares): for those two, only that they are logged
+    paths_inside = ("config.yaml", "best.pt")
+    differ = [p for p, size in ref_artifacts.items() if got_artifacts.get(p, -1) != size and p not in paths_inside]
     missing = [p for p in ref_artifacts if p not in got_artifacts]
     return lost + sum(ref_artifacts[p] for p in set(differ) | set(missing))
 
