@@ -34,6 +34,7 @@ class Case:
     command: str = "mmlexp"  # or "reproduce"
     files: tuple[tuple[str, str | bytes], ...] = ()
     env: tuple[tuple[str, str], ...] = ()
+    unset: tuple[str, ...] = ()  # keys of ``base_args`` left out: the case's config files set them (argv would win)
 
 
 def c(id: str, where: str, args: str | tuple[str, ...], *says: str, **kw) -> Case:
@@ -74,6 +75,12 @@ CONFIG = [
     c("patience-zero", "config", "trainer.patience=0", "trainer.patience=0: must be null or an integer >= 1"),
     c("memory-check-text", "config", "trainer.memory_check=maybe", "trainer.memory_check='maybe': must be true or"),
     c("ks-empty", "config", "eval.ks=[]", "eval.ks=[]: must be a non-empty list of integers >= 1"),
+    c(
+        "ks-above-the-items",
+        "config",
+        ("eval.ks=[100000]", "trainer.monitor=recall@100000"),
+        "eval.ks=[100000]: each k must be <= the number of items of dataset sample (2995)",
+    ),
     c("monitor-not-at-ks", "config", "trainer.monitor=recall@10", "trainer.monitor='recall@10': must be one of"),
     c("selection", "config", "eval.selection=best", "eval.selection='best': must be one of paper, valid"),
     c("valid-fraction", "config", "eval.valid_fraction=1.5", "eval.valid_fraction=1.5: must be a number in (0, 1)"),
@@ -113,6 +120,24 @@ CONFIG = [
     c("unknown-encoder-in-a-sweep", "config", ("-m", "encoder=nope"), "encoder=nope: no option 'nope'", "allowed: "),
     c("unknown-key", "config", "trainer.nope=1", "trainer.nope: no such key in trainer; allowed: epochs, max_steps"),
     c("key-added-twice", "config", "+trainer.lr=1", "An item is already at 'trainer.lr'", "'++trainer.lr=1'"),
+    c(
+        "key-added-unknown",
+        "config",
+        "+trainer.epoch=5",
+        "trainer.epoch: no such key in trainer; allowed: batch_size, checkpoint, clip_grad_norm",
+    ),
+    c(
+        "key-added-unknown-nested",
+        "config",
+        "+eval.longtail.group=10",
+        "eval.longtail.group: no such key in eval.longtail; allowed: enabled, groups, split",
+    ),
+    c(
+        "key-added-unknown-tracking",
+        "config",
+        "+tracking.url=sqlite:///{tmp}/x.db",
+        "tracking.url: no such key in tracking; allowed: artifact_location, enabled, experiment",
+    ),
     c("override-syntax", "config", "trainer.lr=[", "'trainer.lr=[': not an override", "write key=value"),
     c("override-without-value", "config", "trainer.lr", "'trainer.lr': not an override (missing EQUAL"),
     c(
@@ -414,6 +439,7 @@ PLANS = [
     plan_case("unknown-command", ONE_STEP, "argument command: invalid choice: 'start'", command="start"),
 ]
 
+SWEEP_DIR_IN_A_CONFIG = f"# @package _global_\nhydra:\n  sweep:\n    dir: {READ_ONLY}/sweep\n"
 STORES = [
     c(
         "tracking-store-not-a-database",
@@ -480,6 +506,22 @@ STORES = [
         "store",
         ("-m", "num_negatives=10,20", f"hydra.sweep.dir={READ_ONLY}/sweep"),
         f"hydra.sweep.dir={READ_ONLY}/sweep: cannot create it, no write permission on /proc/sys",
+    ),
+    c(
+        "sweep-dir-not-writable-in-a-config",
+        "store",
+        ("-m", "--config-dir", "{tmp}/in/conf", "+experiment=mine", "num_negatives=10,20"),
+        f"hydra.sweep.dir={READ_ONLY}/sweep: cannot create it, no write permission on /proc/sys",
+        files=(("in/conf/experiment/mine.yaml", SWEEP_DIR_IN_A_CONFIG),),
+        unset=("hydra.sweep.dir",),
+    ),
+    c(
+        "search-dir-not-writable-in-a-config",
+        "store",
+        (*MML_SEARCH, "--config-dir", "{tmp}/in/conf", "+experiment=mine"),
+        f"hydra.sweep.dir={READ_ONLY}/sweep: cannot create it, no write permission on /proc/sys",
+        files=(("in/conf/experiment/mine.yaml", SWEEP_DIR_IN_A_CONFIG),),
+        unset=("hydra.sweep.dir",),
     ),
     c(
         "run-dir-under-a-file",
@@ -581,7 +623,8 @@ def run_in_process(case: Case, tmp: Path) -> int:
 
     handlers, level = logging.root.handlers[:], logging.root.level
     argv = sys.argv
-    sys.argv = ["mmlexp", *base_args(tmp), *args]
+    base = [a for a in base_args(tmp) if a.partition("=")[0] not in case.unset]
+    sys.argv = ["mmlexp", *base, *args]
     try:
         main()
         return 0

@@ -9,7 +9,7 @@ import scipy.sparse as sp
 import torch
 from hydra.utils import instantiate
 
-from mmlexp.config import OWN_TARGETS, build, validate
+from mmlexp.config import OWN_TARGETS, ConfigError, build, check_keys, check_ks, validate
 from mmlexp.encoders import MatrixFactorization
 from tests.conftest import CONF
 
@@ -103,3 +103,65 @@ def test_own_loss_plugs_in_through_allowed_targets(make_cfg, tmp_path, monkeypat
     loss = build("loss", cfg.loss, OWN_TARGETS + list(cfg.allowed_targets))
     assert loss(torch.tensor([[1.0, 0.5]])).item() == pytest.approx(0.04)
     sys.modules.pop("mylab_losses", None)
+
+
+@pytest.mark.parametrize(
+    "override, says",
+    [
+        ("+trainer.epoch=5", "trainer.epoch: no such key in trainer; allowed: batch_size, checkpoint,"),
+        ("+eval.k=5", "eval.k: no such key in eval; allowed: chunk_size, ks, longtail,"),
+        ("+eval.longtail.group=5", "eval.longtail.group: no such key in eval.longtail; allowed: enabled, groups"),
+        ("+tracking.url=x", "tracking.url: no such key in tracking; allowed: artifact_location, enabled,"),
+    ],
+)
+def test_an_unknown_key_of_a_fixed_group_is_refused(make_cfg, override, says):
+    with pytest.raises(ConfigError) as err:
+        validate(make_cfg(override))
+    assert says in str(err.value)
+
+
+def test_loss_encoder_and_sampler_nodes_take_any_key(make_cfg):
+    """Their keys are constructor kwargs (a user's own ``_target_`` class may take any): not checked by name."""
+    check_keys(make_cfg("+loss.my_kwarg=1", "+encoder.my_kwarg=2", "+sampler.my_kwarg=3", "+my_top_level=4"))
+
+
+def _jobs(*overrides: str) -> list[list[str]]:
+    """One override list per job of ``python -m mmlexp -m *overrides`` (scripts/estimate_runtime.py's expansion)."""
+    sys.path.insert(0, str(CONF.parent / "scripts"))
+    try:
+        import estimate_runtime as est
+    finally:
+        sys.path.pop(0)
+    plain, grid = est.expand(list(overrides))
+    return [plain + job for job in grid]
+
+
+def _shipped_runs() -> list[list[str]]:
+    """Every job of the experiment files and searches, every dataset x loss / encoder setting, every plan run."""
+    from mmlexp.reproduce.plan import available, load_plan
+
+    runs = [job for p in sorted((CONF / "experiment").glob("*.yaml")) for job in _jobs(f"+experiment={p.stem}")]
+    runs += [[f"hparams_search={p.stem}"] for p in (CONF / "hparams_search").glob("*.yaml")]
+    runs += [[f"dataset={p.stem}"] for p in (CONF / "dataset_defaults").glob("*.yaml")]
+    for group in ("loss", "encoder"):
+        for p in (CONF / f"dataset_{group}").glob("*.yaml"):
+            dataset, _, option = p.stem.partition("_")
+            runs.append([f"dataset={dataset}", f"{group}={option}"])
+    plans = {tuple(run.overrides()) for name in available() for run in load_plan(name).runs}
+    return runs + [list(plan) for plan in sorted(plans)]
+
+
+def test_every_shipped_config_and_plan_run_has_only_known_keys(make_cfg):
+    runs = _shipped_runs()
+    assert len(runs) > 100
+    for overrides in runs:
+        cfg = make_cfg(*overrides)
+        check_keys(cfg)
+        validate(cfg)
+
+
+def test_eval_ks_above_the_item_count_is_refused(make_cfg):
+    cfg = make_cfg("eval.ks=[20,5000]")
+    check_ks(cfg, 5000, "sample")
+    with pytest.raises(ConfigError, match=r"eval.ks=\[20, 5000\]: each k must be <= the number of items of dataset "):
+        check_ks(cfg, 4999, "sample")

@@ -83,8 +83,16 @@ def test_same_seed_same_metrics(tmp_path):
 
 
 def test_failed_run_is_marked_failed(tmp_path):
-    # K larger than the catalogue passes config validation but fails inside the run, in evaluation
-    proc = run_cli(tmp_path, "trainer.max_steps=2", "eval.ks=[100000]", "trainer.monitor=recall@100000", check=False)
+    # a run that diverges fails inside the run, after it is tracked (K above the item count: refused before it)
+    proc = run_cli(
+        tmp_path,
+        "trainer.max_steps=2",
+        "trainer.lr=1e30",
+        "encoder.similarity=dot",
+        "loss=mse",
+        "trainer.log_every=1",
+        check=False,
+    )
     assert proc.returncode != 0
     _, found = runs(tmp_path)
     assert [r.info.status for r in found] == ["FAILED"]

@@ -7,8 +7,11 @@ instantiates a node on the allow-list of targets (``OWN_TARGETS`` plus ``allowed
 A command line Hydra refuses before a run starts (an unknown group option or key, an override it cannot parse, a
 run folder it cannot create) is explained by ``explain_overrides`` / ``argv_dir_error`` (the entrypoint's exit 2).
 Every refused input is listed in ``docs/bad-inputs.md`` (``tests/test_bad_inputs.py``).
+Keys of ``trainer``, ``eval`` and ``tracking`` not in their packaged options are refused (``check_keys``), and
+``eval.ks`` is checked against the dataset's item count once the data is loaded (``check_ks``).
 """
 
+import functools
 import math
 import os
 import re
@@ -179,7 +182,8 @@ def metric_names(ks) -> list[str]:
 
 
 def validate(cfg: DictConfig) -> None:
-    """Raise ConfigError on the first value that breaks a rule."""
+    """Raise ConfigError on the first value that breaks a rule (an unknown key first: ``check_keys``)."""
+    check_keys(cfg)
     for key, (check, allowed) in RULES.items():
         if OmegaConf.select(cfg, key, default="<absent>") == "<absent>":
             continue  # optional parts (e.g. a sampler without num_negatives)
@@ -192,6 +196,43 @@ def validate(cfg: DictConfig) -> None:
     names = metric_names(cfg.eval.ks)
     if monitor not in names:
         raise ConfigError(f"trainer.monitor={monitor!r}: must be one of {names} (metrics at eval.ks)")
+
+
+# config groups with a fixed schema: the keys of their packaged options (loss, encoder, sampler: constructor kwargs)
+SCHEMA_GROUPS = ("trainer", "eval", "tracking")
+PACKAGED_CONF = Path(__file__).parent / "conf"
+
+
+@functools.cache
+def group_schema(group: str) -> dict[str, Any]:
+    """The keys of the packaged options of ``group`` (``conf/<group>/*.yaml``), nested mappings as dicts."""
+    merged = OmegaConf.merge({}, *(OmegaConf.load(p) for p in sorted((PACKAGED_CONF / group).glob("*.yaml"))))
+    schema: dict[str, Any] = OmegaConf.to_container(merged)  # type: ignore[assignment]
+    schema.pop("defaults", None)
+    return schema
+
+
+def check_keys(cfg: DictConfig) -> None:
+    """Refuse a key of ``trainer``, ``eval`` or ``tracking`` (or their sub-nodes) that their packaged options do not
+    have: an added key (``+trainer.epoch=5``) would be ignored, silently."""
+    todo = [(group, cfg.get(group), group_schema(group)) for group in SCHEMA_GROUPS]
+    while todo:
+        path, node, schema = todo.pop(0)
+        if not isinstance(node, DictConfig) or not schema:
+            continue
+        for key in map(str, node.keys()):
+            if key not in schema:
+                allowed = ", ".join(sorted(schema))
+                raise ConfigError(f"{path}.{key}: no such key in {path}; allowed: {allowed}")
+            if isinstance(schema[key], dict):
+                todo.append((f"{path}.{key}", node.get(key), schema[key]))
+
+
+def check_ks(cfg: DictConfig, n_items: int, dataset: str) -> None:
+    """``eval.ks`` against the loaded data (before the run is tracked): a k above its item count cannot be ranked."""
+    ks = [int(k) for k in cfg.eval.ks]
+    if max(ks) > n_items:
+        raise ConfigError(f"eval.ks={ks}: each k must be <= the number of items of dataset {dataset} ({n_items})")
 
 
 # ---------------------------------------------------------------- a command line Hydra refused

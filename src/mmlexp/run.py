@@ -23,7 +23,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from mmlexp import _numba, faults
 from mmlexp.checkpoint import BEST_FILE, CHECKPOINT_FILE, find_resume, load_checkpoint, save_atomic
-from mmlexp.config import OWN_TARGETS, ConfigError, allowed_targets, build, validate
+from mmlexp.config import OWN_TARGETS, ConfigError, allowed_targets, build, check_ks, validate
 from mmlexp.data import DataError, InteractionData, load_dataset
 from mmlexp.data.splits import holdout
 from mmlexp.devices import resolve_device
@@ -160,6 +160,7 @@ def prepare(cfg: DictConfig) -> Setup:
     torch.manual_seed(cfg.seed)
     device = resolve_device(cfg.device, cfg.get("jobs_per_gpu", 1))  # a parallel sweep job: its own GPU
     data, fit_train, valid = load_split(cfg)
+    check_ks(cfg, data.n_items, data.name)  # a k above the item count: refused before training
     check_memory(cfg, data.n_users, data.n_items, fit_train.nnz, device)  # issue 31: sizes that cannot fit
     parts = build_parts(cfg, data, fit_train, device)
     settings = TrainSettings(**{k: cfg.trainer[k] for k in TrainSettings.__dataclass_fields__})

@@ -2,8 +2,9 @@
 ``hydra.callbacks`` (conf/config.yaml): SIGTERM as Ctrl-C for the whole sweep, torch threads per job.
 
 Before a sweep writes anything its tracking store is checked (``check_tracking``: ``mmlexp.tracking.check_store``,
-an unusable store is a ``SweepError``, exit 2); RUNNING runs of dead processes are closed with the setting
-``tracking.stale_after_s`` (``stale_after_s``), as a single run does.
+an unusable store is a ``SweepError``, exit 2), and so is its ``hydra.sweep.dir`` (``check_sweep_dir``); RUNNING
+runs of dead processes are closed with the setting ``tracking.stale_after_s`` (``stale_after_s``), as a single run
+does.
 """
 
 import contextlib
@@ -44,6 +45,15 @@ def check_tracking(config: DictConfig) -> None:
         check_store(str(tracking["uri"]), float(OmegaConf.select(config, "tracking.timeout") or DEFAULT_TIMEOUT_S))
     except StoreError as err:
         raise SweepError(str(err)) from err
+
+
+def check_sweep_dir(config: DictConfig) -> None:
+    """Refuse (``SweepError``) a ``hydra.sweep.dir`` that cannot be created, wherever it was set (the command line,
+    an experiment, a user config), before a ledger, a study or a parent run is opened; writes nothing."""
+    from mmlexp.config import run_dir_error
+
+    if error := run_dir_error(config, "sweep"):
+        raise SweepError(error)
 
 
 def stale_after_s(config: DictConfig) -> float:
@@ -152,6 +162,7 @@ class SweepCallback(Callback):
             str(o.input_line) for o in OverridesParser.create().parse_overrides(overrides) if o.is_sweep_override()
         ]
         try:
+            check_sweep_dir(config)
             self.parent = open_parent(
                 config,
                 sweep_dir,
@@ -160,7 +171,7 @@ class SweepCallback(Callback):
                 kind="grid",
                 params={"sweep.overrides": " ".join(overrides)},
             )
-        except SweepError as err:  # an unusable tracking store: a clear message, exit 2, nothing written
+        except SweepError as err:  # an unusable tracking store or sweep dir: a clear message, exit 2, nothing written
             print(f"mmlexp: error: {err}", file=sys.stderr)
             sys.exit(2)
 
