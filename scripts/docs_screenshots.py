@@ -20,7 +20,6 @@ import http.server
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -31,18 +30,13 @@ import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
+from _throwaway import free_port
 from headless_chromium import command
 
 REPO = Path(__file__).resolve().parents[1]
 OUT = REPO / "docs" / "assets" / "screenshots"
 NEGATIVES = "10,50,100,200,400,800"
 SWEEP = ["trainer.epochs=3", "trainer.progress=false", "trainer.num_threads=1", "tracking.experiment=negatives"]
-
-
-def free_port() -> int:
-    with contextlib.closing(socket.socket()) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def chrome(args: list[str], profile: Path, size: tuple[int, int] = (1600, 900)) -> str:

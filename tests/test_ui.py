@@ -8,7 +8,6 @@ import json
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -18,17 +17,12 @@ from pathlib import Path
 
 import pytest
 
+from scripts._throwaway import free_port
 from scripts.headless_chromium import CHROMIUM, command
 from tests.test_sweeps import sweep_cli
 
 SCREENSHOT = "mlflow_ui_sweep_runs.png"
 PARENT_SCREENSHOT = "mlflow_ui_sweep_parent.png"
-
-
-def free_port() -> int:
-    with contextlib.closing(socket.socket()) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def api(url: str, path: str, body: dict | None = None) -> dict:

@@ -30,7 +30,7 @@ from omegaconf import DictConfig, OmegaConf
 from mmlexp.sweep.errors import SweepError, mask_url
 from mmlexp.sweep.jobs import MAX_TAG, POINT_ENV
 from mmlexp.sweep.ledger import FAILED, FINISHED, RUNNING, Ledger, fingerprint
-from mmlexp.sweep.parent import check_sweep_dir, check_tracking, command_line, exit_status, open_parent, stale_after_s
+from mmlexp.sweep.parent import check_before_writing, command_line, exit_status, open_parent, stale_after_s
 
 log = logging.getLogger(__name__)
 
@@ -97,8 +97,7 @@ class GridSweeper(BasicSweeper):
                 raise SweepError(f"hydra.sweeper.batch_size={self.batch_size!r}: must be an integer >= 1")
             points = self.points(arguments)
             self.check(points)
-            check_tracking(self.cfg)  # an unusable MLflow store stops the grid before the ledger is written
-            check_sweep_dir(self.cfg)  # so does a sweep dir that cannot be created (set in any config file)
+            check_before_writing(self.cfg)  # an unusable store or sweep dir stops the grid before the ledger is written
             tracking = OmegaConf.select(self.cfg, "tracking.uri") or ""
             experiment = OmegaConf.select(self.cfg, "tracking.experiment") or ""
             ledger = Ledger(str(self.storage), grace_period=self.grace_period)

@@ -31,7 +31,7 @@ from mmlexp.sweep.errors import SweepError, mask_url
 from mmlexp.sweep.jobs import MAX_TAG, TRIAL_ENV
 from mmlexp.sweep.liveness import alive, heartbeats
 from mmlexp.sweep.optuna_checks import checked_search
-from mmlexp.sweep.parent import check_sweep_dir, check_tracking, open_parent, stale_after_s
+from mmlexp.sweep.parent import check_before_writing, open_parent, stale_after_s
 from mmlexp.sweep.pruning import is_pruned
 from mmlexp.sweep.takeover import (
     TAKES_OVER,
@@ -142,8 +142,7 @@ class OptunaSweeper(Sweeper):
 
         try:
             self.search = self._plan(arguments)
-            check_tracking(self.config)  # an unusable MLflow store stops the search before the study is written
-            check_sweep_dir(self.config)  # so does a sweep dir that cannot be created (set in any config file)
+            check_before_writing(self.config)  # an unusable store or sweep dir: stopped before the study is written
             study = self._open_study()
         except SweepError as err:  # a clear message, no traceback; nothing was written
             print(f"mmlexp: error: {err}", file=sys.stderr)

@@ -1,10 +1,10 @@
 """The parent MLflow run of a sweep (its jobs are child runs) and ``SweepCallback``, registered in
 ``hydra.callbacks`` (conf/config.yaml): SIGTERM as Ctrl-C for the whole sweep, torch threads per job.
 
-Before a sweep writes anything its tracking store is checked (``check_tracking``: ``mmlexp.tracking.check_store``,
-an unusable store is a ``SweepError``, exit 2), and so is its ``hydra.sweep.dir`` (``check_sweep_dir``); RUNNING
-runs of dead processes are closed with the setting ``tracking.stale_after_s`` (``stale_after_s``), as a single run
-does.
+Before a sweep writes anything its tracking store (``check_tracking``: ``mmlexp.tracking.check_store``) and its
+``hydra.sweep.dir`` are checked (both: ``check_before_writing``; an unusable one is a ``SweepError``, exit 2);
+RUNNING runs of dead processes are closed with the setting ``tracking.stale_after_s`` (``stale_after_s``), as a
+single run does.
 """
 
 import contextlib
@@ -47,11 +47,13 @@ def check_tracking(config: DictConfig) -> None:
         raise SweepError(str(err)) from err
 
 
-def check_sweep_dir(config: DictConfig) -> None:
-    """Refuse (``SweepError``) a ``hydra.sweep.dir`` that cannot be created, wherever it was set (the command line,
-    an experiment, a user config), before a ledger, a study or a parent run is opened; writes nothing."""
+def check_before_writing(config: DictConfig) -> None:
+    """What a sweep checks before it opens a ledger, a study or a parent run (``SweepError``; writes nothing): its
+    tracking store (``check_tracking``) and its ``hydra.sweep.dir``, which must be creatable wherever it was set
+    (the command line, an experiment, a user config)."""
     from mmlexp.config import run_dir_error
 
+    check_tracking(config)
     if error := run_dir_error(config, "sweep"):
         raise SweepError(error)
 
@@ -162,7 +164,7 @@ class SweepCallback(Callback):
             str(o.input_line) for o in OverridesParser.create().parse_overrides(overrides) if o.is_sweep_override()
         ]
         try:
-            check_sweep_dir(config)
+            check_before_writing(config)
             self.parent = open_parent(
                 config,
                 sweep_dir,
