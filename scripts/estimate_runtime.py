@@ -7,14 +7,14 @@ Each sweep is expanded exactly as `python -m mmlexp -m <overrides>` would expand
 `hydra.sweeper.params` x the command-line sweeps), every job's config is composed (per-dataset / per-loss
 batch sizes included), and its time is estimated as
 
-    rows trained x seconds per row (a + b * negatives) x encoder factor + evaluations x eval seconds + overhead
+    rows trained x seconds per row + evaluations x eval seconds + overhead
 
-with rows trained = min(epochs x train rows, max_steps x batch size). The seconds per row are MEASURED when the
-MLflow store (--tracking-uri, default sqlite:///mlflow.db if it exists) holds finished runs of the same
-(dataset, encoder, negatives) with `interactions_per_s`; otherwise they come from the reference numbers below
-(MF + MML, Gowalla, batch 256, on the 2-core development CPU: ~60 s/epoch at 100 negatives, ~300 s/epoch at
-800; evaluation ~3 s). Early stopping is ignored (an upper bound). It is an estimate, not a promise: other
-processes on the machine, a GPU or a faster kernel change it a lot.
+with rows trained = min(epochs x train rows, max_steps x batch size). The seconds per row and per evaluation come
+from the cost model of `make reproduce-status` (`mmlexp.reproduce.estimate`): measured on the committed runs
+(results/*/epochs) and the MLflow store's finished runs (--tracking-uri, default sqlite:///mlflow.db if it
+exists), fitted over the negatives, scaled by benchmarked encoder costs, and the reference speed of the 2-core
+development CPU only when nothing is measured. Early stopping is ignored (an upper bound). It is an estimate, not
+a promise: other processes on the machine, a GPU or a faster kernel change it a lot.
 """
 
 import argparse
@@ -29,12 +29,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 CONF = REPO / "conf"
 
-SEC_PER_ROW = 3.2e-5  # per training row, independent of the negatives (MF, CPU, batch 256)
-SEC_PER_ROW_NEG = 4.2e-7  # per training row and negative
-ENCODER_FACTOR = {"mf": 1.0, "simplex": 1.5, "svdpp": 1.5, "lightgcn": 3.0, "ngcf": 4.0}
-EVAL_SECONDS = {"gowalla": 3.0, "yelp2018": 3.5, "sample": 0.3}
+EVAL_SECONDS = {"sample": 0.3}  # the embedded dataset (the cost model knows the full datasets)
 OVERHEAD_SECONDS = 5.0  # per run: data from the cache, model, MLflow
-MIN_MEASURED_ROWS = 50_000  # runs that trained fewer rows do not count as measurements
 TRAIN_ROWS = {"gowalla": 810_128, "yelp2018": 1_237_259}
 
 
@@ -68,67 +64,40 @@ def expand(overrides: list[str]) -> tuple[list[str], list[list[str]]]:
     return plain, [list(job) for job in itertools.product(*axes)] if axes else [[]]
 
 
-def measured_rates(uri: str | None) -> tuple[dict, dict]:
-    """Median seconds per training row per (dataset, encoder, negatives) and eval seconds per dataset from the
-    finished runs of an MLflow store (empty when there is none)."""
-    if not uri:
-        return {}, {}
-    if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///") :]).is_file():
-        return {}, {}
-    try:
-        from mlflow.entities import ViewType
-        from mlflow.tracking import MlflowClient
+def measured_speeds(uri: str | None) -> list:
+    """Speeds of the committed runs (results/*/epochs) and of the MLflow store's finished runs, if it exists."""
+    from mmlexp.reproduce.estimate import committed_speeds, tracked_speeds
 
-        client = MlflowClient(uri)
-        ids = [e.experiment_id for e in client.search_experiments(view_type=ViewType.ACTIVE_ONLY)]
-        runs = (
-            client.search_runs(
-                ids, "attributes.status = 'FINISHED' and metrics.interactions_per_s > 0", max_results=5000
-            )
-            if ids
-            else []
-        )
+    speeds = committed_speeds(REPO / "results")
+    if not uri or (uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///") :]).is_file()):
+        return speeds
+    try:
+        return speeds + tracked_speeds(uri, statuses=("FINISHED",))
     except Exception as err:  # an estimate never blocks a sweep
         print(f"(could not read measured speeds from {uri}: {type(err).__name__})", file=sys.stderr)
-        return {}, {}
-    rows, evals = defaultdict(list), defaultdict(list)
-    for r in runs:
-        p, m, t = r.data.params, r.data.metrics, r.data.tags
-        if not p.get("num_negatives") or t.get("device", "cpu") != "cpu":
-            continue
-        if m.get("steps", 0) * float(p.get("trainer.batch_size", 0)) < MIN_MEASURED_ROWS:
-            continue  # a few steps measure the warm-up, not the speed
-        key = (t.get("dataset"), t.get("choice.encoder"), int(float(p["num_negatives"])))
-        rows[key].append(1.0 / m["interactions_per_s"])
-        if "eval_time_s" in m:
-            evals[t.get("dataset")].append(m["eval_time_s"])
-    med = lambda xs: sorted(xs)[len(xs) // 2]  # noqa: E731
-    return ({k: (med(v), len(v)) for k, v in rows.items()}, {k: (med(v), len(v)) for k, v in evals.items()})
+        return speeds
 
 
-def job_estimate(cfg, choices: dict, rates: dict, evals: dict) -> dict:
-    dataset = str(cfg.dataset.name)
-    encoder = choices.get("encoder", "mf")
-    negatives = int(cfg.num_negatives) if "num_negatives" in cfg else int(cfg.sampler.get("num_negatives", 0) or 0)
-    n_rows, batch = train_rows(dataset), int(cfg.trainer.batch_size)
+def job_estimate(cfg, choices: dict, speeds: list) -> dict:
+    from mmlexp.reproduce.estimate import eval_seconds, job_of_config, per_interaction
+
+    job = job_of_config(cfg, choices)
+    n_rows, batch = train_rows(job.dataset), job.batch
     epochs, max_steps = int(cfg.trainer.epochs), cfg.trainer.max_steps
     steps_per_epoch = math.ceil(n_rows / batch)
     trained = epochs * n_rows if max_steps is None else min(epochs * n_rows, int(max_steps) * batch)
     n_epochs = epochs if max_steps is None else min(epochs, math.ceil(int(max_steps) / steps_per_epoch))
     n_evals = math.ceil(n_epochs / max(1, int(cfg.trainer.eval_every)))
-    if (dataset, encoder, negatives) in rates:
-        per_row, n = rates[(dataset, encoder, negatives)]
-        source = f"measured ({n} run{'s' if n > 1 else ''})"
-    else:
-        per_row = (SEC_PER_ROW + SEC_PER_ROW_NEG * negatives) * ENCODER_FACTOR.get(encoder, 2.0)
-        source = "estimate"
-    eval_s = evals.get(dataset, (EVAL_SECONDS.get(dataset, 3.0), 0))[0]
+    per_row, source = per_interaction(job, speeds)
+    eval_s, _ = eval_seconds(job, speeds)
+    if job.dataset == "sample":
+        eval_s = EVAL_SECONDS["sample"]
     seconds = trained * per_row + n_evals * eval_s + OVERHEAD_SECONDS
     return {
-        "dataset": dataset,
-        "encoder": encoder,
+        "dataset": job.dataset,
+        "encoder": job.encoder,
         "loss": choices.get("loss", "?"),
-        "negatives": negatives,
+        "negatives": job.negatives,
         "batch": batch,
         "epochs": n_epochs,
         "partial": trained < n_epochs * n_rows,
@@ -153,16 +122,15 @@ def estimate(sweeps: list[list[str]], uri: str | None, out=None) -> float:
 
     out = out or sys.stdout
 
-    rates, evals = measured_rates(uri)
+    speeds = measured_speeds(uri)
     total_runs, total = 0, 0.0
     for overrides in sweeps:
         plain, jobs = expand(overrides)
         groups = defaultdict(list)
         with initialize_config_dir(config_dir=str(CONF)):
             for job in jobs:
-                cfg = compose("config", overrides=plain + job)
-                choices = dict(o.split("=", 1) for o in job if "=" in o)
-                est = job_estimate(cfg, choices, rates, evals)
+                cfg = compose("config", overrides=plain + job, return_hydra_config=True)
+                est = job_estimate(cfg, dict(cfg.hydra.runtime.choices), speeds)
                 groups_key = (est["dataset"], est["encoder"], est["loss"], est["negatives"], est["batch"])
                 groups[groups_key].append(est)
         seconds = sum(e["seconds"] for g in groups.values() for e in g)

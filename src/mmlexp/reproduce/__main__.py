@@ -14,7 +14,14 @@ import subprocess
 import sys
 from pathlib import Path
 
-from mmlexp.reproduce.estimate import committed_speeds, estimate, human, seconds_left, store_speeds
+from mmlexp.reproduce.estimate import (
+    committed_speeds,
+    committed_trajectories,
+    estimate,
+    human,
+    seconds_left,
+    store_speeds,
+)
 from mmlexp.reproduce.plan import Plan, PlanError, Run, check_names, load_plan, select_steps
 from mmlexp.reproduce.state import DONE, RUNNING, RunState, plan_state
 from mmlexp.reproduce.stores import Stores, default_runs_dir
@@ -31,35 +38,45 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
-def describe(plan: Plan, states: list[RunState], speeds, out=None) -> float:
+def describe(plan: Plan, states: list[RunState], speeds, trajectories=(), out=None) -> float:
     """Print every run with its state and time; return the seconds left for the plan."""
-    out, total = out or sys.stdout, 0.0
+    out, total, capped = out or sys.stdout, 0.0, []
     print(
         f"plan {plan.name} ({plan.path}): {len(states)} runs on {plan.dataset}, experiment {plan.experiment}", file=out
     )
     for step in sorted({s.run.step for s in states}):
         in_step = [s for s in states if s.run.step == step]
-        left = sum(seconds_left(s, speeds) for s in in_step)
+        left = sum(seconds_left(s, speeds, trajectories) for s in in_step)
         total += left
+        capped += [s for s in in_step if s.state != DONE and estimate(s.run, speeds, trajectories).capped]
         done = sum(s.state == DONE for s in in_step)
         print(f"step {step}: {in_step[0].run.why}  [{done}/{len(in_step)} done, {human(left)} left]", file=out)
         for s in in_step:
-            print(f"  {line(s, speeds)}", file=out)
+            print(f"  {line(s, speeds, trajectories)}", file=out)
     n_left = sum(s.state != DONE for s in states)
     print(f"time left: ~{human(total)} for {n_left} run(s), one at a time (an estimate, not a promise)", file=out)
+    if capped:
+        at_cap = sum(seconds_left(s, speeds, trajectories) for s in capped)
+        print(
+            f"  of which {human(at_cap)} prices {len(capped)} early-stopping run(s) at their epoch cap: they stop "
+            "sooner, at an epoch no committed run predicts",
+            file=out,
+        )
     return total
 
 
-def line(s: RunState, speeds) -> str:
+def line(s: RunState, speeds, trajectories=()) -> str:
     label = f"{s.run.label:28s}"
     if s.state == DONE:
         return f"{label} done ({s.source})"
+    est = estimate(s.run, speeds, trajectories)
+    left = f"{'up to ' if est.capped else ''}~{human(seconds_left(s, speeds, trajectories))}"
+    epochs = f"; {est.epochs_basis}" if est.epochs_basis else ""
     if s.state == RUNNING:
-        return f"{label} running, epoch {s.epoch}/{s.run.epochs}, ~{human(seconds_left(s, speeds))} left"
-    est = estimate(s.run, speeds)
+        return f"{label} running, epoch {s.epoch}/{s.run.epochs}, {left} left{epochs}"
     return (
-        f"{label} pending, ~{human(seconds_left(s, speeds))} ({est.epoch_s:.0f} s/epoch = train {est.train_s:.0f} s"
-        f" + eval {est.eval_s:.1f} s; {est.basis})"
+        f"{label} pending, {left} ({est.epoch_s:.0f} s/epoch = train {est.train_s:.0f} s"
+        f" + eval {est.eval_s:.1f} s; {est.basis}{epochs})"
     )
 
 
@@ -128,8 +145,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"stores: {stores.root}")
     if args.command == "report":
         return write_report(plan, stores, args.results)
-    speeds = committed_speeds(args.results) + (store_speeds(stores, plan.experiment) if stores.exists() else [])
-    describe(plan, plan_state(plan, stores, args.results), speeds)
+    speeds = committed_speeds(args.results) + store_speeds(stores, plan.experiment)
+    describe(plan, plan_state(plan, stores, args.results), speeds, committed_trajectories(args.results))
     if args.command == "status":
         return 0
     return run_missing(plan, stores, args.results, args.threads)

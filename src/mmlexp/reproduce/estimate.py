@@ -1,23 +1,31 @@
 """How long a plan's runs will take, scaled from runs already measured on this kind of machine.
 
-A run of E epochs takes  E x (rows x c(N) + eval) + overhead,  where rows is the dataset's training interactions,
-c(N) the seconds per interaction at N negatives and eval the seconds of one full-ranking evaluation. c and eval
-are medians over epochs of measured runs (committed ``results/*/epochs/*.csv`` and the store), taken from, in
-order of preference:
+A run of E epochs takes  E x (rows x c + eval) + overhead,  where rows is the dataset's training interactions,
+c the seconds per interaction and eval the seconds of one full-ranking evaluation, both medians over the epochs of
+measured runs (committed ``results/*/epochs/*.csv`` and the store). What c depends on is the run's ``Job``, read
+from its composed config: encoder, sampler, negatives and batch size (``dataset_loss`` gives BSL a batch of 1024,
+``+experiment=ssm_paper`` 2048). c is taken from, in order of preference:
 
-1. runs of the same dataset, encoder, negatives and batch size (c measured directly);
-2. runs of the same dataset, encoder and batch at other negatives: c(N) = a + b N fitted over them;
+1. runs of the same dataset, encoder, sampler, negatives and batch (c measured directly);
+2. the same at other negatives: c(N) = a + b N fitted over them (sampled negatives only: in-batch negatives follow
+   the batch, and cost one [B, B] product, not B x N gathered rows);
 3. runs of another dataset: c(N) = a + b N fitted there, taken as it is (the cost of one interaction barely
-   depends on the catalogue; with a larger batch it is an upper bound: fewer steps carry the fixed step cost);
-4. the reference speed of the 2-core development CPU when nothing is measured.
+   depends on the catalogue);
+4. a cost measured side by side in a benchmark, relative to MF at the same negatives (``RELATIVE_COST``), times
+   this dataset's MF cost from 1-3;
+5. the reference speed of the 2-core development CPU when nothing is measured.
 
-eval comes from the same dataset, else another one's scaled by users x items. Each estimate says which it rests on.
+E is the run's epochs. With early stopping it is where the stop fires on the trajectory of the same run without
+early stopping, when one is committed (early stopping changes nothing before it fires: same seed, same batches,
+same bits); otherwise the cap, flagged ``capped`` (the run stops sooner, at an epoch nothing predicts).
+eval comes from the same dataset, else another one's scaled by users x items. Each estimate says what it rests on.
 """
 
 import functools
 import math
 import statistics
-from dataclasses import dataclass
+from collections.abc import Iterable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -31,9 +39,23 @@ from mmlexp.reproduce.stores import Stores
 # (train interactions, users, items) of the LightGCN splits (shared/data/README.md)
 SIZES = {"gowalla": (810_128, 29_858, 40_981), "yelp2018": (1_237_259, 31_668, 38_048)}
 REFERENCE = (3.2e-5, 4.2e-7)  # seconds per interaction: a + b N (MF, batch 256, 2-core CPU, before any run)
-ENCODER_FACTOR = {"mf": 1.0, "simplex": 1.5, "svdpp": 1.5, "lightgcn": 3.0, "ngcf": 4.0}
+BENCHMARK = "benchmarks/results/ssm_simplex_epoch_costs.md"
+# Training cost of an epoch relative to MF + CCL at 100 negatives on the same dataset, 2 threads, measured side by
+# side in one process (BENCHMARK); the rest are guesses kept from before anything was measured.
+RELATIVE_COST = {
+    ("lightgcn", "in_batch"): (0.72, f"x0.72 of MF at N=100, B=2048 ({BENCHMARK})"),
+    ("mf", "in_batch"): (0.48, f"x0.48 of MF at N=100, B=2048 ({BENCHMARK})"),
+    ("simplex", "history"): (4.66, f"x4.66 of MF at N=100 ({BENCHMARK})"),
+    ("simplex", "sampled"): (1.0, f"x1 of MF (gamma = 1: no history attention; {BENCHMARK})"),
+    ("svdpp", "sampled"): (1.5, "x1.5 of MF (a guess: nothing measured)"),
+    ("lightgcn", "sampled"): (3.0, "x3 of MF (a guess: nothing measured)"),
+    ("ngcf", "sampled"): (4.0, "x4 of MF (a guess: nothing measured)"),
+}
 OVERHEAD_S = 20.0  # per run: data from the cache, model, MLflow
 MIN_EPOCHS = 3  # fewer measured epochs measure the warm-up, not the speed
+# Overrides that name a run's cell (plan.Run.key), and those that do not change what is trained
+CELL = ("dataset=", "encoder=", "seed=", "loss=", "num_negatives=", "trainer.epochs=", "trainer.patience=")
+NOT_TRAINING = ("eval.", "trainer.monitor=", "trainer.progress=", "trainer.num_threads=", "tracking.", "hydra.")
 
 
 @dataclass(frozen=True)
@@ -47,6 +69,37 @@ class Speed:
     per_interaction: float
     eval_s: float
     epochs: int
+    sampler: str = "uniform"
+
+
+@dataclass(frozen=True)
+class Job:
+    """What a run's cost depends on, from its composed config."""
+
+    dataset: str
+    encoder: str
+    sampler: str
+    negatives: int
+    batch: int
+    selection: str = "paper"
+    history: bool = False  # SimpleX with gamma < 1: the attention over every row's history runs
+    monitor: str = "recall@20"
+
+    @property
+    def kind(self) -> str:
+        """The cost class of ``RELATIVE_COST``: in-batch negatives, SimpleX's history attention, or sampled."""
+        if self.sampler == "in_batch":
+            return "in_batch"
+        return "history" if self.history else "sampled"
+
+
+@dataclass(frozen=True)
+class Trajectory:
+    """A committed run without early stopping: its cell, the overrides that shaped its training, its epochs."""
+
+    cell: tuple  # dataset, encoder, loss, negatives, selection, seed
+    training: frozenset[str]
+    epochs: pd.DataFrame = field(compare=False, hash=False)
 
 
 @dataclass(frozen=True)
@@ -54,17 +107,25 @@ class Estimate:
     train_s: float  # one epoch's training
     eval_s: float  # one evaluation
     basis: str  # what it rests on
+    epochs: int = 0  # the epochs the run will train
+    epochs_basis: str = ""  # how those were found ("" when fixed: no early stopping)
+    capped: bool = False  # early stopping at an epoch nothing predicts: the run's cap, an upper bound
 
     @property
     def epoch_s(self) -> float:
         return self.train_s + self.eval_s
 
 
-@functools.cache
-def default_batch(dataset: str) -> int:
+def _config_dir() -> Path:
     from mmlexp.__main__ import CONFIG_DIR
 
-    for path in (Path(CONFIG_DIR) / "dataset_defaults" / f"{dataset}.yaml", Path(CONFIG_DIR) / "trainer/default.yaml"):
+    return Path(CONFIG_DIR)
+
+
+@functools.cache
+def default_batch(dataset: str) -> int:
+    conf = _config_dir()
+    for path in (conf / "dataset_defaults" / f"{dataset}.yaml", conf / "trainer/default.yaml"):
         if path.is_file():
             cfg = OmegaConf.load(path)
             batch = OmegaConf.select(cfg, "trainer.batch_size") or OmegaConf.select(cfg, "batch_size")
@@ -73,51 +134,146 @@ def default_batch(dataset: str) -> int:
     return 256
 
 
-def _speed(dataset, encoder, negatives, batch, epochs: pd.DataFrame) -> Speed | None:
+def job_of_config(cfg, choices: dict) -> Job:
+    """The ``Job`` of a composed config; ``choices`` are its group options (``hydra.runtime.choices``)."""
+    sampler = str(choices.get("sampler", "uniform"))
+    batch = int(cfg.trainer.batch_size)
+    negatives = batch - 1 if sampler == "in_batch" else int(cfg.get("num_negatives") or 0)
+    gamma = OmegaConf.select(cfg, "encoder.gamma")
+    monitor = str(cfg.trainer.monitor)
+    selection = str(OmegaConf.select(cfg, "eval.selection") or "paper")
+    return Job(
+        str(cfg.dataset.name), str(choices.get("encoder", "mf")), sampler, negatives, batch, selection,
+        history=gamma is not None and float(gamma) < 1.0,
+        monitor=f"valid/{monitor}" if selection == "valid" else monitor,
+    )  # fmt: skip
+
+
+@functools.cache
+def _composed_job(dataset: str, encoder: str, loss: str, selection: str, extra: tuple[str, ...]) -> Job:
+    from hydra import compose, initialize_config_dir
+
+    overrides = [f"dataset={dataset}", f"encoder={encoder}", f"loss={loss}", *extra]
+    if selection != "paper":
+        overrides.append(f"eval.selection={selection}")
+    with initialize_config_dir(config_dir=str(_config_dir())):
+        cfg = compose("config", overrides=overrides, return_hydra_config=True)
+    return job_of_config(cfg, dict(cfg.hydra.runtime.choices))
+
+
+def job_of(run: Run) -> Job:
+    """The run's ``Job``: its config composed once per (dataset, encoder, loss, selection, extra overrides)."""
+    job = _composed_job(run.dataset, run.encoder, run.loss, run.selection, run.extra)
+    if job.sampler == "in_batch":
+        return job
+    return Job(job.dataset, job.encoder, job.sampler, run.negatives, job.batch, job.selection, job.history,
+               job.monitor)  # fmt: skip
+
+
+def implied_batch(rows: float, steps: int) -> int:
+    """The batch size b that makes ``steps`` steps of ``rows`` interactions (ceil(rows / b) == steps); of the sizes
+    that do, the one with the most factors of two (the configs' batch sizes are powers of two)."""
+    lo = math.ceil(rows / steps)
+    hi = math.ceil(rows / (steps - 1)) - 1 if steps > 1 else lo
+    for k in range(max(int(hi).bit_length(), 1), -1, -1):
+        candidate = -(-lo // 2**k) * 2**k
+        if candidate <= hi:
+            return int(candidate)
+    return int(lo)
+
+
+def _speed(dataset, encoder, negatives, batch, epochs: pd.DataFrame, sampler="uniform") -> Speed | None:
     if "interactions_per_s" not in epochs or len(epochs) < MIN_EPOCHS:
         return None
     per = (1.0 / epochs["interactions_per_s"].dropna()).median()
     ev = epochs["eval_time_s"].dropna().median() if "eval_time_s" in epochs else math.nan
-    return Speed(str(dataset), str(encoder), int(negatives), int(batch), float(per), float(ev), len(epochs))
+    return Speed(str(dataset), str(encoder), int(negatives), int(batch), float(per), float(ev), len(epochs),
+                 str(sampler))  # fmt: skip
 
 
-def _batch_of(overrides, dataset: str) -> int:
+def _committed_batch(epochs: pd.DataFrame, overrides, dataset: str) -> int:
+    """The batch a committed run trained with: from its steps per epoch and interactions per epoch (the CSV says
+    both), else its overrides, else the dataset's default."""
+    if {"step", "epoch_time_s", "interactions_per_s"} <= set(epochs) and len(epochs) > 1:
+        steps = epochs["step"].diff().median()
+        rows = (epochs["interactions_per_s"] * epochs["epoch_time_s"]).median()
+        if steps > 0 and rows > 0:
+            return implied_batch(rows, int(round(steps)))
     for tok in str(overrides or "").split():
         if tok.startswith("trainer.batch_size="):
             return int(tok.split("=", 1)[1])
     return default_batch(dataset)
 
 
-def committed_speeds(results_root: Path) -> list[Speed]:
-    """Speeds of the runs committed under ``results/*/`` (their per-epoch CSVs)."""
-    out = []
+def _committed(results_root: Path) -> Iterable[tuple[pd.Series, pd.DataFrame]]:
     for runs_csv in sorted(results_root.glob("*/runs.csv")):
         for _, r in pd.read_csv(runs_csv).iterrows():
             path = runs_csv.parent / str(r.get("epochs_csv", ""))
             if path.is_file():
-                batch = _batch_of(r.get("overrides"), r["dataset"])
-                sp = _speed(r["dataset"], r["encoder"], r["num_negatives"], batch, pd.read_csv(path))
-                out += [sp] if sp else []
+                yield r, pd.read_csv(path)
+
+
+def committed_speeds(results_root: Path) -> list[Speed]:
+    """Speeds of the runs committed under ``results/*/`` (their per-epoch CSVs)."""
+    out = []
+    for r, epochs in _committed(results_root):
+        batch = _committed_batch(epochs, r.get("overrides"), r["dataset"])
+        sampler = r.get("sampler") if isinstance(r.get("sampler"), str) else "uniform"
+        sp = _speed(r["dataset"], r["encoder"], r["num_negatives"], batch, epochs, sampler)
+        out += [sp] if sp else []
+    return out
+
+
+def training_overrides(tokens: Iterable[str]) -> frozenset[str]:
+    """Of a run's overrides, those beyond its cell that change what is trained (not evaluation, the monitor or
+    tracking)."""
+    return frozenset(t for t in tokens if "=" in t and not t.lstrip("+~").startswith(CELL + NOT_TRAINING))
+
+
+def committed_trajectories(results_root: Path) -> list[Trajectory]:
+    """The committed full runs without early stopping, whose trajectories say where an early stop fires."""
+    out = []
+    for r, epochs in _committed(results_root):
+        if r.get("early_stop") == "Y" or not pd.isna(r.get("max_steps")):
+            continue
+        cell = (r["dataset"], r["encoder"], r["loss"], int(r["num_negatives"]), r["selection"], int(r["seed"]))
+        out.append(Trajectory(cell, training_overrides(str(r.get("overrides") or "").split()), epochs))
+    return out
+
+
+def tracked_speeds(tracking_uri: str, experiment: str | None = None, statuses=("FINISHED", "RUNNING")) -> list[Speed]:
+    """Speeds of an MLflow store's training runs (of ``experiment``, else of every experiment)."""
+    from mlflow.tracking import MlflowClient
+
+    from mmlexp.report.runs import ReportError, _search, client_for, resolve_experiments, run_row
+
+    client = client_for(tracking_uri)
+    try:
+        ids = resolve_experiments(client, experiment)
+    except ReportError:  # the experiment has no run yet
+        return []
+    out: list[Speed] = []
+    mlflow = MlflowClient(tracking_uri)
+    for status in statuses:
+        for run in _search(client, ids.values(), f"attributes.status = '{status}'"):
+            if run.data.tags.get("sweep.role") == "parent" or run.data.tags.get("device", "cpu") != "cpu":
+                continue
+            r = run_row(run, experiment or "")
+            if r["num_negatives"] is None or not r["dataset"]:
+                continue
+            hist = {
+                key: {m.step: m.value for m in mlflow.get_metric_history(r["run_id"], key)}
+                for key in ("interactions_per_s", "eval_time_s")
+            }
+            batch = run.data.params.get("trainer.batch_size") or default_batch(r["dataset"])
+            sp = _speed(r["dataset"], r["encoder"], r["num_negatives"], int(batch), pd.DataFrame(hist), r["sampler"])
+            out += [sp] if sp else []
     return out
 
 
 def store_speeds(stores: Stores, experiment: str) -> list[Speed]:
     """Speeds of the store's runs of ``experiment``, finished or running."""
-    from mlflow.tracking import MlflowClient
-
-    from mmlexp.reproduce.state import store_runs
-
-    client, out = MlflowClient(stores.tracking_uri), []
-    for status in ("FINISHED", "RUNNING"):
-        for _, r in store_runs(stores, experiment, status).iterrows():
-            hist = {
-                key: {m.step: m.value for m in client.get_metric_history(r["run_id"], key)}
-                for key in ("interactions_per_s", "eval_time_s")
-            }
-            batch = client.get_run(r["run_id"]).data.params.get("trainer.batch_size") or default_batch(r["dataset"])
-            sp = _speed(r["dataset"], r["encoder"], r["num_negatives"], int(batch), pd.DataFrame(hist))
-            out += [sp] if sp else []
-    return out
+    return tracked_speeds(stores.tracking_uri, experiment) if stores.exists() else []
 
 
 def _fit(speeds: list[Speed]) -> tuple[float, float]:
@@ -135,57 +291,110 @@ def _describe(speeds: list[Speed]) -> str:
     return f"{len(speeds)} run(s) of {speeds[0].dataset} at N={','.join(map(str, ns))}, batch {speeds[0].batch}"
 
 
-def per_interaction(run: Run, batch: int, speeds: list[Speed]) -> tuple[float, str]:
-    """Seconds per training interaction of ``run`` and what the number rests on (see the module docstring)."""
-    same_enc = [s for s in speeds if s.encoder == run.encoder]
-    exact = [s for s in same_enc if (s.dataset, s.negatives, s.batch) == (run.dataset, run.negatives, batch)]
+def _is_in_batch(sampler: str) -> bool:
+    return sampler == "in_batch"
+
+
+def measured_cost(job: Job, speeds: list[Speed]) -> tuple[float, str] | None:
+    """Seconds per interaction from runs of the job's encoder and sampler kind (1-3 of the module docstring)."""
+    same = [s for s in speeds if s.encoder == job.encoder and _is_in_batch(s.sampler) == _is_in_batch(job.sampler)]
+    exact = [s for s in same if (s.dataset, s.negatives, s.batch) == (job.dataset, job.negatives, job.batch)]
     if exact:
         return statistics.median(s.per_interaction for s in exact), f"measured: {_describe(exact)}"
-    here = [s for s in same_enc if (s.dataset, s.batch) == (run.dataset, batch)]
-    others = [s for s in same_enc if s.dataset != run.dataset]
+    if job.kind == "in_batch":  # its negatives are its batch: only another dataset at the same batch compares
+        other = [s for s in same if s.batch == job.batch]
+        return (statistics.median(s.per_interaction for s in other), f"measured: {_describe(other)}") if other else None
+    here = [s for s in same if (s.dataset, s.batch) == (job.dataset, job.batch)]
+    others = [s for s in same if s.dataset != job.dataset]
     if here and len({s.negatives for s in here}) > 1:
         a, b = _fit(here)
-        return a + b * run.negatives, f"fit a+bN over {_describe(here)}"
+        return a + b * job.negatives, f"fit a+bN over {_describe(here)}"
     if others:
         ref = [s for s in others if s.dataset == max(others, key=lambda s: s.epochs).dataset]
         a, b = _fit(ref)
         if here:  # one N measured here: its level, the other dataset's slope
             level = statistics.median(s.per_interaction for s in here)
-            return level + b * (run.negatives - here[0].negatives), f"{_describe(here)}; slope from {_describe(ref)}"
-        return a + b * run.negatives, f"fit a+bN over {_describe(ref)} (batch {batch} here)"
-    a, b = REFERENCE
-    return (a + b * run.negatives) * ENCODER_FACTOR.get(run.encoder, 2.0), "reference speed (nothing measured)"
+            return level + b * (job.negatives - here[0].negatives), f"{_describe(here)}; slope from {_describe(ref)}"
+        return a + b * job.negatives, f"fit a+bN over {_describe(ref)} (batch {job.batch} here)"
+    return None
 
 
-def eval_seconds(run: Run, speeds: list[Speed]) -> tuple[float, str]:
-    here = [s.eval_s for s in speeds if s.dataset == run.dataset and not math.isnan(s.eval_s)]
-    factor = 2.0 if run.selection == "valid" else 1.0  # the held-out slice is ranked too
+def per_interaction(job: Job, speeds: list[Speed]) -> tuple[float, str]:
+    """Seconds per training interaction of ``job`` and what the number rests on (see the module docstring)."""
+    found = measured_cost(job, speeds)
+    if found:
+        return found
+    mf = Job(job.dataset, "mf", "uniform", job.negatives if job.kind == "sampled" else 100, default_batch(job.dataset))
+    if job.encoder == "mf" and job.kind == "sampled":
+        a, b = REFERENCE
+        return a + b * job.negatives, "reference speed (nothing measured)"
+    ratio, why = RELATIVE_COST.get((job.encoder, job.kind), (2.0, "x2 of MF (a guess: nothing measured)"))
+    base, base_basis = per_interaction(mf, speeds)
+    return ratio * base, f"{why}; MF: {base_basis}"
+
+
+def eval_seconds(job: Job, speeds: list[Speed]) -> tuple[float, str]:
+    here = [s.eval_s for s in speeds if s.dataset == job.dataset and not math.isnan(s.eval_s)]
+    factor = 2.0 if job.selection == "valid" else 1.0  # the held-out slice is ranked too
     if here:
-        return factor * statistics.median(here), f"eval measured on {run.dataset}"
+        return factor * statistics.median(here), f"eval measured on {job.dataset}"
     other = [s for s in speeds if s.dataset in SIZES and not math.isnan(s.eval_s)]
-    if other and run.dataset in SIZES:
+    if other and job.dataset in SIZES:
         _, u0, i0 = SIZES[other[0].dataset]
-        _, u1, i1 = SIZES[run.dataset]
+        _, u1, i1 = SIZES[job.dataset]
         scaled = statistics.median(s.eval_s for s in other if s.dataset == other[0].dataset) * u1 * i1 / (u0 * i0)
         return factor * scaled, f"eval from {other[0].dataset} x users*items"
     return factor * 3.0, "eval: reference"
 
 
-def estimate(run: Run, speeds: list[Speed]) -> Estimate:
+def stop_epoch(scores: Iterable[float], patience: int) -> int | None:
+    """The epoch after which early stopping fires: ``patience`` evaluations in a row without a strictly better
+    score (as ``mmlexp.train``); None if it never fires within ``scores``."""
+    best, bad = -math.inf, 0
+    for epoch, score in enumerate(scores, start=1):
+        if score > best:
+            best, bad = score, 0
+        else:
+            bad += 1
+        if bad >= patience:
+            return epoch
+    return None
+
+
+def expected_epochs(run: Run, job: Job, trajectories: Iterable[Trajectory]) -> tuple[int, str, bool]:
+    """(epochs, how they were found, capped): see the module docstring."""
+    if not run.early_stop or run.patience is None:
+        return run.epochs, "", False
+    cell = (run.dataset, run.encoder, run.loss, run.negatives, run.selection, run.seed)
+    training = training_overrides(run.extra)
+    for t in trajectories:
+        if t.cell == cell and t.training == training and job.monitor in t.epochs:
+            scores = t.epochs.sort_values("epoch")[job.monitor].head(run.epochs)
+            stop = stop_epoch(scores, run.patience)
+            if stop is not None or len(scores) >= run.epochs:
+                epochs = stop or run.epochs
+                return epochs, f"stops after epoch {epochs} on the committed run without early stopping", False
+    return run.epochs, f"up to {run.epochs} epochs: early stopping at an epoch nothing predicts", True
+
+
+def estimate(run: Run, speeds: list[Speed], trajectories: Iterable[Trajectory] = ()) -> Estimate:
+    job = job_of(run)
     rows = SIZES.get(run.dataset, SIZES["gowalla"])[0]
-    c, basis = per_interaction(run, default_batch(run.dataset), speeds)
-    ev, ev_basis = eval_seconds(run, speeds)
-    return Estimate(rows * c, ev, f"{basis}; {ev_basis}")
+    c, basis = per_interaction(job, speeds)
+    ev, ev_basis = eval_seconds(job, speeds)
+    epochs, epochs_basis, capped = expected_epochs(run, job, trajectories)
+    return Estimate(rows * c, ev, f"{basis}; {ev_basis}", epochs, epochs_basis, capped)
 
 
-def seconds_left(state: RunState, speeds: list[Speed]) -> float:
+def seconds_left(state: RunState, speeds: list[Speed], trajectories: Iterable[Trajectory] = ()) -> float:
     """A pending run: its estimate; a running one: the epochs left at its own recent pace."""
+    if state.state not in (PENDING, RUNNING):
+        return 0.0
+    est = estimate(state.run, speeds, trajectories)
     if state.state == PENDING:
-        return state.run.epochs * estimate(state.run, speeds).epoch_s + OVERHEAD_S
-    if state.state == RUNNING:
-        pace = state.pace_s if not math.isnan(state.pace_s) else estimate(state.run, speeds).epoch_s
-        return max(0, state.run.epochs - state.epoch) * pace
-    return 0.0
+        return est.epochs * est.epoch_s + OVERHEAD_S
+    pace = state.pace_s if not math.isnan(state.pace_s) else est.epoch_s
+    return max(0, est.epochs - state.epoch) * pace
 
 
 def human(seconds: float) -> str:

@@ -1,0 +1,146 @@
+"""The reproduction's time estimate (mmlexp.reproduce.estimate) prices a run by what its composed config trains:
+the batch of its loss or experiment, in-batch negatives by their benchmarked cost (not as B - 1 sampled
+negatives), SimpleX's history attention, and an early-stopping run by where the stop fires on the committed
+trajectory of the same run (else its cap, flagged). Values are recomputed here from the committed CSVs."""
+
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from mmlexp.reproduce import estimate as est
+from mmlexp.reproduce.__main__ import main
+from mmlexp.reproduce.plan import Run, load_plan
+from mmlexp.reproduce.state import PENDING, RunState
+from tests.conftest import REPO
+
+RESULTS = REPO / "results"
+GOWALLA_ROWS = est.SIZES["gowalla"][0]
+
+
+def committed(dataset: str) -> pd.DataFrame:
+    runs = pd.read_csv(RESULTS / dataset / "runs.csv")
+    return runs[runs["max_steps"].isna()]
+
+
+def cost_per_interaction(rows: pd.DataFrame) -> list[float]:
+    """Each run's median seconds per training interaction, straight from its epochs CSV."""
+    return [float((1 / pd.read_csv(RESULTS / "gowalla" / r.epochs_csv)["interactions_per_s"]).median())
+            for r in rows.itertuples()]  # fmt: skip
+
+
+def run(loss="ccl", negatives=100, encoder="mf", seed=1, epochs=100, patience=None, extra=()) -> Run:
+    return Run("gowalla", encoder, loss, negatives, "paper", seed, epochs, 1, "", tuple(extra), patience)
+
+
+@pytest.mark.parametrize("rows", [810_128, 1_237_259, 729_115, 5_000])
+@pytest.mark.parametrize("batch", [256, 512, 1024, 2048])
+def test_the_batch_is_read_back_from_the_steps_an_epoch(rows, batch):
+    assert est.implied_batch(rows, math.ceil(rows / batch)) == batch
+
+
+def test_committed_runs_keep_the_batch_they_trained_with():
+    """BSL trains with batch 1024 (conf/dataset_loss): its speeds are not pooled with the batch-256 runs'."""
+    runs, speeds = committed("gowalla"), [s for s in est.committed_speeds(RESULTS) if s.dataset == "gowalla"]
+    assert sorted(s.batch for s in speeds) == sorted(1024 if loss == "bsl" else 256 for loss in runs["loss"])
+    assert est.job_of(run("bsl")).batch == 1024 and est.job_of(run("ccl")).batch == 256
+
+
+def test_a_sampled_run_is_fitted_over_runs_of_its_own_batch():
+    bsl = committed("gowalla").query("loss == 'bsl' and selection == 'paper'")
+    b, a = np.polyfit(bsl["num_negatives"].astype(float), cost_per_interaction(bsl), 1)
+    got = est.estimate(run("bsl", negatives=50), est.committed_speeds(RESULTS))
+    assert got.train_s == pytest.approx(GOWALLA_ROWS * (a + 50 * b)) and "batch 1024" in got.basis
+
+
+def test_in_batch_negatives_cost_their_benchmarked_ratio_of_mf_not_2047_gathered_rows():
+    speeds = est.committed_speeds(RESULTS)
+    ssm = run("ssm", negatives=2047, encoder="lightgcn", epochs=1000, patience=15, extra=["+experiment=ssm_paper"])
+    job = est.job_of(ssm)
+    assert (job.sampler, job.batch, job.negatives, job.kind) == ("in_batch", 2048, 2047, "in_batch")
+    mf100 = committed("gowalla").query("encoder == 'mf' and loss != 'bsl' and num_negatives == 100")  # batch 256
+    expected = 0.72 * GOWALLA_ROWS * float(np.median(cost_per_interaction(mf100)))
+    got = est.estimate(ssm, speeds)
+    assert got.train_s == pytest.approx(expected) and "0.72" in got.basis
+    mf_ssm = est.estimate(run("ssm", 2047, "mf", epochs=1000, patience=15, extra=["+experiment=ssm_paper"]), speeds)
+    assert mf_ssm.train_s == pytest.approx(expected / 0.72 * 0.48)
+    measured = est.Speed("gowalla", "lightgcn", 2047, 2048, 2e-5, 4.0, 20, "in_batch")
+    took_over = est.estimate(ssm, [*speeds, measured])  # once a run of it is measured, its speed is used
+    assert took_over.train_s == pytest.approx(GOWALLA_ROWS * 2e-5) and took_over.basis.startswith("measured")
+
+
+def test_simplex_prices_its_history_attention_only_when_gamma_uses_it():
+    gowalla = est.job_of(run("ccl", encoder="simplex"))  # SimpleX_gowalla_m1: gamma 0.8
+    yelp = est.job_of(Run("yelp2018", "simplex", "ccl", 100, "paper", 1, 100, 1))  # SimpleX_yelp18_m1: gamma 1
+    assert (gowalla.kind, yelp.kind) == ("history", "sampled")
+
+
+@pytest.mark.parametrize(
+    "scores, patience, stop",
+    [
+        ([0.1, 0.2, 0.2, 0.15, 0.19], 3, 5),  # a tie is not better
+        ([0.1, 0.2, 0.3, 0.25, 0.31, 0.3], 2, None),
+        ([0.3, 0.2], 1, 2),
+    ],
+)
+def test_stop_epoch_counts_evaluations_without_a_strictly_better_score(scores, patience, stop):
+    assert est.stop_epoch(scores, patience) == stop
+
+
+def first_stop(recall: pd.Series, patience: int) -> int:
+    """Independently: the first epoch at least `patience` epochs after the epoch that set the running best."""
+    epochs = recall.index.to_series()
+    best_at = epochs.groupby(recall.cummax().to_numpy()).transform("first")  # where each running best first appears
+    gap = epochs - best_at
+    return int(recall.index[gap.to_numpy() >= patience][0]) + 1
+
+
+def test_an_early_stopping_run_stops_where_the_committed_trajectory_says():
+    trajectories = est.committed_trajectories(RESULTS)
+    plan = load_plan("gowalla")
+    for r in [r for r in plan.runs if r.encoder == "mf" and r.early_stop and r.loss in ("ccl", "mml")]:
+        csv = committed("gowalla").query(f"loss == '{r.loss}' and num_negatives == 100 and selection == 'paper'")
+        recall = pd.read_csv(RESULTS / "gowalla" / csv.iloc[0].epochs_csv).sort_values("epoch")["recall@20"]
+        got = est.estimate(r, est.committed_speeds(RESULTS), trajectories)
+        assert (got.epochs, got.capped) == (first_stop(recall.reset_index(drop=True), 3), False)
+        assert got.epochs < r.epochs and "committed run" in got.epochs_basis
+    unseen = run("ccl", seed=7, patience=3)  # no committed run of seed 7: nothing predicts the stop
+    got = est.estimate(unseen, [], trajectories)
+    assert (got.epochs, got.capped) == (100, True)
+    other_weight = run("ccl", patience=3, extra=["loss.neg_weight=250"])  # trained differently: not its trajectory
+    assert est.estimate(other_weight, [], trajectories).capped
+
+
+def test_status_says_which_early_stopping_runs_are_priced_at_their_cap(tmp_path, capsys):
+    plan = tmp_path / "plan.yaml"
+    plan.write_text(
+        "dataset: gowalla\nsteps:\n"
+        "  - {loss: ccl, negatives: 100, patience: 3}\n"
+        "  - {loss: ssm, encoder: mf, negatives: 2047, epochs: 1000, patience: 15,"
+        " overrides: ['+experiment=ssm_paper']}\n"
+    )
+    assert main(["status", str(plan), "--runs", str(tmp_path / "runs"), "--results", str(RESULTS)]) == 0
+    out = capsys.readouterr().out
+    assert "stops after epoch" in out and "up to 1000 epochs" in out
+    speeds, trajectories = est.committed_speeds(RESULTS), est.committed_trajectories(RESULTS)
+    ssm = next(r for r in load_plan(str(plan)).runs if r.loss == "ssm")
+    at_cap = est.seconds_left(RunState(ssm, PENDING), speeds, trajectories)
+    assert f"of which {est.human(at_cap)} prices 1 early-stopping run(s) at their epoch cap" in out
+
+
+def test_the_sweep_estimate_script_uses_the_same_cost_model():
+    import sys
+
+    sys.path.insert(0, str(REPO / "scripts"))
+    try:
+        import estimate_runtime as script
+    finally:
+        sys.path.pop(0)
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(REPO / "conf")):
+        cfg = compose("config", overrides=["dataset=gowalla", "loss=bsl", "num_negatives=50"], return_hydra_config=True)
+    got = script.job_estimate(cfg, dict(cfg.hydra.runtime.choices), est.committed_speeds(RESULTS))
+    expected = est.estimate(run("bsl", negatives=50), est.committed_speeds(RESULTS))
+    assert got["batch"] == 1024 and got["epoch_s"] == pytest.approx(expected.epoch_s)
