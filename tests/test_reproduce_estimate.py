@@ -60,11 +60,12 @@ def test_in_batch_negatives_cost_their_benchmarked_ratio_of_mf_not_2047_gathered
     job = est.job_of(ssm)
     assert (job.sampler, job.batch, job.negatives, job.kind) == ("in_batch", 2048, 2047, "in_batch")
     mf100 = committed("gowalla").query("encoder == 'mf' and loss != 'bsl' and num_negatives == 100")  # batch 256
-    expected = 0.72 * GOWALLA_ROWS * float(np.median(cost_per_interaction(mf100)))
+    lightgcn, mf = (est.RELATIVE_COST[(encoder, "in_batch")][0] for encoder in ("lightgcn", "mf"))
+    expected = lightgcn * GOWALLA_ROWS * float(np.median(cost_per_interaction(mf100)))
     got = est.estimate(ssm, speeds)
-    assert got.train_s == pytest.approx(expected) and "0.72" in got.basis
+    assert got.train_s == pytest.approx(expected) and f"x{lightgcn:.2f} of MF" in got.basis
     mf_ssm = est.estimate(run("ssm", 2047, "mf", epochs=1000, patience=15, extra=["+experiment=ssm_paper"]), speeds)
-    assert mf_ssm.train_s == pytest.approx(expected / 0.72 * 0.48)
+    assert mf_ssm.train_s == pytest.approx(expected / lightgcn * mf)
     measured = est.Speed("gowalla", "lightgcn", 2047, 2048, 2e-5, 4.0, 20, "in_batch")
     took_over = est.estimate(ssm, [*speeds, measured])  # once a run of it is measured, its speed is used
     assert took_over.train_s == pytest.approx(GOWALLA_ROWS * 2e-5) and took_over.basis.startswith("measured")

@@ -41,11 +41,12 @@ SIZES = {"gowalla": (810_128, 29_858, 40_981), "yelp2018": (1_237_259, 31_668, 3
 REFERENCE = (3.2e-5, 4.2e-7)  # seconds per interaction: a + b N (MF, batch 256, 2-core CPU, before any run)
 BENCHMARK = "benchmarks/results/ssm_simplex_epoch_costs.md"
 # Training cost of an epoch relative to MF + CCL at 100 negatives on the same dataset, 2 threads, measured side by
-# side in one process (BENCHMARK); the rest are guesses kept from before anything was measured.
+# side in one process with the queue paused (BENCHMARK, "Quiet rerun"); the rest are guesses kept from before
+# anything was measured.
 RELATIVE_COST = {
-    ("lightgcn", "in_batch"): (0.72, f"x0.72 of MF at N=100, B=2048 ({BENCHMARK})"),
-    ("mf", "in_batch"): (0.48, f"x0.48 of MF at N=100, B=2048 ({BENCHMARK})"),
-    ("simplex", "history"): (4.66, f"x4.66 of MF at N=100 ({BENCHMARK})"),
+    ("lightgcn", "in_batch"): (1.30, f"x1.30 of MF at N=100, B=2048 ({BENCHMARK})"),
+    ("mf", "in_batch"): (0.80, f"x0.80 of MF at N=100, B=2048 ({BENCHMARK})"),
+    ("simplex", "history"): (3.80, f"x3.80 of MF at N=100 ({BENCHMARK})"),
     ("simplex", "sampled"): (1.0, f"x1 of MF (gamma = 1: no history attention; {BENCHMARK})"),
     ("svdpp", "sampled"): (1.5, "x1.5 of MF (a guess: nothing measured)"),
     ("lightgcn", "sampled"): (3.0, "x3 of MF (a guess: nothing measured)"),
