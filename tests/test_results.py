@@ -272,7 +272,7 @@ def test_overview_of_a_dataset_without_runs_is_pending(tmp_path):
     assert yelp.count("| pending |") == 8 and "0 of 14 cells run yet" in yelp
     gowalla = text.split("## Gowalla")[1].split("## Yelp2018")[0]
     assert "| **HOLDS** | +12.7% |" in gowalla  # MML vs CCL at 10, recall@20: 0.1504 vs 0.1334
-    assert "MML +3.1%, CCL +3.9%, BSL +2.3%" in gowalla
+    assert "MML 100→800 +3.1%, CCL 100→800 +3.9%, BSL 100→800 +2.3%" in gowalla  # each loss, each point
 
 
 def test_figure3_claims_are_marked_holds_or_not():
@@ -323,7 +323,7 @@ def test_figure3_claims_are_marked_holds_or_not():
     assert "MML < BSL at 800 negatives: **HOLDS** (0.1810 vs 0.1900, difference -0.009000, -4.74%)" in text
     bsl = 100 * (0.190 - 0.180) / 0.180  # +5.6%: more than 3% -> does not level off
     mml, ccl = 100 * 0.001 / 0.180, 100 * 0.005 / 0.178
-    assert f"**DOES NOT HOLD** (MML {mml:+.1f}%, CCL {ccl:+.1f}%, BSL {bsl:+.1f}%)" in text
+    assert f"**DOES NOT HOLD** (MML 100→800 {mml:+.1f}%, CCL 100→800 {ccl:+.1f}%, BSL 100→800 {bsl:+.1f}%)" in text
     assert text.count("no per-user evidence: point estimate only, NOT tested (0 seeds: no runs on a common seed") == 4
     assert (tests["evidence"] == "point estimate").all() and list(tests["verdict"].iloc[-4:-1]) == ["HOLDS"] * 2 + [
         "DOES NOT HOLD"

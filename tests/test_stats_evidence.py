@@ -197,6 +197,51 @@ def test_verdicts_on_synthetic_per_user_files(tmp_path):
     assert level.loc[("recall@20", "all losses level off by 100 negatives"), "verdict"] == "DOES NOT HOLD"
 
 
+def _add_point(runs: pd.DataFrame, folder, loss: str, n: int, factor: float, seed: int = 1) -> pd.DataFrame:
+    """A run of ``loss`` at ``n`` negatives whose per-user metrics are its 100-negative run's times ``factor``, with
+    symmetric noise (mean exactly 0) added."""
+    at100 = runs[(runs["loss"] == loss) & (runs["num_negatives"] == 100) & (runs["seed"] == seed)].iloc[0]
+    frame = pd.read_csv(folder / at100["users_csv"])
+    z = np.random.default_rng(n).normal(0, 0.01, USERS // 2)
+    frame["recall@20"] = frame["recall@20"] * factor + np.concatenate([z, -z])
+    frame["ndcg@20"] = 0.8 * frame["recall@20"]
+    stem = f"toy-mf-{loss}-N{n}-paper-seed{seed}"
+    frame.to_csv(folder / "users" / f"{stem}.csv.gz", index=False)
+    row = at100.copy()
+    row[["run_id", "num_negatives", "epochs_csv", "users_csv"]] = [
+        f"{loss}{n}s{seed}".ljust(32, "0"), n, f"epochs/{stem}.csv", f"users/{stem}.csv.gz"]  # fmt: skip
+    row[["recall@20", "ndcg@20"]] = [frame["recall@20"].mean(), frame["ndcg@20"].mean()]
+    return pd.concat([runs, row.to_frame().T], ignore_index=True).astype({"num_negatives": int, "seed": int})
+
+
+def test_level_off_is_read_point_by_point_along_the_curve(tmp_path):
+    """Issue 27 item 3: with curve points between 100 and 800, each loss is tested from 100 to every one of them. A
+    loss whose curve bulges +10% at 400 and comes back by 800 does not level off, though its two ends agree."""
+    runs = _synthetic(tmp_path)
+    for loss in evidence.LEVEL_LOSSES:
+        runs = _add_point(runs, tmp_path, loss, 200, 1.0)
+        runs = _add_point(runs, tmp_path, loss, 400, 1.1 if loss == "bsl" else 1.0)
+    tests = evidence.claim_tests(negative_curves(runs), CLAIMS, runs, tmp_path)
+    rec = tests[tests["metric"] == "recall@20"].set_index("claim")
+    parts = [
+        f"{loss.upper()} levels off from 100 to {n} negatives"
+        for loss in ("mml", "ccl", "bsl")
+        for n in (200, 400, 800)
+    ]
+    assert [c for c in rec.index if evidence.LEVEL_PART in c] == parts  # each loss, its points in order
+    verdicts = rec.loc[parts, "verdict"]
+    assert verdicts.loc["BSL levels off from 100 to 400 negatives"] == "DOES NOT HOLD"
+    assert (verdicts.drop("BSL levels off from 100 to 400 negatives") == "HOLDS").all()
+    assert rec.loc[evidence.LEVEL_CLAIM, "verdict"] == "DOES NOT HOLD"
+    bsl400 = rec.loc["BSL levels off from 100 to 400 negatives"]
+    assert bsl400["rel_diff_pct"] == pytest.approx(10.0, abs=0.5) and bsl400["rel_ci_low"] > evidence.LEVEL_PCT
+    # every point tested is one more member of the Holm family: 2 metrics x (1 + 2 + 3 losses x 3 points)
+    assert tests["p_wilcoxon"].notna().sum() == 2 * (1 + 2 + 9)
+    md = "\n".join(claim_verdicts(tests))
+    assert "all losses level off by 100 negatives (read here as: from 100 negatives on" in md
+    assert "BSL 100→400 +10." in md and "MML 100→200 " in md and "CCL 100→800 " in md
+
+
 @pytest.mark.filterwarnings("ignore:Precision loss:RuntimeWarning")  # a level row: equal seed differences
 def test_seed_level_and_per_user_over_two_seeds(tmp_path):
     runs = _synthetic(tmp_path, seeds=(1, 2))

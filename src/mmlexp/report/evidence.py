@@ -1,6 +1,6 @@
 """The evidence behind each claim verdict of report.md.
 
-Every Figure 3 claim that compares two losses in one setting (or one loss at 100 and at 800 negatives) is tested on
+Every Figure 3 claim that compares two losses in one setting (or one loss at 100 and at more negatives) is tested on
 the test users both runs scored, paired by user: two-sided Wilcoxon signed-rank test and the mean difference with a
 seeded percentile bootstrap interval (``mmlexp.report.stats``), Holm-corrected over all the claim tests of the report
 (one family, with the other systems' claims of ``mmlexp.report.seed_systems``: ``judge`` takes their p-values). With
@@ -22,12 +22,14 @@ from mmlexp.report.export import USERS_COLUMN, cell_id, read_per_user
 from mmlexp.report.stats import bootstrap_diff, holm, seed_paired, wilcoxon_p
 
 ALPHA = 0.05
-LEVEL_PCT = 3.0  # "level off by 100" read as: 100 -> 800 negatives changes a loss by at most 3%
+LEVEL_PCT = 3.0  # "level off by 100" read as: from 100 negatives on, no point of a loss's curve moves it over 3%
 HOLDS, FAILS, OPEN = "HOLDS", "DOES NOT HOLD", "NOT RESOLVED"
 PER_USER, POINT, NOT_RUN = "per-user", "point estimate", "not run yet"
 UNTESTED = "no per-user evidence: point estimate only, NOT tested"
 LEVEL_LOSSES = ("mml", "ccl", "bsl")
-LEVEL_SUFFIX = "levels off from 100 to 800 negatives"  # the per-loss rows of the "level off" claim
+LEVEL_FROM = 100  # the negatives from which the curves level off
+LEVEL_PART = f" levels off from {LEVEL_FROM} to "  # in the per-loss, per-point rows of the "level off" claim
+LEVEL_CLAIM = f"all losses level off by {LEVEL_FROM} negatives"  # their combined row
 COLUMNS = (  # claims.csv
     "claim",
     "dataset",
@@ -78,7 +80,8 @@ class Claim:
 
 def claim_specs(curves: pd.DataFrame, claims: pd.DataFrame) -> list[Claim]:
     """The report's claims with both sides in ``curves``, in report order: MML beats CCL at 10 negatives (each row
-    of ``claims``), then per (dataset, metric): MML ≥ CCL and MML < BSL at 800, each loss level from 100 to 800."""
+    of ``claims``), then per (dataset, metric): MML ≥ CCL and MML < BSL at 800, and each loss level from 100 to every
+    larger number of negatives its curve has (200, 400, 800: the curve read point by point, not only its ends)."""
     have = {(r.dataset, r.metric, r.loss, int(r.num_negatives)) for r in curves.itertuples()}
     out = [
         Claim(
@@ -97,17 +100,24 @@ def claim_specs(curves: pd.DataFrame, claims: pd.DataFrame) -> list[Claim]:
             Claim("MML < BSL at 800 negatives", dataset, metric, ("mml", 800), ("bsl", 800), "<"),
             *(
                 Claim(
-                    f"{loss.upper()} levels off from 100 to 800 negatives",
-                    dataset,
-                    metric,
-                    (loss, 800),
-                    (loss, 100),
-                    "level",
+                    f"{loss.upper()}{LEVEL_PART}{n} negatives", dataset, metric, (loss, n), (loss, LEVEL_FROM), "level"
                 )
                 for loss in LEVEL_LOSSES
+                for n in sorted({n for d, m, x, n in have if (d, m, x) == (dataset, metric, loss) and n > LEVEL_FROM})
             ),
         ]
     return [c for c in out if {(c.dataset, c.metric, *c.a), (c.dataset, c.metric, *c.b)} <= have]
+
+
+def is_level_part(claims: pd.Series) -> pd.Series:
+    """Which rows of ``claims.csv``'s ``claim`` column are the per-loss, per-point rows of the "level off" claim."""
+    return claims.astype(str).str.contains(LEVEL_PART, regex=False)
+
+
+def level_point(claim: str) -> str:
+    """``MML levels off from 100 to 800 negatives`` -> ``MML 100→800``."""
+    loss, rest = claim.split(LEVEL_PART)
+    return f"{loss} {LEVEL_FROM}→{rest.split()[0]}"
 
 
 def _cell(runs: pd.DataFrame, dataset: str, side: tuple[str, int]) -> pd.DataFrame:
@@ -239,9 +249,10 @@ def verdict(row: Mapping, alpha: float = ALPHA) -> str:
 
 
 def level_off(rows: pd.DataFrame) -> dict:
-    """The combined "all losses level off by 100" row of one (dataset, metric) from its per-loss rows: DOES NOT
-    HOLD if a tested loss does not, HOLDS if every loss is tested and holds, NOT RESOLVED if every loss is tested
-    otherwise; with a loss untested (and no tested failure), the point-estimate rule on every loss."""
+    """The combined "all losses level off by 100" row of one (dataset, metric) from its per-loss, per-point rows
+    (each loss from 100 to each larger number of negatives): DOES NOT HOLD if a tested row does not, HOLDS if every
+    row is tested and holds, NOT RESOLVED if every row is tested otherwise; with a row untested (and no tested
+    failure), the point-estimate rule on every row."""
     tested = rows[rows["evidence"] == PER_USER]
     if (tested["verdict"] == FAILS).any() or len(tested) == len(rows):
         evidence = PER_USER
@@ -251,7 +262,7 @@ def level_off(rows: pd.DataFrame) -> dict:
         result = HOLDS if (rows["rel_diff_pct"].abs() <= LEVEL_PCT).all() else FAILS
     first = rows.iloc[0]
     return {
-        "claim": "all losses level off by 100 negatives",
+        "claim": LEVEL_CLAIM,
         "dataset": first["dataset"],
         "metric": first["metric"],
         "expect": "level",

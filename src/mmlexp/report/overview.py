@@ -15,14 +15,14 @@ from pathlib import Path
 
 import pandas as pd
 
-from mmlexp.report import seed_systems
+from mmlexp.report import evidence, seed_systems
 from mmlexp.report.evidence import NOT_RUN, OPEN
 from mmlexp.report.status import THRESHOLD_PCT
 from mmlexp.report.tables import paper_numbers
 
 DATASETS = ("gowalla", "yelp2018")
 LABELS = {"gowalla": "Gowalla", "yelp2018": "Yelp2018"}
-CLAIMS_800 = ("MML ≥ CCL at 800 negatives", "MML < BSL at 800 negatives", "all losses level off by 100 negatives")
+CLAIMS_800 = ("MML ≥ CCL at 800 negatives", "MML < BSL at 800 negatives", evidence.LEVEL_CLAIM)
 METRICS = ("recall@20", "ndcg@20")
 
 
@@ -53,9 +53,13 @@ def _evidence(row) -> str:
 
 
 def _per_loss(tested: pd.DataFrame, metric: str) -> str:
-    """The combined 'level off' claim: each loss's own 100 -> 800 change."""
-    own = tested[(tested["metric"] == metric) & tested["claim"].str.endswith("levels off from 100 to 800 negatives")]
-    parts = [f"{c.split()[0]} {v:+.1f}%" for c, v in zip(own["claim"], own["rel_diff_pct"], strict=True) if pd.notna(v)]
+    """The combined 'level off' claim: each loss's own change from 100 to each larger number of negatives."""
+    own = tested[(tested["metric"] == metric) & evidence.is_level_part(tested["claim"])]
+    parts = [
+        f"{evidence.level_point(c)} {v:+.1f}%"
+        for c, v in zip(own["claim"], own["rel_diff_pct"], strict=True)
+        if pd.notna(v)
+    ]
     return ", ".join(parts) or "—"
 
 

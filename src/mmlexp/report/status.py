@@ -187,10 +187,10 @@ def pair_line(row) -> str:
 
 
 def _level_line(row, parts: pd.DataFrame) -> str:
-    """The combined "all losses level off" claim: each loss's 100 → 800 change (tested: its 95% bootstrap
-    interval, Holm p and verdict) and the evidence."""
+    """The combined "all losses level off" claim: each loss's change from 100 to each larger number of negatives
+    (tested: its 95% bootstrap interval, Holm p and verdict) and the evidence."""
     changes = [
-        f"{r.claim.split()[0]} {r.rel_diff_pct:+.1f}%"
+        f"{evidence.level_point(r.claim)} {r.rel_diff_pct:+.1f}%"
         + (
             f" [95% CI {r.rel_ci_low:+.1f}%, {r.rel_ci_high:+.1f}%], Holm p = {_p(r.p_holm)}: {r.verdict}"
             if r.evidence == evidence.PER_USER
@@ -208,8 +208,9 @@ def _level_line(row, parts: pd.DataFrame) -> str:
     else:
         tail = _untested(row, list(dict.fromkeys([*parts["b"], *parts["a"]])))
     return (
-        f"{row.dataset} {row.metric}: all losses level off by 100 negatives (read here as: 100 → 800 negatives "
-        f"changes each by at most {evidence.LEVEL_PCT:g}%): **{row.verdict}** ({', '.join(changes)}){tail}"
+        f"{row.dataset} {row.metric}: {evidence.LEVEL_CLAIM} (read here as: from 100 negatives on, no point of "
+        f"a loss's curve is more than {evidence.LEVEL_PCT:g}% from its value at 100): **{row.verdict}** "
+        f"({', '.join(changes)}){tail}"
     )
 
 
@@ -224,7 +225,7 @@ def method_lines(tests: pd.DataFrame) -> list[str]:
     )
     return [
         "How a verdict is decided ([claims.csv](claims.csv) has every test, its numbers and its runs). A claim "
-        "comparing two losses in one setting (or one loss at 100 and at 800 negatives) is tested on the test users "
+        "comparing two losses in one setting (or one loss at 100 and at more negatives) is tested on the test users "
         "both runs scored, paired by user: the two-sided Wilcoxon signed-rank test (`scipy.stats.wilcoxon`, "
         '`zero_method="pratt"`: a user with the same metric under both runs is ranked, then left out of the rank '
         "sum, with the normal approximation corrected for it) and the mean difference with a 95% percentile "
@@ -236,11 +237,12 @@ def method_lines(tests: pd.DataFrame) -> list[str]:
         f"A difference not significant after Holm at α = {evidence.ALPHA:g} is **NOT "
         'RESOLVED**; otherwise the claim HOLDS or DOES NOT HOLD by the sign of the difference. For "beats by '
         '13%" the direction is tested and our gain is shown beside the paper\'s; "MML ≥ CCL" also needs a '
-        "significant difference (a tie is no evidence of ≥ without an equivalence test). A loss levels off when "
-        f"the bootstrap interval of its 100 → 800 change lies within ±{evidence.LEVEL_PCT:g}%, does not when the "
-        f"change is significant and its interval lies beyond ±{evidence.LEVEL_PCT:g}%, and is not resolved "
-        "otherwise (that interval is not corrected for the number of claims); the claim holds when every loss "
-        "levels off and fails when one does not.",
+        "significant difference (a tie is no evidence of ≥ without an equivalence test). The curve levels off "
+        "from 100 negatives at a point (200, 400, 800: each that has a run) when the bootstrap interval of the "
+        f"loss's change from 100 to it lies within ±{evidence.LEVEL_PCT:g}%, does not when the change is "
+        f"significant and its interval lies beyond ±{evidence.LEVEL_PCT:g}%, and is not resolved otherwise (that "
+        "interval is not corrected for the number of claims); the claim holds when every loss levels off at "
+        "every point and fails when one does not at one.",
         "",
         "With several seeds "
         "the per-user metrics are averaged over the seeds first, and the seed-level mean difference, its "
@@ -260,7 +262,7 @@ def claim_verdicts(tests: pd.DataFrame, family: pd.DataFrame | None = None) -> l
     (``evidence.claim_tests``), marked HOLDS / DOES NOT HOLD / NOT RESOLVED with the evidence it rests on.
     ``family``: every claim test of the report, Figure 3's and the others' (default: ``tests``)."""
     out = []
-    level = tests["claim"].str.endswith(evidence.LEVEL_SUFFIX) if len(tests) else pd.Series(dtype=bool)
+    level = evidence.is_level_part(tests["claim"]) if len(tests) else pd.Series(dtype=bool)
     for i, row in enumerate(tests.itertuples()):
         if level.iloc[i]:
             continue
