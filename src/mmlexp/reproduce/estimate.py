@@ -21,6 +21,7 @@ same bits); otherwise the cap, flagged ``capped`` (the run stops sooner, at an e
 eval comes from the same dataset, else another one's scaled by users x items. Each estimate says what it rests on.
 """
 
+import dataclasses
 import functools
 import math
 import statistics
@@ -165,10 +166,7 @@ def _composed_job(dataset: str, encoder: str, loss: str, selection: str, extra: 
 def job_of(run: Run) -> Job:
     """The run's ``Job``: its config composed once per (dataset, encoder, loss, selection, extra overrides)."""
     job = _composed_job(run.dataset, run.encoder, run.loss, run.selection, run.extra)
-    if job.sampler == "in_batch":
-        return job
-    return Job(job.dataset, job.encoder, job.sampler, run.negatives, job.batch, job.selection, job.history,
-               job.monitor)  # fmt: skip
+    return job if job.kind == "in_batch" else dataclasses.replace(job, negatives=run.negatives)
 
 
 def implied_batch(rows: float, steps: int) -> int:
