@@ -271,6 +271,32 @@ def test_mean_ci_and_curves_units():
     assert len(aggregate(df.iloc[:0])) == 0
 
 
+def test_figure3_shades_the_band_a_curve_stays_in_if_it_levels_off():
+    """From 100 negatives to a loss's last point: ±3% of its value at 100 (one band per loss that has both)."""
+    df = pd.DataFrame(
+        {
+            "run_id": list("abcde"),
+            "dataset": "gowalla",
+            "encoder": "mf",
+            "loss": ["mml", "mml", "mml", "ccl", "ccl"],
+            "num_negatives": [10, 100, 400, 10, 100],  # CCL has no point beyond 100: no band
+            "seed": 1,
+            "early_stop": "N",
+            "selection": "paper",
+            "epochs": 100,
+            "recall@20": [0.1, 0.2, 0.21, 0.1, 0.18],
+            "ndcg@20": [0.05, 0.1, 0.1, 0.05, 0.09],
+        }
+    )
+    recall = plot_negative_curves(df).axes[0]
+    from matplotlib.collections import PolyCollection  # fill_between's; the error bars are LineCollections
+
+    bands = [c for c in recall.collections if isinstance(c, PolyCollection)]
+    assert len(bands) == 1
+    (x0, y0), (x1, y1) = bands[0].get_paths()[0].get_extents().get_points()
+    assert (x0, x1) == pytest.approx((100, 400)) and (y0, y1) == pytest.approx((0.2 * 0.97, 0.2 * 1.03))
+
+
 def test_experiment_files_expand_to_the_paper_grids():
     sys.path.insert(0, str(REPO / "scripts"))
     try:

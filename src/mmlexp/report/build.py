@@ -261,7 +261,8 @@ def _figure3(curves: pd.DataFrame, claims: pd.DataFrame, fdesc: str, opts: Optio
     md = [
         "## Figure 3: accuracy against the number of negatives",
         "",
-        f"Runs: {fdesc}; error bars = {opts.confidence:.0%} t-interval where a point has several seeds. "
+        f"Runs: {fdesc}; error bars = {opts.confidence:.0%} t-interval where a point has several seeds; shaded, "
+        f"±{evidence.LEVEL_PCT:g}% around each loss's value at 100 negatives, where its curve stays if it levels off. "
         "Data: [figure3_negatives.csv](figure3_negatives.csv).",
         "",
         "![Figure 3](figure3_negatives.png)",

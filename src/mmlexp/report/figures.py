@@ -9,6 +9,7 @@ import pandas as pd
 from matplotlib import rc_context
 from matplotlib.figure import Figure
 
+from mmlexp.report.evidence import LEVEL_FROM, LEVEL_PCT
 from mmlexp.report.stats import METRICS, aggregate, negative_curves
 
 LOSS_ORDER = ("mml", "ccl", "bsl", "ssm", "mse", "softmax", "infonce", "bpr", "hinge", "triplet", "contrastive", "bce")
@@ -57,8 +58,9 @@ def ordered_datasets(datasets) -> list[str]:
 
 def plot_negative_curves(df: pd.DataFrame, metrics: Sequence[str] = METRICS) -> Figure:
     """Paper Figure 3: one panel per dataset x metric, one line per loss, x = number of negatives (log scale),
-    error bars = 95% t-interval over seeds where a point has more than one seed. ``df`` is ``fetch_runs`` output
-    (filter it to one encoder / early-stop / selection setting first)."""
+    error bars = 95% t-interval over seeds where a point has more than one seed; shaded, the band a loss's curve
+    stays in if it levels off from 100 negatives (``level_band``). ``df`` is ``fetch_runs`` output (filter it to one
+    encoder / early-stop / selection setting first)."""
     curves = negative_curves(df, metrics=metrics)
     datasets = ordered_datasets(curves["dataset"]) if len(curves) else []
     nrows, ncols = max(1, len(datasets)), max(1, len(metrics))
@@ -83,6 +85,7 @@ def plot_negative_curves(df: pd.DataFrame, metrics: Sequence[str] = METRICS) -> 
                 if line.empty:
                     continue
                 err = line["ci_half"].where(line["n"] > 1)
+                level_band(ax, line, loss_style(loss, losses)["color"])
                 ax.errorbar(
                     line["num_negatives"],
                     line["mean"],
@@ -101,6 +104,17 @@ def plot_negative_curves(df: pd.DataFrame, metrics: Sequence[str] = METRICS) -> 
             if len(sub):
                 ax.legend(fontsize=8)
     return fig
+
+
+def level_band(ax, line: pd.DataFrame, color: str) -> None:
+    """Shade ±LEVEL_PCT % around a loss's value at LEVEL_FROM negatives, from there to its last point: where its
+    curve stays if it levels off (``evidence.claim_specs`` tests each point against it)."""
+    start, after = line[line["num_negatives"] == LEVEL_FROM], line[line["num_negatives"] > LEVEL_FROM]
+    if start.empty or after.empty:
+        return
+    value, pct = float(start["mean"].iloc[0]), LEVEL_PCT / 100
+    ends = [LEVEL_FROM, after["num_negatives"].max()]
+    ax.fill_between(ends, value * (1 - pct), value * (1 + pct), color=color, alpha=0.12, linewidth=0)
 
 
 def plot_time_to_accuracy(history: pd.DataFrame, runs: pd.DataFrame, metric: str = "recall@20") -> Figure:
