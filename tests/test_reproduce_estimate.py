@@ -132,6 +132,24 @@ def test_status_says_which_early_stopping_runs_are_priced_at_their_cap(tmp_path,
     assert f"of which {est.human(at_cap)} prices 1 early-stopping run(s) at their epoch cap" in out
 
 
+@pytest.mark.parametrize(
+    "override, named",
+    [
+        ("trainer.batchsize=64", "Could not override 'trainer.batchsize'"),  # it does not compose
+        ("+trainer.batchsize=64", "trainer.batchsize: no such key in trainer"),  # the run would refuse it
+        ("+experiment=not_an_experiment", "not_an_experiment"),  # it does not compose
+    ],
+)
+def test_a_step_whose_config_is_refused_is_named_before_it_is_queued(tmp_path, capsys, override, named):
+    plan = tmp_path / "plan.yaml"
+    plan.write_text(f"dataset: gowalla\nsteps:\n  - {{loss: ccl, negatives: 300, overrides: ['{override}']}}\n")
+    runs = tmp_path / "runs"
+    assert main(["status", str(plan), "--runs", str(runs), "--results", str(RESULTS)]) == 2
+    err = capsys.readouterr().err
+    assert "step 1 (ccl N=300 seed 1)" in err and override in err and named in err and "Traceback" not in err
+    assert not runs.exists()  # nothing written
+
+
 def test_the_sweep_estimate_script_uses_the_same_cost_model():
     import sys
 

@@ -146,7 +146,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "report":
         return write_report(plan, stores, args.results)
     speeds = committed_speeds(args.results) + store_speeds(stores, plan.experiment)
-    describe(plan, plan_state(plan, stores, args.results), speeds, committed_trajectories(args.results))
+    try:
+        describe(plan, plan_state(plan, stores, args.results), speeds, committed_trajectories(args.results))
+    except PlanError as err:
+        print(f"mmlexp.reproduce: error: plan {plan.path}, {err}", file=sys.stderr)
+        return 2
     if args.command == "status":
         return 0
     return run_missing(plan, stores, args.results, args.threads)

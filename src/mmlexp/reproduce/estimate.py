@@ -33,7 +33,7 @@ import numpy as np
 import pandas as pd
 from omegaconf import OmegaConf
 
-from mmlexp.reproduce.plan import Run
+from mmlexp.reproduce.plan import PlanError, Run
 from mmlexp.reproduce.state import PENDING, RUNNING, RunState
 from mmlexp.reproduce.stores import Stores
 
@@ -158,14 +158,24 @@ def _composed_job(dataset: str, encoder: str, loss: str, selection: str, extra: 
     overrides = [f"dataset={dataset}", f"encoder={encoder}", f"loss={loss}", *extra]
     if selection != "paper":
         overrides.append(f"eval.selection={selection}")
+    from mmlexp.config import validate
+
     with initialize_config_dir(config_dir=str(_config_dir())):
         cfg = compose("config", overrides=overrides, return_hydra_config=True)
+    validate(cfg)  # what the run would refuse, said before it is queued
     return job_of_config(cfg, dict(cfg.hydra.runtime.choices))
 
 
 def job_of(run: Run) -> Job:
-    """The run's ``Job``: its config composed once per (dataset, encoder, loss, selection, extra overrides)."""
-    job = _composed_job(run.dataset, run.encoder, run.loss, run.selection, run.extra)
+    """The run's ``Job``: its config composed once per (dataset, encoder, loss, selection, extra overrides); a run
+    whose config does not compose or validate (``mmlexp.config.validate``) is a ``PlanError`` naming its overrides."""
+    try:
+        job = _composed_job(run.dataset, run.encoder, run.loss, run.selection, run.extra)
+    except Exception as err:  # Hydra's composition errors, mmlexp's ConfigError: a key, option or value refused
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        raise PlanError(
+            f"step {run.step} ({run.label}): its config is refused with overrides {list(run.extra)}: {first}"
+        ) from err
     return job if job.kind == "in_batch" else dataclasses.replace(job, negatives=run.negatives)
 
 
