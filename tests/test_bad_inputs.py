@@ -430,6 +430,16 @@ PLANS = [
         "dataset='gowala': no such dataset; allowed: custom, gowalla",
     ),
     plan_case(
+        "plan-override-not-a-key",
+        "dataset: sample\nsteps:\n  - {loss: mml, negatives: 10, overrides: [trainer.epoch=3]}\n",
+        "step 1 (mml N=10 seed 1): its config is refused with overrides ['trainer.epoch=3']: Could not override",
+    ),
+    plan_case(
+        "plan-override-refused",
+        "dataset: sample\nsteps:\n  - {loss: mml, negatives: 10, overrides: ['+trainer.epoch=3']}\n",
+        "its config is refused with overrides ['+trainer.epoch=3']: trainer.epoch: no such key in trainer",
+    ),
+    plan_case(
         "steps-out-of-range",
         ONE_STEP,
         "--steps 9: {tmp}/in/plan.yaml has steps 1..1; allowed: one or more of them",
