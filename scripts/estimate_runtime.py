@@ -31,16 +31,15 @@ CONF = REPO / "conf"
 
 EVAL_SECONDS = {"sample": 0.3}  # the embedded dataset (the cost model knows the full datasets)
 OVERHEAD_SECONDS = 5.0  # per run: data from the cache, model, MLflow
-TRAIN_ROWS = {"gowalla": 810_128, "yelp2018": 1_237_259}
 
 
 def train_rows(dataset: str) -> int:
-    if dataset in TRAIN_ROWS:
-        return TRAIN_ROWS[dataset]
+    from mmlexp.reproduce.estimate import SIZES  # the full datasets' training interactions
+
     if dataset == "sample":
         path = REPO / "src" / "mmlexp" / "resources" / "sample" / "train.txt"
         return sum(len(line.split()) - 1 for line in path.read_text().splitlines() if line.strip())
-    return TRAIN_ROWS["gowalla"]
+    return SIZES.get(dataset, SIZES["gowalla"])[0]
 
 
 def expand(overrides: list[str]) -> tuple[list[str], list[list[str]]]:

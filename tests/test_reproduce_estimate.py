@@ -126,7 +126,7 @@ def test_status_says_which_early_stopping_runs_are_priced_at_their_cap(tmp_path,
     assert main(["status", str(plan), "--runs", str(tmp_path / "runs"), "--results", str(RESULTS)]) == 0
     out = capsys.readouterr().out
     assert "stops after epoch" in out and "up to 1000 epochs" in out
-    speeds, trajectories = est.committed_speeds(RESULTS), est.committed_trajectories(RESULTS)
+    speeds, trajectories = est.committed_measurements(RESULTS)
     ssm = next(r for r in load_plan(str(plan)).runs if r.loss == "ssm")
     at_cap = est.seconds_left(RunState(ssm, PENDING), speeds, trajectories)
     assert f"of which {est.human(at_cap)} prices 1 early-stopping run(s) at their epoch cap" in out

@@ -14,14 +14,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from mmlexp.reproduce.estimate import (
-    committed_speeds,
-    committed_trajectories,
-    estimate,
-    human,
-    seconds_left,
-    store_speeds,
-)
+from mmlexp.reproduce.estimate import Estimate, committed_measurements, estimate, human, remaining_s, store_speeds
 from mmlexp.reproduce.plan import Plan, PlanError, Run, check_names, load_plan, select_steps
 from mmlexp.reproduce.state import DONE, RUNNING, RunState, plan_state
 from mmlexp.reproduce.stores import Stores, default_runs_dir
@@ -40,23 +33,24 @@ def parser() -> argparse.ArgumentParser:
 
 def describe(plan: Plan, states: list[RunState], speeds, trajectories=(), out=None) -> float:
     """Print every run with its state and time; return the seconds left for the plan."""
-    out, total, capped = out or sys.stdout, 0.0, []
+    out = out or sys.stdout
     print(
         f"plan {plan.name} ({plan.path}): {len(states)} runs on {plan.dataset}, experiment {plan.experiment}", file=out
     )
+    ests = {s: estimate(s.run, speeds, trajectories) for s in states if s.state != DONE}
+    left = {s: remaining_s(s, ests[s]) if s in ests else 0.0 for s in states}
     for step in sorted({s.run.step for s in states}):
         in_step = [s for s in states if s.run.step == step]
-        left = sum(seconds_left(s, speeds, trajectories) for s in in_step)
-        total += left
-        capped += [s for s in in_step if s.state != DONE and estimate(s.run, speeds, trajectories).capped]
         done = sum(s.state == DONE for s in in_step)
-        print(f"step {step}: {in_step[0].run.why}  [{done}/{len(in_step)} done, {human(left)} left]", file=out)
+        step_left = human(sum(left[s] for s in in_step))
+        print(f"step {step}: {in_step[0].run.why}  [{done}/{len(in_step)} done, {step_left} left]", file=out)
         for s in in_step:
-            print(f"  {line(s, speeds, trajectories)}", file=out)
-    n_left = sum(s.state != DONE for s in states)
-    print(f"time left: ~{human(total)} for {n_left} run(s), one at a time (an estimate, not a promise)", file=out)
+            print(f"  {line(s, ests.get(s), left[s])}", file=out)
+    total = sum(left.values())
+    print(f"time left: ~{human(total)} for {len(ests)} run(s), one at a time (an estimate, not a promise)", file=out)
+    capped = [s for s in states if s in ests and ests[s].capped]
     if capped:
-        at_cap = sum(seconds_left(s, speeds, trajectories) for s in capped)
+        at_cap = sum(left[s] for s in capped)
         print(
             f"  of which {human(at_cap)} prices {len(capped)} early-stopping run(s) at their epoch cap: they stop "
             "sooner, at an epoch no committed run predicts",
@@ -65,12 +59,12 @@ def describe(plan: Plan, states: list[RunState], speeds, trajectories=(), out=No
     return total
 
 
-def line(s: RunState, speeds, trajectories=()) -> str:
+def line(s: RunState, est: Estimate | None, seconds: float) -> str:
+    """One run's line: done, or running / pending with the ``seconds`` it still needs and its estimate ``est``."""
     label = f"{s.run.label:28s}"
-    if s.state == DONE:
+    if s.state == DONE or est is None:
         return f"{label} done ({s.source})"
-    est = estimate(s.run, speeds, trajectories)
-    left = f"{'up to ' if est.capped else ''}~{human(seconds_left(s, speeds, trajectories))}"
+    left = f"{'up to ' if est.capped else ''}~{human(seconds)}"
     epochs = f"; {est.epochs_basis}" if est.epochs_basis else ""
     if s.state == RUNNING:
         return f"{label} running, epoch {s.epoch}/{s.run.epochs}, {left} left{epochs}"
@@ -145,9 +139,10 @@ def main(argv: list[str] | None = None) -> int:
     print(f"stores: {stores.root}")
     if args.command == "report":
         return write_report(plan, stores, args.results)
-    speeds = committed_speeds(args.results) + store_speeds(stores, plan.experiment)
+    speeds, trajectories = committed_measurements(args.results)
+    speeds += store_speeds(stores, plan.experiment)
     try:
-        describe(plan, plan_state(plan, stores, args.results), speeds, committed_trajectories(args.results))
+        describe(plan, plan_state(plan, stores, args.results), speeds, trajectories)
     except PlanError as err:
         print(f"mmlexp.reproduce: error: plan {plan.path}, {err}", file=sys.stderr)
         return 2

@@ -222,15 +222,29 @@ def _committed(results_root: Path) -> Iterable[tuple[pd.Series, pd.DataFrame]]:
                 yield r, pd.read_csv(path)
 
 
-def committed_speeds(results_root: Path) -> list[Speed]:
-    """Speeds of the runs committed under ``results/*/`` (their per-epoch CSVs)."""
-    out = []
+def committed_measurements(results_root: Path) -> tuple[list[Speed], list[Trajectory]]:
+    """What the runs committed under ``results/*/`` measured, their per-epoch CSVs read once: their speeds, and the
+    trajectories of the full runs without early stopping (which say where an early stop fires)."""
+    speeds, trajectories = [], []
     for r, epochs in _committed(results_root):
         batch = _committed_batch(epochs, r.get("overrides"), r["dataset"])
         sampler = r.get("sampler") if isinstance(r.get("sampler"), str) else "uniform"
         sp = _speed(r["dataset"], r["encoder"], r["num_negatives"], batch, epochs, sampler)
-        out += [sp] if sp else []
-    return out
+        speeds += [sp] if sp else []
+        if r.get("early_stop") != "Y" and pd.isna(r.get("max_steps")):
+            cell = (r["dataset"], r["encoder"], r["loss"], int(r["num_negatives"]), r["selection"], int(r["seed"]))
+            trajectories.append(Trajectory(cell, training_overrides(str(r.get("overrides") or "").split()), epochs))
+    return speeds, trajectories
+
+
+def committed_speeds(results_root: Path) -> list[Speed]:
+    """Speeds of the runs committed under ``results/*/`` (their per-epoch CSVs)."""
+    return committed_measurements(results_root)[0]
+
+
+def committed_trajectories(results_root: Path) -> list[Trajectory]:
+    """The committed full runs without early stopping, whose trajectories say where an early stop fires."""
+    return committed_measurements(results_root)[1]
 
 
 def training_overrides(tokens: Iterable[str]) -> frozenset[str]:
@@ -239,21 +253,8 @@ def training_overrides(tokens: Iterable[str]) -> frozenset[str]:
     return frozenset(t for t in tokens if "=" in t and not t.lstrip("+~").startswith(CELL + NOT_TRAINING))
 
 
-def committed_trajectories(results_root: Path) -> list[Trajectory]:
-    """The committed full runs without early stopping, whose trajectories say where an early stop fires."""
-    out = []
-    for r, epochs in _committed(results_root):
-        if r.get("early_stop") == "Y" or not pd.isna(r.get("max_steps")):
-            continue
-        cell = (r["dataset"], r["encoder"], r["loss"], int(r["num_negatives"]), r["selection"], int(r["seed"]))
-        out.append(Trajectory(cell, training_overrides(str(r.get("overrides") or "").split()), epochs))
-    return out
-
-
 def tracked_speeds(tracking_uri: str, experiment: str | None = None, statuses=("FINISHED", "RUNNING")) -> list[Speed]:
     """Speeds of an MLflow store's training runs (of ``experiment``, else of every experiment)."""
-    from mlflow.tracking import MlflowClient
-
     from mmlexp.report.runs import ReportError, _search, client_for, resolve_experiments, run_row
 
     client = client_for(tracking_uri)
@@ -262,7 +263,6 @@ def tracked_speeds(tracking_uri: str, experiment: str | None = None, statuses=("
     except ReportError:  # the experiment has no run yet
         return []
     out: list[Speed] = []
-    mlflow = MlflowClient(tracking_uri)
     for status in statuses:
         for run in _search(client, ids.values(), f"attributes.status = '{status}'"):
             if run.data.tags.get("sweep.role") == "parent" or run.data.tags.get("device", "cpu") != "cpu":
@@ -271,7 +271,7 @@ def tracked_speeds(tracking_uri: str, experiment: str | None = None, statuses=("
             if r["num_negatives"] is None or not r["dataset"]:
                 continue
             hist = {
-                key: {m.step: m.value for m in mlflow.get_metric_history(r["run_id"], key)}
+                key: {m.step: m.value for m in client.get_metric_history(r["run_id"], key)}
                 for key in ("interactions_per_s", "eval_time_s")
             }
             batch = run.data.params.get("trainer.batch_size") or default_batch(r["dataset"])
@@ -333,10 +333,10 @@ def per_interaction(job: Job, speeds: list[Speed]) -> tuple[float, str]:
     found = measured_cost(job, speeds)
     if found:
         return found
-    mf = Job(job.dataset, "mf", "uniform", job.negatives if job.kind == "sampled" else 100, default_batch(job.dataset))
     if job.encoder == "mf" and job.kind == "sampled":
         a, b = REFERENCE
         return a + b * job.negatives, "reference speed (nothing measured)"
+    mf = Job(job.dataset, "mf", "uniform", job.negatives if job.kind == "sampled" else 100, default_batch(job.dataset))
     ratio, why = RELATIVE_COST.get((job.encoder, job.kind), (2.0, "x2 of MF (a guess: nothing measured)"))
     base, base_basis = per_interaction(mf, speeds)
     return ratio * base, f"{why}; MF: {base_basis}"
@@ -399,7 +399,11 @@ def seconds_left(state: RunState, speeds: list[Speed], trajectories: Iterable[Tr
     """A pending run: its estimate; a running one: the epochs left at its own recent pace."""
     if state.state not in (PENDING, RUNNING):
         return 0.0
-    est = estimate(state.run, speeds, trajectories)
+    return remaining_s(state, estimate(state.run, speeds, trajectories))
+
+
+def remaining_s(state: RunState, est: Estimate) -> float:
+    """The seconds a pending or running run still needs, given its estimate."""
     if state.state == PENDING:
         return est.epochs * est.epoch_s + OVERHEAD_S
     pace = state.pace_s if not math.isnan(state.pace_s) else est.epoch_s
