@@ -106,18 +106,10 @@ def job_estimate(cfg, choices: dict, speeds: list) -> dict:
     }
 
 
-def human(seconds: float) -> str:
-    if seconds < 120:
-        return f"{seconds:.0f} s"
-    if seconds < 2 * 3600:
-        return f"{seconds / 60:.0f} min"
-    if seconds < 2 * 86400:
-        return f"{seconds / 3600:.1f} h"
-    return f"{seconds / 86400:.1f} days"
-
-
 def estimate(sweeps: list[list[str]], uri: str | None, out=None) -> float:
     from hydra import compose, initialize_config_dir
+
+    from mmlexp.reproduce.estimate import human
 
     out = out or sys.stdout
 

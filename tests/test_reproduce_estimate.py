@@ -165,3 +165,36 @@ def test_the_sweep_estimate_script_uses_the_same_cost_model():
     got = script.job_estimate(cfg, dict(cfg.hydra.runtime.choices), est.committed_speeds(RESULTS))
     expected = est.estimate(run("bsl", negatives=50), est.committed_speeds(RESULTS))
     assert got["batch"] == 1024 and got["epoch_s"] == pytest.approx(expected.epoch_s)
+
+
+def test_steps_run_in_the_order_given(tmp_path):
+    from mmlexp.reproduce.plan import select_steps
+
+    plan = tmp_path / "plan.yaml"
+    plan.write_text("dataset: gowalla\nsteps:\n  - {loss: mml, negatives: 10}\n  - {loss: ccl, negatives: [10, 100]}\n")
+    picked = select_steps(load_plan(str(plan)), [2, 1])
+    assert [(r.step, r.loss, r.negatives) for r in picked.runs] == [(2, "ccl", 10), (2, "ccl", 100), (1, "mml", 10)]
+
+
+@pytest.mark.parametrize("pace_ratio", [0.5, 1.0, 2.6])
+def test_a_running_run_off_its_estimate_rescales_the_pending_runs(pace_ratio, capsys):
+    from mmlexp.reproduce.__main__ import PACE_BAND, describe
+    from mmlexp.reproduce.state import RUNNING
+
+    plan = load_plan("gowalla")
+    speeds, trajectories = est.committed_measurements(RESULTS)
+    first, second, third = run("mml", seed=9), run("ccl", seed=9), run("bsl", seed=9)
+    per_epoch = est.estimate(first, speeds).epoch_s
+    states = [RunState(first, RUNNING, "id", 40, per_epoch * pace_ratio), RunState(second, PENDING),
+              RunState(third, PENDING)]  # fmt: skip
+    total = describe(plan, states, speeds, trajectories)
+    out = capsys.readouterr().out
+    running_left = 60 * per_epoch * pace_ratio  # 100 epochs, 40 done, at its own pace
+    pending = [est.seconds_left(s, speeds) for s in states[1:]]
+    assert total == pytest.approx(running_left + sum(pending))
+    scaled = running_left + pace_ratio * sum(pending)
+    if PACE_BAND[0] <= pace_ratio <= PACE_BAND[1]:
+        assert "at the pace of the running run" not in out
+    else:
+        assert f"at the pace of the running run instead (~{est.human(scaled)})" in out
+        assert f"x{pace_ratio:.2f}" in out and ("slower" if pace_ratio > 1 else "faster") in out

@@ -3,20 +3,22 @@
     report   results/<dataset>/ from the finished runs (the store's, merged with those already committed)
     status   each run of the plan (done / running epoch k/n / pending), the time it needs and what that rests on,
              and the time left for the whole plan (reads only)
-    run      prints the same, then runs whatever is missing, one run at a time, in the plan's order; stop it
-             anywhere and run it again: finished runs are skipped, an interrupted run resumes from its checkpoint
+    run      prints the same, then runs whatever is missing, one run at a time, in the plan's order (or in the
+             order --steps names the steps); stop it anywhere and run it again: finished runs are skipped, an
+             interrupted run resumes from its checkpoint
 
 Stores: ``--runs DIR`` or ``$MMLEXP_RUNS_DIR`` (default: the user data dir; see ``mmlexp.reproduce.stores``).
 """
 
 import argparse
+import math
 import subprocess
 import sys
 from pathlib import Path
 
 from mmlexp.reproduce.estimate import Estimate, committed_measurements, estimate, human, remaining_s, store_speeds
 from mmlexp.reproduce.plan import Plan, PlanError, Run, check_names, load_plan, select_steps
-from mmlexp.reproduce.state import DONE, RUNNING, RunState, plan_state
+from mmlexp.reproduce.state import DONE, PENDING, RUNNING, RunState, plan_state
 from mmlexp.reproduce.stores import Stores, default_runs_dir
 
 
@@ -27,7 +29,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--runs", type=Path, help="the stores' folder (default: $MMLEXP_RUNS_DIR or the user data dir)")
     p.add_argument("--results", type=Path, default=Path("results"), help="committed results (default: results)")
     p.add_argument("--threads", type=int, default=2, help="torch threads per run (default 2)")
-    p.add_argument("--steps", type=int, nargs="+", metavar="K", help="only these steps of the plan (1-based)")
+    p.add_argument(
+        "--steps", type=int, nargs="+", metavar="K", help="only these steps of the plan (1-based), in this order"
+    )
     return p
 
 
@@ -39,7 +43,7 @@ def describe(plan: Plan, states: list[RunState], speeds, trajectories=(), out=No
     )
     ests = {s: estimate(s.run, speeds, trajectories) for s in states if s.state != DONE}
     left = {s: remaining_s(s, ests[s]) if s in ests else 0.0 for s in states}
-    for step in sorted({s.run.step for s in states}):
+    for step in dict.fromkeys(s.run.step for s in states):  # in the order the runs will run
         in_step = [s for s in states if s.run.step == step]
         done = sum(s.state == DONE for s in in_step)
         step_left = human(sum(left[s] for s in in_step))
@@ -56,7 +60,32 @@ def describe(plan: Plan, states: list[RunState], speeds, trajectories=(), out=No
             "sooner, at an epoch no committed run predicts",
             file=out,
         )
+    pace = pace_line(states, ests, left)
+    if pace:
+        print(pace, file=out)
     return total
+
+
+PACE_BAND = (0.8, 1.25)  # a running run's pace within this ratio of its estimate: nothing to say
+
+
+def pace_line(states: list[RunState], ests: dict, left: dict) -> str:
+    """When a running run goes at a pace ``PACE_BAND`` does not hold of its estimate (the machine is busier or
+    quieter than when the estimates' runs were measured), the time left with the pending runs scaled by that ratio;
+    else ""."""
+    running = [s for s in states if s.state == RUNNING and s in ests and math.isfinite(s.pace_s)]
+    if not running:
+        return ""
+    s = running[0]
+    ratio = s.pace_s / ests[s].epoch_s
+    if PACE_BAND[0] <= ratio <= PACE_BAND[1]:
+        return ""
+    scaled = sum(left[x] * (ratio if x.state == PENDING else 1.0) for x in ests)
+    return (
+        f"  at the pace of the running run instead (~{human(scaled)}): {s.run.label.strip()} takes "
+        f"{s.pace_s:.0f} s/epoch, x{ratio:.2f} the {ests[s].epoch_s:.0f} s its estimate rests on; this machine is "
+        f"{'slower' if ratio > 1 else 'faster'} now than when those runs were measured"
+    )
 
 
 def line(s: RunState, est: Estimate | None, seconds: float) -> str:

@@ -411,8 +411,11 @@ def remaining_s(state: RunState, est: Estimate) -> float:
 
 
 def human(seconds: float) -> str:
+    """Seconds as a person reads them: 90 s, 45 min, 7.5 h, 3.1 days."""
     if seconds < 120:
         return f"{seconds:.0f} s"
     if seconds < 2 * 3600:
         return f"{seconds / 60:.0f} min"
-    return f"{seconds / 3600:.1f} h"
+    if seconds < 2 * 86400:
+        return f"{seconds / 3600:.1f} h"
+    return f"{seconds / 86400:.1f} days"

@@ -201,11 +201,13 @@ def check_names(plan: Plan) -> None:
 
 
 def select_steps(plan: Plan, steps: list[int] | None) -> Plan:
-    """The plan with only the runs of ``steps`` (1-based, as ``--steps`` gives them); all of it for None."""
+    """The plan with only the runs of ``steps`` (1-based), in the order ``--steps`` gives them (``--steps 11 8``
+    runs step 11 first); all of it, in its own order, for None."""
     if not steps:
         return plan
     have = sorted({r.step for r in plan.runs})
     bad = [k for k in steps if k not in have]
     if bad:
         raise PlanError(f"--steps {bad[0]}: {plan.path} has steps {have[0]}..{have[-1]}; allowed: one or more of them")
-    return Plan(plan.name, plan.dataset, plan.experiment, tuple(r for r in plan.runs if r.step in steps), plan.path)
+    runs = tuple(r for k in dict.fromkeys(steps) for r in plan.runs if r.step == k)
+    return Plan(plan.name, plan.dataset, plan.experiment, runs, plan.path)
