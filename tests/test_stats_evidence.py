@@ -278,6 +278,22 @@ def test_without_per_user_files_the_verdict_is_a_point_estimate(tmp_path):
     assert "per-user files of toy-mf-mml-N10-paper-seed2, toy-mf-ccl-N10-paper-seed2" in line
 
 
+def test_the_evidence_asks_for_the_run_that_completes_a_pair(tmp_path):
+    # seed 2 of MML at 100 has its per-user file, nothing at 800 has one: the pair needs MML at 800 on seed 2 only
+    runs = _synthetic(tmp_path, seeds=(1, 2))
+    runs.loc[~((runs["loss"] == "mml") & (runs["num_negatives"] == 100) & (runs["seed"] == 2)), "users_csv"] = ""
+    runs = runs[~((runs["num_negatives"] == 800) & (runs["seed"] == 2))]
+    tests = evidence.claim_tests(negative_curves(runs), CLAIMS, runs, tmp_path)
+    rec = tests[tests["metric"] == "recall@20"].set_index("claim")
+    assert (rec["evidence"] == "point estimate").all()
+    assert rec.loc["MML levels off from 100 to 800 negatives", "wanted"] == "toy-mf-mml-N800-paper-seed2"
+    assert rec.loc["CCL levels off from 100 to 800 negatives", "wanted"] == (
+        "toy-mf-ccl-N800-paper-seed3 toy-mf-ccl-N100-paper-seed3"  # seed 2 of CCL at 100 has no file either
+    )
+    line = next(x for x in claim_verdicts(tests) if "recall@20: all losses level off" in x)
+    assert "per-user files of toy-mf-mml-N800-paper-seed2, toy-mf-ccl-N800-paper-seed3, " in line
+
+
 def test_a_named_per_user_file_that_is_missing_is_an_error(tmp_path):
     runs = _synthetic(tmp_path)
     (tmp_path / runs["users_csv"].iloc[0]).unlink()

@@ -59,7 +59,7 @@ COLUMNS = (  # claims.csv
     "seed_ci_high",
     "run_files",
     "no_users_csv",
-    "next_seed",
+    "wanted",
 )
 
 Reader = Callable[[Path, Mapping], pd.DataFrame | None]
@@ -171,9 +171,22 @@ def _seed_level(a_runs: pd.DataFrame, b_runs: pd.DataFrame, seeds: list, metric:
     return {f"seed_{k}": test[k] for k in ("mean_diff", "ci_low", "ci_high")} | {"seed_p": test["p"]}
 
 
+def wanted_runs(a_runs: pd.DataFrame, b_runs: pd.DataFrame, names: tuple[str, str], read: Callable) -> str:
+    """The runs whose per-user files would test a against b (``gowalla-mf-mml-N800-paper-seed2``): at the smallest
+    seed where one cell has a per-user file and the other has none, the other's run; else both cells' runs at the
+    first seed neither has run."""
+    with_users = [{int(r["seed"]) for _, r in cell.iterrows() if read(r) is not None} for cell in (a_runs, b_runs)]
+    half = sorted(with_users[0] ^ with_users[1])
+    if half:
+        seed = half[0]
+        return f"{names[1] if seed in with_users[0] else names[0]}-seed{seed}"
+    seed = int(max([*a_runs["seed"], *b_runs["seed"], 0])) + 1
+    return f"{names[0]}-seed{seed} {names[1]}-seed{seed}"
+
+
 def _provenance(a_runs: pd.DataFrame, b_runs: pd.DataFrame, seeds: list, used: list, read: Callable) -> dict:
     """The runs a row rests on (both cells, common seeds), their files (per-user if tested, else per-epoch; ``-``
-    for none), the runs without a per-user file and the next seed (whose new runs would bring per-user files)."""
+    for none) and the runs without a per-user file."""
     on = pd.concat([a_runs[a_runs["seed"].isin(seeds)], b_runs[b_runs["seed"].isin(seeds)]])
     column = USERS_COLUMN if used else "epochs_csv"
     files = on[column] if column in on else pd.Series([""] * len(on), dtype=object)
@@ -182,15 +195,20 @@ def _provenance(a_runs: pd.DataFrame, b_runs: pd.DataFrame, seeds: list, used: l
         "runs": " ".join(on["run_id"]),
         "run_files": " ".join(f if isinstance(f, str) and f else "-" for f in files),
         "no_users_csv": " ".join(missing),
-        "next_seed": int(max([*a_runs["seed"], *b_runs["seed"], 0])) + 1,
     }
 
 
 def compare(
-    a_runs: pd.DataFrame, b_runs: pd.DataFrame, metric: str, means: tuple[float, float], read: Callable
+    a_runs: pd.DataFrame,
+    b_runs: pd.DataFrame,
+    metric: str,
+    means: tuple[float, float],
+    read: Callable,
+    names: tuple[str, str],
 ) -> dict:
-    """The evidence of cell a against cell b on ``metric`` (``means``: their point estimates): the seed-level paired
-    test over the common seeds, and the per-user test (Wilcoxon, bootstrap) where both have per-user files."""
+    """The evidence of cell a against cell b (``names``) on ``metric`` (``means``: their point estimates): the
+    seed-level paired test over the common seeds, and the per-user test (Wilcoxon, bootstrap) where both have
+    per-user files; else the runs that would bring them (``wanted_runs``)."""
     mean_a, mean_b = means
     seeds = sorted(set(a_runs["seed"]) & set(b_runs["seed"]))
     x, y, used = user_pairs(a_runs, b_runs, seeds, metric, read)
@@ -202,6 +220,7 @@ def compare(
         "mean_b": mean_b,
         **_seed_level(a_runs, b_runs, seeds, metric),
         **_provenance(a_runs, b_runs, seeds, used, read),
+        "wanted": "" if used else wanted_runs(a_runs, b_runs, names, read),
     }
     if used:
         return {**row, **bootstrap_diff(x, y), "p_wilcoxon": wilcoxon_p(x, y), "evidence": PER_USER}
@@ -214,14 +233,15 @@ def claim_row(claim: Claim, curves: pd.DataFrame, runs: pd.DataFrame, read: Call
     paired test over the common seeds, and the per-user test where both cells have per-user files (``compare``)."""
     means = (_mean(curves, claim, claim.a), _mean(curves, claim, claim.b))
     a_runs, b_runs = (_cell(runs[runs["seed"].notna()], claim.dataset, side) for side in (claim.a, claim.b))
+    names = (_cell_name(a_runs, claim.dataset, claim.a), _cell_name(b_runs, claim.dataset, claim.b))
     return {
         "claim": claim.text,
         "dataset": claim.dataset,
         "metric": claim.metric,
-        "a": _cell_name(a_runs, claim.dataset, claim.a),
-        "b": _cell_name(b_runs, claim.dataset, claim.b),
+        "a": names[0],
+        "b": names[1],
         "expect": claim.expect,
-        **compare(a_runs, b_runs, claim.metric, means, read),
+        **compare(a_runs, b_runs, claim.metric, means, read, names),
     }
 
 
@@ -273,7 +293,7 @@ def level_off(rows: pd.DataFrame) -> dict:
         "runs": " ".join(x for x in rows["runs"] if x),
         "run_files": " ".join(x for x in rows["run_files"] if x),
         "no_users_csv": " ".join(x for x in rows["no_users_csv"] if isinstance(x, str) and x),
-        "next_seed": int(rows["next_seed"].max()),
+        "wanted": " ".join(dict.fromkeys(w for x in rows["wanted"] if isinstance(x, str) for w in x.split())),
     }
 
 

@@ -151,7 +151,7 @@ def claim_row(spec: SystemClaim, runs: pd.DataFrame, read) -> dict:
         return {**row, "n_users": 0, "n_seeds": 0, "evidence": evidence.NOT_RUN, "missing": " ".join(missing),
                 "runs": " ".join(on["run_id"]), "mean_diff": math.nan}  # fmt: skip
     means = (_seed_mean(a_runs, spec.metric), _seed_mean(b_runs, spec.metric))
-    return {**row, **evidence.compare(a_runs, b_runs, spec.metric, means, read), "missing": ""}
+    return {**row, **evidence.compare(a_runs, b_runs, spec.metric, means, read, names), "missing": ""}
 
 
 def claim_rows(runs: pd.DataFrame, read) -> pd.DataFrame:

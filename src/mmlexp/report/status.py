@@ -140,14 +140,15 @@ def _seed_level(row) -> str:
     )
 
 
-def _untested(row, cells: list[str]) -> str:
+def _untested(row) -> str:
     """The tail of a point-estimate verdict: not tested, and which runs' per-user files would test it."""
     missing = str(row.no_users_csv).split() if isinstance(row.no_users_csv, str) else []
     lacking = f"runs {_links(row)} have no per-user file" if missing else "no runs on a common seed"
     seeds = f"; {_seed_level(row)}" if row.n_seeds >= 2 else ""
+    wanted = ", ".join(str(row.wanted).split()) if isinstance(row.wanted, str) else ""
     return (
         f" — {evidence.UNTESTED} ({row.n_seeds} seed{'s' if row.n_seeds != 1 else ''}: {lacking}; the evidence "
-        f"would come from per-user files of {', '.join(f'{c}-seed{row.next_seed}' for c in cells)}){seeds}"
+        f"would come from per-user files of {wanted}){seeds}"
     )
 
 
@@ -182,7 +183,7 @@ def pair_line(row) -> str:
             f" ({row.mean_a:.4f} vs {row.mean_b:.4f}, difference {row.mean_a - row.mean_b:+.6f}, "
             f"{100 * (row.mean_a - row.mean_b) / row.mean_b:+.2f}%)"
         )
-    tail = _tested(row) if tested else _untested(row, [row.a, row.b])
+    tail = _tested(row) if tested else _untested(row)
     return f"{row.dataset} {row.metric}: {row.claim}: **{row.verdict}**{numbers}{tail}"
 
 
@@ -206,7 +207,7 @@ def _level_line(row, parts: pd.DataFrame) -> str:
             f"{' / '.join(_seeds(s) for s in dict.fromkeys(tested['user_seeds']))}; runs {_links(row)}"
         )
     else:
-        tail = _untested(row, list(dict.fromkeys([*parts["b"], *parts["a"]])))
+        tail = _untested(row)
     return (
         f"{row.dataset} {row.metric}: {evidence.LEVEL_CLAIM} (read here as: from 100 negatives on, no point of "
         f"a loss's curve is more than {evidence.LEVEL_PCT:g}% from its value at 100): **{row.verdict}** "
