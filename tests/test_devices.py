@@ -152,3 +152,17 @@ def test_cuda_without_a_gpu_is_a_clear_error(gpus):
     gpus(0)
     with pytest.raises(ConfigError, match="CUDA is not available here"):
         resolve_device("cuda")
+
+
+def test_cpu_tags_name_the_model_family_and_torch_capability(tmp_path):
+    from mmlexp.devices import cpu_tags
+
+    info = tmp_path / "cpuinfo"
+    info.write_text(
+        "processor\t: 0\nvendor_id\t: AuthenticAMD\ncpu family\t: 23\nmodel\t\t: 1\nmodel name\t: AMD EPYC\n\n"
+        "processor\t: 1\ncpu family\t: 23\nmodel\t\t: 1\nmodel name\t: AMD EPYC\n"
+    )
+    tags = cpu_tags(info)
+    assert tags["cpu"] == "AMD EPYC (family 23, model 1)"
+    assert tags["cpu.capability"] == torch.backends.cpu.get_cpu_capability()
+    assert cpu_tags(tmp_path / "absent")["cpu"]  # no cpuinfo (macOS, Windows): platform's name, never empty

@@ -5,6 +5,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 from mlflow.tracking import MlflowClient
 
 
@@ -46,6 +47,8 @@ def test_sample_run_logs_metrics_params_and_checkpoint(tmp_path):
     assert run.data.params["sampler.num_negatives"] == "20"
     assert run.data.params["loss._target_"] == "mmlexp.losses.mml.MultiMarginLoss"
     assert run.data.tags["dataset"] == "sample" and run.data.tags["choice.loss"] == "mml"
+    # the CPU it ran on: its kernels' capability decides the float summation order (bit-identity across machines)
+    assert run.data.tags["cpu.capability"] == torch.backends.cpu.get_cpu_capability() and run.data.tags["cpu"]
     for key in ("best/recall_at_20", "best/ndcg_at_50", "train_loss", "interactions_per_s", "epoch_time_s"):
         assert key in run.data.metrics, key
     history = client.get_metric_history(run.info.run_id, "recall_at_20")

@@ -26,6 +26,24 @@ log = logging.getLogger(__name__)
 _held: Any = None  # the open lock file of the slot this process holds (one job at a time per process)
 
 
+def cpu_tags(cpuinfo: Path = Path("/proc/cpuinfo")) -> dict[str, str]:
+    """What the CPU is (``cpu``: model name, family and model from ``cpuinfo`` where there is one, else
+    ``platform.processor()``) and which vector kernels torch dispatches on it (``cpu.capability``: AVX2, AVX512,
+    ...). Both move a run's speed, and the capability its float summation order: runs of one seed agree to the
+    bit only on the same capability."""
+    import platform
+
+    fields: dict[str, str] = {}
+    with contextlib.suppress(OSError):
+        for line in cpuinfo.read_text().splitlines():
+            key, _, value = line.partition(":")
+            fields.setdefault(key.strip(), value.strip())
+    name = fields.get("model name") or platform.processor() or platform.machine()
+    if "cpu family" in fields:
+        name += f" (family {fields['cpu family']}, model {fields.get('model', '?')})"
+    return {"cpu": name, "cpu.capability": str(torch.backends.cpu.get_cpu_capability())}
+
+
 def resolve_device(name: str, jobs_per_gpu: int = 1) -> torch.device:
     """``auto``: CUDA where available, else the CPU; ``cuda`` without a GPU is a clear error. A parallel sweep job
     on a machine with several GPUs gets ``cuda:k`` (see the module's doc), and ``cuda:k`` becomes torch's default."""

@@ -26,7 +26,7 @@ from mmlexp.checkpoint import BEST_FILE, CHECKPOINT_FILE, find_resume, load_chec
 from mmlexp.config import OWN_TARGETS, ConfigError, allowed_targets, build, check_ks, validate
 from mmlexp.data import DataError, InteractionData, load_dataset
 from mmlexp.data.splits import holdout
-from mmlexp.devices import resolve_device
+from mmlexp.devices import cpu_tags, resolve_device
 from mmlexp.evaluation import LongTail, evaluate_embeddings
 from mmlexp.evaluation.per_user import save_run_per_user
 from mmlexp.hooks import PRUNED_TAG, in_multirun, job_tags, trial_reporter
@@ -247,6 +247,7 @@ def run_tags(setup: Setup, choices: dict[str, str]) -> dict[str, Any]:
         "git_commit": git_commit(),
         "mlflow.source.git.commit": git_commit(),
         "torch": torch.__version__,
+        **cpu_tags(),
         **{f"dataset.{k}": v for k, v in data.fingerprint().items()},
         "selection": str(cfg.eval.get("selection", "paper")),
     }
