@@ -71,8 +71,8 @@ PACE_BAND = (0.8, 1.25)  # a running run's pace within this ratio of its estimat
 
 def pace_line(states: list[RunState], ests: dict, left: dict) -> str:
     """When a running run goes at a pace ``PACE_BAND`` does not hold of its estimate (the machine is busier or
-    quieter than when the estimates' runs were measured), the time left with the pending runs scaled by that ratio;
-    else ""."""
+    quieter than when the estimates' runs were measured, or another CPU), the time left with the pending runs
+    scaled by that ratio; else ""."""
     running = [s for s in states if s.state == RUNNING and s in ests and math.isfinite(s.pace_s)]
     if not running:
         return ""
@@ -83,8 +83,9 @@ def pace_line(states: list[RunState], ests: dict, left: dict) -> str:
     scaled = sum(left[x] * (ratio if x.state == PENDING else 1.0) for x in ests)
     return (
         f"  at the pace of the running run instead (~{human(scaled)}): {s.run.label.strip()} takes "
-        f"{s.pace_s:.0f} s/epoch, x{ratio:.2f} the {ests[s].epoch_s:.0f} s its estimate rests on; this machine is "
-        f"{'slower' if ratio > 1 else 'faster'} now than when those runs were measured"
+        f"{s.pace_s:.0f} s/epoch, x{ratio:.2f} the {ests[s].epoch_s:.0f} s its estimate rests on; this machine runs "
+        f"{'slower' if ratio > 1 else 'faster'} now than the one those runs were measured on (busier or quieter, or "
+        "another CPU: see the runs' cpu tags)"
     )
 
 
