@@ -17,7 +17,8 @@ from its composed config: encoder, sampler, negatives and batch size (``dataset_
 
 E is the run's epochs. With early stopping it is where the stop fires on the trajectory of the same run without
 early stopping, when one is committed (early stopping changes nothing before it fires: same seed, same batches,
-same bits); otherwise the cap, flagged ``capped`` (the run stops sooner, at an epoch nothing predicts).
+same bits, on a CPU of the same capability: on another, the float summation order differs and so does the
+trajectory); otherwise the cap, flagged ``capped`` (the run stops sooner, at an epoch nothing predicts).
 eval comes from the same dataset, else another one's scaled by users x items. Each estimate says what it rests on.
 """
 
@@ -382,7 +383,8 @@ def expected_epochs(run: Run, job: Job, trajectories: Iterable[Trajectory]) -> t
             stop = stop_epoch(scores, run.patience)
             if stop is not None or len(scores) >= run.epochs:
                 epochs = stop or run.epochs
-                return epochs, f"stops after epoch {epochs} on the committed run without early stopping", False
+                basis = f"stops after epoch {epochs} on the committed run without early stopping"
+                return epochs, f"{basis} (a replay: exact on that run's CPU capability only)", False
     return run.epochs, f"up to {run.epochs} epochs: early stopping at an epoch nothing predicts", True
 
 
