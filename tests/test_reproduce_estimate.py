@@ -198,3 +198,18 @@ def test_a_running_run_off_its_estimate_rescales_the_pending_runs(pace_ratio, ca
     else:
         assert f"at the pace of the running run instead (~{est.human(scaled)})" in out
         assert f"x{pace_ratio:.2f}" in out and ("slower" if pace_ratio > 1 else "faster") in out
+
+
+def test_the_pace_is_compared_with_an_estimate_that_leaves_the_running_run_out(capsys):
+    from mmlexp.reproduce.__main__ import describe
+    from mmlexp.reproduce.state import RUNNING
+
+    speeds, trajectories = est.committed_measurements(RESULTS)
+    first = run("mml", seed=9)
+    measured = est.estimate(first, speeds)
+    per = measured.train_s / GOWALLA_ROWS
+    # the running run's own speed, 2.6x the committed ones, counted as often as they are: it would move the median
+    own = [est.Speed("gowalla", "mf", 100, 256, 2.6 * per, measured.eval_s, 40, running=True)] * len(speeds)
+    states = [RunState(first, RUNNING, "id", 40, 2.6 * measured.epoch_s), RunState(run("ccl", seed=9), PENDING)]
+    describe(load_plan("gowalla"), states, speeds + own, trajectories)
+    assert "x2.60 the" in capsys.readouterr().out

@@ -60,7 +60,7 @@ def describe(plan: Plan, states: list[RunState], speeds, trajectories=(), out=No
             "sooner, at an epoch no committed run predicts",
             file=out,
         )
-    pace = pace_line(states, ests, left)
+    pace = pace_line(states, ests, left, [x for x in speeds if not x.running], trajectories)
     if pace:
         print(pace, file=out)
     return total
@@ -69,21 +69,22 @@ def describe(plan: Plan, states: list[RunState], speeds, trajectories=(), out=No
 PACE_BAND = (0.8, 1.25)  # a running run's pace within this ratio of its estimate: nothing to say
 
 
-def pace_line(states: list[RunState], ests: dict, left: dict) -> str:
-    """When a running run goes at a pace ``PACE_BAND`` does not hold of its estimate (the machine is busier or
-    quieter than when the estimates' runs were measured, or another CPU), the time left with the pending runs
-    scaled by that ratio; else ""."""
+def pace_line(states: list[RunState], ests: dict, left: dict, measured, trajectories=()) -> str:
+    """When a running run goes at a pace ``PACE_BAND`` does not hold of its estimate from the ``measured`` runs
+    (the finished ones: not the run itself) because the machine is busier or quieter than when they were measured,
+    or another CPU, the time left with the pending runs scaled by that ratio; else ""."""
     running = [s for s in states if s.state == RUNNING and s in ests and math.isfinite(s.pace_s)]
     if not running:
         return ""
     s = running[0]
-    ratio = s.pace_s / ests[s].epoch_s
+    expected = estimate(s.run, measured, trajectories).epoch_s
+    ratio = s.pace_s / expected
     if PACE_BAND[0] <= ratio <= PACE_BAND[1]:
         return ""
     scaled = sum(left[x] * (ratio if x.state == PENDING else 1.0) for x in ests)
     return (
         f"  at the pace of the running run instead (~{human(scaled)}): {s.run.label.strip()} takes "
-        f"{s.pace_s:.0f} s/epoch, x{ratio:.2f} the {ests[s].epoch_s:.0f} s its estimate rests on; this machine runs "
+        f"{s.pace_s:.0f} s/epoch, x{ratio:.2f} the {expected:.0f} s its estimate rests on; this machine runs "
         f"{'slower' if ratio > 1 else 'faster'} now than the one those runs were measured on (busier or quieter, or "
         "another CPU: see the runs' cpu tags)"
     )

@@ -73,6 +73,7 @@ class Speed:
     eval_s: float
     epochs: int
     sampler: str = "uniform"
+    running: bool = False  # a run still in flight (the store's RUNNING runs)
 
 
 @dataclass(frozen=True)
@@ -277,7 +278,7 @@ def tracked_speeds(tracking_uri: str, experiment: str | None = None, statuses=("
             }
             batch = run.data.params.get("trainer.batch_size") or default_batch(r["dataset"])
             sp = _speed(r["dataset"], r["encoder"], r["num_negatives"], int(batch), pd.DataFrame(hist), r["sampler"])
-            out += [sp] if sp else []
+            out += [dataclasses.replace(sp, running=status == "RUNNING")] if sp else []
     return out
 
 
