@@ -300,6 +300,38 @@ def test_ssm_cells_far_from_the_paper_are_flagged(tmp_path):
     assert "**1 NEED AN EXPLANATION**: gowalla-lightgcn-ssm-N2047-paper-es" in md
 
 
+def test_early_stopping_replayed_on_a_full_run_keeps_the_best_epoch_before_it_stops(tmp_path):
+    # MF + CCL seed 1: recall rises, then 3 epochs at or under 0.30 (epochs 4-6) stop it after epoch 6, keeping
+    # epoch 3; the full run kept epoch 8 (0.40). MF + MML never stops within its curve: it keeps its own best.
+    recall = {"c": [0.10, 0.20, 0.30, 0.30, 0.25, 0.29, 0.35, 0.40], "m": [0.1, 0.2, 0.3]}
+    runs = pd.DataFrame([
+        {"run_id": "c", "dataset": "gowalla", "encoder": "mf", "loss": "ccl", "num_negatives": 100, "early_stop": "N",
+         "selection": "paper", "seed": 1, "best_epoch": 8},
+        {"run_id": "m", "dataset": "gowalla", "encoder": "mf", "loss": "mml", "num_negatives": 100, "early_stop": "N",
+         "selection": "paper", "seed": 2, "best_epoch": 3},
+        {"run_id": "x", "dataset": "gowalla", "encoder": "mf", "loss": "ccl", "num_negatives": 100, "early_stop": "Y",
+         "selection": "paper", "seed": 1, "best_epoch": 2},  # an early-stopping run is not replayed
+    ])  # fmt: skip
+    history = pd.concat(
+        [
+            pd.DataFrame({"run_id": r, "epoch": range(1, len(v) + 1), "recall@20": v, "ndcg@20": [x / 2 for x in v]})
+            for r, v in {**recall, "x": [0.1, 0.2]}.items()
+        ]  # fmt: skip
+    )
+    replays = seed_systems.early_stop_replays(runs, history).set_index(["run_id", "metric"])
+    assert set(replays.index.get_level_values(0)) == {"c", "m"}
+    c = replays.loc[("c", "recall@20")]
+    assert (c["stop_epoch"], c["kept_epoch"], c["full_epoch"]) == (6, 3, 8)
+    assert (c["replayed"], c["full"]) == (0.30, 0.40) and c["diff_pct"] == pytest.approx(-25.0)
+    assert replays.loc[("c", "ndcg@20"), "replayed"] == 0.15
+    m = replays.loc[("m", "recall@20")]
+    assert (m["stop_epoch"], m["kept_epoch"], m["diff_pct"]) == (3, 3, 0.0)
+    md = seed_systems.replay_section(runs, history, tmp_path)
+    assert "* gowalla MF + CCL, seed 1 (c): stops after epoch 6 and keeps epoch 3, where the full run kept epoch 8: " \
+        "Recall@20 0.3000 against 0.4000 (-25.0%), NDCG@20 0.1500 against 0.2000 (-25.0%)." in md  # fmt: skip
+    assert pd.read_csv(tmp_path / seed_systems.REPLAY_CSV)["run_id"].tolist() == ["c", "c", "m", "m"]
+
+
 # ------------------------------------------------------------------------------------------- committed results
 
 COMMITTED = sorted(p.parent for p in (REPO / "results").glob("*/runs.csv"))
@@ -308,7 +340,7 @@ COMMITTED = sorted(p.parent for p in (REPO / "results").glob("*/runs.csv"))
 @pytest.mark.parametrize("folder", COMMITTED, ids=[f.name for f in COMMITTED])
 def test_committed_sections_are_what_the_committed_csvs_give(tmp_path, folder):
     assert main(["--from-csv", str(folder / "runs.csv"), "--out", str(tmp_path), "--name", folder.name]) == 0
-    for name in ("ssm_table2.csv", "systems_claims.csv"):
+    for name in ("ssm_table2.csv", "systems_claims.csv", seed_systems.REPLAY_CSV):
         assert (tmp_path / folder.name / name).read_bytes() == (folder / name).read_bytes(), name
     tail = folder / "long_tail_deciles.csv"
     assert (tmp_path / folder.name / tail.name).is_file() == tail.is_file()

@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from mmlexp.report.selection import plot_learning_curves, protocol_gains, selection_gaps, selection_md
+from mmlexp.report.selection import plot_learning_curves, protocol_gains, selection_gaps, selection_md, stop_epoch
 from tests.conftest import REPO
 
 RESULTS = REPO / "results" / "gowalla"
@@ -94,16 +94,33 @@ def test_a_best_epoch_outside_the_history_leaves_selected_empty(toy):
 def test_report_lines_name_the_valid_gap_the_early_peaks_and_the_rising_runs(toy):
     runs, hist = toy
     text = "\n".join(selection_md(selection_gaps(runs, hist)))
-    assert "| gowalla | CCL | 100 | valid | 1 | Recall@20 | 0.2000 (1) | 0.2500 (2) | 0.1000 (4) |" in text
+    assert "| gowalla | MF + CCL | 100 | valid | 1 | Recall@20 | 0.2000 (1) | 0.2500 (2) | 0.1000 (4) |" in text
     assert "+0.0500 (+25.0%)" in text  # test-best − selected for the valid run: 0.05 / 0.20
     assert "would report 0.2500 (epoch 2) instead of 0.2000 (epoch 1)" in text
     # bpr peaks at epoch 1 of 21 (first tenth: epoch <= 2); last 0.065 is 0.005 below 0.07
-    assert "BPR N=10 (paper, seed 1): epoch 1 of 21 (last -0.0050 (-7.1%))" in text
+    assert "MF + BPR N=10 (paper, seed 1): epoch 1 of 21 (last -0.0050 (-7.1%))" in text
     assert "still rising" not in text
     runs.loc[runs["run_id"] == "early", "best_epoch"] = 21
     rising = pd.concat([hist[hist["run_id"] != "early"], history("early", [0.01 * e for e in range(1, 22)], [0] * 21)])
     assert "still rising when training stopped" in "\n".join(selection_md(selection_gaps(runs, rising)))
     assert selection_md(selection_gaps(runs, hist.iloc[:0])) == ["No run has per-epoch test metrics.", ""]
+
+
+def test_an_early_stopping_run_has_its_own_row_beside_the_full_run(toy):
+    runs, hist = toy
+    es = run("es", "mml", "paper", 1) | {"early_stop": "Y"}
+    runs = pd.concat([runs, pd.DataFrame([es])], ignore_index=True)
+    hist = pd.concat([hist, history("es", [0.25, 0.24], [0.09, 0.08])], ignore_index=True)
+    gaps = selection_gaps(runs, hist)
+    rows = [line for line in selection_md(gaps)[0].splitlines() if "| Recall@20 |" in line and "| 100 |" in line]
+    assert rows == [
+        "| gowalla | MF + MML | 100 | paper | 1 | Recall@20 | 0.3000 (2) | 0.3000 (2) | 0.2000 (3) | +0.0000 (+0.0%) "
+        "| +0.1000 (+50.0%) |",
+        "| gowalla | MF + MML, early stop | 100 | paper | 1 | Recall@20 | 0.2500 (1) | 0.2500 (1) | 0.2400 (2) "
+        "| +0.0000 (+0.0%) | +0.0100 (+4.2%) |",
+        "| gowalla | MF + CCL | 100 | valid | 1 | Recall@20 | 0.2000 (1) | 0.2500 (2) | 0.1000 (4) | +0.0500 (+25.0%) "
+        "| +0.1500 (+150.0%) |",
+    ]
 
 
 def test_learning_curves_have_a_panel_per_dataset_and_negatives(toy):
@@ -115,7 +132,7 @@ def test_learning_curves_have_a_panel_per_dataset_and_negatives(toy):
     styles = {
         line.get_label(): line.get_linestyle() for line in n100.get_lines() if not line.get_label().startswith("_")
     }
-    assert styles == {"MML s1": "-", "CCL s1 (valid)": "--"}
+    assert styles == {"MF + MML s1": "-", "MF + CCL s1 (valid)": "--"}
     # the marker of each run sits at its selected epoch
     markers = [line for line in n100.get_lines() if line.get_linestyle() in ("None", "none", "")]
     assert sorted((float(m.get_xdata()[0]), float(m.get_ydata()[0])) for m in markers) == [(1.0, 0.20), (2.0, 0.30)]
@@ -149,7 +166,7 @@ def test_paper_against_valid_splits_the_gap_into_selection_and_held_out_data(toy
     text = "\n".join(selection_md(selection_gaps(runs, hist)))
     # valid run v: selected 0.20 (epoch 1), test-best 0.25; the paper run: 0.40. Gap 0.20 = 0.05 + 0.15.
     assert (
-        "gowalla CCL N=100 seed 1, Recall@20: `paper` 0.4000 against `valid` 0.2000, a gap of +0.2000 (+50.0% of "
+        "gowalla MF + CCL N=100 seed 1, Recall@20: `paper` 0.4000 against `valid` 0.2000, a gap of +0.2000 (+50.0% of "
         "the paper run): choosing the epoch on test accounts for +0.0500, training without the held-out slice for "
         "+0.1500." in text
     )
@@ -190,3 +207,15 @@ def test_gains_over_the_baseline_under_both_protocols_and_a_flip_is_named():
     assert any("NDCG@20" in line and line.endswith("**the protocol changes which loss is ahead**.") for line in lines)
     assert not any("@50" in line for line in lines) and len(lines) == 5  # header, blank, two lines, blank
     assert protocol_gains(tests[tests["selection"] == "paper"]) == []
+
+
+@pytest.mark.parametrize(
+    "scores, patience, stop",
+    [
+        ([0.1, 0.2, 0.2, 0.15, 0.19], 3, 5),  # a tie is not better
+        ([0.1, 0.2, 0.3, 0.25, 0.31, 0.3], 2, None),
+        ([0.3, 0.2], 1, 2),
+    ],
+)
+def test_stop_epoch_counts_evaluations_without_a_strictly_better_score(scores, patience, stop):
+    assert stop_epoch(scores, patience) == stop

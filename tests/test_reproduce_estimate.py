@@ -77,18 +77,6 @@ def test_simplex_prices_its_history_attention_only_when_gamma_uses_it():
     assert (gowalla.kind, yelp.kind) == ("history", "sampled")
 
 
-@pytest.mark.parametrize(
-    "scores, patience, stop",
-    [
-        ([0.1, 0.2, 0.2, 0.15, 0.19], 3, 5),  # a tie is not better
-        ([0.1, 0.2, 0.3, 0.25, 0.31, 0.3], 2, None),
-        ([0.3, 0.2], 1, 2),
-    ],
-)
-def test_stop_epoch_counts_evaluations_without_a_strictly_better_score(scores, patience, stop):
-    assert est.stop_epoch(scores, patience) == stop
-
-
 def first_stop(recall: pd.Series, patience: int) -> int:
     """Independently: the first epoch at least `patience` epochs after the epoch that set the running best."""
     epochs = recall.index.to_series()

@@ -276,6 +276,19 @@ def test_without_per_user_files_the_verdict_is_a_point_estimate(tmp_path):
     assert "**HOLDS**" in line and "no per-user evidence: point estimate only, NOT tested (1 seed: runs " in line
     assert "[mml10s10](epochs/toy-mf-mml-N10-paper-seed1.csv)" in line
     assert "per-user files of toy-mf-mml-N10-paper-seed2, toy-mf-ccl-N10-paper-seed2" in line
+    assert "[ccl10s10](epochs/toy-mf-ccl-N10-paper-seed1.csv) have no per-user file;" in line  # neither has one
+
+
+def test_a_point_estimate_names_the_run_without_a_per_user_file(tmp_path):
+    runs = _synthetic(tmp_path)
+    runs.loc[runs["run_id"].str.startswith("ccl10s1"), "users_csv"] = ""  # MML at 10 keeps its file
+    tests = evidence.claim_tests(negative_curves(runs), CLAIMS, runs, tmp_path)
+    md = "\n".join(claim_verdicts(tests))
+    line = next(x for x in md.splitlines() if "recall@20: MML beats CCL at 10 negatives (paper +13.0%)" in x)
+    assert "point estimate only, NOT tested (1 seed: runs [mml10s10](epochs/toy-mf-mml-N10-paper-seed1.csv)" in line
+    assert ", of which ccl10s10 has no per-user file;" in line and "have no per-user file" not in line
+    # CCL's seed-1 run is finished: it is never rerun, so the pair has to come from seed 2 of both
+    assert "per-user files of toy-mf-mml-N10-paper-seed2, toy-mf-ccl-N10-paper-seed2)" in line
 
 
 def test_the_evidence_asks_for_the_run_that_completes_a_pair(tmp_path):

@@ -161,15 +161,16 @@ def _write(runs: pd.DataFrame, opts: Options, out: Path, name: str, notes: list[
     figure3_md = status.claim_verdicts(verdicts, pd.concat([verdicts, systems], ignore_index=True))
     md += _figure3(curves, claims, fdesc, opts, figure3_md)
     method = [] if figure3_md else status.method_lines(pd.concat([verdicts, systems], ignore_index=True))
+    # every run's per-epoch Recall@20 / NDCG@20, read once (committed epoch CSVs, else MLflow): the early-stopping
+    # replays, the time-to-accuracy runs' curves, all of them in the selection section
+    ids = list(runs["run_id"])
+    every = export.history_from_csv(runs, out, ids) if committed else metric_history(opts.tracking_uri, ids)
     md += seed_systems.claims_section(systems, method)
+    md += seed_systems.replay_section(runs, every, out)
     md += seed_systems.long_tail_section(runs, out)
     tests = paired_tests(runs, baseline=opts.baseline_loss, metrics=METRICS)
     md += _paired(tests, opts, out)
     n_focus = focus_negatives(fruns, opts)
-    # every run's per-epoch Recall@20 / NDCG@20, read once (committed epoch CSVs, else MLflow): the time-to-accuracy
-    # runs' curves, all of them in the selection section
-    ids = list(runs["run_id"])
-    every = export.history_from_csv(runs, out, ids) if committed else metric_history(opts.tracking_uri, ids)
     md += _time_to_accuracy(runs, fruns, fdesc, n_focus, every, opts, out)
     md += _selection(runs, every, tests, out)
     md += _long_tail(fruns, fdesc, n_focus, opts, out)

@@ -173,10 +173,12 @@ def _seed_level(a_runs: pd.DataFrame, b_runs: pd.DataFrame, seeds: list, metric:
 
 def wanted_runs(a_runs: pd.DataFrame, b_runs: pd.DataFrame, names: tuple[str, str], read: Callable) -> str:
     """The runs whose per-user files would test a against b (``gowalla-mf-mml-N800-paper-seed2``): at the smallest
-    seed where one cell has a per-user file and the other has none, the other's run; else both cells' runs at the
-    first seed neither has run."""
+    seed where one cell has a per-user file and the other no run yet, the other's run; else both cells' runs at the
+    first seed neither has run. A finished run without a per-user file is never asked for again: its weights are
+    gone, and a plan never reruns a finished run."""
     with_users = [{int(r["seed"]) for _, r in cell.iterrows() if read(r) is not None} for cell in (a_runs, b_runs)]
-    half = sorted(with_users[0] ^ with_users[1])
+    ran = [{int(s) for s in cell["seed"]} for cell in (a_runs, b_runs)]
+    half = sorted((with_users[0] - ran[1]) | (with_users[1] - ran[0]))
     if half:
         seed = half[0]
         return f"{names[1] if seed in with_users[0] else names[0]}-seed{seed}"

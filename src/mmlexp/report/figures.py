@@ -34,6 +34,15 @@ def loss_label(loss: str) -> str:
     return LOSS_LABELS.get(loss, loss)
 
 
+ENCODER_LABELS = {"lightgcn": "LightGCN", "mf": "MF", "simplex": "SimpleX"}
+
+
+def system_label(encoder: str, loss: str, early_stop: str = "N") -> str:
+    """``LightGCN + SSM``, ``MF + CCL, early stop`` (SSM always stops early: its paper's budget, said once)."""
+    name = f"{ENCODER_LABELS.get(encoder, encoder)} + {loss_label(loss)}"
+    return name + (", early stop" if early_stop == "Y" and loss != "ssm" else "")
+
+
 DATASET_LABELS = {"gowalla": "Gowalla", "yelp2018": "Yelp2018", "sample": "sample"}
 METRIC_LABELS = {"recall@20": "Recall@20", "ndcg@20": "NDCG@20"}
 TAIL = re.compile(r"^tail_recall@(\d+)_g(\d+)$")

@@ -24,8 +24,9 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from mmlexp.report import evidence, figures
+from mmlexp.report import evidence, figures, selection
 from mmlexp.report.export import EPOCHS_COLUMN, cell_id
+from mmlexp.report.selection import MONITOR
 from mmlexp.report.stats import METRICS
 from mmlexp.report.status import THRESHOLD_PCT, pair_line
 from mmlexp.report.tables import DASH, TITLES, md_table, paper_numbers
@@ -36,9 +37,12 @@ TAIL_STEM = "long_tail_deciles"
 TABLE2_NEGATIVES = 100
 ES_ROWS = (("mf", "ccl"), ("mf", "mml"), ("simplex", "ccl"), ("simplex", "mml"))  # the MML paper's Table 2 rows
 ENCODERS = ("lightgcn", "mf", "simplex")
-ENCODER_LABELS = {"lightgcn": "LightGCN", "mf": "MF", "simplex": "SimpleX"}
 SYSTEM_KEYS = ("dataset", "encoder", "loss", "early_stop")
 COLUMNS = (*evidence.COLUMNS, "paper_a", "paper_b", "paper_rel_pct", "missing")  # systems_claims.csv
+PATIENCE = 3  # the author's notebooks: early stop after 3 evaluations without a better Recall@20
+REPLAY_CSV = "early_stop_replays.csv"
+REPLAY_COLUMNS = ("dataset", "encoder", "loss", "seed", "run_id", "patience", "stop_epoch", "kept_epoch",
+                  "full_epoch", "metric", "replayed", "full", "diff_pct")  # fmt: skip
 TAIL_COLUMNS = (*SYSTEM_KEYS, "system", "groups", "group", "mean", "n", "native_groups", "seeds", "run_ids")
 
 Cell = tuple[str, str, int, str]  # (encoder, loss, num_negatives, early_stop); selection is always "paper"
@@ -57,12 +61,6 @@ class SystemClaim:
     expect: str
     paper_a: float
     paper_b: float
-
-
-def system_label(encoder: str, loss: str, early_stop: str = "N") -> str:
-    """``LightGCN + SSM``, ``MF + CCL, early stop``."""
-    name = f"{ENCODER_LABELS.get(encoder, encoder)} + {figures.loss_label(loss)}"
-    return name + (", early stop" if early_stop == "Y" and loss != "ssm" else "")
 
 
 def _paper(paper: pd.DataFrame, cell: Cell, dataset: str, metric: str) -> float:
@@ -97,7 +95,7 @@ def claim_specs(dataset: str) -> list[SystemClaim]:
     ]  # fmt: skip
     for encoder, loss in ES_ROWS:
         a, b = (encoder, loss, TABLE2_NEGATIVES, "Y"), (encoder, loss, TABLE2_NEGATIVES, "N")
-        text = f"early stopping costs {system_label(encoder, loss)} accuracy"
+        text = f"early stopping costs {figures.system_label(encoder, loss)} accuracy"
         out += [_spec(text, dataset, metric, a, b, "<", table2) for metric in METRICS]
     return out
 
@@ -179,7 +177,7 @@ def ssm_rows(table: pd.DataFrame, runs: pd.DataFrame) -> list[list[str]]:
     for encoder in [e for e in ENCODERS if e in set(table["encoder"])]:
         for dataset in figures.ordered_datasets(table["dataset"]):
             sub = table[(table["encoder"] == encoder) & (table["dataset"] == dataset)].set_index("metric")
-            row = [system_label(encoder, "ssm"), figures.DATASET_LABELS.get(dataset, dataset)]
+            row = [figures.system_label(encoder, "ssm"), figures.DATASET_LABELS.get(dataset, dataset)]
             ids = ""
             for metric in METRICS:
                 r = sub.loc[metric] if metric in sub.index else pd.Series({"mean": math.nan, "paper": math.nan})
@@ -242,6 +240,64 @@ def claims_section(tests: pd.DataFrame, method: list[str]) -> list[str]:
     ]
 
 
+def early_stop_replays(runs: pd.DataFrame, history: pd.DataFrame, patience: int = PATIENCE) -> pd.DataFrame:
+    """Early stopping replayed on each full run of a Table 2 row (100 negatives, no early stop, selection
+    ``paper``) with a per-epoch test curve: the epoch after which ``patience`` evaluations without a better
+    Recall@20 stop it (``selection.stop_epoch``, the trainer's rule), the epoch it then keeps (the first best
+    Recall@20 up to there) and each metric there, beside the run's own ``best_epoch`` (``REPLAY_COLUMNS``). Both
+    numbers come from the same weights' trajectory, so their difference is early stopping's alone."""
+    rows = []
+    for encoder, loss in ES_ROWS:
+        for dataset in dict.fromkeys(runs["dataset"]):
+            full = cell_runs(runs, dataset, (encoder, loss, TABLE2_NEGATIVES, "N"))
+            for run in full.itertuples():
+                curve = history[history["run_id"] == run.run_id].sort_values("epoch").set_index("epoch")
+                if curve.empty or pd.isna(run.best_epoch) or run.best_epoch not in curve.index:
+                    continue
+                stop = selection.stop_epoch(curve[MONITOR], patience) or int(curve.index.max())
+                kept = int(curve.loc[:stop, MONITOR].idxmax())
+                for metric in METRICS:
+                    replayed, ours = float(curve.at[kept, metric]), float(curve.at[run.best_epoch, metric])
+                    rows.append({"dataset": dataset, "encoder": encoder, "loss": loss, "seed": int(run.seed),
+                                 "run_id": run.run_id, "patience": patience, "stop_epoch": stop, "kept_epoch": kept,
+                                 "full_epoch": int(run.best_epoch), "metric": metric, "replayed": replayed,
+                                 "full": ours, "diff_pct": 100 * (replayed - ours) / ours})  # fmt: skip
+    return pd.DataFrame(rows, columns=list(REPLAY_COLUMNS))
+
+
+def replay_section(runs: pd.DataFrame, history: pd.DataFrame, out: Path) -> list[str]:
+    """report.md lines: ``early_stop_replays`` (written to ``REPLAY_CSV``), a line per full run."""
+    replays = early_stop_replays(runs, history)
+    replays.to_csv(out / REPLAY_CSV, index=False)
+    if replays.empty:
+        return []
+    lines = []
+    for (dataset, encoder, loss, seed, run_id), group in replays.groupby(
+        ["dataset", "encoder", "loss", "seed", "run_id"], sort=False
+    ):
+        r = group.iloc[0]
+        gaps = ", ".join(
+            f"{figures.METRIC_LABELS.get(g.metric, g.metric)} {g.replayed:.4f} against {g.full:.4f} "
+            f"({g.diff_pct:+.1f}%)"
+            for g in group.itertuples()
+        )
+        lines.append(
+            f"* {dataset} {figures.system_label(encoder, loss)}, seed {seed} ({_links(run_id, runs)}): stops after "
+            f"epoch {r.stop_epoch} and keeps "
+            f"epoch {r.kept_epoch}, where the full run kept epoch {r.full_epoch}: {gaps}."
+        )
+    return [
+        f"Early stopping replayed on each full run's test curve (patience {PATIENCE} on Recall@20, the trainer's "
+        "rule): the same trajectory stopped early, so the difference is early stopping's alone, with no seed or "
+        "CPU between the two numbers. A run trained with early stopping follows a trajectory of its own (another "
+        "seed, or the same seed on another CPU capability) and can stop at a very different epoch on a curve this "
+        f"flat. [{REPLAY_CSV}]({REPLAY_CSV}):",
+        "",
+        *lines,
+        "",
+    ]
+
+
 def scoped_runs(runs: pd.DataFrame) -> pd.DataFrame:
     """The runs of these systems: the SSM paper's cells and the MML paper's Table 2 cells (selection ``paper``)."""
     ssm = paper_numbers(SSM_TABLE)
@@ -285,7 +341,7 @@ def tail_groups(runs: pd.DataFrame, k: int = 20) -> pd.DataFrame:
             chosen = runs[pick]
             common = {
                 **dict(zip(SYSTEM_KEYS, key, strict=True)),
-                "system": system_label(key[1], key[2], key[3]),
+                "system": figures.system_label(key[1], key[2], key[3]),
                 "groups": panel,
                 "n": len(merged),
                 "native_groups": " ".join(str(n) for n in sorted(set(native[pick].tolist()))),

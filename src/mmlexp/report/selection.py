@@ -13,7 +13,8 @@ would have added to that same model; ``test-best − last`` is what any selectio
 (A ``valid`` run also trains on less data than a ``paper`` run, so comparing the two runs' numbers mixes both
 effects; the within-run gap does not.)"""
 
-from collections.abc import Sequence
+import math
+from collections.abc import Iterable, Sequence
 
 import numpy as np
 import pandas as pd
@@ -37,6 +38,21 @@ COLUMNS = (
     "test_best_minus_selected",
     "test_best_minus_last",
 )
+
+
+def stop_epoch(scores: Iterable[float], patience: int) -> int | None:
+    """The epoch after which early stopping fires: ``patience`` evaluations in a row without a strictly better
+    score (``mmlexp.train``'s rule; RecZoo's counts a gain under 1e-6 as none, a difference no metric here shows);
+    None if it never fires within ``scores``."""
+    best, bad = -math.inf, 0
+    for epoch, score in enumerate(scores, start=1):
+        if score > best:
+            best, bad = score, 0
+        else:
+            bad += 1
+        if bad >= patience:
+            return epoch
+    return None
 
 
 def selection_gaps(
@@ -78,12 +94,18 @@ def selection_gaps(
             "metric": {metric: i for i, metric in enumerate(metrics)},
         }
         out = out.sort_values(
-            ["dataset", "num_negatives", "loss", "selection", "seed", "metric"],
+            ["dataset", "num_negatives", "encoder", "loss", "early_stop", "selection", "seed", "metric"],
             key=lambda col: col.map(order[col.name]) if col.name in order else col,
             kind="stable",
         ).reset_index(drop=True)
         out["selected_epoch"] = pd.array(out["selected_epoch"], dtype="Int64")
     return out
+
+
+def _system(r) -> str:
+    """A row's system, ``MF + CCL, early stop`` (a namedtuple or a Series with encoder, loss, early_stop)."""
+    get = r.get if isinstance(r, pd.Series) else lambda key, default: getattr(r, key, default)
+    return figures.system_label(get("encoder", "mf"), get("loss", ""), get("early_stop", "N"))
 
 
 def _pct(delta: float, base: float) -> str:
@@ -98,12 +120,12 @@ def selection_md(gaps: pd.DataFrame) -> list[str]:
     would have added to it."""
     if gaps.empty:
         return ["No run has per-epoch test metrics.", ""]
-    header = ["dataset", "loss", "N", "selection", "seed", "metric", "selected (epoch)", "test-best (epoch)"]
+    header = ["dataset", "system", "N", "selection", "seed", "metric", "selected (epoch)", "test-best (epoch)"]
     header += ["last (epoch)", "test-best − selected", "test-best − last"]
     rows = [
         [
             r.dataset,
-            figures.loss_label(r.loss),
+            _system(r),
             r.num_negatives,
             r.selection,
             r.seed,
@@ -123,7 +145,7 @@ def _valid_lines(gaps: pd.DataFrame) -> list[str]:
     """One line per ``valid`` run: what choosing its epoch on test would have reported instead."""
     valid = gaps[gaps["selection"] == "valid"]
     lines = [
-        f"* {r.dataset} {figures.loss_label(r.loss)} N={r.num_negatives} seed {r.seed}, "
+        f"* {r.dataset} {_system(r)} N={r.num_negatives} seed {r.seed}, "
         f"{figures.METRIC_LABELS.get(r.metric, r.metric)}: choosing the epoch on test instead of on the held-out "
         f"slice would report {fmt(r.test_best)} (epoch {r.test_best_epoch}) instead of {fmt(r.selected)} "
         f"(epoch {r.selected_epoch}): {_pct(r.test_best_minus_selected, r.selected)}."
@@ -141,7 +163,7 @@ def _peak_lines(gaps: pd.DataFrame) -> list[str]:
             "Runs whose test Recall@20 peaks in the first tenth of training (the number reported for them is "
             "that early epoch, picked on test; the change to the last epoch in brackets): "
             + ", ".join(
-                f"{figures.loss_label(r.loss)} N={r.num_negatives} ({r.selection}, seed {r.seed}): "
+                f"{_system(r)} N={r.num_negatives} ({r.selection}, seed {r.seed}): "
                 f"epoch {r.test_best_epoch} of {r.last_epoch} (last {_pct(-r.test_best_minus_last, r.test_best)})"
                 for r in early.itertuples()
             )
@@ -153,10 +175,7 @@ def _peak_lines(gaps: pd.DataFrame) -> list[str]:
         lines += [
             "Runs whose test Recall@20 peaks at their last epoch (still rising when training stopped, so a longer "
             "budget may raise them): "
-            + ", ".join(
-                f"{figures.loss_label(r.loss)} N={r.num_negatives} ({r.selection}, seed {r.seed})"
-                for r in rising.itertuples()
-            )
+            + ", ".join(f"{_system(r)} N={r.num_negatives} ({r.selection}, seed {r.seed})" for r in rising.itertuples())
             + ".",
             "",
         ]
@@ -181,7 +200,7 @@ def protocol_split(gaps: pd.DataFrame) -> list[str]:
         total = r.selected_paper - r.selected_valid
         choose = r.test_best_minus_selected_valid
         lines.append(
-            f"* {r.dataset} {figures.loss_label(r.loss)} N={r.num_negatives} seed {r.seed}, "
+            f"* {r.dataset} {_system(r)} N={r.num_negatives} seed {r.seed}, "
             f"{figures.METRIC_LABELS.get(r.metric, r.metric)}: `paper` {fmt(r.selected_paper)} against `valid` "
             f"{fmt(r.selected_valid)}, a gap of {fmt(total, sign=True)} ({100 * total / r.selected_paper:+.1f}% of "
             f"the paper run): choosing the epoch on test accounts for {fmt(choose, sign=True)}, training without "
@@ -245,7 +264,7 @@ def plot_learning_curves(history: pd.DataFrame, runs: pd.DataFrame, metric: str 
             if line.empty:
                 continue
             style = figures.loss_style(row["loss"], losses)
-            label = f"{figures.loss_label(row['loss'])} s{row['seed']}"
+            label = f"{_system(row)} s{row['seed']}"
             dashed = row["selection"] != "paper"
             ax.plot(
                 line["epoch"],

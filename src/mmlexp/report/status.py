@@ -143,13 +143,24 @@ def _seed_level(row) -> str:
 def _untested(row) -> str:
     """The tail of a point-estimate verdict: not tested, and which runs' per-user files would test it."""
     missing = str(row.no_users_csv).split() if isinstance(row.no_users_csv, str) else []
-    lacking = f"runs {_links(row)} have no per-user file" if missing else "no runs on a common seed"
+    lacking = (
+        f"runs {_links(row)}" + _without_users(missing, str(row.runs).split())
+        if missing
+        else "no runs on a common seed"
+    )
     seeds = f"; {_seed_level(row)}" if row.n_seeds >= 2 else ""
     wanted = ", ".join(str(row.wanted).split()) if isinstance(row.wanted, str) else ""
     return (
         f" — {evidence.UNTESTED} ({row.n_seeds} seed{'s' if row.n_seeds != 1 else ''}: {lacking}; the evidence "
         f"would come from per-user files of {wanted}){seeds}"
     )
+
+
+def _without_users(missing: list[str], runs: list[str]) -> str:
+    """`` have no per-user file`` when none of ``runs`` has one, else which of them lack it."""
+    if set(runs) <= set(missing):
+        return " have no per-user file"
+    return f", of which {', '.join(m[:8] for m in missing)} {'has' if len(missing) == 1 else 'have'} no per-user file"
 
 
 def _p(p: float) -> str:

@@ -34,6 +34,7 @@ import numpy as np
 import pandas as pd
 from omegaconf import OmegaConf
 
+from mmlexp.report.selection import stop_epoch
 from mmlexp.reproduce.plan import PlanError, Run
 from mmlexp.reproduce.state import PENDING, RUNNING, RunState
 from mmlexp.reproduce.stores import Stores
@@ -356,20 +357,6 @@ def eval_seconds(job: Job, speeds: list[Speed]) -> tuple[float, str]:
         scaled = statistics.median(s.eval_s for s in other if s.dataset == other[0].dataset) * u1 * i1 / (u0 * i0)
         return factor * scaled, f"eval from {other[0].dataset} x users*items"
     return factor * 3.0, "eval: reference"
-
-
-def stop_epoch(scores: Iterable[float], patience: int) -> int | None:
-    """The epoch after which early stopping fires: ``patience`` evaluations in a row without a strictly better
-    score (as ``mmlexp.train``); None if it never fires within ``scores``."""
-    best, bad = -math.inf, 0
-    for epoch, score in enumerate(scores, start=1):
-        if score > best:
-            best, bad = score, 0
-        else:
-            bad += 1
-        if bad >= patience:
-            return epoch
-    return None
 
 
 def expected_epochs(run: Run, job: Job, trajectories: Iterable[Trajectory]) -> tuple[int, str, bool]:
