@@ -210,6 +210,10 @@ def test_export_copies_each_runs_file_beside_its_epochs(store, tmp_path):
     assert sorted((tmp_path / "c" / "users").iterdir()) == sorted(
         tmp_path / "c" / "users" / p.name for p in (folder / "users").iterdir()
     )
+    # a metric another dataset's runs logged (an empty column in this frame) is left out of runs.csv
+    (tmp_path / "d").mkdir()
+    export_runs(runs.assign(**{"tail_recall@20_g9": float("nan")}), uri, tmp_path / "d")
+    assert list(pd.read_csv(tmp_path / "d" / "runs.csv").columns) == list(exported.columns)
     row = exported.iloc[0].copy()
     row["users_csv"] = float("nan")  # an empty cell: the run has no per-user file
     assert read_per_user(folder, row) is None and read_per_user(folder, row.drop("users_csv")) is None

@@ -71,6 +71,30 @@ def test_in_batch_negatives_cost_their_benchmarked_ratio_of_mf_not_2047_gathered
     assert took_over.train_s == pytest.approx(GOWALLA_ROWS * 2e-5) and took_over.basis.startswith("measured")
 
 
+HERE = "AMD EPYC (family 23, model 49)"
+
+
+def test_runs_measured_on_another_cpu_are_scaled_by_what_this_cpu_measured():
+    committed_speeds = est.committed_speeds(RESULTS)
+    assert est.on_this_cpu(committed_speeds, HERE) == committed_speeds  # nothing measured here: unchanged
+    mf100 = committed("gowalla").query("encoder == 'mf' and loss != 'bsl' and num_negatives == 100")
+    c100 = float(np.median(cost_per_interaction(mf100)))
+    evals = [s.eval_s for s in committed_speeds if s.dataset == "gowalla"]
+    here = est.Speed("gowalla", "mf", 100, 256, 2.5 * c100, 3 * float(np.median(evals)), 100, cpu=HERE)
+    running = est.Speed("gowalla", "mf", 100, 256, 10 * c100, 1.0, 5, running=True, cpu=HERE)  # not a measure yet
+    speeds = est.on_this_cpu([*committed_speeds, here, running], HERE)
+    assert speeds[-2:] == [here, running]  # measured here: as they are
+    for old, new in zip(committed_speeds, speeds, strict=False):
+        assert new.per_interaction == pytest.approx(2.5 * old.per_interaction)
+        assert new.eval_s == pytest.approx(3 * old.eval_s) or math.isnan(old.eval_s)
+    assert speeds[0].scaled == f"x2.50 (eval x3.00) for this CPU, {HERE}: 1 run(s) measured on it"
+    # a job measured nowhere here (BSL, batch 1024) is priced from the other CPU's runs, scaled, and says so
+    bsl, scaled_bsl = est.estimate(run("bsl"), committed_speeds), est.estimate(run("bsl"), speeds[:-1])
+    assert scaled_bsl.train_s == pytest.approx(2.5 * bsl.train_s) and scaled_bsl.eval_s == pytest.approx(3 * bsl.eval_s)
+    assert "x2.50 (eval x3.00) for this CPU" in scaled_bsl.basis and "(scaled to this CPU)" in scaled_bsl.basis
+    assert "for this CPU" not in bsl.basis
+
+
 def test_simplex_prices_its_history_attention_only_when_gamma_uses_it():
     gowalla = est.job_of(run("ccl", encoder="simplex"))  # SimpleX_gowalla_m1: gamma 0.8
     yelp = est.job_of(Run("yelp2018", "simplex", "ccl", 100, "paper", 1, 100, 1))  # SimpleX_yelp18_m1: gamma 1

@@ -26,11 +26,9 @@ log = logging.getLogger(__name__)
 _held: Any = None  # the open lock file of the slot this process holds (one job at a time per process)
 
 
-def cpu_tags(cpuinfo: Path = Path("/proc/cpuinfo")) -> dict[str, str]:
-    """What the CPU is (``cpu``: model name, family and model from ``cpuinfo`` where there is one, else
-    ``platform.processor()``) and which vector kernels torch dispatches on it (``cpu.capability``: AVX2, AVX512,
-    ...). Both move a run's speed, and the capability its float summation order: runs of one seed agree to the
-    bit only on the same capability."""
+def cpu_name(cpuinfo: Path = Path("/proc/cpuinfo")) -> str:
+    """What the CPU is: model name, family and model from ``cpuinfo`` where there is one, else
+    ``platform.processor()`` (the ``cpu`` tag of a run)."""
     import platform
 
     fields: dict[str, str] = {}
@@ -41,7 +39,14 @@ def cpu_tags(cpuinfo: Path = Path("/proc/cpuinfo")) -> dict[str, str]:
     name = fields.get("model name") or platform.processor() or platform.machine()
     if "cpu family" in fields:
         name += f" (family {fields['cpu family']}, model {fields.get('model', '?')})"
-    return {"cpu": name, "cpu.capability": str(torch.backends.cpu.get_cpu_capability())}
+    return name
+
+
+def cpu_tags(cpuinfo: Path = Path("/proc/cpuinfo")) -> dict[str, str]:
+    """What the CPU is (``cpu``: ``cpu_name``) and which vector kernels torch dispatches on it (``cpu.capability``:
+    AVX2, AVX512, ...). Both move a run's speed, and the capability its float summation order: runs of one seed
+    agree to the bit only on the same capability."""
+    return {"cpu": cpu_name(cpuinfo), "cpu.capability": str(torch.backends.cpu.get_cpu_capability())}
 
 
 def resolve_device(name: str, jobs_per_gpu: int = 1) -> torch.device:

@@ -98,7 +98,9 @@ def export_runs(runs: pd.DataFrame, tracking_uri: str, out: Path) -> Path:
     for run_id, rel in zip(runs["run_id"], runs[EPOCHS_COLUMN], strict=True):
         epoch_history(client, run_id).to_csv(out / rel, index=False)
     runs = export_per_user(client, runs, out)
-    runs.to_csv(out / "runs.csv", index=False)
+    # a metric none of these runs logged (another dataset's run in the experiment did) is not a column here
+    empty = [c for c in runs.columns if "@" in c and runs[c].isna().all()]
+    runs.drop(columns=empty).to_csv(out / "runs.csv", index=False)
     return out / "runs.csv"
 
 

@@ -16,7 +16,15 @@ import subprocess
 import sys
 from pathlib import Path
 
-from mmlexp.reproduce.estimate import Estimate, committed_measurements, estimate, human, remaining_s, store_speeds
+from mmlexp.reproduce.estimate import (
+    Estimate,
+    committed_measurements,
+    estimate,
+    human,
+    on_this_cpu,
+    remaining_s,
+    store_speeds,
+)
 from mmlexp.reproduce.plan import Plan, PlanError, Run, check_names, load_plan, select_steps
 from mmlexp.reproduce.state import DONE, PENDING, RUNNING, RunState, plan_state
 from mmlexp.reproduce.stores import Stores, default_runs_dir
@@ -171,7 +179,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "report":
         return write_report(plan, stores, args.results)
     speeds, trajectories = committed_measurements(args.results)
-    speeds += store_speeds(stores, plan.experiment)
+    from mmlexp.devices import cpu_name
+
+    speeds = on_this_cpu(speeds + store_speeds(stores, plan.experiment), cpu_name())
     try:
         describe(plan, plan_state(plan, stores, args.results), speeds, trajectories)
     except PlanError as err:

@@ -20,6 +20,11 @@ early stopping, when one is committed (early stopping changes nothing before it 
 same bits, on a CPU of the same capability: on another, the float summation order differs and so does the
 trajectory); otherwise the cap, flagged ``capped`` (the run stops sooner, at an epoch nothing predicts).
 eval comes from the same dataset, else another one's scaled by users x items. Each estimate says what it rests on.
+
+Runs measured on another CPU (the ``cpu`` tag; committed runs made before the tag count as another) are first
+brought to this one by ``on_this_cpu``: their costs times the median ratio of the runs finished here to the same
+jobs measured elsewhere. Without a run finished here the estimate stays at the other CPU's speed, and the status's
+pace line says how far the running run is from it.
 """
 
 import dataclasses
@@ -75,6 +80,8 @@ class Speed:
     epochs: int
     sampler: str = "uniform"
     running: bool = False  # a run still in flight (the store's RUNNING runs)
+    cpu: str = ""  # the run's ``cpu`` tag (``devices.cpu_tags``); "" where unknown (runs made before the tag)
+    scaled: str = ""  # set by ``on_this_cpu``: how this speed was brought to this CPU
 
 
 @dataclass(frozen=True)
@@ -279,8 +286,42 @@ def tracked_speeds(tracking_uri: str, experiment: str | None = None, statuses=("
             }
             batch = run.data.params.get("trainer.batch_size") or default_batch(r["dataset"])
             sp = _speed(r["dataset"], r["encoder"], r["num_negatives"], int(batch), pd.DataFrame(hist), r["sampler"])
-            out += [dataclasses.replace(sp, running=status == "RUNNING")] if sp else []
+            cpu = run.data.tags.get("cpu", "")
+            out += [dataclasses.replace(sp, running=status == "RUNNING", cpu=cpu)] if sp else []
     return out
+
+
+def _key(s: Speed) -> tuple:
+    return s.dataset, s.encoder, s.sampler, s.negatives, s.batch
+
+
+def on_this_cpu(speeds: list[Speed], cpu: str) -> list[Speed]:
+    """The speeds as this CPU (``cpu``: ``devices.cpu_tags()["cpu"]``) would measure them. Runs measured here stand as
+    they are; every other run's seconds per interaction are multiplied by f, the median over the finished runs
+    measured here of (here / elsewhere) for the same job (dataset, encoder, sampler, negatives, batch), and its eval
+    seconds by the same median of the evaluations' ratio. Each scaled speed says so (``scaled``), and so does every
+    estimate resting on one. Unchanged when no finished run here has a counterpart elsewhere."""
+    here = [s for s in speeds if cpu and s.cpu == cpu and not s.running]
+    elsewhere = [s for s in speeds if s.cpu != cpu]
+    ratios, eval_ratios = [], []
+    for s in here:
+        same = [o.per_interaction for o in elsewhere if _key(o) == _key(s)]
+        ratios += [s.per_interaction / statistics.median(same)] if same else []
+        evals = [o.eval_s for o in elsewhere if o.dataset == s.dataset and not math.isnan(o.eval_s)]
+        eval_ratios += [s.eval_s / statistics.median(evals)] if evals and not math.isnan(s.eval_s) else []
+    if not ratios:
+        return speeds
+    f = statistics.median(ratios)
+    fe = statistics.median(eval_ratios) if eval_ratios else f
+    note = f"x{f:.2f} (eval x{fe:.2f}) for this CPU, {cpu}: {len(ratios)} run(s) measured on it"
+    return [
+        s
+        if s.cpu == cpu
+        else dataclasses.replace(
+            s, per_interaction=s.per_interaction * f, eval_s=s.eval_s * fe, scaled=note
+        )  # fmt: skip
+        for s in speeds
+    ]
 
 
 def store_speeds(stores: Stores, experiment: str) -> list[Speed]:
@@ -300,7 +341,10 @@ def _fit(speeds: list[Speed]) -> tuple[float, float]:
 
 def _describe(speeds: list[Speed]) -> str:
     ns = sorted({s.negatives for s in speeds})
-    return f"{len(speeds)} run(s) of {speeds[0].dataset} at N={','.join(map(str, ns))}, batch {speeds[0].batch}"
+    scaled = next((s.scaled for s in speeds if s.scaled), "")
+    return f"{len(speeds)} run(s) of {speeds[0].dataset} at N={','.join(map(str, ns))}, batch {speeds[0].batch}" + (
+        f" ({scaled})" if scaled else ""
+    )
 
 
 def _is_in_batch(sampler: str) -> bool:
@@ -346,10 +390,11 @@ def per_interaction(job: Job, speeds: list[Speed]) -> tuple[float, str]:
 
 
 def eval_seconds(job: Job, speeds: list[Speed]) -> tuple[float, str]:
-    here = [s.eval_s for s in speeds if s.dataset == job.dataset and not math.isnan(s.eval_s)]
+    here = [s for s in speeds if s.dataset == job.dataset and not math.isnan(s.eval_s)]
     factor = 2.0 if job.selection == "valid" else 1.0  # the held-out slice is ranked too
     if here:
-        return factor * statistics.median(here), f"eval measured on {job.dataset}"
+        note = " (scaled to this CPU)" if any(s.scaled for s in here) else ""
+        return factor * statistics.median(s.eval_s for s in here), f"eval measured on {job.dataset}{note}"
     other = [s for s in speeds if s.dataset in SIZES and not math.isnan(s.eval_s)]
     if other and job.dataset in SIZES:
         _, u0, i0 = SIZES[other[0].dataset]
