@@ -87,6 +87,8 @@ def report_section(results: Path, dataset: str) -> str:
     text = path.read_text()
     first, _, rest = text.partition("\n")
     body = demote(rest.strip()).replace("](report.md)", "](#report)").replace("](epochs/)", "](#runs)")
+    # the hand-written explanations are a Markdown file of results/, not a page: the report quotes each one anyway
+    body = body.replace("[explanations.md](explanations.md)", "`explanations.md`")
     return "## Reproduction report {#report}\n\n" + body
 
 

@@ -131,7 +131,7 @@ def test_status_says_which_early_stopping_runs_are_priced_at_their_cap(tmp_path,
     plan = tmp_path / "plan.yaml"
     plan.write_text(
         "dataset: gowalla\nsteps:\n"
-        "  - {loss: ccl, negatives: 100, patience: 3}\n"
+        "  - {loss: bsl, negatives: 100, patience: 3}\n"  # no early-stopping BSL run is committed: priced here
         "  - {loss: ssm, encoder: mf, negatives: 2047, epochs: 1000, patience: 15,"
         " overrides: ['+experiment=ssm_paper']}\n"
     )
