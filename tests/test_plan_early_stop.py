@@ -88,7 +88,9 @@ def test_an_early_stopping_row_is_done_for_its_patience_only(tmp_path):
 
 def test_committed_rows_keep_their_keys():
     df = pd.read_csv(RESULTS / "gowalla" / "runs.csv")
-    assert all(len(row_key(r)) == 7 for _, r in df.iterrows())  # no committed run stops early
+    # the seven cell columns; an early-stopping run adds its patience, so it is told apart from the full run
+    assert [len(row_key(r)) for _, r in df.iterrows()] == [8 if r.early_stop == "Y" else 7 for r in df.itertuples()]
+    assert [row_key(r)[7:] for _, r in df.iterrows() if r.early_stop == "Y"] == [(3,)] * (df["early_stop"] == "Y").sum()
 
 
 @pytest.mark.parametrize("name", ["gowalla", "yelp2018"])

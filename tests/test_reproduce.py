@@ -22,8 +22,13 @@ def test_gowalla_plan_finds_the_committed_runs_done(tmp_path):
     plan = load_plan("gowalla")
     committed = pd.read_csv(RESULTS / "gowalla" / "runs.csv")
     states = plan_state(plan, Stores(tmp_path / "no-store"), RESULTS)
-    done = {(s.run.loss, s.run.negatives, s.run.selection, s.run.seed) for s in states if s.state == DONE}
-    expected = {(r.loss, r.num_negatives, r.selection, r.seed) for r in committed.itertuples()}
+    done = {
+        (s.run.loss, s.run.negatives, s.run.selection, s.run.seed, s.run.patience) for s in states if s.state == DONE
+    }
+    expected = {
+        (r.loss, r.num_negatives, r.selection, r.seed, int(r.patience) if r.early_stop == "Y" else None)
+        for r in committed.itertuples()
+    }
     assert done == expected and len(done) == len(committed)  # every committed run (one row a run) is found done
     assert len(committed) >= 15  # the 15 runs the plan was written around, and those committed since
     assert all(s.state == PENDING for s in states if s.state != DONE)
