@@ -84,10 +84,13 @@ def test_runs_measured_on_another_cpu_are_scaled_by_what_this_cpu_measured():
     running = est.Speed("gowalla", "mf", 100, 256, 10 * c100, 1.0, 5, running=True, cpu=HERE)  # not a measure yet
     speeds = est.on_this_cpu([*committed_speeds, here, running], HERE)
     assert speeds[-2:] == [here, running]  # measured here: as they are
-    for old, new in zip(committed_speeds, speeds, strict=False):
-        assert new.per_interaction == pytest.approx(2.5 * old.per_interaction)
-        assert new.eval_s == pytest.approx(3 * old.eval_s) or math.isnan(old.eval_s)
-    assert speeds[0].scaled == f"x2.50 (eval x3.00) for this CPU, {HERE}: 1 run(s) measured on it"
+    for old, new in zip(committed_speeds, speeds, strict=False):  # gowalla's scaled; yelp2018's as they were
+        f, fe = (2.5, 3) if old.dataset == "gowalla" else (1, 1)
+        assert new.per_interaction == pytest.approx(f * old.per_interaction)
+        assert new.eval_s == pytest.approx(fe * old.eval_s) or math.isnan(old.eval_s)
+    assert speeds[0].scaled == f"x2.50 (eval x3.00) for this CPU, {HERE}: 1 run(s) of gowalla measured on it"
+    yelp = est.Speed("yelp2018", "mf", 100, 512, c100, 5.0, 100)  # measured elsewhere, nothing of yelp2018 here
+    assert est.on_this_cpu([*committed_speeds, here, yelp], HERE)[-1] == yelp
     # a job measured nowhere here (BSL, batch 1024) is priced from the other CPU's runs, scaled, and says so
     bsl, scaled_bsl = est.estimate(run("bsl"), committed_speeds), est.estimate(run("bsl"), speeds[:-1])
     assert scaled_bsl.train_s == pytest.approx(2.5 * bsl.train_s) and scaled_bsl.eval_s == pytest.approx(3 * bsl.eval_s)

@@ -22,9 +22,9 @@ trajectory); otherwise the cap, flagged ``capped`` (the run stops sooner, at an 
 eval comes from the same dataset, else another one's scaled by users x items. Each estimate says what it rests on.
 
 Runs measured on another CPU (the ``cpu`` tag; committed runs made before the tag count as another) are first
-brought to this one by ``on_this_cpu``: their costs times the median ratio of the runs finished here to the same
-jobs measured elsewhere. Without a run finished here the estimate stays at the other CPU's speed, and the status's
-pace line says how far the running run is from it.
+brought to this one by ``on_this_cpu``, dataset by dataset: their costs times the median ratio of the runs of that
+dataset finished here to the same jobs measured elsewhere. Without such a run the dataset's estimate stays at the
+speed it was measured at, and the status's pace line says how far the running run is from it.
 """
 
 import dataclasses
@@ -296,32 +296,35 @@ def _key(s: Speed) -> tuple:
 
 
 def on_this_cpu(speeds: list[Speed], cpu: str) -> list[Speed]:
-    """The speeds as this CPU (``cpu``: ``devices.cpu_tags()["cpu"]``) would measure them. Runs measured here stand as
-    they are; every other run's seconds per interaction are multiplied by f, the median over the finished runs
-    measured here of (here / elsewhere) for the same job (dataset, encoder, sampler, negatives, batch), and its eval
-    seconds by the same median of the evaluations' ratio. Each scaled speed says so (``scaled``), and so does every
-    estimate resting on one. Unchanged when no finished run here has a counterpart elsewhere."""
-    here = [s for s in speeds if cpu and s.cpu == cpu and not s.running]
-    elsewhere = [s for s in speeds if s.cpu != cpu]
-    ratios, eval_ratios = [], []
-    for s in here:
-        same = [o.per_interaction for o in elsewhere if _key(o) == _key(s)]
-        ratios += [s.per_interaction / statistics.median(same)] if same else []
-        evals = [o.eval_s for o in elsewhere if o.dataset == s.dataset and not math.isnan(o.eval_s)]
-        eval_ratios += [s.eval_s / statistics.median(evals)] if evals and not math.isnan(s.eval_s) else []
-    if not ratios:
-        return speeds
-    f = statistics.median(ratios)
-    fe = statistics.median(eval_ratios) if eval_ratios else f
-    note = f"x{f:.2f} (eval x{fe:.2f}) for this CPU, {cpu}: {len(ratios)} run(s) measured on it"
-    return [
-        s
-        if s.cpu == cpu
-        else dataclasses.replace(
-            s, per_interaction=s.per_interaction * f, eval_s=s.eval_s * fe, scaled=note
-        )  # fmt: skip
-        for s in speeds
-    ]
+    """The speeds as this CPU (``cpu``: ``devices.cpu_name()``) would measure them. Runs measured here stand as they
+    are. Per dataset, the other runs' seconds per interaction are multiplied by f, the median over that dataset's
+    runs finished here of (here / elsewhere) for the same job (encoder, sampler, negatives, batch), and their eval
+    seconds by the same median of the evaluations' ratio. Per dataset, because the runs without a ``cpu`` tag (made
+    before it) were made in series, one dataset at a time, not all on one machine: a factor measured on one
+    dataset's runs says nothing of another's. Each scaled speed says so (``scaled``), and so does every estimate
+    resting on one. A dataset with no finished run here that has a counterpart elsewhere is left as it is."""
+    out = list(speeds)
+    for dataset in dict.fromkeys(s.dataset for s in speeds):
+        here = [s for s in speeds if cpu and s.cpu == cpu and not s.running and s.dataset == dataset]
+        elsewhere = [s for s in speeds if s.cpu != cpu and s.dataset == dataset]
+        ratios, eval_ratios = [], []
+        for s in here:
+            same = [o.per_interaction for o in elsewhere if _key(o) == _key(s)]
+            ratios += [s.per_interaction / statistics.median(same)] if same else []
+            evals = [o.eval_s for o in elsewhere if not math.isnan(o.eval_s)]
+            eval_ratios += [s.eval_s / statistics.median(evals)] if evals and not math.isnan(s.eval_s) else []
+        if not ratios:
+            continue
+        f = statistics.median(ratios)
+        fe = statistics.median(eval_ratios) if eval_ratios else f
+        note = f"x{f:.2f} (eval x{fe:.2f}) for this CPU, {cpu}: {len(ratios)} run(s) of {dataset} measured on it"
+        out = [
+            dataclasses.replace(s, per_interaction=s.per_interaction * f, eval_s=s.eval_s * fe, scaled=note)
+            if s.dataset == dataset and s.cpu != cpu
+            else s
+            for s in out
+        ]
+    return out
 
 
 def store_speeds(stores: Stores, experiment: str) -> list[Speed]:
