@@ -98,6 +98,19 @@ def test_runs_measured_on_another_cpu_are_scaled_by_what_this_cpu_measured():
     assert "for this CPU" not in bsl.basis
 
 
+def test_a_trajectory_made_on_this_cpu_is_preferred_and_its_replay_is_exact():
+    cell = ("gowalla", "mf", "ccl", 100, "paper", 1)
+    elsewhere = est.Trajectory(cell, frozenset(), pd.DataFrame({"epoch": [1, 2, 3, 4], "recall@20": [1, 0, 0, 0]}))
+    here = est.Trajectory(cell, frozenset(), pd.DataFrame({"epoch": [1, 2, 3, 4, 5], "recall@20": [1, 2, 0, 0, 0]}),
+                          cpu=HERE)  # fmt: skip
+    marked = est.mark_here([elsewhere, here], HERE)
+    assert [t.here for t in marked] == [False, True] and est.mark_here([elsewhere], "")[0].here is False
+    got = est.estimate(run("ccl", patience=3), [], marked)  # its own curve stops after epoch 5, the other's after 4
+    assert got.epochs == 5 and "(a replay of a run made on this CPU: exact)" in got.epochs_basis
+    got = est.estimate(run("ccl", patience=3), [], marked[:1])
+    assert got.epochs == 4 and "(a replay: exact on that run's CPU capability only)" in got.epochs_basis
+
+
 def test_simplex_prices_its_history_attention_only_when_gamma_uses_it():
     gowalla = est.job_of(run("ccl", encoder="simplex"))  # SimpleX_gowalla_m1: gamma 0.8
     yelp = est.job_of(Run("yelp2018", "simplex", "ccl", 100, "paper", 1, 100, 1))  # SimpleX_yelp18_m1: gamma 1
@@ -118,11 +131,14 @@ def test_an_early_stopping_run_stops_where_the_committed_trajectory_says():
     seed1 = [r for r in plan.runs if r.encoder == "mf" and r.early_stop and r.loss != "ssm" and r.seed == 1]
     assert {r.loss for r in seed1} == {"ccl", "mml"}
     for r in seed1:
-        csv = committed("gowalla").query(f"loss == '{r.loss}' and num_negatives == 100 and selection == 'paper'")
+        csv = committed("gowalla").query(
+            f"loss == '{r.loss}' and num_negatives == 100 and selection == 'paper' and early_stop == 'N' and seed == 1"
+        )
         recall = pd.read_csv(RESULTS / "gowalla" / csv.iloc[0].epochs_csv).sort_values("epoch")["recall@20"]
         got = est.estimate(r, est.committed_speeds(RESULTS), trajectories)
         assert (got.epochs, got.capped) == (first_stop(recall.reset_index(drop=True), 3), False)
         assert got.epochs < r.epochs and "committed run" in got.epochs_basis
+        assert "exact on that run's CPU capability only" in got.epochs_basis  # made before runs were tagged
     unseen = run("ccl", seed=7, patience=3)  # no committed run of seed 7: nothing predicts the stop
     got = est.estimate(unseen, [], trajectories)
     assert (got.epochs, got.capped) == (100, True)

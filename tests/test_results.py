@@ -9,6 +9,7 @@ import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
 
+from mmlexp.devices import cpu_name
 from mmlexp.report import fetch_runs, readme
 from mmlexp.report.__main__ import main
 from mmlexp.report.status import explanation_section, off_cells
@@ -55,6 +56,7 @@ def test_epoch_csvs_are_the_mlflow_histories(store, exported):
             assert dict(zip(epochs["epoch"], epochs[name], strict=True)) == direct
         # the best epoch's metrics in runs.csv are one of the epochs
         assert epochs.loc[epochs["epoch"] == r.best_epoch, "recall@20"].item() == r["recall@20"]
+        assert r["cpu"] == client.get_run(r.run_id).data.tags["cpu"] == cpu_name()  # the CPU it ran on
 
 
 def test_exported_cells_equal_the_mlflow_numbers(store, exported):

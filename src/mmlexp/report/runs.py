@@ -33,6 +33,7 @@ BASE_COLUMNS = (
     "parent_run_id",
     "sweep_id",
     "overrides",
+    "cpu",
 )
 NULLS = {"", "none", "null", "nan"}
 
@@ -127,6 +128,7 @@ def run_row(run, experiment: str) -> dict:
         "parent_run_id": tags.get("mlflow.parentRunId"),
         "sweep_id": tags.get("sweep.id"),
         "overrides": tags.get("sweep.overrides"),
+        "cpu": tags.get("cpu"),  # mmlexp.devices.cpu_tags; None for a run made before the tag
         "recall@20": math.nan,
         "ndcg@20": math.nan,
     }

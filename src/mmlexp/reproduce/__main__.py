@@ -21,6 +21,7 @@ from mmlexp.reproduce.estimate import (
     committed_measurements,
     estimate,
     human,
+    mark_here,
     on_this_cpu,
     remaining_s,
     store_speeds,
@@ -181,7 +182,9 @@ def main(argv: list[str] | None = None) -> int:
     speeds, trajectories = committed_measurements(args.results)
     from mmlexp.devices import cpu_name
 
-    speeds = on_this_cpu(speeds + store_speeds(stores, plan.experiment), cpu_name())
+    cpu = cpu_name()
+    speeds = on_this_cpu(speeds + store_speeds(stores, plan.experiment), cpu)
+    trajectories = mark_here(trajectories, cpu)
     try:
         describe(plan, plan_state(plan, stores, args.results), speeds, trajectories)
     except PlanError as err:

@@ -67,6 +67,10 @@ CELL = ("dataset=", "encoder=", "seed=", "loss=", "num_negatives=", "trainer.epo
 NOT_TRAINING = ("eval.", "trainer.monitor=", "trainer.progress=", "trainer.num_threads=", "tracking.", "hydra.")
 
 
+REPLAY_HERE = "a replay of a run made on this CPU: exact"
+REPLAY_ELSEWHERE = "a replay: exact on that run's CPU capability only"
+
+
 @dataclass(frozen=True)
 class Speed:
     """One measured run: median seconds per training interaction and per evaluation."""
@@ -112,6 +116,8 @@ class Trajectory:
     cell: tuple  # dataset, encoder, loss, negatives, selection, seed
     training: frozenset[str]
     epochs: pd.DataFrame = field(compare=False, hash=False)
+    cpu: str = ""  # runs.csv's ``cpu``: the CPU it ran on ("" for a run made before the tag)
+    here: bool = False  # it ran on this CPU (``mark_here``): a replay of its curve is exact
 
 
 @dataclass(frozen=True)
@@ -243,7 +249,9 @@ def committed_measurements(results_root: Path) -> tuple[list[Speed], list[Trajec
         speeds += [sp] if sp else []
         if r.get("early_stop") != "Y" and pd.isna(r.get("max_steps")):
             cell = (r["dataset"], r["encoder"], r["loss"], int(r["num_negatives"]), r["selection"], int(r["seed"]))
-            trajectories.append(Trajectory(cell, training_overrides(str(r.get("overrides") or "").split()), epochs))
+            cpu = r.get("cpu") if isinstance(r.get("cpu"), str) else ""
+            training = training_overrides(str(r.get("overrides") or "").split())
+            trajectories.append(Trajectory(cell, training, epochs, cpu))
     return speeds, trajectories
 
 
@@ -407,20 +415,26 @@ def eval_seconds(job: Job, speeds: list[Speed]) -> tuple[float, str]:
     return factor * 3.0, "eval: reference"
 
 
+def mark_here(trajectories: Iterable[Trajectory], cpu: str) -> list[Trajectory]:
+    """The trajectories, those of runs made on this CPU (``cpu``: ``devices.cpu_name()``) marked ``here``."""
+    return [dataclasses.replace(t, here=bool(cpu) and t.cpu == cpu) for t in trajectories]
+
+
 def expected_epochs(run: Run, job: Job, trajectories: Iterable[Trajectory]) -> tuple[int, str, bool]:
-    """(epochs, how they were found, capped): see the module docstring."""
+    """(epochs, how they were found, capped): see the module docstring. A trajectory made here is preferred."""
     if not run.early_stop or run.patience is None:
         return run.epochs, "", False
     cell = (run.dataset, run.encoder, run.loss, run.negatives, run.selection, run.seed)
     training = training_overrides(run.extra)
-    for t in trajectories:
+    for t in sorted(trajectories, key=lambda t: not t.here):
         if t.cell == cell and t.training == training and job.monitor in t.epochs:
             scores = t.epochs.sort_values("epoch")[job.monitor].head(run.epochs)
             stop = stop_epoch(scores, run.patience)
             if stop is not None or len(scores) >= run.epochs:
                 epochs = stop or run.epochs
                 basis = f"stops after epoch {epochs} on the committed run without early stopping"
-                return epochs, f"{basis} (a replay: exact on that run's CPU capability only)", False
+                replay = REPLAY_HERE if t.here else REPLAY_ELSEWHERE
+                return epochs, f"{basis} ({replay})", False
     return run.epochs, f"up to {run.epochs} epochs: early stopping at an epoch nothing predicts", True
 
 
