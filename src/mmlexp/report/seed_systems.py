@@ -26,7 +26,6 @@ from matplotlib.figure import Figure
 
 from mmlexp.report import evidence, figures, selection
 from mmlexp.report.export import EPOCHS_COLUMN, cell_id
-from mmlexp.report.selection import MONITOR
 from mmlexp.report.stats import METRICS
 from mmlexp.report.status import THRESHOLD_PCT, pair_line
 from mmlexp.report.tables import DASH, TITLES, md_table, paper_numbers
@@ -254,8 +253,8 @@ def early_stop_replays(runs: pd.DataFrame, history: pd.DataFrame, patience: int 
                 curve = history[history["run_id"] == run.run_id].sort_values("epoch").set_index("epoch")
                 if curve.empty or pd.isna(run.best_epoch) or run.best_epoch not in curve.index:
                     continue
-                stop = selection.stop_epoch(curve[MONITOR], patience) or int(curve.index.max())
-                kept = int(curve.loc[:stop, MONITOR].idxmax())
+                stop = selection.stop_epoch(curve[selection.MONITOR], patience) or int(curve.index.max())
+                kept = int(curve.loc[:stop, selection.MONITOR].idxmax())
                 for metric in METRICS:
                     replayed, ours = float(curve.at[kept, metric]), float(curve.at[run.best_epoch, metric])
                     rows.append({"dataset": dataset, "encoder": encoder, "loss": loss, "seed": int(run.seed),
@@ -283,8 +282,8 @@ def replay_section(runs: pd.DataFrame, history: pd.DataFrame, out: Path) -> list
         )
         lines.append(
             f"* {dataset} {figures.system_label(encoder, loss)}, seed {seed} ({_links(run_id, runs)}): stops after "
-            f"epoch {r.stop_epoch} and keeps "
-            f"epoch {r.kept_epoch}, where the full run kept epoch {r.full_epoch}: {gaps}."
+            f"epoch {r.stop_epoch} and keeps epoch {r.kept_epoch}, where the full run kept epoch {r.full_epoch}: "
+            f"{gaps}."
         )
     return [
         f"Early stopping replayed on each full run's test curve (patience {PATIENCE} on Recall@20, the trainer's "
