@@ -8,6 +8,7 @@ import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
 
+from mmlexp.report.export import cell_id
 from mmlexp.reproduce import estimate as est
 from mmlexp.reproduce.__main__ import main
 from mmlexp.reproduce.plan import PlanError, load_plan
@@ -32,6 +33,19 @@ def test_gowalla_plan_finds_the_committed_runs_done(tmp_path):
     assert done == expected and len(done) == len(committed)  # every committed run (one row a run) is found done
     assert len(committed) >= 15  # the 15 runs the plan was written around, and those committed since
     assert all(s.state == PENDING for s in states if s.state != DONE)
+
+
+@pytest.mark.parametrize("dataset", ["gowalla", "yelp2018"])
+def test_every_run_a_verdict_waits_for_is_in_its_plan(dataset):
+    """The committed claims name the runs whose per-user files would test them (``wanted``): the plan runs each."""
+    planned = {
+        cell_id({"dataset": r.dataset, "encoder": r.encoder, "loss": r.loss, "num_negatives": r.negatives,
+                 "selection": r.selection, "early_stop": "Y" if r.early_stop else "N"}) + f"-seed{r.seed}"
+        for r in load_plan(dataset).runs
+    }  # fmt: skip
+    claims = [pd.read_csv(RESULTS / dataset / name) for name in ("claims.csv", "systems_claims.csv")]
+    wanted = {w for frame in claims for v in frame["wanted"].dropna() for w in str(v).split()}
+    assert wanted <= planned, sorted(wanted - planned)
 
 
 def test_plans_list_the_issue_order():
