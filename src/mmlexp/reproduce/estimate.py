@@ -245,11 +245,11 @@ def committed_measurements(results_root: Path) -> tuple[list[Speed], list[Trajec
     for r, epochs in _committed(results_root):
         batch = _committed_batch(epochs, r.get("overrides"), r["dataset"])
         sampler = r.get("sampler") if isinstance(r.get("sampler"), str) else "uniform"
+        cpu = r.get("cpu") if isinstance(r.get("cpu"), str) else ""  # "" for a run made before the tag
         sp = _speed(r["dataset"], r["encoder"], r["num_negatives"], batch, epochs, sampler)
-        speeds += [sp] if sp else []
+        speeds += [dataclasses.replace(sp, cpu=cpu)] if sp else []
         if r.get("early_stop") != "Y" and pd.isna(r.get("max_steps")):
             cell = (r["dataset"], r["encoder"], r["loss"], int(r["num_negatives"]), r["selection"], int(r["seed"]))
-            cpu = r.get("cpu") if isinstance(r.get("cpu"), str) else ""
             training = training_overrides(str(r.get("overrides") or "").split())
             trajectories.append(Trajectory(cell, training, epochs, cpu))
     return speeds, trajectories
