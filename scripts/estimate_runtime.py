@@ -64,17 +64,18 @@ def expand(overrides: list[str]) -> tuple[list[str], list[list[str]]]:
 
 
 def measured_speeds(uri: str | None) -> list:
-    """Speeds of the committed runs (results/*/epochs) and of the MLflow store's finished runs, if it exists."""
-    from mmlexp.reproduce.estimate import committed_speeds, tracked_speeds
+    """Speeds of the committed runs (results/*/epochs) and of the MLflow store's finished runs, if it exists,
+    brought to this CPU as the status does (``estimate.on_this_cpu``)."""
+    from mmlexp.devices import cpu_name
+    from mmlexp.reproduce.estimate import committed_speeds, on_this_cpu, tracked_speeds
 
     speeds = committed_speeds(REPO / "results")
-    if not uri or (uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///") :]).is_file()):
-        return speeds
-    try:
-        return speeds + tracked_speeds(uri, statuses=("FINISHED",))
-    except Exception as err:  # an estimate never blocks a sweep
-        print(f"(could not read measured speeds from {uri}: {type(err).__name__})", file=sys.stderr)
-        return speeds
+    if uri and not (uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///") :]).is_file()):
+        try:
+            speeds += tracked_speeds(uri, statuses=("FINISHED",))
+        except Exception as err:  # an estimate never blocks a sweep
+            print(f"(could not read measured speeds from {uri}: {type(err).__name__})", file=sys.stderr)
+    return on_this_cpu(speeds, cpu_name())
 
 
 def job_estimate(cfg, choices: dict, speeds: list) -> dict:

@@ -202,6 +202,8 @@ def test_the_sweep_estimate_script_uses_the_same_cost_model():
     got = script.job_estimate(cfg, dict(cfg.hydra.runtime.choices), est.committed_speeds(RESULTS))
     expected = est.estimate(run("bsl", negatives=50), est.committed_speeds(RESULTS))
     assert got["batch"] == 1024 and got["epoch_s"] == pytest.approx(expected.epoch_s)
+    # without a store: the committed speeds, brought to this CPU as the status brings them
+    assert script.measured_speeds(None) == est.on_this_cpu(est.committed_speeds(RESULTS), cpu_name())
 
 
 def test_steps_run_in_the_order_given(tmp_path):
