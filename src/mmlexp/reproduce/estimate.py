@@ -315,11 +315,11 @@ def on_this_cpu(speeds: list[Speed], cpu: str) -> list[Speed]:
     for dataset in dict.fromkeys(s.dataset for s in speeds):
         here = [s for s in speeds if cpu and s.cpu == cpu and not s.running and s.dataset == dataset]
         elsewhere = [s for s in speeds if s.cpu != cpu and s.dataset == dataset]
+        evals = [o.eval_s for o in elsewhere if not math.isnan(o.eval_s)]  # one evaluation per dataset
         ratios, eval_ratios = [], []
         for s in here:
             same = [o.per_interaction for o in elsewhere if _key(o) == _key(s)]
             ratios += [s.per_interaction / statistics.median(same)] if same else []
-            evals = [o.eval_s for o in elsewhere if not math.isnan(o.eval_s)]
             eval_ratios += [s.eval_s / statistics.median(evals)] if evals and not math.isnan(s.eval_s) else []
         if not ratios:
             continue
