@@ -97,10 +97,15 @@ def test_step_runs_are_the_product_in_order(tmp_path):
     plan = load_plan(
         write(
             tmp_path,
-            "dataset: d\nsteps:\n- {loss: [a, b], negatives: [1, 2], seed: 7}\n- {loss: a, negatives: 1, seed: 7}\n",
+            "dataset: d\nsteps:\n- {loss: [a, b], negatives: [1, 2], seed: [7, 8]}\n"
+            "- {loss: a, negatives: 1, seed: 9}\n",
         )
     )
-    assert [(r.loss, r.negatives, r.seed) for r in plan.runs] == [("a", 1, 7), ("a", 2, 7), ("b", 1, 7), ("b", 2, 7)]
+    first = [(r.seed, r.negatives, r.loss) for r in plan.runs if r.step == 1]
+    # seed, then negatives, then loss: every cell's seed 7 before any seed 8, both losses at N=1 before N=2
+    cells = [(1, "a"), (1, "b"), (2, "a"), (2, "b")]
+    assert first == [(7, n, loss) for n, loss in cells] + [(8, n, loss) for n, loss in cells]
+    assert [(r.step, r.loss, r.negatives, r.seed) for r in plan.runs if r.step == 2] == [(2, "a", 1, 9)]
 
 
 def speed(dataset, n, c, batch=256, ev=2.0):

@@ -4,7 +4,8 @@ A plan has ``dataset``, ``experiment`` (the MLflow experiment), ``run`` (every s
 names ``loss``, ``negatives`` and optionally ``seed``, ``encoder``, ``selection``, ``epochs`` (a value or a list),
 ``patience`` (early stopping after that many evaluations without a better ``trainer.monitor``; absent or null: no
 early stop, ``trainer.patience=null``) and ``overrides`` (extra Hydra overrides). ``run`` takes the same keys but
-``why``. A step's runs are the product loss x negatives x seed, in that order.
+``why``. A step's runs are the product seed x negatives x loss, in that order: every cell's seed 2 before any
+seed 3, and the losses at one number of negatives side by side (the runs a paired comparison needs come together).
 A run is identified by its cell (``Run.key``): the same keys as a row of ``results/<dataset>/runs.csv``; an early-
 stopping run (patience < epochs) adds its patience, so that it is told apart from the same cell without it (the key
 of a run without early stopping is what it always was).
@@ -142,7 +143,7 @@ def _values(value: Any) -> list:
 
 
 def step_runs(dataset: str, defaults: dict, step: dict, index: int, path: Path) -> list[Run]:
-    """A step's runs: loss x negatives x seed (in that order), the other keys from the step or the defaults."""
+    """A step's runs: seed x negatives x loss (in that order), the other keys from the step or the defaults."""
     where = f"plan {path}, step {index}"
     if not isinstance(step, dict):
         raise PlanError(f"{where}: must be a mapping with keys from {sorted(STEP_KEYS)}")
@@ -165,7 +166,7 @@ def step_runs(dataset: str, defaults: dict, step: dict, index: int, path: Path) 
     return [
         Run(dataset, str(merged["encoder"]), str(loss), int(n), str(merged["selection"]), int(seed),
             int(merged["epochs"]), index, str(step.get("why", "")), extra, patience)
-        for loss, n, seed in itertools.product(losses, negatives, seeds)
+        for seed, n, loss in itertools.product(seeds, negatives, losses)
     ]  # fmt: skip
 
 
