@@ -1,5 +1,6 @@
 """The training loop: the step equals the reference's autograd formulation; selection, stopping, seeds."""
 
+import numpy as np
 import pytest
 import torch
 
@@ -7,6 +8,7 @@ from mmlexp import _numba
 from mmlexp.encoders import MatrixFactorization
 from mmlexp.losses import MultiMarginLoss
 from mmlexp.optim import TableAdam, make_optimizer
+from mmlexp.report.selection import stop_epoch
 from mmlexp.train import TrainSettings, fit, start_gradients_, train_step
 from tests.reference import FixedSampler, reference_step
 
@@ -90,6 +92,18 @@ def test_best_epoch_is_kept_and_early_stopping_counts_evaluations():
     result = tiny_fit(scripted([0.1, 0.3, 0.2, 0.25, 0.29, 0.9]), epochs=6, patience=3)
     assert result.best_epoch == 2 and result.best_metrics == {"recall@20": 0.3}
     assert result.stopped_early and len(result.history) == 5
+
+
+@pytest.mark.parametrize("patience", [1, 2, 3])
+def test_the_reports_replay_of_early_stopping_is_the_trainers_rule(patience):
+    """``report.selection.stop_epoch`` replays early stopping on a logged curve (the report's replays, the
+    estimate of an early-stopping run): on any curve, ties included, it stops where ``fit`` stops."""
+    rng = np.random.default_rng(patience)
+    for _ in range(12):
+        scores = [float(v) for v in rng.choice([0.1, 0.2, 0.3], size=8)]  # few values: many ties
+        result = tiny_fit(scripted(scores), epochs=8, patience=patience)
+        stop = stop_epoch(scores, patience)
+        assert len(result.history) == (stop or 8) and result.stopped_early == (stop is not None), scores
 
 
 def test_no_early_stop_without_patience_and_eval_every():
