@@ -103,9 +103,9 @@ def selection_gaps(
 
 
 def _system(r) -> str:
-    """A row's system, ``MF + CCL, early stop`` (a namedtuple or a Series with encoder, loss, early_stop)."""
-    get = r.get if isinstance(r, pd.Series) else lambda key, default: getattr(r, key, default)
-    return figures.system_label(get("encoder", "mf"), get("loss", ""), get("early_stop", "N"))
+    """A row's system, ``MF + CCL, early stop`` (a row of ``itertuples``: encoder, loss, early_stop; the first
+    and the last may be absent)."""
+    return figures.system_label(getattr(r, "encoder", "mf"), r.loss, getattr(r, "early_stop", "N"))
 
 
 def _pct(delta: float, base: float) -> str:
@@ -259,22 +259,22 @@ def plot_learning_curves(history: pd.DataFrame, runs: pd.DataFrame, metric: str 
         ax.set_title(f"{figures.DATASET_LABELS.get(dataset, dataset)}, N={n}")
         here = info[(info["dataset"] == dataset) & (info["num_negatives"] == n)]
         here = here.assign(order=here["loss"].map(losses.index)).sort_values(["order", "selection", "seed"])
-        for run_id, row in here.iterrows():
-            line = data[data["run_id"] == run_id].sort_values("epoch")
+        for row in here.reset_index().itertuples(index=False):
+            line = data[data["run_id"] == row.run_id].sort_values("epoch")
             if line.empty:
                 continue
-            style = figures.loss_style(row["loss"], losses)
-            label = f"{_system(row)} s{row['seed']}"
-            dashed = row["selection"] != "paper"
+            style = figures.loss_style(row.loss, losses)
+            label = f"{_system(row)} s{row.seed}"
+            dashed = row.selection != "paper"
             ax.plot(
                 line["epoch"],
                 line[metric],
                 color=style["color"],
                 linestyle="--" if dashed else "-",
                 linewidth=1.1,
-                label=label + (f" ({row['selection']})" if dashed else ""),
+                label=label + (f" ({row.selection})" if dashed else ""),
             )
-            chosen = line[line["epoch"] == row["best_epoch"]]
+            chosen = line[line["epoch"] == row.best_epoch]
             ax.plot(chosen["epoch"], chosen[metric], linestyle="none", markersize=5, **style)
         ax.grid(True, alpha=0.3)
         ax.legend(fontsize=7)
