@@ -2,11 +2,16 @@
 
     .venv/bin/python scripts/golden_digests.py                      # which of tables, moments, metrics moved
     .venv/bin/python scripts/golden_digests.py mf-mml-uniform-adam  # only the named configurations
-    .venv/bin/python scripts/golden_digests.py --update             # rewrite digests.json (all configurations)
+    .venv/bin/python scripts/golden_digests.py --update             # this platform's digests, the others dropped
+    .venv/bin/python scripts/golden_digests.py --add-platform       # this platform's digests beside the others
 
-Exit status 1 when a digest moved (or a configuration has none yet).  ``--update`` only when a change moves bits on
-purpose (say so in the commit), and never while a reproduction run is in flight (the pinned bits are the ones the
-running code produces).  Runs on the CPU with one thread, everything written to a temporary directory (~1 min).
+digests.json keeps one set of digests per platform (CPU instruction set, torch / numpy / numba versions).
+Exit status 1 when a digest moved (or a configuration has none yet on this platform).  ``--update`` only when a
+change moves bits on purpose (say so in the commit; the other platforms' sets are dropped, being stale), and
+never while a reproduction run is in flight (the pinned bits are the ones the running code produces).
+``--add-platform`` pins a machine the file has no set for yet: run it from the code that made the runs in
+flight (a checkout of their commit), so that what it pins is what those runs compute.  Runs on the CPU with one
+thread, everything written to a temporary directory (~1 min).
 """
 
 import argparse
@@ -30,6 +35,7 @@ from tests.golden_runs import (  # noqa: E402
     environment,
     load_expected,
     moved,
+    platform_digests,
     run_config,
     write_expected,
 )
@@ -38,18 +44,17 @@ from tests.golden_runs import (  # noqa: E402
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("names", nargs="*", help="configurations to run (default: all)")
-    parser.add_argument("--update", action="store_true", help=f"rewrite {DIGESTS_FILE.relative_to(REPO)}")
+    write = parser.add_mutually_exclusive_group()
+    write.add_argument("--update", action="store_true", help="this platform's digests only (the others dropped)")
+    write.add_argument("--add-platform", action="store_true", help="this platform's digests beside the others")
     args = parser.parse_args()
     unknown = [n for n in args.names if n not in CONFIGS]
     if unknown:
         parser.error(f"unknown configuration(s) {unknown}; known: {', '.join(CONFIGS)}")
-    if args.update and args.names:
-        parser.error("--update rewrites every configuration: run it without names")
+    if (args.update or args.add_platform) and args.names:
+        parser.error("--update / --add-platform record every configuration: run without names")
     logging.disable(logging.WARNING)  # MLflow's and mmlexp's INFO / WARNING lines: the table is the output
-    expected_all = load_expected() if DIGESTS_FILE.exists() else {}
-    expected = expected_all.get("configs", {}) if expected_all.get("base") == BASE else {}  # else: all new
-    if expected_all and expected_all.get("environment") != environment():
-        print(f"note: digests.json was made on {expected_all.get('environment')}, this is {environment()}")
+    expected = _expected_here(args.add_platform)
 
     actual: dict[str, dict[str, str]] = {}
     width = max(map(len, CONFIGS))
@@ -60,20 +65,32 @@ def main() -> int:
             start = time.perf_counter()
             with contextlib.redirect_stdout(io.StringIO()):  # the runs' own "best epoch ..." lines
                 actual[name] = run_config(CONFIGS[name], Path(tmp) / name, Path(tmp))
-            want = expected.get(name)
-            if want is not None and want.get("overrides") != CONFIGS[name]:
-                want = None  # the configuration changed: its old digests say nothing
+            want = expected.get(name)  # None: the configuration is new or changed, its old digests say nothing
             gone = [] if want is None else moved(want, actual[name])
             cells = ["new" if want is None else ("MOVED" if kind in gone else "ok") for kind in KINDS]
             print(f"{name:<{width}}  " + "  ".join(f"{c:<8}" for c in cells) + f"  {time.perf_counter() - start:.1f}")
-    if args.update:
-        write_expected(actual)
-        print(f"wrote {DIGESTS_FILE}")
+    if args.update or args.add_platform:
+        write_expected(actual, keep_others=args.add_platform)
+        print(f"wrote {DIGESTS_FILE} ({'beside the other platforms' if args.add_platform else 'this platform only'})")
         return 0
     changed = [n for n in actual if n not in expected or moved(expected[n], actual[n])]
     if changed:
         print(f"{len(changed)} configuration(s) differ from {DIGESTS_FILE}: {', '.join(changed)}")
     return 1 if changed else 0
+
+
+def _expected_here(adding: bool) -> dict[str, dict[str, str]]:
+    """This platform's recorded digests by configuration (those whose overrides still hold)."""
+    recorded = load_expected() if DIGESTS_FILE.exists() else {}
+    if recorded and recorded.get("base") != BASE:
+        if adding:
+            sys.exit(f"golden_runs.BASE changed since {DIGESTS_FILE.name} was written: --update, not --add-platform")
+        return {}  # every configuration is new
+    here = platform_digests(recorded) if recorded else None
+    if recorded and here is None:
+        print(f"note: {DIGESTS_FILE.name} has no digests for this platform ({environment()})")
+    configs = recorded.get("configs", {})
+    return {n: d for n, d in (here or {}).items() if configs.get(n, {}).get("overrides") == CONFIGS.get(n)}
 
 
 if __name__ == "__main__":

@@ -15,8 +15,10 @@ Three SHA-256 digests per configuration, so that a failure says what moved:
   / ... @K, long-tail metrics, ``best/`` metrics, steps), values as ``repr(float)``; the wall-clock ones
   (``*_time_s``, ``*_per_s``) are left out, they are not numerics.
 
-Bits depend on the platform (torch / numpy / numba versions, the CPU's instruction set): ``environment()``
-is stored next to the digests and the test skips, naming the difference, on another platform.
+Bits depend on the platform (torch / numpy / numba versions, the CPU's instruction set): the file keeps one
+set of digests per platform (``platforms``: each ``environment()`` with its digests), so that every machine the
+project runs on can pin its own bits; the test compares with this platform's set and skips, naming the
+platforms recorded, where there is none.
 """
 
 import contextlib
@@ -202,15 +204,30 @@ def run_config(overrides: list[str], workdir: Path, store: Path) -> dict[str, st
 
 
 def load_expected(path: Path = DIGESTS_FILE) -> dict[str, Any]:
+    """``{"base", "configs": {name: {"overrides"}}, "platforms": [{"environment", "digests": {name: ...}}]}``."""
     return json.loads(path.read_text())
 
 
-def write_expected(digests: dict[str, dict[str, str]], path: Path = DIGESTS_FILE) -> None:
-    """``digests`` (name -> the three digests) with each configuration's overrides and the environment."""
+def platform_digests(expected: dict[str, Any], env: dict[str, str] | None = None) -> dict[str, dict[str, str]] | None:
+    """This platform's digests (name -> tables, moments, metrics) in ``expected``; None if it has none."""
+    env = env or environment()
+    return next((p["digests"] for p in expected.get("platforms", []) if p["environment"] == env), None)
+
+
+def write_expected(digests: dict[str, dict[str, str]], keep_others: bool, path: Path = DIGESTS_FILE) -> None:
+    """Record ``digests`` (name -> the three digests) as this platform's set, with each configuration's overrides.
+    ``keep_others``: the other platforms' sets stay (this platform is added, or replaced); else they are dropped
+    (a change that moves bits on purpose: their digests are stale, and only their own machines can remake them)."""
+    env = environment()
+    old = load_expected(path).get("platforms", []) if keep_others and path.exists() else []
+    others = [p for p in old if p["environment"] != env]
     body = {
-        "environment": environment(),
         "base": BASE,
-        "configs": {name: {"overrides": CONFIGS[name], **digests[name]} for name in CONFIGS if name in digests},
+        "configs": {name: {"overrides": CONFIGS[name]} for name in CONFIGS if name in digests},
+        "platforms": [
+            *others,
+            {"environment": env, "digests": {name: digests[name] for name in CONFIGS if name in digests}},
+        ],
     }
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(body, indent=2) + "\n")

@@ -11,21 +11,36 @@ of tables / moments / metrics moved.
 Regenerate the digests only when a change moves bits on purpose (say so in the commit), and never while a
 reproduction run is in flight:
 
-    .venv/bin/python scripts/golden_digests.py            # which digests moved, per configuration
-    .venv/bin/python scripts/golden_digests.py --update   # rewrite tests/golden/digests.json
+    .venv/bin/python scripts/golden_digests.py                  # which digests moved, per configuration
+    .venv/bin/python scripts/golden_digests.py --update         # this platform's digests; the others dropped
+    .venv/bin/python scripts/golden_digests.py --add-platform   # pin a new machine beside the others
 
-The bits depend on the platform (torch / numpy / numba versions, the CPU's instruction set); on another
-platform than the one recorded in digests.json the comparisons are skipped, naming the difference.
+The bits depend on the platform (torch / numpy / numba versions, the CPU's instruction set): digests.json keeps
+one set per platform, and on a platform it has no set for the comparisons are skipped, naming those it has.
 """
 
+import json
 from pathlib import Path
 
 import pytest
 
-from tests.golden_runs import BASE, CONFIGS, DIGESTS_FILE, KINDS, environment, load_expected, moved, run_config
+from tests.golden_runs import (
+    BASE,
+    CONFIGS,
+    DIGESTS_FILE,
+    KINDS,
+    environment,
+    load_expected,
+    moved,
+    platform_digests,
+    run_config,
+    write_expected,
+)
 
 EXPECTED = load_expected()
+HERE = platform_digests(EXPECTED)
 UPDATE = "`.venv/bin/python scripts/golden_digests.py --update`"
+ADD = "`.venv/bin/python scripts/golden_digests.py --add-platform` (from the code of the runs in flight)"
 
 
 @pytest.fixture(scope="module")
@@ -34,15 +49,18 @@ def store(tmp_path_factory):
     return tmp_path_factory.mktemp("golden-store")
 
 
-def _platform_difference() -> str:
-    here, there = environment(), EXPECTED["environment"]
-    return ", ".join(f"{k}: {there.get(k)} there, {v} here" for k, v in sorted(here.items()) if v != there.get(k))
+def _platforms() -> str:
+    return "; ".join(
+        ", ".join(f"{k} {p['environment'].get(k)}" for k in ("llvm_host_cpu", "torch_cpu_capability", "torch"))
+        for p in EXPECTED["platforms"]
+    )
 
 
-DIFFERS = _platform_difference()
 # the digests hold on the platform they were made on (CPU kind, torch, numpy, numba); elsewhere they cannot compare
 same_platform = pytest.mark.skipif(
-    bool(DIFFERS), reason=f"{DIGESTS_FILE.name} was made on another platform ({DIFFERS}); regenerate with {UPDATE}"
+    HERE is None,
+    reason=f"{DIGESTS_FILE.name} has no digests for this platform ({environment()}; it has: {_platforms()}); "
+    f"pin it with {ADD}",
 )
 
 
@@ -51,6 +69,10 @@ def test_the_digests_file_matches_the_configurations():
     assert list(EXPECTED["configs"]) == list(CONFIGS), f"configurations changed: run {UPDATE}"
     for name, overrides in CONFIGS.items():
         assert EXPECTED["configs"][name]["overrides"] == overrides, f"{name}: overrides changed: run {UPDATE}"
+    for platform in EXPECTED["platforms"]:
+        assert set(platform["environment"]) == set(environment()), f"{platform['environment']}: run {UPDATE}"
+        assert list(platform["digests"]) == list(CONFIGS), f"{platform['environment']}: run {UPDATE}"
+        assert all(set(d) == set(KINDS) for d in platform["digests"].values())
 
 
 def test_every_encoder_loss_sampler_and_optimiser_path_is_pinned():
@@ -67,8 +89,8 @@ def test_every_encoder_loss_sampler_and_optimiser_path_is_pinned():
 @same_platform
 @pytest.mark.parametrize("name", list(CONFIGS))
 def test_training_numerics_are_unchanged(name, store, tmp_path):
-    want = EXPECTED["configs"].get(name)
-    assert want is not None and want["overrides"] == CONFIGS[name], f"{name}: no digests recorded: run {UPDATE}"
+    want = HERE.get(name) if HERE else None
+    assert want is not None, f"{name}: no digests recorded: run {UPDATE}"
     got = run_config(CONFIGS[name], tmp_path, store)
     changed = moved(want, got)
     kept = [kind for kind in KINDS if kind not in changed]
@@ -84,4 +106,21 @@ def test_another_seed_moves_every_digest(store, tmp_path):
     """The digests see a change: the first configuration with seed 2020 instead of 2019 moves all three."""
     name = next(iter(CONFIGS))
     got = run_config([*CONFIGS[name], "seed=2020"], tmp_path, store)
-    assert moved(EXPECTED["configs"][name], got) == list(KINDS)
+    assert HERE is not None and moved(HERE[name], got) == list(KINDS)
+
+
+def test_each_platform_keeps_its_own_digests(tmp_path):
+    """``--add-platform`` records this platform beside the others; ``--update`` drops theirs (stale after a change
+    that moves bits on purpose); a platform is found by its whole environment."""
+    path = tmp_path / "digests.json"
+    ours = {name: dict.fromkeys(KINDS, f"{name}-here") for name in CONFIGS}
+    elsewhere = {**environment(), "llvm_host_cpu": "a-cpu-not-this-one"}
+    theirs = {name: dict.fromkeys(KINDS, f"{name}-there") for name in CONFIGS}
+    path.write_text(json.dumps({"base": BASE, "platforms": [{"environment": elsewhere, "digests": theirs}]}))
+    assert platform_digests(load_expected(path)) is None
+    write_expected(ours, keep_others=True, path=path)
+    both = load_expected(path)
+    assert platform_digests(both) == ours and platform_digests(both, elsewhere) == theirs
+    assert both["configs"] == {name: {"overrides": CONFIGS[name]} for name in CONFIGS}
+    write_expected(ours, keep_others=False, path=path)
+    assert [p["environment"] for p in load_expected(path)["platforms"]] == [environment()]
