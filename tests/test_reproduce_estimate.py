@@ -113,7 +113,7 @@ def test_a_trajectory_made_on_this_cpu_is_preferred_and_its_replay_is_exact():
     got = est.estimate(run("ccl", patience=3), [], marked)  # its own curve stops after epoch 5, the other's after 4
     assert got.epochs == 5 and "(a replay of a run made on this CPU: exact)" in got.epochs_basis
     got = est.estimate(run("ccl", patience=3), [], marked[:1])
-    assert got.epochs == 4 and "(a replay: exact on that run's CPU capability only)" in got.epochs_basis
+    assert got.epochs == 4 and f"({est.REPLAY_ELSEWHERE})" in got.epochs_basis
 
 
 def test_simplex_prices_its_history_attention_only_when_gamma_uses_it():
@@ -143,7 +143,7 @@ def test_an_early_stopping_run_stops_where_the_committed_trajectory_says():
         got = est.estimate(r, est.committed_speeds(RESULTS), trajectories)
         assert (got.epochs, got.capped) == (first_stop(recall.reset_index(drop=True), 3), False)
         assert got.epochs < r.epochs and "committed run" in got.epochs_basis
-        assert "exact on that run's CPU capability only" in got.epochs_basis  # made before runs were tagged
+        assert est.REPLAY_ELSEWHERE in got.epochs_basis  # made before runs were tagged
     unseen = run("ccl", seed=7, patience=3)  # no committed run of seed 7: nothing predicts the stop
     got = est.estimate(unseen, [], trajectories)
     assert (got.epochs, got.capped) == (100, True)

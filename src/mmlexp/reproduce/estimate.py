@@ -68,7 +68,7 @@ NOT_TRAINING = ("eval.", "trainer.monitor=", "trainer.progress=", "trainer.num_t
 
 
 REPLAY_HERE = "a replay of a run made on this CPU: exact"
-REPLAY_ELSEWHERE = "a replay: exact on that run's CPU capability only"
+REPLAY_ELSEWHERE = "a replay of a run made on another CPU: exact if the run here follows its curve"
 
 
 @dataclass(frozen=True)
