@@ -82,14 +82,17 @@ def main() -> int:
 def _expected_here(adding: bool) -> dict[str, dict[str, str]]:
     """This platform's recorded digests by configuration (those whose overrides still hold)."""
     recorded = load_expected() if DIGESTS_FILE.exists() else {}
+    configs = recorded.get("configs", {})
+    same = recorded.get("base") == BASE and {n: c["overrides"] for n, c in configs.items()} == CONFIGS
+    if adding and recorded and not same:  # the other platforms' digests would be of other configurations
+        sys.exit(
+            f"golden_runs.BASE or CONFIGS changed since {DIGESTS_FILE.name} was written: --update, not --add-platform"
+        )
     if recorded and recorded.get("base") != BASE:
-        if adding:
-            sys.exit(f"golden_runs.BASE changed since {DIGESTS_FILE.name} was written: --update, not --add-platform")
         return {}  # every configuration is new
     here = platform_digests(recorded) if recorded else None
     if recorded and here is None:
         print(f"note: {DIGESTS_FILE.name} has no digests for this platform ({environment()})")
-    configs = recorded.get("configs", {})
     return {n: d for n, d in (here or {}).items() if configs.get(n, {}).get("overrides") == CONFIGS.get(n)}
 
 
