@@ -346,3 +346,9 @@ def test_committed_sections_are_what_the_committed_csvs_give(tmp_path, folder):
     assert (tmp_path / folder.name / tail.name).is_file() == tail.is_file()
     if tail.is_file():
         assert (tmp_path / folder.name / tail.name).read_bytes() == tail.read_bytes()
+
+
+def test_overview_names_a_run_without_a_file_by_its_id():
+    row = pd.Series({"runs": "aaaaaaaa11 bbbbbbbb22", "run_files": "users/x-seed2.csv.gz -"})
+    assert overview._links(row, "gowalla") == "[x-seed2](gowalla/users/x-seed2.csv.gz), bbbbbbbb (no file)"
+    assert overview._links(pd.Series({"runs": None, "run_files": None}), "gowalla") == "—"
