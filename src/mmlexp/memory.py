@@ -17,6 +17,7 @@ import torch
 from omegaconf import DictConfig
 
 from mmlexp.config import ConfigError
+from mmlexp.evaluation.ranking import workspace_bytes
 
 FLOAT, INDEX = 4, 8  # bytes of a float32 score or weight, of an int64 index
 TABLE_COPIES = 4  # weights, gradient, Adam's two moments
@@ -25,7 +26,6 @@ SCORE_COPIES = 5  # scores, the cosine norms, the upstream gradient, the backwar
 INDEX_COPIES = 3  # the negatives, the [positive, negatives] items gathered, the backward's order of entries
 GATHER_COPIES = 2  # the gathered rows and their gradient (autograd gather paths)
 GRAPH_COPIES = {"lightgcn": 2, "ngcf": 4}  # propagated layers kept for backward (+ NGCF's transforms)
-EVAL_CHUNK_BYTES = {"cpu": 2**26, "device": 2**28}  # mmlexp.evaluation.ranking's automatic chunk budget
 GIB = 2**30
 
 
@@ -101,19 +101,14 @@ def _graph_bytes(cfg: DictConfig, n_users: int, n_items: int, nnz: int) -> tuple
 
 
 def _eval_bytes(cfg: DictConfig, n_users: int, n_items: int, device: torch.device) -> dict[str, int]:
-    """Full-ranking evaluation: per worker a block of users x all items scores (and the masked copy top-k reads)."""
-    on_cpu = device.type == "cpu"
-    chunk = cfg.eval.get("chunk_size")
-    if chunk is None:  # the automatic size: a power of two that fits the budget, 16 .. 65536
-        fits = max(EVAL_CHUNK_BYTES["cpu" if on_cpu else "device"] // (n_items * FLOAT), 1)
-        chunk = 1 << max(4, min(16, fits.bit_length() - 1))
-    chunk = min(int(chunk), n_users)
-    workers = int(cfg.trainer.get("num_threads") or torch.get_num_threads()) if on_cpu else 1
-    workers = min(workers, -(-n_users // chunk))
+    """Full-ranking evaluation: the ranking workers' blocks of users x all items scores with their selection (see
+    :func:`mmlexp.evaluation.ranking.workspace_bytes`), the embeddings and the top-k indices."""
     k_max = max(int(k) for k in cfg.eval.ks)
     dim = int(cfg.encoder.get("dim", 64))
+    threads = int(cfg.trainer.get("num_threads") or torch.get_num_threads())
+    work = workspace_bytes(n_users, n_items, dim, k_max, cfg.eval.get("chunk_size"), device, threads)
     return {
-        "score blocks": workers * chunk * n_items * FLOAT * 2,
+        "score blocks": sum(work.values()),
         "embeddings": (n_users + n_items) * dim * FLOAT,
         "top-k": n_users * k_max * INDEX,
     }

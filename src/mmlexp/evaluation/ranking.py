@@ -60,6 +60,7 @@ _BF16_MAX_CAND_EXTRA = 192
 _CHUNK_THREADS = True
 # Bytes of score buffer per chunk when chunk_size is None.
 _CHUNK_BYTES = {"bf16": 2**24, "blocked": 2**24, "topk": 2**26, "device": 2**28}
+FLOAT_BYTES = 4  # an fp32 score
 
 
 def _resolve_method(method: str, device: torch.device) -> str:
@@ -110,6 +111,27 @@ def rank_top_k(
     train = _as_csr(train, "train", (n_users, n_items))
     users = _check_users(users, n_users)
     return _rank(user_emb, item_emb, train, int(k_max), users, chunk_size, method, progress)
+
+
+def workspace_bytes(
+    n_users: int, n_items: int, dim: int, k: int, chunk_size, device: torch.device, threads: int
+) -> dict[str, int]:
+    """Bytes the workers (up to ``threads`` on the CPU, one chunk each) hold while they rank with the kernel
+    ``"auto"`` picks on ``device``. Per worker: the chunk's fp32
+    scores and as much again for the selection (``topk``'s working copy, the blocked path's gathered blocks); the
+    bf16 screen adds its re-scored candidates, ``[chunk, k + 192, dim]`` fp32 rows (the most a chunk admits on
+    average per user), a buffer still held when a later chunk falls back to the fp32 path. For :mod:`mmlexp.memory`."""
+    method = _resolve_method("auto", device)
+    n_pad = n_items if method == "topk" else _block_params(n_items, k)[2]
+    if chunk_size is None:
+        elem = 2 if method == "bf16" else FLOAT_BYTES
+        chunk_size = _pow2_chunk(_CHUNK_BYTES["device" if device.type != "cpu" else method] // (n_pad * elem))
+    chunk = min(int(chunk_size), n_users)
+    workers = min(threads, -(-n_users // chunk)) if device.type == "cpu" and _CHUNK_THREADS else 1
+    parts = {"scores": chunk * n_pad * FLOAT_BYTES, "selection": chunk * n_pad * FLOAT_BYTES}
+    if method == "bf16":
+        parts["re-scored candidates"] = chunk * (k * _BF16_MAX_CAND_PER_K + _BF16_MAX_CAND_EXTRA) * dim * FLOAT_BYTES
+    return {part: workers * size for part, size in parts.items()}
 
 
 def _rank(
