@@ -200,6 +200,15 @@ def _provenance(a_runs: pd.DataFrame, b_runs: pd.DataFrame, seeds: list, used: l
     }
 
 
+def run_files(row) -> list[tuple[str, str | None]]:
+    """The (run id, file) pairs an evidence row (a Series or an ``itertuples`` row) links to; ``None`` for a run
+    without a file (``-`` in ``run_files``); none where the row lists no files (a claim not run yet)."""
+    ids, files = (getattr(row, c, None) for c in ("runs", "run_files"))
+    ids = ids.split() if isinstance(ids, str) else []
+    files = files.split() if isinstance(files, str) else []
+    return [(r, None if f == "-" else f) for r, f in zip(ids, files, strict=False)]
+
+
 def compare(
     a_runs: pd.DataFrame,
     b_runs: pd.DataFrame,

@@ -38,13 +38,11 @@ def paper_claims(dataset: str) -> list[tuple[str, str]]:
 
 
 def _links(row, folder: str) -> str:
-    """Each run of the row linked to its file (``-``: a run without one, named by its id)."""
-    files = str(row["run_files"]).split() if pd.notna(row.get("run_files")) else []
-    ids = str(row["runs"]).split() if pd.notna(row.get("runs")) else []
+    """Each run of the row linked to its file (a run without one named by its id)."""
     return (
         ", ".join(
-            f"[{Path(f).name.split('.')[0]}]({folder}/{f})" if f != "-" else f"{r[:8]} (no file)"
-            for f, r in zip(files, ids + ["?"] * len(files), strict=False)
+            f"[{Path(f).name.split('.')[0]}]({folder}/{f})" if f else f"{r[:8]} (no file)"
+            for r, f in evidence.run_files(row)
         )
         or "—"
     )

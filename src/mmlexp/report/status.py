@@ -122,11 +122,7 @@ def explanation_section(tables: dict[str, pd.DataFrame], folder: Path) -> list[s
 
 def _links(row) -> str:
     """The row's runs, each linked to its per-user (tested) or per-epoch file: ``[c518ffd1](epochs/….csv)``."""
-    files = str(row.run_files).split() if isinstance(row.run_files, str) else []
-    ids = str(row.runs).split() if isinstance(row.runs, str) else []
-    return ", ".join(
-        f"[{r[:8]}]({f})" if f != "-" else r[:8] for r, f in zip(ids, files + ["-"] * len(ids), strict=False)
-    )
+    return ", ".join(f"[{r[:8]}]({f})" if f else r[:8] for r, f in evidence.run_files(row))
 
 
 def _seed_level(row) -> str:
