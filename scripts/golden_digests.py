@@ -35,6 +35,7 @@ from tests.golden_runs import (  # noqa: E402
     environment,
     load_expected,
     moved,
+    pins_these_configurations,
     platform_digests,
     run_config,
     write_expected,
@@ -83,8 +84,7 @@ def _expected_here(adding: bool) -> dict[str, dict[str, str]]:
     """This platform's recorded digests by configuration (those whose overrides still hold)."""
     recorded = load_expected() if DIGESTS_FILE.exists() else {}
     configs = recorded.get("configs", {})
-    same = recorded.get("base") == BASE and {n: c["overrides"] for n, c in configs.items()} == CONFIGS
-    if adding and recorded and not same:  # the other platforms' digests would be of other configurations
+    if adding and recorded and not pins_these_configurations(recorded):  # the others' digests: of other runs
         sys.exit(
             f"golden_runs.BASE or CONFIGS changed since {DIGESTS_FILE.name} was written: --update, not --add-platform"
         )

@@ -208,6 +208,12 @@ def load_expected(path: Path = DIGESTS_FILE) -> dict[str, Any]:
     return json.loads(path.read_text())
 
 
+def pins_these_configurations(expected: dict[str, Any]) -> bool:
+    """Whether a digests file was written for today's ``BASE`` and ``CONFIGS`` (else its digests are of other runs)."""
+    configs = {name: c["overrides"] for name, c in expected.get("configs", {}).items()}
+    return expected.get("base") == BASE and configs == CONFIGS
+
+
 def platform_digests(expected: dict[str, Any], env: dict[str, str] | None = None) -> dict[str, dict[str, str]] | None:
     """This platform's digests (name -> tables, moments, metrics) in ``expected``; None if it has none."""
     env = env or environment()

@@ -32,6 +32,7 @@ from tests.golden_runs import (
     environment,
     load_expected,
     moved,
+    pins_these_configurations,
     platform_digests,
     run_config,
     write_expected,
@@ -65,14 +66,21 @@ same_platform = pytest.mark.skipif(
 
 
 def test_the_digests_file_matches_the_configurations():
-    assert EXPECTED["base"] == BASE, f"golden_runs.BASE changed since {DIGESTS_FILE.name} was written: run {UPDATE}"
-    assert list(EXPECTED["configs"]) == list(CONFIGS), f"configurations changed: run {UPDATE}"
-    for name, overrides in CONFIGS.items():
-        assert EXPECTED["configs"][name]["overrides"] == overrides, f"{name}: overrides changed: run {UPDATE}"
+    assert pins_these_configurations(EXPECTED), f"golden_runs.BASE or CONFIGS changed: run {UPDATE}"
+    assert list(EXPECTED["configs"]) == list(CONFIGS), f"configurations reordered: run {UPDATE}"
     for platform in EXPECTED["platforms"]:
         assert set(platform["environment"]) == set(environment()), f"{platform['environment']}: run {UPDATE}"
         assert list(platform["digests"]) == list(CONFIGS), f"{platform['environment']}: run {UPDATE}"
         assert all(set(d) == set(KINDS) for d in platform["digests"].values())
+
+
+def test_a_file_written_for_other_configurations_is_told_apart():
+    """``scripts/golden_digests.py --add-platform`` refuses such a file: its platforms' digests are of other runs."""
+    first = next(iter(CONFIGS))
+    other_override = {**EXPECTED, "configs": {**EXPECTED["configs"], first: {"overrides": [*CONFIGS[first], "seed=7"]}}}
+    one_fewer = {**EXPECTED, "configs": {n: c for n, c in EXPECTED["configs"].items() if n != first}}
+    other_base = {**EXPECTED, "base": [*BASE, "seed=7"]}
+    assert [pins_these_configurations(e) for e in (other_override, one_fewer, other_base, {})] == [False] * 4
 
 
 def test_every_encoder_loss_sampler_and_optimiser_path_is_pinned():
