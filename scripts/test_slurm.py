@@ -41,7 +41,9 @@ LAUNCHER = ("hydra/launcher=slurm_example", "hydra.launcher.gpus_per_node=0", "h
             "hydra.launcher.mem_gb=1", "hydra.launcher.timeout_min=30", "hydra.launcher.array_parallelism=2",
             "trainer.num_threads=1")  # fmt: skip
 BASE = ("num_negatives=10", "trainer.progress=false", "eval.longtail.enabled=false")
-REQUEUE_EPOCHS = 8  # about 2 s each on `sample`: the job is requeued at its epoch-2 checkpoint or later
+# 0.5 s (a 2024 Xeon) to 2 s each on `sample`. The job is requeued at its epoch-2 checkpoint or later, and must
+# outlast the KillWait (5 s) that SLURM gives it after the SIGTERM: at 8 epochs a fast CPU finished first (no resume).
+REQUEUE_EPOCHS = 40
 SACCT_MARK, SACCT_SAID = "Bypassing sacct error", "SLURM accounting is disabled (sacct: "
 # What the grid and the search sweeps must leave in their stores: the sweep's Optuna store's rows (SQL), what they
 # are, the state each of the 2 must end in; what the log calls them and the sweep's MLflow job runs.
