@@ -58,9 +58,19 @@ _BF16_MAX_CAND_PER_K = 1
 _BF16_MAX_CAND_EXTRA = 192
 # CPU: run chunks in parallel threads (one intra-op thread each) instead of splitting each op.
 _CHUNK_THREADS = True
-# Bytes of score buffer per chunk when chunk_size is None.
+# Bytes of score buffer per chunk when chunk_size is None (_chunk_budget).
 _CHUNK_BYTES = {"bf16": 2**24, "blocked": 2**24, "topk": 2**26, "device": 2**28}
-FLOAT_BYTES = 4  # an fp32 score
+_FLOAT_BYTES = 4  # an fp32 score
+
+
+def _chunk_budget(method: str, device: torch.device) -> int:
+    """Bytes of score buffer per chunk when chunk_size is None."""
+    return _CHUNK_BYTES["device" if device.type != "cpu" else method]
+
+
+def _n_workers(threads: int, n_chunks: int, device: torch.device) -> int:
+    """Worker threads that rank chunks side by side: one per thread on the CPU (at most one per chunk), else one."""
+    return min(threads, n_chunks) if device.type == "cpu" and _CHUNK_THREADS else 1
 
 
 def _resolve_method(method: str, device: torch.device) -> str:
@@ -124,13 +134,13 @@ def workspace_bytes(
     method = _resolve_method("auto", device)
     n_pad = n_items if method == "topk" else _block_params(n_items, k)[2]
     if chunk_size is None:
-        elem = 2 if method == "bf16" else FLOAT_BYTES
-        chunk_size = _pow2_chunk(_CHUNK_BYTES["device" if device.type != "cpu" else method] // (n_pad * elem))
+        elem = 2 if method == "bf16" else _FLOAT_BYTES
+        chunk_size = _pow2_chunk(_chunk_budget(method, device) // (n_pad * elem))
     chunk = min(int(chunk_size), n_users)
-    workers = min(threads, -(-n_users // chunk)) if device.type == "cpu" and _CHUNK_THREADS else 1
-    parts = {"scores": chunk * n_pad * FLOAT_BYTES, "selection": chunk * n_pad * FLOAT_BYTES}
+    workers = _n_workers(threads, -(-n_users // chunk), device)
+    parts = {"scores": chunk * n_pad * _FLOAT_BYTES, "selection": chunk * n_pad * _FLOAT_BYTES}
     if method == "bf16":
-        parts["re-scored candidates"] = chunk * (k * _BF16_MAX_CAND_PER_K + _BF16_MAX_CAND_EXTRA) * dim * FLOAT_BYTES
+        parts["re-scored candidates"] = chunk * (k * _BF16_MAX_CAND_PER_K + _BF16_MAX_CAND_EXTRA) * dim * _FLOAT_BYTES
     return {part: workers * size for part, size in parts.items()}
 
 
@@ -151,7 +161,7 @@ def _rank(
     rows = exclude if n_eval == exclude.shape[0] and np.array_equal(users, np.arange(n_eval)) else exclude[users]
     ranker: _DenseTopK | _BlockedTopK = _DenseTopK(v, k) if method == "topk" else _BlockedTopK(v, k, method == "bf16")
     if chunk_size is None:
-        chunk_size = ranker.default_chunk(_CHUNK_BYTES["device" if device.type != "cpu" else method])
+        chunk_size = ranker.default_chunk(_chunk_budget(method, device))
     out = torch.empty(n_eval, k, dtype=torch.long)
     _rank_chunks(ranker, u, _ChunkMask(rows, device), out, min(int(chunk_size), n_eval), progress)
     return out
@@ -166,7 +176,7 @@ def _rank_chunks(ranker, u: torch.Tensor, mask, out: torch.Tensor, chunk_size: i
     n_eval = len(out)
     n_chunks = -(-n_eval // chunk_size)
     threads = torch.get_num_threads()
-    n_workers = min(threads, n_chunks) if u.device.type == "cpu" and _CHUNK_THREADS else 1
+    n_workers = _n_workers(threads, n_chunks, u.device)
     rankers = [ranker] + [ranker.sibling() for _ in range(n_workers - 1)]
     bar = None
     if progress:
