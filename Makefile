@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 export MMLEXP_DATA_DIR ?= $(abspath ../shared/data)
 
 .PHONY: install run test test-slow test-postgres test-slurm lint docs docs-serve import-graph format bench ui dashboard clean \
-	reproduce-table2 reproduce-table3 reproduce-fig3 reproduce-quick reproduce reproduce-status need-dataset report notebooks bench-variants dist
+	reproduce-table2 reproduce-table3 reproduce-fig3 reproduce-quick reproduce reproduce-status reproduce-queue reproduce-queue-status need-dataset report notebooks bench-variants dist
 
 $(STAMP): pyproject.toml constraints.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -111,6 +111,12 @@ reproduce: install need-dataset  ## DATASET=...: print the plan's estimate, then
 
 reproduce-status: install need-dataset  ## DATASET=...: each run of the plan (done / running epoch k/n / pending) and the time left
 	$(PY) -m mmlexp.reproduce status $(PLAN_ARGS)
+
+reproduce-queue: install  ## both plans' missing runs in conf/reproduce/queue.yaml's order, one at a time (re-run to resume)
+	$(PY) -m mmlexp.reproduce run queue $(if $(RUNS),--runs $(RUNS),) --threads $${THREADS:-2}
+
+reproduce-queue-status: install  ## each entry of the queue (done / running / pending) and the time left for all of it
+	$(PY) -m mmlexp.reproduce status queue $(if $(RUNS),--runs $(RUNS),)
 
 # The paper in miniature (conf/reproduce/quick.yaml): a few full Gowalla epochs per run, one at a time, resumable.
 reproduce-quick: install  ## MML / CCL / BSL at 10 and 100 negatives, a few full Gowalla epochs each: reports/quick/ (10-25 min on 2 cores)

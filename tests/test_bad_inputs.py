@@ -377,7 +377,7 @@ PLANS = [
         "unknown-plan",
         "plan",
         ("status", "nosuchplan"),
-        "plan 'nosuchplan': no such plan; available: gowalla, quick, yelp2018",
+        "plan 'nosuchplan': no such plan; available: gowalla, queue, quick, yelp2018",
         command="reproduce",
     ),
     plan_case("plan-not-yaml", "dataset: [sample\n", "plan {tmp}/in/plan.yaml: not valid YAML"),
@@ -447,6 +447,40 @@ PLANS = [
     ),
     plan_case("steps-not-a-number", ONE_STEP, "argument --steps: invalid int value: 'two'", args=("--steps", "two")),
     plan_case("unknown-command", ONE_STEP, "argument command: invalid choice: 'start'", command="start"),
+    plan_case(
+        "queue-unknown-key",
+        "queue:\n  - {plan: gowalla}\nsteps: [1]\n",
+        "queue {tmp}/in/plan.yaml: unknown key(s) ['steps']; allowed: ['queue']",
+    ),
+    plan_case("queue-empty", "queue: []\n", "'queue' must be a list of entries with keys from"),
+    plan_case(
+        "queue-entry-unknown-key",
+        "queue:\n  - {plan: gowalla, step: 6}\n",
+        "entry 1: unknown key(s) ['step']; allowed: ['plan', 'steps', 'why']",
+    ),
+    plan_case(
+        "queue-entry-no-plan",
+        "queue:\n  - {plan: gowalla, steps: 6}\n  - {plan: gowala}\n",
+        "entry 2: plan 'gowala': no such plan; available: gowalla",
+    ),
+    plan_case(
+        "queue-entry-steps",
+        "queue:\n  - {plan: gowalla, steps: [6, 99]}\n",
+        "entry 1: steps 99: ",
+        "gowalla.yaml has steps 1..16; allowed: one or more of them",
+    ),
+    plan_case(
+        "queue-entry-steps-text",
+        "queue:\n  - {plan: gowalla, steps: six}\n",
+        "entry 1: steps='six'; allowed: a step number or a list of them",
+    ),
+    plan_case("queue-in-a-queue", "queue:\n  - {plan: queue}\n", "is a queue; allowed: a dataset's plan"),
+    plan_case(
+        "queue-with-steps",
+        "queue:\n  - {plan: gowalla, steps: 6}\n",
+        "--steps 6: {tmp}/in/plan.yaml is a queue; allowed: the steps named by its entries (no --steps)",
+        args=("--steps", "6"),
+    ),
 ]
 
 SWEEP_DIR_IN_A_CONFIG = f"# @package _global_\nhydra:\n  sweep:\n    dir: {READ_ONLY}/sweep\n"
@@ -685,10 +719,11 @@ def test_the_catalogue_counts_40_distinct_inputs_everywhere():
 
 
 def test_the_shipped_plans_name_only_known_options():
-    from mmlexp.reproduce.plan import available, check_names, load_plan
+    from mmlexp.reproduce.plan import available
+    from mmlexp.reproduce.queue import load_plans
 
     for name in available():
-        check_names(load_plan(name))
+        assert load_plans(name)  # checks every plan's names (a queue: each entry's plan)
 
 
 def test_the_real_process_exits_2(tmp_path):

@@ -138,7 +138,8 @@ def _jobs(*overrides: str) -> list[list[str]]:
 
 def _shipped_runs() -> list[list[str]]:
     """Every job of the experiment files and searches, every dataset x loss / encoder setting, every plan run."""
-    from mmlexp.reproduce.plan import available, load_plan
+    from mmlexp.reproduce.plan import available
+    from mmlexp.reproduce.queue import load_plans
 
     runs = [job for p in sorted((CONF / "experiment").glob("*.yaml")) for job in _jobs(f"+experiment={p.stem}")]
     runs += [[f"hparams_search={p.stem}"] for p in (CONF / "hparams_search").glob("*.yaml")]
@@ -147,7 +148,7 @@ def _shipped_runs() -> list[list[str]]:
         for p in (CONF / f"dataset_{group}").glob("*.yaml"):
             dataset, _, option = p.stem.partition("_")
             runs.append([f"dataset={dataset}", f"{group}={option}"])
-    plans = {tuple(run.overrides()) for name in available() for run in load_plan(name).runs}
+    plans = {tuple(run.overrides()) for name in available() for plan in load_plans(name) for run in plan.runs}
     return runs + [list(plan) for plan in sorted(plans)]
 
 

@@ -170,3 +170,44 @@ def test_runner_runs_what_is_missing_once(tmp_path, capsys):
     out = capsys.readouterr().out
     assert out.count(" done (") == 2 and "==" not in out
     assert len([r for r in client.search_runs([exp.experiment_id]) if r.data.tags.get("sweep.role") != "parent"]) == 2
+
+
+def test_the_queue_holds_every_planned_run_once():
+    """conf/reproduce/queue.yaml: every run of the dataset plans has a place in the queue (nothing is left out of
+    the machine's order), and a run two entries name is listed at its first place only."""
+    from mmlexp.reproduce.queue import load_plans
+
+    queued = [(p.name, r.key) for p in load_plans("queue") for r in p.runs]
+    planned = {(name, r.key) for name in ("gowalla", "yelp2018") for r in load_plan(name).runs}
+    assert len(queued) == len(set(queued)) and set(queued) == planned
+    first = load_plans("queue")[0].runs[:2]
+    assert [(r.dataset, r.loss, r.negatives) for r in first] == [("yelp2018", "mml", 10), ("yelp2018", "ccl", 10)]
+
+
+def test_the_queue_runs_its_entries_in_order(tmp_path, capsys):
+    """A queue of two entries of one plan (step 2, then steps 1 and 2): the runs train in the queue's order, each
+    once; a second call runs nothing and reports each entry done in one line."""
+    write(
+        tmp_path,
+        "dataset: sample\nexperiment: queue-test\nrun: {epochs: 1}\nsteps:\n"
+        "  - {loss: mml, negatives: 10, overrides: [trainer.batch_size=8192, tracking.save_checkpoint=false]}\n"
+        "  - {loss: ccl, negatives: 10, overrides: [trainer.batch_size=8192, tracking.save_checkpoint=false]}\n",
+    )
+    queue = tmp_path / "queue.yaml"
+    queue.write_text(
+        "queue:\n  - {plan: plan.yaml, steps: 2, why: first}\n  - {plan: plan.yaml, steps: [1, 2], why: then}\n"
+    )
+    runs = tmp_path / "stores"
+    args = ["run", str(queue), "--runs", str(runs), "--results", str(tmp_path / "results"), "--threads", "1"]
+    assert main(args) == 0
+    client = MlflowClient(f"sqlite:///{runs}/mlflow.db")
+    (exp,) = [e for e in client.search_experiments() if e.name == "queue-test"]
+    trained = [r for r in client.search_runs([exp.experiment_id]) if r.data.tags.get("sweep.role") != "parent"]
+    by_start = sorted(trained, key=lambda r: r.info.start_time)
+    assert [r.data.tags["choice.loss"] for r in by_start] == ["ccl", "mml"]
+    capsys.readouterr()
+    assert main(["status", *args[1:]]) == 0
+    out = capsys.readouterr().out
+    assert "entry 1: plan steps 2, all 1 run(s) done (first)" in out
+    assert "entry 2: plan steps 1, all 1 run(s) done (then)" in out
+    assert "queue: ~0 s left for 0 run(s) in 2 entries" in out

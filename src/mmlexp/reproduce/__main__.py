@@ -1,11 +1,12 @@
-"""``python -m mmlexp.reproduce {run,status} PLAN``: a dataset's reproduction plan (``conf/reproduce/PLAN.yaml``).
+"""``python -m mmlexp.reproduce {run,status,report} PLAN``: a dataset's plan (``conf/reproduce/PLAN.yaml``), or the
+queue of every plan's runs in the machine's order (``queue``: ``mmlexp.reproduce.queue``).
 
     report   results/<dataset>/ from the finished runs (the store's, merged with those already committed)
     status   each run of the plan (done / running epoch k/n / pending), the time it needs and what that rests on,
              and the time left for the whole plan (reads only)
     run      prints the same, then runs whatever is missing, one run at a time, in the plan's order (or in the
              order --steps names the steps); stop it anywhere and run it again: finished runs are skipped, an
-             interrupted run resumes from its checkpoint
+             interrupted run resumes from its checkpoint; a queue runs its entries in turn
 
 Stores: ``--runs DIR`` or ``$MMLEXP_RUNS_DIR`` (default: the user data dir; see ``mmlexp.reproduce.stores``).
 """
@@ -26,7 +27,8 @@ from mmlexp.reproduce.estimate import (
     remaining_s,
     store_speeds,
 )
-from mmlexp.reproduce.plan import Plan, PlanError, Run, check_names, load_plan, select_steps
+from mmlexp.reproduce.plan import Plan, PlanError, Run
+from mmlexp.reproduce.queue import load_plans
 from mmlexp.reproduce.state import DONE, PENDING, RUNNING, RunState, plan_state
 from mmlexp.reproduce.stores import Stores, default_runs_dir
 
@@ -34,12 +36,14 @@ from mmlexp.reproduce.stores import Stores, default_runs_dir
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m mmlexp.reproduce", description=__doc__.split("\n\n")[0])
     p.add_argument("command", choices=("run", "status", "report"))
-    p.add_argument("plan", help="a plan name (conf/reproduce/<name>.yaml: gowalla, yelp2018) or a YAML path")
+    p.add_argument(
+        "plan", help="a plan name (conf/reproduce/<name>.yaml: gowalla, yelp2018, queue: both in turn) or a YAML path"
+    )
     p.add_argument("--runs", type=Path, help="the stores' folder (default: $MMLEXP_RUNS_DIR or the user data dir)")
     p.add_argument("--results", type=Path, default=Path("results"), help="committed results (default: results)")
     p.add_argument("--threads", type=int, default=2, help="torch threads per run (default 2)")
     p.add_argument(
-        "--steps", type=int, nargs="+", metavar="K", help="only these steps of the plan (1-based), in this order"
+        "--steps", type=int, nargs="+", metavar="K", help="only these steps of a plan (1-based), in this order"
     )
     return p
 
@@ -167,9 +171,7 @@ def write_report(plan: Plan, stores: Stores, results: Path) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
-        plan = load_plan(args.plan)
-        check_names(plan)
-        plan = select_steps(plan, args.steps)
+        plans = load_plans(args.plan, args.steps)
         stores = Stores(args.runs.resolve() if args.runs else default_runs_dir())
         if args.command == "run":
             stores.check_writable()
@@ -178,21 +180,43 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     print(f"stores: {stores.root}")
     if args.command == "report":
-        return write_report(plan, stores, args.results)
-    speeds, trajectories = committed_measurements(args.results)
-    from mmlexp.devices import cpu_name
-
-    cpu = cpu_name()
-    speeds = on_this_cpu(speeds + store_speeds(stores, plan.experiment), cpu)
-    trajectories = mark_here(trajectories, cpu)
-    try:
-        describe(plan, plan_state(plan, stores, args.results), speeds, trajectories)
-    except PlanError as err:
-        print(f"mmlexp.reproduce: error: plan {plan.path}, {err}", file=sys.stderr)
+        named = {plan.name: plan for plan in plans}  # a queue names a plan in several entries: one report each
+        return max([write_report(plan, stores, args.results) for plan in named.values()])
+    if not describe_all(plans, stores, args.results):
         return 2
     if args.command == "status":
         return 0
-    return run_missing(plan, stores, args.results, args.threads)
+    return max([run_missing(plan, stores, args.results, args.threads) for plan in plans])
+
+
+def describe_all(plans: list[Plan], stores: Stores, results: Path) -> bool:
+    """``describe`` each plan; for a queue, each entry under its number and reason (an entry whose runs are all done
+    in one line), then the queue's total. False (reported) for a plan whose runs cannot be configured."""
+    from mmlexp.devices import cpu_name
+
+    committed, trajectories = committed_measurements(results)
+    cpu = cpu_name()
+    trajectories = mark_here(trajectories, cpu)
+    queue = len(plans) > 1
+    total, pending = 0.0, 0
+    for i, plan in enumerate(plans, start=1):
+        speeds = on_this_cpu(committed + store_speeds(stores, plan.experiment), cpu)
+        try:
+            states = plan_state(plan, stores, results)
+            steps = ", ".join(str(k) for k in dict.fromkeys(r.step for r in plan.runs))
+            if queue and all(s.state == DONE for s in states):
+                print(f"entry {i}: {plan.name} steps {steps}, all {len(states)} run(s) done ({plan.why})")
+                continue
+            if queue:
+                print(f"entry {i}: {plan.name} steps {steps} ({plan.why})")
+            total += describe(plan, states, speeds, trajectories)
+        except PlanError as err:
+            print(f"mmlexp.reproduce: error: plan {plan.path}, {err}", file=sys.stderr)
+            return False
+        pending += sum(s.state != DONE for s in states)
+    if queue:
+        print(f"queue: ~{human(total)} left for {pending} run(s) in {len(plans)} entries, one at a time")
+    return True
 
 
 if __name__ == "__main__":

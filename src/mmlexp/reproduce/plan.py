@@ -12,7 +12,7 @@ of a run without early stopping is what it always was).
 """
 
 import itertools
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -88,6 +88,7 @@ class Plan:
     experiment: str
     runs: tuple[Run, ...]
     path: Path
+    why: str = ""  # a queue entry's reason (mmlexp.reproduce.queue)
 
 
 def plan_dir() -> Path:
@@ -100,20 +101,31 @@ def available() -> list[str]:
     return sorted(p.stem for p in plan_dir().glob("*.yaml"))
 
 
-def load_plan(name_or_path: str) -> Plan:
-    """A plan by name (``gowalla`` -> ``conf/reproduce/gowalla.yaml``) or by path to a YAML file."""
+def plan_path(name_or_path: str) -> Path:
+    """A plan's file: ``name`` -> ``conf/reproduce/<name>.yaml``, or a path to a YAML file."""
     path = Path(name_or_path)
     if not (path.suffix in (".yaml", ".yml") and path.is_file()):
         path = plan_dir() / f"{name_or_path}.yaml"
     if not path.is_file():
         raise PlanError(f"plan {name_or_path!r}: no such plan; available: {', '.join(available()) or '(none)'}")
+    return path
+
+
+def read_mapping(path: Path) -> dict[str, Any]:
+    """A plan file's YAML mapping (``PlanError`` for a file that is not one)."""
     try:
         raw = OmegaConf.load(path)
     except Exception as err:
         raise PlanError(f"plan {path}: not valid YAML ({str(err).splitlines()[0]})") from err
     if not isinstance(raw, DictConfig):
         raise PlanError(f"plan {path}: must be a mapping with keys {sorted(PLAN_KEYS)}")
-    return parse_plan(OmegaConf.to_container(raw), path)  # type: ignore[arg-type]
+    return OmegaConf.to_container(raw)  # type: ignore[return-value]
+
+
+def load_plan(name_or_path: str) -> Plan:
+    """A plan by name (``gowalla`` -> ``conf/reproduce/gowalla.yaml``) or by path to a YAML file."""
+    path = plan_path(name_or_path)
+    return parse_plan(read_mapping(path), path)
 
 
 def parse_plan(raw: dict[str, Any], path: Path) -> Plan:
@@ -201,7 +213,7 @@ def check_names(plan: Plan) -> None:
                 raise PlanError(f"{where}: {group}={name!r}: no such {group}; allowed: {', '.join(allowed)}")
 
 
-def select_steps(plan: Plan, steps: list[int] | None) -> Plan:
+def select_steps(plan: Plan, steps: list[int] | None, given: str = "--steps") -> Plan:
     """The plan with only the runs of ``steps`` (1-based), in the order ``--steps`` gives them (``--steps 11 8``
     runs step 11 first); all of it, in its own order, for None."""
     if not steps:
@@ -209,6 +221,6 @@ def select_steps(plan: Plan, steps: list[int] | None) -> Plan:
     have = sorted({r.step for r in plan.runs})
     bad = [k for k in steps if k not in have]
     if bad:
-        raise PlanError(f"--steps {bad[0]}: {plan.path} has steps {have[0]}..{have[-1]}; allowed: one or more of them")
+        raise PlanError(f"{given} {bad[0]}: {plan.path} has steps {have[0]}..{have[-1]}; allowed: one or more of them")
     runs = tuple(r for k in dict.fromkeys(steps) for r in plan.runs if r.step == k)
-    return Plan(plan.name, plan.dataset, plan.experiment, runs, plan.path)
+    return replace(plan, runs=runs)
