@@ -72,6 +72,16 @@ def _isolated_dirs(tmp_path_factory, monkeypatch):
     monkeypatch.setenv("MMLEXP_CACHE_DIR", cache)
 
 
+@pytest.fixture(autouse=True)
+def _hydra_config_stays_in_its_test():
+    """A test that sets Hydra's global config (``HydraConfig.set_config``, an in-process ``hydra.main``) does not hand
+    it to the next: a run outside Hydra would read its group choices and run directory from it."""
+    yield
+    from hydra.core.hydra_config import HydraConfig
+
+    HydraConfig.instance().cfg = None  # type: ignore[assignment]
+
+
 @pytest.fixture
 def make_cfg(tmp_path):
     """Compose ``conf/config.yaml`` with overrides, tracked into a temp SQLite store, no progress bar."""

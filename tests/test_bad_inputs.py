@@ -100,6 +100,13 @@ CONFIG = [
         "loss._target_='os.system'",
         "Allowed targets: ['mmlexp.*'] (extend with allowed_targets=['mypkg.*'])",
     ),
+    c(
+        "target-only-hydra-may-build",  # on the list Hydra itself instantiates from (HYDRA_TARGETS), not on a run's
+        "config",
+        "loss._target_=logging.StreamHandler",
+        "loss._target_='logging.StreamHandler'",
+        "Allowed targets: ['mmlexp.*']",
+    ),
     c("mml-margins-order", "config", "loss.margins=[0.9,0.8,0.7]", "loss.margins=[0.9, 0.8, 0.7]: margins must be"),
     c("mml-margin-range", "config", "loss.margins=[0.7,0.8,1.9]", "every margin must lie in [-1, 1]"),
     c(

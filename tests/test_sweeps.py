@@ -22,6 +22,7 @@ from optuna.trial import TrialState
 
 from mmlexp.sweep import job_tags, threads_per_job
 
+NO_WHITELIST_IS_AN_ERROR = "error:hydra.utils.instantiate() resolved"
 TINY = ["trainer.epochs=1", "trainer.max_steps=3", "trainer.progress=false", "num_negatives=10"]
 
 
@@ -43,8 +44,9 @@ def sweep_cmd(tmp_path: Path, *overrides: str) -> list[str]:
 
 
 def sweep_cli(tmp_path: Path, *overrides: str, check: bool = True, timeout: int = 600) -> subprocess.CompletedProcess:
-    """Run a sweep in ``tmp_path`` (so ``multirun/`` lands there)."""
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    """Run a sweep in ``tmp_path`` (so ``multirun/`` lands there). Hydra's warning that it instantiated a target
+    with no execution whitelist (an error from Hydra 1.5) is an error here, in the sweep and in its jobs."""
+    env = dict(os.environ, PYTHONUNBUFFERED="1", PYTHONWARNINGS=NO_WHITELIST_IS_AN_ERROR)
     proc = subprocess.run(
         sweep_cmd(tmp_path, *overrides), cwd=tmp_path, env=env, capture_output=True, text=True, timeout=timeout
     )

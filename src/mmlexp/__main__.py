@@ -16,7 +16,13 @@ CONFIG_DIR = os.environ.get("MMLEXP_CONFIG_DIR", PACKAGED_CONFIG_DIR)
 _started: list[bool] = []  # set once Hydra calls the task: a refusal before it is the command line's
 
 
-@hydra.main(config_path=CONFIG_DIR, config_name="config")
+# What Hydra itself may instantiate from the config: mmlexp's sweepers and callbacks, Hydra's launcher plugins
+# (submitit for SLURM), the handlers of Hydra's logging config. Targets a run instantiates (losses, samplers,
+# encoders, pruners, samplers of a search) are checked against their own lists on top of this one (mmlexp.config).
+HYDRA_TARGETS = ("mmlexp.*", "hydra_plugins.*", "logging.StreamHandler", "logging.FileHandler")
+
+
+@hydra.main(config_path=CONFIG_DIR, config_name="config", execution_whitelist=HYDRA_TARGETS)
 def _main(cfg: DictConfig) -> float:
     from mmlexp.checkpoint import CheckpointWriteError
     from mmlexp.hooks import in_multirun

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from hydra.errors import InstantiationException
-from hydra.utils import instantiate
+from hydra.utils import execution_whitelist, instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from mmlexp.evaluation import LONGTAIL_SPLITS, METRICS, SELECTIONS
@@ -38,9 +38,10 @@ def allowed_targets(cfg: DictConfig) -> list[str]:
 
 
 def build(group: str, node: DictConfig, allowed: list[str], **kwargs: Any) -> Any:
-    """``instantiate`` on the execution allow-list; constructor errors name the config key."""
+    """``instantiate`` on the execution allow-list (that list alone: not what Hydra itself may instantiate,
+    ``mmlexp.__main__.HYDRA_TARGETS``); constructor errors name the config key."""
     try:
-        return instantiate(node, _execution_whitelist_=allowed, **kwargs)
+        return instantiate(node, _execution_whitelist_=execution_whitelist(allowed, reset=True), **kwargs)
     except InstantiationException as err:
         if isinstance(err.__cause__, (ValueError, TypeError)):
             raise ConfigError(f"{group}.{err.__cause__}") from err

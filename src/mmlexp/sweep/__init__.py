@@ -15,25 +15,13 @@ module-level imports light (no torch, no optuna, no mlflow).  On import it regis
 ``pruning.trial_reporter``) in ``mmlexp.hooks``, where ``mmlexp.run`` finds it: this package sits above ``run``.
 """
 
-import warnings
-
-# conf/config.yaml registers SweepCallback (and mml_optuna names mmlexp.search_space.custom_search_space); Hydra 1.4
-# instantiates both without an execution whitelist and warns on every run. This package is imported (entry point)
-# before that happens: silence the warning for these targets only.
-warnings.filterwarnings(
-    "ignore",
-    category=UserWarning,
-    message=r"hydra\.utils\.instantiate\(\) resolved "
-    r"_target_='mmlexp\.(sweep\.\w+|search_space\.custom_search_space)' with no",
-)
-
-import mmlexp.slurm_logging  # noqa: E402, F401  (submitit's sacct errors, said once: no SLURM accounting)
-from mmlexp import hooks  # noqa: E402
-from mmlexp.sweep.errors import SweepError  # noqa: E402
-from mmlexp.sweep.jobs import SWEEP_FILE, TRIAL_ENV, job_tags, read_sweep_file, threads_per_job  # noqa: E402
-from mmlexp.sweep.optuna_sweeper import OptunaSweeper  # noqa: E402
-from mmlexp.sweep.parent import SweepCallback, open_parent  # noqa: E402
-from mmlexp.sweep.pruning import trial_reporter  # noqa: E402
+import mmlexp.slurm_logging  # noqa: F401  (submitit's sacct errors, said once: no SLURM accounting)
+from mmlexp import hooks
+from mmlexp.sweep.errors import SweepError
+from mmlexp.sweep.jobs import SWEEP_FILE, TRIAL_ENV, job_tags, read_sweep_file, threads_per_job
+from mmlexp.sweep.optuna_sweeper import OptunaSweeper
+from mmlexp.sweep.parent import SweepCallback, open_parent
+from mmlexp.sweep.pruning import trial_reporter
 
 hooks.register(job_tags=job_tags, trial_reporter=trial_reporter)
 

@@ -356,12 +356,11 @@ class OptunaSweeper(Sweeper):
         seed = OmegaConf.select(self.sampler_config, "seed") if isinstance(self.sampler_config, DictConfig) else None
         if seed is None:
             return self.impl.sampler
-        from hydra.utils import instantiate
+        from hydra.utils import execution_whitelist, instantiate
 
+        targets = ("hydra_plugins.hydra_optuna_sweeper.*", "optuna.samplers.*")
         return instantiate(
-            self.sampler_config,
-            seed=int(seed) + number,
-            _execution_whitelist_=("hydra_plugins.hydra_optuna_sweeper.*", "optuna.samplers.*"),
+            self.sampler_config, seed=int(seed) + number, _execution_whitelist_=execution_whitelist(targets, reset=True)
         )
 
     def _take(self, study, asked: list) -> list:

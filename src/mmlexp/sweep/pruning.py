@@ -47,9 +47,9 @@ def build_pruner(node: Any):
     """The optuna pruner of a ``hydra.sweeper.pruner`` node; None (or ``_target_: null``) means no pruning."""
     if node is None or (isinstance(node, DictConfig) and node.get("_target_") is None):
         return None
-    from hydra.utils import instantiate
+    from hydra.utils import execution_whitelist, instantiate
 
-    return instantiate(node, _execution_whitelist_=PRUNER_TARGETS)
+    return instantiate(node, _execution_whitelist_=execution_whitelist(PRUNER_TARGETS, reset=True))
 
 
 def monitor_key(cfg: DictConfig) -> str:
