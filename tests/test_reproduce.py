@@ -211,3 +211,15 @@ def test_the_queue_runs_its_entries_in_order(tmp_path, capsys):
     assert "entry 1: plan steps 2, all 1 run(s) done (first)" in out
     assert "entry 2: plan steps 1, all 1 run(s) done (then)" in out
     assert "queue: ~0 s left for 0 run(s) in 2 entries" in out
+
+
+def test_a_queue_reports_each_plan_once(tmp_path, capsys):
+    """``report queue`` writes one report per plan, however many entries name it (here: none to write, so the
+    refusal is said once)."""
+    write(tmp_path, "dataset: sample\nsteps:\n  - {loss: mml, negatives: 10}\n  - {loss: ccl, negatives: 10}\n")
+    queue = tmp_path / "queue.yaml"
+    queue.write_text("queue:\n  - {plan: plan.yaml, steps: 2}\n  - {plan: plan.yaml, steps: 1}\n")
+    args = ["report", str(queue), "--runs", str(tmp_path / "stores"), "--results", str(tmp_path / "results")]
+    assert main(args) == 2
+    assert capsys.readouterr().err.count("nothing to report") == 1
+    assert not (tmp_path / "stores").exists() and not (tmp_path / "results").exists()
