@@ -242,6 +242,20 @@ def test_level_off_is_read_point_by_point_along_the_curve(tmp_path):
     assert "BSL 100→400 +10." in md and "MML 100→200 " in md and "CCL 100→800 " in md
 
 
+def test_all_losses_level_off_waits_for_every_loss(tmp_path):
+    """With only MML past 100 negatives, "all losses level off" is pending (no combined row), though MML levels off;
+    a loss that does not level off decides it at once."""
+    runs = _synthetic(tmp_path)
+    only_mml = runs[(runs["num_negatives"] != 800) | (runs["loss"] == "mml")]
+    tests = evidence.claim_tests(negative_curves(only_mml), CLAIMS, only_mml, tmp_path)
+    assert (tests.set_index("claim").loc["MML levels off from 100 to 800 negatives", "verdict"] == "HOLDS").all()
+    assert evidence.LEVEL_CLAIM not in set(tests["claim"])
+    assert evidence.LEVEL_CLAIM not in "\n".join(claim_verdicts(tests))
+    rising = _add_point(only_mml, tmp_path, "ccl", 400, 1.1)
+    tests = evidence.claim_tests(negative_curves(rising), CLAIMS, rising, tmp_path)
+    assert (tests.set_index("claim").loc[evidence.LEVEL_CLAIM, "verdict"] == "DOES NOT HOLD").all()
+
+
 @pytest.mark.filterwarnings("ignore:Precision loss:RuntimeWarning")  # a level row: equal seed differences
 def test_seed_level_and_per_user_over_two_seeds(tmp_path):
     runs = _synthetic(tmp_path, seeds=(1, 2))
