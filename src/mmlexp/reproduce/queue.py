@@ -33,9 +33,7 @@ def load_plans(name_or_path: str, steps: list[int] | None = None) -> list[Plan]:
     path = plan_path(name_or_path)
     raw = read_mapping(path)
     if QUEUE_KEY not in raw:
-        plan = parse_plan(raw, path)
-        check_names(plan)
-        return [select_steps(plan, steps)]
+        return [_dataset_plan(raw, path, steps, "--steps")]
     if steps:
         raise PlanError(f"--steps {steps[0]}: {path} is a queue; allowed: the steps named by its entries (no --steps)")
     return parse_queue(raw, path)
@@ -80,8 +78,13 @@ def _entry_plan(entry: Any, here: Path, where: str) -> Plan:
         raw = read_mapping(path)
         if QUEUE_KEY in raw:
             raise PlanError(f"plan {path} is a queue; allowed: a dataset's plan (a queue does not nest)")
-        plan = parse_plan(raw, path)
-        check_names(plan)
-        return select_steps(plan, steps, given="steps")
+        return _dataset_plan(raw, path, steps, "steps")
     except PlanError as err:
         raise PlanError(f"{where}: {err}") from err
+
+
+def _dataset_plan(raw: dict[str, Any], path: Path, steps: list[int] | None, given: str) -> Plan:
+    """A dataset's plan, its names checked, with only ``steps`` (named ``given`` in a refusal)."""
+    plan = parse_plan(raw, path)
+    check_names(plan)
+    return select_steps(plan, steps, given)
