@@ -197,10 +197,12 @@ def describe_all(plans: list[Plan], stores: Stores, results: Path) -> bool:
     committed, trajectories = committed_measurements(results)
     cpu = cpu_name()
     trajectories = mark_here(trajectories, cpu)
+    experiments = dict.fromkeys(plan.experiment for plan in plans)  # a queue's entries share them: read each once
+    speeds_of = {e: on_this_cpu(committed + store_speeds(stores, e), cpu) for e in experiments}
     queue = len(plans) > 1
     total, pending = 0.0, 0
     for i, plan in enumerate(plans, start=1):
-        speeds = on_this_cpu(committed + store_speeds(stores, plan.experiment), cpu)
+        speeds = speeds_of[plan.experiment]
         try:
             states = plan_state(plan, stores, results)
             steps = ", ".join(str(k) for k in dict.fromkeys(r.step for r in plan.runs))
