@@ -279,24 +279,19 @@ def verdict(row: Mapping, alpha: float = ALPHA) -> str:
     return HOLDS if (diff > 0 if expect in (">", "≥") else diff < 0) else FAILS
 
 
-def decided(rows: pd.DataFrame) -> bool:
-    """Whether one (dataset, metric)'s per-loss level rows decide "all losses level off by 100": every loss of
-    ``LEVEL_LOSSES`` has a point past 100, or a tested row already fails (one loss that does not level off is
-    enough). Until then the claim is pending: it is about all of them."""
-    losses = {c.split(LEVEL_PART)[0].lower() for c in rows["claim"]}
-    failed = ((rows["evidence"] == PER_USER) & (rows["verdict"] == FAILS)).any()
-    return bool(failed) or set(LEVEL_LOSSES) <= losses
-
-
-def level_off(rows: pd.DataFrame) -> dict:
+def level_off(rows: pd.DataFrame) -> dict | None:
     """The combined "all losses level off by 100" row of one (dataset, metric) from its per-loss, per-point rows
     (each loss from 100 to each larger number of negatives): DOES NOT HOLD if a tested row does not, HOLDS if every
     row is tested and holds, NOT RESOLVED if every row is tested otherwise; with a row untested (and no tested
-    failure), the point-estimate rule on every row."""
+    failure), the point-estimate rule on every row. None (pending: the claim is about all of them) while a loss of
+    ``LEVEL_LOSSES`` has no point past 100 and no tested row fails."""
     tested = rows[rows["evidence"] == PER_USER]
-    if (tested["verdict"] == FAILS).any() or len(tested) == len(rows):
+    failed = (tested["verdict"] == FAILS).any()
+    if not failed and not set(LEVEL_LOSSES) <= {c.split(LEVEL_PART)[0].lower() for c in rows["claim"]}:
+        return None
+    if failed or len(tested) == len(rows):
         evidence = PER_USER
-        result = FAILS if (tested["verdict"] == FAILS).any() else HOLDS if (rows["verdict"] == HOLDS).all() else OPEN
+        result = FAILS if failed else HOLDS if (rows["verdict"] == HOLDS).all() else OPEN
     else:
         evidence = POINT
         result = HOLDS if (rows["rel_diff_pct"].abs() <= LEVEL_PCT).all() else FAILS
@@ -344,7 +339,7 @@ def claim_rows(curves: pd.DataFrame, claims: pd.DataFrame, runs: pd.DataFrame | 
 def judge(rows: pd.DataFrame, others: Sequence[float] = ()) -> pd.DataFrame:
     """Holm-adjust the per-user Wilcoxon p-values of ``rows`` in one family with ``others`` (the p-values of the
     report's other claim tests), decide each verdict, and after each (dataset, metric)'s per-loss level rows add
-    their combined "all losses level off by 100" row (once it is ``decided``)."""
+    their combined "all losses level off by 100" row (once ``level_off`` can decide it)."""
     rows = rows.copy()
     p = rows["p_wilcoxon"].to_numpy(float)
     rows["p_holm"] = holm(np.concatenate([p, np.asarray(others, dtype=float)]))[: len(p)]
@@ -354,8 +349,8 @@ def judge(rows: pd.DataFrame, others: Sequence[float] = ()) -> pd.DataFrame:
     out = []
     for _, group in rows.groupby(blocks, sort=False):
         out.append(group)
-        if group["expect"].iloc[0] == "level" and decided(group):
-            out.append(pd.DataFrame([level_off(group)], columns=list(COLUMNS)))
+        if group["expect"].iloc[0] == "level" and (combined := level_off(group)) is not None:
+            out.append(pd.DataFrame([combined], columns=list(COLUMNS)))
     return pd.concat(out, ignore_index=True) if out else rows
 
 
