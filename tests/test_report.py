@@ -408,3 +408,24 @@ def test_time_to_accuracy_tells_repeated_settings_apart():
     labels = [line.get_label() for line in ax.get_lines()]
     assert labels == ["MML mf N=100 seed 2019 (before)", "MML mf N=100 seed 2019 (after)"]
     assert ax.get_lines()[0].get_linestyle() != ax.get_lines()[1].get_linestyle()
+
+
+def test_the_figures_runs_are_described_in_words():
+    """The focus runs (MF, no early stop, the paper's selection where present) and how the report names them: no
+    raw codes such as ``early stop N`` in a figure's title."""
+    from mmlexp.report.build import Options, focus_subset
+
+    runs = pd.DataFrame(
+        {
+            "encoder": ["mf", "mf", "simplex", "mf"],
+            "early_stop": ["N", "Y", "N", "N"],
+            "selection": ["paper", "paper", "paper", "valid"],
+            "run_id": ["a", "b", "c", "d"],
+        }
+    )
+    picked, words = focus_subset(runs, Options(tracking_uri="unused"))
+    assert list(picked["run_id"]) == ["a"]
+    assert words == "MF, no early stop, epoch chosen on test as in the paper"
+    only = runs[runs["run_id"].isin(["b", "d"])].assign(encoder="lightgcn")  # no preferred value: the most common
+    picked, words = focus_subset(only.iloc[[0, 1, 1]], Options(tracking_uri="unused"))
+    assert words == "LightGCN, no early stop, epoch chosen on a held-out slice"

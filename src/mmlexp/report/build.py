@@ -68,9 +68,24 @@ def select(df: pd.DataFrame, opts: Options) -> pd.DataFrame:
     return df
 
 
+def focus_words(col: str, value: str) -> str:
+    """How the report names the focus runs' ``col`` = ``value`` (``mf`` -> ``MF``, early_stop ``N`` -> ``no early
+    stop``, selection ``paper`` -> ``epoch chosen on test as in the paper``)."""
+    if col == "encoder":
+        return figures.ENCODER_LABELS.get(value, value)
+    if col == "early_stop":
+        return {"Y": "early stop", "N": "no early stop"}.get(value, f"early stop {value}")
+    if col == "selection":
+        return SELECTION_WORDS.get(value, f"selection {value}")
+    return f"{col.replace('_', ' ')} {value}"
+
+
+SELECTION_WORDS = {"paper": "epoch chosen on test as in the paper", "valid": "epoch chosen on a held-out slice"}
+
+
 def focus_subset(df: pd.DataFrame, opts: Options) -> tuple[pd.DataFrame, str]:
     """The runs behind the figures: one encoder (mf if present), no early stop if present, one selection
-    (paper if present)."""
+    (paper if present); and their description (``MF, no early stop, epoch chosen on test as in the paper``)."""
     desc = []
     for col, prefer in (("encoder", "mf"), ("early_stop", "N"), ("selection", "paper")):
         values = df[col].dropna().unique()
@@ -78,7 +93,7 @@ def focus_subset(df: pd.DataFrame, opts: Options) -> tuple[pd.DataFrame, str]:
             continue
         pick = prefer if prefer in values else df[col].value_counts().index[0]
         df = df[df[col] == pick]
-        desc.append(f"{col.replace('_', ' ')} {pick}")
+        desc.append(focus_words(col, str(pick)))
     return df, ", ".join(desc)
 
 
