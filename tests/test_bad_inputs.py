@@ -17,7 +17,10 @@ from pathlib import Path
 
 import pytest
 
+from mmlexp.reproduce.plan import plan_path, read_mapping
+
 WHERE = ("config", "data", "plan", "store")
+GOWALLA_STEPS = len(read_mapping(plan_path("gowalla"))["steps"])  # the shipped plan's, named by a refusal
 READ_ONLY = "/proc/sys/mmlexp-test"  # a folder nobody may create, root included (a read-only mount)
 MML_SEARCH = ("-m", "hparams_search=mml_optuna", "hydra.sweeper.n_trials=2")
 
@@ -474,7 +477,7 @@ PLANS = [
         "queue-entry-steps",
         "queue:\n  - {plan: gowalla, steps: [6, 99]}\n",
         "entry 1: steps 99: ",
-        "gowalla.yaml has steps 1..16; allowed: one or more of them",
+        f"gowalla.yaml has steps 1..{GOWALLA_STEPS}; allowed: one or more of them",
     ),
     plan_case(
         "queue-entry-steps-text",
