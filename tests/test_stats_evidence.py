@@ -326,3 +326,26 @@ def test_a_named_per_user_file_that_is_missing_is_an_error(tmp_path):
     (tmp_path / runs["users_csv"].iloc[0]).unlink()
     with pytest.raises(ReportError, match="no per-user file"):
         evidence.claim_tests(negative_curves(runs), CLAIMS, runs, tmp_path)
+
+
+def test_a_verdict_says_where_its_two_tests_disagree(tmp_path):
+    """The mean's bootstrap interval and the Wilcoxon test can disagree (Yelp2018, MML vs CCL at 800 negatives): the
+    verdict line then says which says what, and that the verdict follows Wilcoxon; where they agree it says nothing."""
+    runs = _synthetic(tmp_path)
+    tests = evidence.claim_tests(negative_curves(runs), CLAIMS, runs, tmp_path)
+    tested = tests[tests["evidence"] == evidence.PER_USER]
+    agree = ((tested["ci_low"] > 0) | (tested["ci_high"] < 0)) == (tested["p_holm"] < evidence.ALPHA)
+    assert agree.all() and "disagree" not in "\n".join(claim_verdicts(tests))
+    at = tests.index[(tests["claim"] == "MML beats CCL at 10 negatives (paper +13.0%)")][0]
+
+    def line(ci_low: float, ci_high: float, p_holm: float) -> str:
+        changed = tests.copy()
+        changed.loc[at, ["ci_low", "ci_high", "p_holm"]] = [ci_low, ci_high, p_holm]
+        return next(x for x in claim_verdicts(changed) if "MML beats CCL at 10" in x and x.startswith("* "))
+
+    assert "the mean's interval excludes 0 but the Wilcoxon test is not significant after Holm" in line(1e-3, 2e-3, 0.3)
+    assert "the Wilcoxon test is significant after Holm but the mean's interval (uncorrected) includes 0" in line(
+        -1e-4, 2e-3, 0.01
+    )
+    assert "the verdict follows Wilcoxon" in line(-2e-3, -1e-3, 0.5)
+    assert "disagree" not in line(-2e-3, -1e-3, 0.01) + line(-1e-4, 2e-3, 0.2)

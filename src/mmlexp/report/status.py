@@ -175,7 +175,24 @@ def _tested(row) -> str:
     return (
         f" — per-user test over {row.n_users} test users, {_seeds(row.user_seeds)}: mean difference "
         f"{row.mean_diff:+.6f} [95% bootstrap CI {row.ci_low:+.6f}, {row.ci_high:+.6f}], Wilcoxon p = "
-        f"{_p(row.p_wilcoxon)}, Holm p = {_p(row.p_holm)}; {_seed_level(row)}; runs {_links(row)}"
+        f"{_p(row.p_wilcoxon)}, Holm p = {_p(row.p_holm)}{_disagreement(row)}; {_seed_level(row)}; runs {_links(row)}"
+    )
+
+
+def _disagreement(row) -> str:
+    """Where the mean's bootstrap interval and the Wilcoxon test (after Holm) say different things, which says what
+    and which one the verdict follows; else ""."""
+    mean_differs = row.ci_low > 0 or row.ci_high < 0
+    if mean_differs == (row.p_holm < evidence.ALPHA):
+        return ""
+    said = (
+        "the mean's interval excludes 0 but the Wilcoxon test is not significant after Holm"
+        if mean_differs
+        else "the Wilcoxon test is significant after Holm but the mean's interval (uncorrected) includes 0"
+    )
+    return (
+        f" (the two tests disagree: {said}; Wilcoxon ranks the per-user differences, the interval is of their "
+        "mean; the verdict follows Wilcoxon)"
     )
 
 
