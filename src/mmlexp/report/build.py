@@ -68,19 +68,17 @@ def select(df: pd.DataFrame, opts: Options) -> pd.DataFrame:
     return df
 
 
+FOCUS_WORDS = {  # how the report names the focus runs' encoder, early stopping and selection
+    "encoder": figures.ENCODER_LABELS,
+    "early_stop": {"Y": "early stop", "N": "no early stop"},
+    "selection": {"paper": "epoch chosen on test as in the paper", "valid": "epoch chosen on a held-out slice"},
+}
+
+
 def focus_words(col: str, value: str) -> str:
-    """How the report names the focus runs' ``col`` = ``value`` (``mf`` -> ``MF``, early_stop ``N`` -> ``no early
-    stop``, selection ``paper`` -> ``epoch chosen on test as in the paper``)."""
-    if col == "encoder":
-        return figures.ENCODER_LABELS.get(value, value)
-    if col == "early_stop":
-        return {"Y": "early stop", "N": "no early stop"}.get(value, f"early stop {value}")
-    if col == "selection":
-        return SELECTION_WORDS.get(value, f"selection {value}")
-    return f"{col.replace('_', ' ')} {value}"
-
-
-SELECTION_WORDS = {"paper": "epoch chosen on test as in the paper", "valid": "epoch chosen on a held-out slice"}
+    """``FOCUS_WORDS``' name of ``col`` = ``value`` (``mf`` -> ``MF``, early_stop ``N`` -> ``no early stop``); a value
+    it does not list: the encoder's own name, else ``<col> <value>``."""
+    return FOCUS_WORDS[col].get(value, value if col == "encoder" else f"{col.replace('_', ' ')} {value}")
 
 
 def focus_subset(df: pd.DataFrame, opts: Options) -> tuple[pd.DataFrame, str]:
