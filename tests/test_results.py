@@ -5,6 +5,7 @@ MLflow; cells far from the paper are flagged; the README status table; the commi
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
@@ -283,6 +284,21 @@ def test_overview_of_a_dataset_without_runs_is_pending(tmp_path):
     change = {loss: 100 * (mean[(loss, 800)] / mean[(loss, 100)] - 1) for loss in ("mml", "ccl", "bsl")}
     points = ", ".join(f"{loss.upper()} 100→800 {change[loss]:+.1f}%" for loss in ("mml", "ccl", "bsl"))
     assert points in gowalla  # each loss, each point
+
+
+def test_overview_names_the_tests_a_combined_level_verdict_rests_on():
+    """The combined "all losses level off" row has no test of its own (it combines its per-loss, per-point rows):
+    its evidence names those, never a Holm p-value it does not have."""
+    from mmlexp.report import evidence, overview
+
+    row = {"claim": evidence.LEVEL_CLAIM, "evidence": evidence.PER_USER, "n_users": 31668, "n_seeds": 1}
+    row["p_holm"] = np.nan
+    combined = overview._evidence(row)
+    assert "nan" not in combined and "Holm" not in combined
+    assert combined.startswith("per-user tests of each loss and point") and "31668 users, 1 seed(s)" in combined
+    one = overview._evidence({**row, "claim": "MML ≥ CCL at 800 negatives", "p_holm": 0.0474})
+    assert one == "per-user Wilcoxon, 31668 users, 1 seed(s), Holm p = 0.0474"
+    assert "nan" not in (REPO / "results" / "README.md").read_text()
 
 
 def test_figure3_claims_are_marked_holds_or_not():

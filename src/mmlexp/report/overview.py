@@ -51,11 +51,13 @@ def _links(row, folder: str) -> str:
 def _evidence(row) -> str:
     if row["evidence"] == NOT_RUN:
         return NOT_RUN
+    users, seeds = f"{int(row['n_users'])} users", f"{int(row['n_seeds'])} seed(s)"
     if row["evidence"] == "point estimate":
-        return f"point estimate, {int(row['n_seeds'])} seed(s), not tested"
-    return (
-        f"per-user Wilcoxon, {int(row['n_users'])} users, {int(row['n_seeds'])} seed(s), Holm p = {row['p_holm']:.3g}"
-    )
+        return f"point estimate, {seeds}, not tested"
+    if row["claim"] == evidence.LEVEL_CLAIM:  # combined from its per-loss, per-point rows: no test of its own
+        band = f"±{evidence.LEVEL_PCT:g}%"
+        return f"per-user tests of each loss and point (bootstrap 95% interval against {band}), {users}, {seeds}"
+    return f"per-user Wilcoxon, {users}, {seeds}, Holm p = {row['p_holm']:.3g}"
 
 
 def _per_loss(tested: pd.DataFrame, metric: str) -> str:
