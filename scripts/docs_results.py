@@ -60,6 +60,16 @@ def claims_rows(results: Path, dataset: str) -> list[list[str]]:
     return [[*row[:5], row[5].replace(f"]({dataset}/", "](")] for row in rows]
 
 
+def verdict_cell(row: list[str]) -> str:
+    """An overview claim row's verdict with our number, and "not tested" when it is a point estimate (its runs have
+    no per-user file yet: the verdict compares two means)."""
+    verdict, ours, evidence = row[2], row[3], row[4]
+    if ours == "—":
+        return verdict
+    untested = "; point estimate, not tested" if evidence.startswith("point estimate") else ""
+    return f"{verdict} ({ours}{untested})"
+
+
 def compact_claims(results: Path, link: str) -> str:
     """One table of every claim: its verdict on each dataset (the README's and the home page's)."""
     per = {d: overview.claim_rows(results, d) for d in overview.DATASETS}
@@ -68,7 +78,7 @@ def compact_claims(results: Path, link: str) -> str:
     for i, (claim, metric, *_) in enumerate(first):
         paper = [re.search(r"\(paper ([^)]*)\)", per[d][i][0]) for d in per]
         gains = " / ".join(m.group(1) if m else "—" for m in paper) if any(paper) else "—"
-        cells = [f"{per[d][i][2]} ({per[d][i][3]})" if per[d][i][3] != "—" else per[d][i][2] for d in per]
+        cells = [verdict_cell(per[d][i]) for d in per]
         rows.append([re.sub(r" \(paper [^)]*\)", "", claim), metric, gains, *cells])
     names = " / ".join(label(d) for d in per)
     header = ["claim (Figure 3)", "metric", f"paper ({names})", *(f"{label(d)} verdict (ours)" for d in per)]

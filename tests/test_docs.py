@@ -120,6 +120,27 @@ def test_results_pages_follow_the_csvs(tmp_path):
     assert "No Figure 3 for Yelp2018 yet" in docs_results.pages(results)["results/yelp2018/index.md"]
 
 
+def test_readme_claims_say_which_verdicts_are_untested(tmp_path):
+    """A verdict from two means (no per-user file behind it) says so in the README's table; a tested one does not."""
+    docs_results = scripts_module("docs_results")
+    overview = importlib.import_module("mmlexp.report.overview")
+    results = tmp_path / "results"
+    shutil.copytree(REPO / "results", results)
+    path = results / "gowalla" / "claims.csv"
+    claims = pd.read_csv(path)
+    claims.loc[claims.index[0], "evidence"] = "point estimate"  # in the commit: MML beats CCL at 10, tested
+    claims.to_csv(path, index=False)
+    table = docs_results.compact_claims(results, "x").splitlines()
+    first = next(line for line in table if line.startswith(f"| {claims['claim'].iloc[0].split(' (paper')[0]} |"))
+    gowalla, yelp = first.split(" | ")[3:5]
+    assert gowalla.endswith("; point estimate, not tested)") and "not tested" not in yelp
+    untested = 0  # the paper's claims (both datasets) whose claims.csv row is a point estimate
+    for dataset in overview.DATASETS:
+        rows = pd.read_csv(results / dataset / "claims.csv").set_index(["claim", "metric"])["evidence"]
+        untested += sum(rows.get(key) == "point estimate" for key in overview.paper_claims(dataset))
+    assert sum(line.count("not tested") for line in table) == untested > 1
+
+
 def test_configuration_reference_lists_every_group_option_and_key(site):
     from omegaconf import OmegaConf
 
