@@ -123,6 +123,28 @@ def test_sigterm_marks_the_run_killed(tmp_path):
     assert [r.info.status for r in found] == ["KILLED"]
 
 
+def test_an_interrupt_a_library_wrapped_still_marks_the_run_killed(make_cfg, monkeypatch, tmp_path):
+    """A signal lands wherever Python is: inside numba's dispatcher the interrupt comes out as a ``SystemError``
+    (seen: SIGTERM during a step's first ``entries_by_row`` call marked the run FAILED). It is still an interrupt."""
+    import mmlexp.run as run
+
+    def fit(*args, **kwargs):
+        try:
+            raise KeyboardInterrupt("signal 15")
+        except KeyboardInterrupt as err:  # what numba's dispatcher does with an exception raised inside it
+            raise SystemError("CPUDispatcher(entries_by_row) returned a result with an exception set") from err
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(run, "fit", fit)
+    cfg = make_cfg("trainer.epochs=1", "tracking.save_checkpoint=false")
+    with pytest.raises(KeyboardInterrupt, match="signal 15"):
+        run.train(cfg)
+    _, found = runs(tmp_path)
+    assert [r.info.status for r in found] == ["KILLED"]
+    other = SystemError("not an interrupt")
+    assert run.interrupt_behind(other) is None and run.interrupt_behind(KeyboardInterrupt()) is not None
+
+
 def test_num_threads_holds_in_a_fresh_process_after_numba_starts(tmp_path):
     """numba's OpenMP pool, started by a process's first parallel kernel, resets torch's intra-op threads to all
     cores; ``trainer.num_threads`` must still hold after the run's kernels ran."""

@@ -86,6 +86,19 @@ def sigterm_as_interrupt():
         signal.signal(signal.SIGTERM, previous)
 
 
+def interrupt_behind(err: BaseException) -> KeyboardInterrupt | None:
+    """The ``KeyboardInterrupt`` (Ctrl-C, or a SIGTERM through ``sigterm_as_interrupt``) that ``err`` wraps, if any:
+    a signal lands wherever Python is, and numba's dispatcher turns one raised inside it into a ``SystemError``."""
+    seen: set[int] = set()
+    cause: BaseException | None = err
+    while cause is not None and id(cause) not in seen:
+        if isinstance(cause, KeyboardInterrupt):
+            return cause
+        seen.add(id(cause))
+        cause = cause.__cause__ or cause.__context__
+    return None
+
+
 def load_data(cfg: DictConfig) -> InteractionData:
     if OmegaConf.is_missing(cfg.dataset, "path"):
         raise ConfigError(
@@ -344,6 +357,9 @@ def fit_tracked(setup: Setup, tracker: Tracker, reopened: bool) -> FitResult:
         tracker.set_tags({"failure": str(err)})
         raise
     except Exception as err:
+        if (interrupt := interrupt_behind(err)) is not None:  # a library wrapped it: still an interrupt
+            status = "KILLED"
+            raise KeyboardInterrupt(*interrupt.args) from err
         if type(err).__name__ == "TrialPruned":  # optuna.TrialPruned from the reporter (mmlexp.sweep.pruning)
             tracker.set_tags({PRUNED_TAG: getattr(err, "epoch", "?")})
             status = "KILLED"
