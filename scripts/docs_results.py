@@ -20,6 +20,7 @@ import sys
 from pathlib import Path
 
 from mmlexp.report import overview, readme
+from mmlexp.report.evidence import POINT
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "results"
@@ -63,10 +64,10 @@ def claims_rows(results: Path, dataset: str) -> list[list[str]]:
 def verdict_cell(row: list[str]) -> str:
     """An overview claim row's verdict with our number, and "not tested" when it is a point estimate (its runs have
     no per-user file yet: the verdict compares two means)."""
-    verdict, ours, evidence = row[2], row[3], row[4]
+    verdict, ours, how = row[2], row[3], row[4]
     if ours == "—":
         return verdict
-    untested = "; point estimate, not tested" if evidence.startswith("point estimate") else ""
+    untested = f"; {POINT}, not tested" if how.startswith(POINT) else ""  # overview._evidence's words
     return f"{verdict} ({ours}{untested})"
 
 

@@ -51,9 +51,10 @@ def _links(row, folder: str) -> str:
 def _evidence(row) -> str:
     if row["evidence"] == NOT_RUN:
         return NOT_RUN
-    users, seeds = f"{int(row['n_users'])} users", f"{int(row['n_seeds'])} seed(s)"
-    if row["evidence"] == "point estimate":
-        return f"point estimate, {seeds}, not tested"
+    seeds = f"{int(row['n_seeds'])} seed(s)"
+    if row["evidence"] == evidence.POINT:
+        return f"{evidence.POINT}, {seeds}, not tested"
+    users = f"{int(row['n_users'])} users"
     if row["claim"] == evidence.LEVEL_CLAIM:  # combined from its per-loss, per-point rows: no test of its own
         band = f"±{evidence.LEVEL_PCT:g}%"
         return f"per-user tests of each loss and point (bootstrap 95% interval against {band}), {users}, {seeds}"
