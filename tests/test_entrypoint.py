@@ -145,6 +145,28 @@ def test_an_interrupt_a_library_wrapped_still_marks_the_run_killed(make_cfg, mon
     assert run.interrupt_behind(other) is None and run.interrupt_behind(KeyboardInterrupt()) is not None
 
 
+def test_an_interrupt_wrapped_during_set_up_leaves_as_an_interrupt(make_cfg, monkeypatch, tmp_path):
+    """Before the run is tracked (data set-up runs numba kernels too) a wrapped interrupt still leaves ``train`` as a
+    ``KeyboardInterrupt``, so a sweep stops instead of counting a failed point; other errors pass unchanged."""
+    import mmlexp.run as run
+
+    def load_split(cfg):
+        try:
+            raise KeyboardInterrupt("signal 15")
+        except KeyboardInterrupt as err:
+            raise SystemError("CPUDispatcher(holdout) returned a result with an exception set") from err
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(run, "load_split", load_split)
+    cfg = make_cfg("trainer.epochs=1", "tracking.save_checkpoint=false")
+    with pytest.raises(KeyboardInterrupt, match="signal 15") as caught:
+        run.train(cfg)
+    assert isinstance(caught.value.__cause__, SystemError)
+    monkeypatch.setattr(run, "load_split", lambda cfg: (_ for _ in ()).throw(SystemError("not an interrupt")))
+    with pytest.raises(SystemError, match="not an interrupt"):
+        run.train(cfg)
+
+
 def test_num_threads_holds_in_a_fresh_process_after_numba_starts(tmp_path):
     """numba's OpenMP pool, started by a process's first parallel kernel, resets torch's intra-op threads to all
     cores; ``trainer.num_threads`` must still hold after the run's kernels ran."""

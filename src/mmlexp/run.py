@@ -99,6 +99,18 @@ def interrupt_behind(err: BaseException) -> KeyboardInterrupt | None:
     return None
 
 
+@contextlib.contextmanager
+def interrupts_unwrapped():
+    """An interrupt a library wrapped (``interrupt_behind``) leaves as the ``KeyboardInterrupt`` it is, wherever in
+    the run it landed (data set-up too): a sweep then counts it as an interrupt, not as a failed point."""
+    try:
+        yield
+    except Exception as err:
+        if (interrupt := interrupt_behind(err)) is None:
+            raise
+        raise KeyboardInterrupt(*interrupt.args) from err
+
+
 def load_data(cfg: DictConfig) -> InteractionData:
     if OmegaConf.is_missing(cfg.dataset, "path"):
         raise ConfigError(
@@ -119,7 +131,7 @@ def load_data(cfg: DictConfig) -> InteractionData:
 
 def train(cfg: DictConfig) -> float:
     """Train one model as configured, track it, and return the best value of ``trainer.monitor``."""
-    with sigterm_as_interrupt():
+    with sigterm_as_interrupt(), interrupts_unwrapped():
         setup = prepare(cfg)
         tracker, reopened = start_tracking(setup)
         result = fit_tracked(setup, tracker, reopened)
