@@ -29,3 +29,20 @@ def test_two_datasets_one_table_each(tmp_path):
     assert len(yelp_rows) == expected and all(line.endswith("pending |") for line in yelp_rows)
     one = readme.status_table(results / "gowalla", "gowalla", tmp_path)
     assert one in gowalla  # the Gowalla table is the one a single folder gives
+
+
+def test_curve_points_follow_the_paper_cells_by_negatives_then_loss(tmp_path):
+    """The cells beyond the paper's (Figure 3's curve points) are listed by number of negatives, then MML, CCL, BSL
+    as the paper orders its losses, not in the order cells.csv holds them."""
+    results = REPO / "results" / "gowalla"
+    table = readme.status_table(results, "gowalla", tmp_path)
+    lines = [line for line in table.splitlines() if line.startswith("| ") and "cell (MF)" not in line]
+    rows = [line.split(" | ")[0][2:] for line in lines]
+    extra = [row for row in rows[len(readme.EXPECTED) :] if "selection" not in row]
+    cells = pd.read_csv(results / "cells.csv").query("encoder == 'mf' and early_stop == 'N'")
+    expected_keys = {(loss, n) for loss, n in zip(cells["loss"], cells["num_negatives"], strict=True)}
+    expected_keys -= {(loss, n) for loss, n, _ in readme.EXPECTED}
+    assert len(extra) == len(expected_keys) >= 3  # the committed N=50 points at least
+    rank = {"MML": 0, "CCL": 1, "BSL": 2}
+    keys = [(int(row.split("N=")[1]), rank[row.split(",")[0]]) for row in extra]
+    assert keys == sorted(keys) and len(set(keys)) == len(keys)

@@ -67,7 +67,7 @@ def status_table(results: Path, dataset: str, link_base: Path) -> str:
     present = list(
         dict.fromkeys(zip(cells["loss"], cells["num_negatives"].astype(int), cells["selection"], strict=True))
     )
-    order = EXPECTED + [c for c in present if c not in EXPECTED]
+    order = EXPECTED + sorted((c for c in present if c not in EXPECTED), key=_curve_order)
     rel = os.path.relpath(results, link_base).replace(os.sep, "/")
     rows, done, off = [], 0, 0
     for loss, n, selection in order:
@@ -101,6 +101,13 @@ def status_table(results: Path, dataset: str, link_base: Path) -> str:
     ]
     lines += ["| " + " | ".join(r) + " |" for r in rows]
     return "\n".join(lines)
+
+
+def _curve_order(cell: tuple) -> tuple:
+    """Extra cells (the curve points) by negatives, then in the paper's loss order (MML, CCL, BSL), then selection."""
+    loss, n, selection = cell
+    losses = ["mml", "ccl", "bsl"]
+    return n, losses.index(loss) if loss in losses else len(losses), loss, selection
 
 
 def _cell_row(sub: pd.DataFrame, paper: pd.Series, cell: tuple, where: dict, rel: str) -> tuple[list[str], bool]:
