@@ -240,6 +240,7 @@ def test_level_off_is_read_point_by_point_along_the_curve(tmp_path):
     md = "\n".join(claim_verdicts(tests))
     assert "all losses level off by 100 negatives (read here as: from 100 negatives on" in md
     assert "BSL 100→400 +10." in md and "MML 100→200 " in md and "CCL 100→800 " in md
+    assert "% (beyond ±3%)" not in md  # tested points: their interval decides, not the point estimate
 
 
 def test_all_losses_level_off_waits_for_every_loss(tmp_path):

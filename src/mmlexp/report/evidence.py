@@ -120,6 +120,14 @@ def level_point(claim: str) -> str:
     return f"{loss} {LEVEL_FROM}→{rest.split()[0]}"
 
 
+def level_change(claim: str, rel_diff_pct: float, evidence: str) -> str:
+    """``MML 100→800 +2.9%``: one loss's change from 100 negatives to a point. A point estimate beyond the band says
+    so (``(beyond ±3%)``): on point estimates that alone makes "all losses level off" fail."""
+    text = f"{level_point(claim)} {rel_diff_pct:+.1f}%"
+    beyond = evidence == POINT and abs(rel_diff_pct) > LEVEL_PCT
+    return text + (f" (beyond ±{LEVEL_PCT:g}%)" if beyond else "")
+
+
 def _cell(runs: pd.DataFrame, dataset: str, side: tuple[str, int]) -> pd.DataFrame:
     loss, n = side
     return runs[(runs["dataset"] == dataset) & (runs["loss"] == loss) & (runs["num_negatives"] == n)]

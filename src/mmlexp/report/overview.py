@@ -65,8 +65,8 @@ def _per_loss(tested: pd.DataFrame, metric: str) -> str:
     """The combined 'level off' claim: each loss's own change from 100 to each larger number of negatives."""
     own = tested[(tested["metric"] == metric) & evidence.is_level_part(tested["claim"])]
     parts = [
-        f"{evidence.level_point(c)} {v:+.1f}%"
-        for c, v in zip(own["claim"], own["rel_diff_pct"], strict=True)
+        evidence.level_change(c, v, e)
+        for c, v, e in zip(own["claim"], own["rel_diff_pct"], own["evidence"], strict=True)
         if pd.notna(v)
     ]
     return ", ".join(parts) or "—"
