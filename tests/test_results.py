@@ -2,6 +2,7 @@
 per-epoch CSVs equal to MLflow's histories and no machine path; `--from-csv` rebuilds the same bytes without
 MLflow; cells far from the paper are flagged; the README status table; the committed results/gowalla/ itself."""
 
+import re
 import shutil
 from pathlib import Path
 
@@ -286,11 +287,9 @@ def test_overview_of_a_dataset_without_runs_is_pending(tmp_path):
     level = {loss: f"{loss.upper()} levels off from 100 to 800 negatives" for loss in change}
     untested = {loss: claims.loc[claim, "evidence"] != "per-user" for loss, claim in level.items()}
     beyond = {loss: untested[loss] and abs(change[loss]) > 3 for loss in change}  # a point estimate out of the band
-    points = ", ".join(
-        f"{loss.upper()} 100→800 {change[loss]:+.1f}%" + (" (beyond ±3%)" if beyond[loss] else "")
-        for loss in ("mml", "ccl", "bsl")
-    )
-    assert points in gowalla  # each loss, each point
+    for loss in ("mml", "ccl", "bsl"):  # each loss at 800 (its points between 100 and 800 stand between them)
+        point = f"{loss.upper()} 100→800 {change[loss]:+.1f}%" + (" (beyond ±3%)" if beyond[loss] else "")
+        assert re.search(re.escape(point) + r"(?!\d| \(beyond)", gowalla), point
 
 
 def test_overview_names_the_tests_a_combined_level_verdict_rests_on():
