@@ -342,25 +342,26 @@ def fit_tracked(setup: Setup, tracker: Tracker, reopened: bool) -> FitResult:
     p = setup.parts
     status = "FAILED"
     try:
-        if not reopened:
-            tracker.log_text(OmegaConf.to_yaml(setup.resolved), "config.yaml")
-            for name, text in setup.data.artifacts.items():  # dataset=interactions: id mappings, split record
-                tracker.log_text(text, name)
-        result = fit(
-            p.model,
-            p.loss_fn,
-            p.sampler,
-            p.optimizer,
-            setup.users,
-            setup.items,
-            setup.evaluate,
-            setup.settings,
-            p.generator,
-            on_epoch_end=on_epoch_end,
-            checkpoint=checkpoint,
-            resume=setup.resume,
-        )
-        save_best(setup, result, tracker)
+        with interrupts_unwrapped():  # a wrapped interrupt reaches the handler below as one
+            if not reopened:
+                tracker.log_text(OmegaConf.to_yaml(setup.resolved), "config.yaml")
+                for name, text in setup.data.artifacts.items():  # dataset=interactions: id mappings, split record
+                    tracker.log_text(text, name)
+            result = fit(
+                p.model,
+                p.loss_fn,
+                p.sampler,
+                p.optimizer,
+                setup.users,
+                setup.items,
+                setup.evaluate,
+                setup.settings,
+                p.generator,
+                on_epoch_end=on_epoch_end,
+                checkpoint=checkpoint,
+                resume=setup.resume,
+            )
+            save_best(setup, result, tracker)
         status = "FINISHED"
     except (KeyboardInterrupt, SystemExit):  # SystemExit: submitit requeues a preempted job (resumes here)
         status = "KILLED"
@@ -369,9 +370,6 @@ def fit_tracked(setup: Setup, tracker: Tracker, reopened: bool) -> FitResult:
         tracker.set_tags({"failure": str(err)})
         raise
     except Exception as err:
-        if (interrupt := interrupt_behind(err)) is not None:  # a library wrapped it: still an interrupt
-            status = "KILLED"
-            raise KeyboardInterrupt(*interrupt.args) from err
         if type(err).__name__ == "TrialPruned":  # optuna.TrialPruned from the reporter (mmlexp.sweep.pruning)
             tracker.set_tags({PRUNED_TAG: getattr(err, "epoch", "?")})
             status = "KILLED"

@@ -48,9 +48,14 @@ METRIC_LABELS = {"recall@20": "Recall@20", "ndcg@20": "NDCG@20"}
 TAIL = re.compile(r"^tail_recall@(\d+)_g(\d+)$")
 
 
+def loss_rank(loss: str) -> int:
+    """A loss's place in the paper's order (``LOSS_ORDER``: MML, CCL, BSL first); any other loss after them all."""
+    return LOSS_ORDER.index(loss) if loss in LOSS_ORDER else len(LOSS_ORDER)
+
+
 def ordered_losses(losses) -> list[str]:
     losses = [str(x) for x in dict.fromkeys(losses) if x is not None and x == x]
-    return sorted(losses, key=lambda x: (LOSS_ORDER.index(x) if x in LOSS_ORDER else len(LOSS_ORDER), x))
+    return sorted(losses, key=lambda x: (loss_rank(x), x))
 
 
 def loss_style(loss: str, losses: Sequence[str]) -> dict:

@@ -11,7 +11,7 @@ from pathlib import Path
 import pandas as pd
 
 from mmlexp.report.build import paper_numbers
-from mmlexp.report.figures import loss_label
+from mmlexp.report.figures import loss_label, loss_rank
 from mmlexp.report.runs import ReportError
 from mmlexp.report.status import THRESHOLD_PCT
 
@@ -106,8 +106,7 @@ def status_table(results: Path, dataset: str, link_base: Path) -> str:
 def _curve_order(cell: tuple) -> tuple:
     """Extra cells (the curve points) by negatives, then in the paper's loss order (MML, CCL, BSL), then selection."""
     loss, n, selection = cell
-    losses = ["mml", "ccl", "bsl"]
-    return n, losses.index(loss) if loss in losses else len(losses), loss, selection
+    return n, loss_rank(loss), loss, selection
 
 
 def _cell_row(sub: pd.DataFrame, paper: pd.Series, cell: tuple, where: dict, rel: str) -> tuple[list[str], bool]:

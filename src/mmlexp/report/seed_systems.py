@@ -312,8 +312,7 @@ def scoped_runs(runs: pd.DataFrame) -> pd.DataFrame:
 def _system_order(key: tuple) -> tuple:
     dataset, encoder, loss, early = key
     enc = ENCODERS.index(encoder) if encoder in ENCODERS else len(ENCODERS)
-    los = figures.LOSS_ORDER.index(loss) if loss in figures.LOSS_ORDER else len(figures.LOSS_ORDER)
-    return (figures.ordered_datasets([dataset]), enc, los, early, encoder, loss)
+    return (figures.ordered_datasets([dataset]), enc, figures.loss_rank(loss), early, encoder, loss)
 
 
 def tail_groups(runs: pd.DataFrame, k: int = 20) -> pd.DataFrame:
