@@ -241,6 +241,24 @@ def test_level_off_is_read_point_by_point_along_the_curve(tmp_path):
     assert "all losses level off by 100 negatives (read here as: from 100 negatives on" in md
     assert "BSL 100→400 +10." in md and "MML 100→200 " in md and "CCL 100→800 " in md
     assert "% (beyond ±3%)" not in md  # tested points: their interval decides, not the point estimate
+    # the combined row names each run once: every point of a loss pairs with the same 100-negative run
+    combined = evidence.run_files(rec.loc[evidence.LEVEL_CLAIM])
+    points = [evidence.run_files(rec.loc[c]) for c in parts]
+    assert [r for r, _ in combined] == list(dict.fromkeys(r for pair in points for r, _ in pair))
+    assert len(combined) == 3 * 4  # each loss: its runs at 100, 200, 400 and 800
+
+
+@pytest.mark.parametrize(
+    ("change", "text"),
+    [(3.04, "MML 100→800 +3.04% (beyond ±3%)"), (2.96, "MML 100→800 +2.96%"), (-3.01, "MML 100→800 -3.01% (beyond ±3%)"),
+     (3.2, "MML 100→800 +3.2% (beyond ±3%)"), (2.9, "MML 100→800 +2.9%"), (0.04, "MML 100→800 +0.0%")],
+)  # fmt: skip
+def test_a_level_point_near_the_band_shows_the_digit_that_decides_it(change, text):
+    """A point estimate whose one-decimal text would read 3.0% on either side of the band gets a second decimal, so
+    "+3.0% (beyond ±3%)" never prints; a tested point is never marked."""
+    claim = "MML levels off from 100 to 800 negatives"
+    assert evidence.level_change(claim, change, evidence.POINT) == text
+    assert "beyond" not in evidence.level_change(claim, change, evidence.PER_USER)
 
 
 def test_all_losses_level_off_waits_for_every_loss(tmp_path):

@@ -123,7 +123,8 @@ def level_point(claim: str) -> str:
 def level_change(claim: str, rel_diff_pct: float, evidence: str) -> str:
     """``MML 100→800 +2.9%``: one loss's change from 100 negatives to a point. A point estimate beyond the band says
     so (``(beyond ±3%)``): on point estimates that alone makes "all losses level off" fail."""
-    text = f"{level_point(claim)} {rel_diff_pct:+.1f}%"
+    digits = 2 if round(abs(rel_diff_pct), 1) == LEVEL_PCT else 1  # +3.04% beyond, +2.96% within: not both "+3.0%"
+    text = f"{level_point(claim)} {rel_diff_pct:+.{digits}f}%"
     beyond = evidence == POINT and abs(rel_diff_pct) > LEVEL_PCT
     return text + (f" (beyond ±{LEVEL_PCT:g}%)" if beyond else "")
 
@@ -313,11 +314,25 @@ def level_off(rows: pd.DataFrame) -> dict | None:
         "n_seeds": int(rows["n_seeds"].min()),
         "evidence": evidence,
         "verdict": result,
-        "runs": " ".join(x for x in rows["runs"] if x),
-        "run_files": " ".join(x for x in rows["run_files"] if x),
-        "no_users_csv": " ".join(x for x in rows["no_users_csv"] if isinstance(x, str) and x),
-        "wanted": " ".join(dict.fromkeys(w for x in rows["wanted"] if isinstance(x, str) for w in x.split())),
+        **_each_run_once(rows),
+        "no_users_csv": _words_once(rows["no_users_csv"]),
+        "wanted": _words_once(rows["wanted"]),
     }
+
+
+def _words_once(column: pd.Series) -> str:
+    """The words of a column's strings, each once, in order of first appearance."""
+    return " ".join(dict.fromkeys(w for x in column if isinstance(x, str) for w in x.split()))
+
+
+def _each_run_once(rows: pd.DataFrame) -> dict[str, str]:
+    """``runs`` and ``run_files`` of rows that share runs (every point of a loss pairs with its 100-negative run),
+    each run once with its first file, in order of first appearance."""
+    files: dict[str, str] = {}
+    for ids, paths in zip(rows["runs"], rows["run_files"], strict=True):
+        for run, path in zip(str(ids).split(), str(paths).split(), strict=True):
+            files.setdefault(run, path)
+    return {"runs": " ".join(files), "run_files": " ".join(files.values())}
 
 
 def cached_reader(base: Path | None = None, reader: Reader | None = None) -> Callable[[Mapping], pd.DataFrame | None]:
