@@ -250,8 +250,9 @@ def test_level_off_is_read_point_by_point_along_the_curve(tmp_path):
 
 @pytest.mark.parametrize(
     ("change", "text"),
-    [(3.04, "MML 100→800 +3.04% (beyond ±3%)"), (2.96, "MML 100→800 +2.96%"), (-3.01, "MML 100→800 -3.01% (beyond ±3%)"),
-     (3.2, "MML 100→800 +3.2% (beyond ±3%)"), (2.9, "MML 100→800 +2.9%"), (0.04, "MML 100→800 +0.0%")],
+    [(3.04, "MML 100→800 +3.04% (beyond ±3%)"), (2.96, "MML 100→800 +2.96%"),
+     (-3.01, "MML 100→800 -3.01% (beyond ±3%)"), (3.2, "MML 100→800 +3.2% (beyond ±3%)"),
+     (2.9, "MML 100→800 +2.9%"), (0.04, "MML 100→800 +0.0%")],
 )  # fmt: skip
 def test_a_level_point_near_the_band_shows_the_digit_that_decides_it(change, text):
     """A point estimate whose one-decimal text would read 3.0% on either side of the band gets a second decimal, so
