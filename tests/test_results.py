@@ -334,6 +334,27 @@ def test_overview_names_the_tests_a_combined_level_verdict_rests_on():
     assert "nan" not in (REPO / "results" / "README.md").read_text()
 
 
+def test_overview_marks_the_level_points_a_point_estimate_verdict_reads():
+    """Each loss's change in the combined "level off" cell is marked beyond ±3% where the combined verdict reads
+    point estimates (a row untested), tested rows included; never where every row is tested."""
+    from mmlexp.report import evidence, overview
+
+    tested = pd.DataFrame(
+        {
+            "claim": ["MML levels off from 100 to 800 negatives", "CCL levels off from 100 to 800 negatives"],
+            "metric": "recall@20",
+            "rel_diff_pct": [3.3, 1.0],
+            "evidence": [evidence.PER_USER, evidence.POINT],
+        }
+    )
+    combined = pd.Series({"claim": evidence.LEVEL_CLAIM, "metric": "recall@20", "evidence": evidence.POINT})
+    assert overview._per_loss(tested, combined) == "MML 100→800 +3.3% (beyond ±3%), CCL 100→800 +1.0%"
+    every = combined.copy()
+    every["evidence"] = evidence.PER_USER
+    assert overview._per_loss(tested.assign(rel_diff_pct=[5.0, 1.0]), every) == "MML 100→800 +5.0%, CCL 100→800 +1.0%"
+    assert overview._per_loss(tested, combined.replace({"recall@20": "ndcg@20"})) == "—"  # another metric's rows
+
+
 def test_figure3_claims_are_marked_holds_or_not():
     from mmlexp.report.evidence import claim_tests
     from mmlexp.report.status import claim_verdicts

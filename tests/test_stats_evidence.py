@@ -5,6 +5,7 @@ deterministic, the same draws as scipy's), the seed-level t-test, and the verdic
 
 import itertools
 import math
+import re
 
 import numpy as np
 import pandas as pd
@@ -246,6 +247,28 @@ def test_level_off_is_read_point_by_point_along_the_curve(tmp_path):
     points = [evidence.run_files(rec.loc[c]) for c in parts]
     assert [r for r, _ in combined] == list(dict.fromkeys(r for pair in points for r, _ in pair))
     assert len(combined) == 3 * 4  # each loss: its runs at 100, 200, 400 and 800
+
+
+def test_a_tested_point_beyond_the_band_is_marked_where_the_combined_verdict_reads_points(tmp_path):
+    """With one loss untested, "all losses level off" reads every row's point estimate: a tested point at +3.3%
+    whose own interval straddles the band (NOT RESOLVED) decides it, and says so like an untested one."""
+    runs = _synthetic(tmp_path)
+    runs.loc[runs["run_id"].str.startswith("ccl800s1"), "users_csv"] = ""  # CCL at 800: a point estimate
+    at100 = pd.read_csv(tmp_path / "users" / "toy-mf-mml-N100-paper-seed1.csv.gz")
+    z = np.random.default_rng(7).normal(0, 0.1, USERS // 2)  # wide, symmetric: the mean moves by exactly +3.3%
+    at800 = at100.assign(**{"recall@20": at100["recall@20"] * 1.033 + np.concatenate([z, -z])})
+    at800.to_csv(tmp_path / "users" / "toy-mf-mml-N800-paper-seed1.csv.gz", index=False)
+    runs.loc[runs["run_id"].str.startswith("mml800s1"), "recall@20"] = at800["recall@20"].mean()
+    tests = evidence.claim_tests(negative_curves(runs), CLAIMS, runs, tmp_path)
+    rec = tests[tests["metric"] == "recall@20"].set_index("claim")
+    mml = rec.loc["MML levels off from 100 to 800 negatives"]
+    assert mml["evidence"] == evidence.PER_USER and mml["verdict"] == "NOT RESOLVED"
+    assert mml["rel_ci_low"] < evidence.LEVEL_PCT < mml["rel_ci_high"] and mml["rel_diff_pct"] == pytest.approx(3.3)
+    combined = rec.loc[evidence.LEVEL_CLAIM]
+    assert (combined["evidence"], combined["verdict"]) == (evidence.POINT, "DOES NOT HOLD")
+    line = next(x for x in claim_verdicts(tests) if "recall@20: all losses level off" in x)
+    assert "MML 100→800 +3.3% (beyond ±3%) [95% CI " in line and ": NOT RESOLVED" in line
+    assert re.search(r"CCL 100→800 [+-]\d\.\d%(?! \(beyond)", line) and "BSL 100→800 " in line
 
 
 @pytest.mark.parametrize(

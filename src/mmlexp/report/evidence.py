@@ -120,12 +120,13 @@ def level_point(claim: str) -> str:
     return f"{loss} {LEVEL_FROM}→{rest.split()[0]}"
 
 
-def level_change(claim: str, rel_diff_pct: float, evidence: str) -> str:
-    """``MML 100→800 +2.9%``: one loss's change from 100 negatives to a point. A point estimate beyond the band says
-    so (``(beyond ±3%)``): on point estimates that alone makes "all losses level off" fail."""
+def level_change(claim: str, rel_diff_pct: float, combined: str) -> str:
+    """``MML 100→800 +2.9%``: one loss's change from 100 negatives to a point. Where the combined verdict reads point
+    estimates (``combined``: its evidence; a row untested), a change beyond the band says so (``(beyond ±3%)``),
+    tested or not: on point estimates that alone makes "all losses level off" fail."""
     digits = 2 if round(abs(rel_diff_pct), 1) == LEVEL_PCT else 1  # +3.04% beyond, +2.96% within: not both "+3.0%"
     text = f"{level_point(claim)} {rel_diff_pct:+.{digits}f}%"
-    beyond = evidence == POINT and abs(rel_diff_pct) > LEVEL_PCT
+    beyond = combined == POINT and abs(rel_diff_pct) > LEVEL_PCT
     return text + (f" (beyond ±{LEVEL_PCT:g}%)" if beyond else "")
 
 

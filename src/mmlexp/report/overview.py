@@ -61,12 +61,12 @@ def _evidence(row) -> str:
     return f"per-user Wilcoxon, {users}, {seeds}, Holm p = {row['p_holm']:.3g}"
 
 
-def _per_loss(tested: pd.DataFrame, metric: str) -> str:
+def _per_loss(tested: pd.DataFrame, combined: pd.Series) -> str:
     """The combined 'level off' claim: each loss's own change from 100 to each larger number of negatives."""
-    own = tested[(tested["metric"] == metric) & evidence.is_level_part(tested["claim"])]
+    own = tested[(tested["metric"] == combined["metric"]) & evidence.is_level_part(tested["claim"])]
     parts = [
-        evidence.level_change(c, v, e)
-        for c, v, e in zip(own["claim"], own["rel_diff_pct"], own["evidence"], strict=True)
+        evidence.level_change(c, v, combined["evidence"])
+        for c, v in zip(own["claim"], own["rel_diff_pct"], strict=True)
         if pd.notna(v)
     ]
     return ", ".join(parts) or "—"
@@ -83,7 +83,7 @@ def claim_rows(results: Path, dataset: str) -> list[list[str]]:
             rows.append([claim, metric, "pending", "—", "no runs yet", "—"])
             continue
         r = hit.iloc[0]
-        ours = f"{r['rel_diff_pct']:+.1f}%" if pd.notna(r.get("rel_diff_pct")) else _per_loss(tested, metric)
+        ours = f"{r['rel_diff_pct']:+.1f}%" if pd.notna(r.get("rel_diff_pct")) else _per_loss(tested, r)
         rows.append([claim, metric, f"**{r['verdict']}**", ours, _evidence(r), _links(r, dataset)])
     return rows
 

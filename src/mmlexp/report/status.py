@@ -215,7 +215,7 @@ def _level_line(row, parts: pd.DataFrame) -> str:
     """The combined "all losses level off" claim: each loss's change from 100 to each larger number of negatives
     (tested: its 95% bootstrap interval, Holm p and verdict) and the evidence."""
     changes = [
-        evidence.level_change(r.claim, r.rel_diff_pct, r.evidence)
+        evidence.level_change(r.claim, r.rel_diff_pct, row.evidence)
         + (
             f" [95% CI {r.rel_ci_low:+.1f}%, {r.rel_ci_high:+.1f}%], Holm p = {_p(r.p_holm)}: {r.verdict}"
             if r.evidence == evidence.PER_USER
