@@ -279,7 +279,7 @@ def test_a_tested_point_beyond_the_band_is_marked_where_the_combined_verdict_rea
 )  # fmt: skip
 def test_a_level_point_near_the_band_shows_the_digit_that_decides_it(change, text):
     """A point estimate whose one-decimal text would read 3.0% on either side of the band gets a second decimal, so
-    "+3.0% (beyond ±3%)" never prints; a tested point is never marked."""
+    "+3.0% (beyond ±3%)" never prints; where every point is tested (the combined verdict per user), none is marked."""
     claim = "MML levels off from 100 to 800 negatives"
     assert evidence.level_change(claim, change, evidence.POINT) == text
     assert "beyond" not in evidence.level_change(claim, change, evidence.PER_USER)
