@@ -336,6 +336,28 @@ def test_without_per_user_files_the_verdict_is_a_point_estimate(tmp_path):
     assert "[ccl10s10](epochs/toy-mf-ccl-N10-paper-seed1.csv) have no per-user file;" in line  # neither has one
 
 
+def test_a_point_estimate_compares_the_cells_on_the_seeds_both_ran(tmp_path):
+    """Without per-user files, a verdict reads the cells' means over the seeds both ran (the runs it names): a seed
+    that only one cell has would move it by seed noise alone. Here MML at 800 has a seed 2 that CCL lacks, far above
+    CCL: over all of MML's seeds the claim "MML ≥ CCL at 800" would hold; on seed 1, the common seed, it does not."""
+    runs = _synthetic(tmp_path, seeds=(1, 2), with_files=False)
+    runs = runs[~((runs["loss"] == "ccl") & (runs["num_negatives"] == 800) & (runs["seed"] == 2))].copy()
+    runs.loc[runs["run_id"].str.startswith("mml800s2"), "recall@20"] = 0.9
+    cell = runs.set_index(["loss", "num_negatives", "seed"])["recall@20"].sort_index()
+    assert (cell[("mml", 800, 1)] + 0.9) / 2 > cell[("ccl", 800, 1)] > cell[("mml", 800, 1)]  # the two readings differ
+    tests = evidence.claim_tests(negative_curves(runs), CLAIMS, runs, tmp_path)
+    row = tests[(tests["metric"] == "recall@20") & (tests["claim"] == "MML ≥ CCL at 800 negatives")].iloc[0]
+    assert (row["evidence"], row["n_seeds"], row["verdict"]) == ("point estimate", 1, "DOES NOT HOLD")
+    assert (row["mean_a"], row["mean_b"]) == (cell[("mml", 800, 1)], cell[("ccl", 800, 1)])
+    assert row["rel_diff_pct"] == pytest.approx(100 * (cell[("mml", 800, 1)] / cell[("ccl", 800, 1)] - 1), rel=1e-12)
+    level = tests[(tests["metric"] == "recall@20") & (tests["claim"] == "MML levels off from 100 to 800 negatives")]
+    mml100 = cell.loc[("mml", 100)].mean()  # both seeds at 100 and at 800: the same means as the curve's
+    assert level["mean_a"].iloc[0] == pytest.approx((cell[("mml", 800, 1)] + 0.9) / 2, rel=1e-15)
+    assert level["mean_b"].iloc[0] == pytest.approx(mml100, rel=1e-15)
+    line = next(x for x in claim_verdicts(tests) if "recall@20: MML ≥ CCL at 800 negatives" in x)
+    assert f"({cell[('mml', 800, 1)]:.4f} vs {cell[('ccl', 800, 1)]:.4f}, " in line and "(1 seed: runs " in line
+
+
 def test_a_point_estimate_names_the_run_without_a_per_user_file(tmp_path):
     runs = _synthetic(tmp_path)
     runs.loc[runs["run_id"].str.startswith("ccl10s1"), "users_csv"] = ""  # MML at 10 keeps its file

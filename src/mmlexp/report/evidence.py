@@ -5,9 +5,9 @@ the test users both runs scored, paired by user: two-sided Wilcoxon signed-rank 
 seeded percentile bootstrap interval (``mmlexp.report.stats``), Holm-corrected over all the claim tests of the report
 (one family, with the other systems' claims of ``mmlexp.report.seed_systems``: ``judge`` takes their p-values). With
 >= 2 seeds of both cells the seed-level paired t-test is computed beside it (``compare``). A claim whose runs have no
-per-user file (``users_csv`` in runs.csv) keeps the point-estimate verdict and says it is not tested; one whose cells
-have not run yet is NOT RESOLVED. ``claim_tests`` gives the rows of ``claims.csv`` (``claim_rows``, then ``judge``);
-``mmlexp.report.status.claim_verdicts`` prints them.
+per-user file (``users_csv`` in runs.csv) keeps the point-estimate verdict, on the seeds both cells ran, and says it
+is not tested; one whose cells have not run yet is NOT RESOLVED. ``claim_tests`` gives the rows of ``claims.csv``
+(``claim_rows``, then ``judge``); ``mmlexp.report.status.claim_verdicts`` prints them.
 """
 
 import math
@@ -227,9 +227,10 @@ def compare(
     read: Callable,
     names: tuple[str, str],
 ) -> dict:
-    """The evidence of cell a against cell b (``names``) on ``metric`` (``means``: their point estimates): the
-    seed-level paired test over the common seeds, and the per-user test (Wilcoxon, bootstrap) where both have
-    per-user files; else the runs that would bring them (``wanted_runs``)."""
+    """The evidence of cell a against cell b (``names``) on ``metric`` (``means``: the cells' means over all their
+    seeds): the seed-level paired test over the common seeds, and the per-user test (Wilcoxon, bootstrap) where both
+    have per-user files; else the runs that would bring them (``wanted_runs``) and the point estimate, the cells'
+    means over the common seeds (over all seeds where they share none)."""
     mean_a, mean_b = means
     seeds = sorted(set(a_runs["seed"]) & set(b_runs["seed"]))
     x, y, used = user_pairs(a_runs, b_runs, seeds, metric, read)
@@ -245,8 +246,11 @@ def compare(
     }
     if used:
         return {**row, **bootstrap_diff(x, y), "p_wilcoxon": wilcoxon_p(x, y), "evidence": PER_USER}
+    if seeds:  # the point estimate on the runs it names: one cell's extra seed would move it by seed noise alone
+        mean_a, mean_b = (cell.groupby("seed")[metric].mean().loc[seeds].mean() for cell in (a_runs, b_runs))
     diff = mean_a - mean_b
-    return {**row, "mean_diff": diff, "rel_diff_pct": 100 * diff / mean_b if mean_b else math.nan, "evidence": POINT}
+    point = {"mean_a": mean_a, "mean_b": mean_b, "mean_diff": diff, "evidence": POINT}
+    return {**row, **point, "rel_diff_pct": 100 * diff / mean_b if mean_b else math.nan}
 
 
 def claim_row(claim: Claim, curves: pd.DataFrame, runs: pd.DataFrame, read: Callable) -> dict:
