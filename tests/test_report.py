@@ -297,6 +297,25 @@ def test_figure3_shades_the_band_a_curve_stays_in_if_it_levels_off():
     assert (x0, x1) == pytest.approx((100, 400)) and (y0, y1) == pytest.approx((0.2 * 0.97, 0.2 * 1.03))
 
 
+def test_the_800_negative_points_read_equal_where_the_digits_shown_are():
+    """The line of the figure's 800-negative points: a relation as the values stand, ``≈`` where the four decimals
+    shown agree (a ``<`` between 0.1501 and 0.1501 would read as a contradiction), nothing without all three."""
+    from mmlexp.report.build import at_800
+
+    means = {"mml": 0.150084, "ccl": 0.150098, "bsl": 0.15641}  # MML < CCL by 1.4e-5: equal to four decimals
+    curves = pd.DataFrame(
+        [{"dataset": "toy", "metric": "ndcg@20", "loss": k, "num_negatives": 800, "mean": v} for k, v in means.items()]
+        + [
+            {"dataset": "toy", "metric": "recall@20", "loss": k, "num_negatives": 800, "mean": v}
+            for k, v in (("mml", 0.1869), ("ccl", 0.1852), ("bsl", 0.1855))
+        ]
+    )
+    line = at_800(curves)
+    assert "toy ndcg@20: MML 0.1501 ≈ CCL 0.1501, MML < BSL 0.1564" in line
+    assert "toy recall@20: MML 0.1869 ≥ CCL 0.1852, MML ≥ BSL 0.1855" in line
+    assert at_800(curves[curves["loss"] != "bsl"]) is None and at_800(curves.iloc[:0]) is None
+
+
 def test_experiment_files_expand_to_the_paper_grids():
     sys.path.insert(0, str(REPO / "scripts"))
     try:

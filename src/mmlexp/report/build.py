@@ -290,21 +290,30 @@ def _figure3(curves: pd.DataFrame, claims: pd.DataFrame, fdesc: str, opts: Optio
         claims_md(claims),
         "",
     ]
-    if len(curves):
-        at800 = curves[curves["num_negatives"] == 800].pivot_table(
-            index=["dataset", "metric"], columns="loss", values="mean"
-        )
-        if {"mml", "ccl", "bsl"} <= set(at800.columns) and len(at800):
-            md += [
-                "At 800 negatives (ours): "
-                + "; ".join(
-                    f"{d} {m}: MML {r['mml']:.4f} {'≥' if r['mml'] >= r['ccl'] else '<'} CCL {r['ccl']:.4f}, "
-                    f"MML {'<' if r['mml'] < r['bsl'] else '≥'} BSL {r['bsl']:.4f}"
-                    for (d, m), r in at800.iterrows()
-                ),
-                "",
-            ]
-    return md + verdicts
+    line = at_800(curves)
+    return md + ([line, ""] if line else []) + verdicts
+
+
+def at_800(curves: pd.DataFrame) -> str | None:
+    """The figure's points at 800 negatives, MML against CCL and BSL: each cell's mean over its seeds, ``≈`` where
+    two agree to the four decimals shown (the claim verdicts compare the cells on the seeds both ran); None without
+    all three."""
+    if not len(curves):
+        return None
+    at800 = curves[curves["num_negatives"] == 800].pivot_table(
+        index=["dataset", "metric"], columns="loss", values="mean"
+    )
+    if not ({"mml", "ccl", "bsl"} <= set(at800.columns) and len(at800)):
+        return None
+
+    def vs(a: float, b: float) -> str:
+        return "≈" if f"{a:.4f}" == f"{b:.4f}" else ("≥" if a >= b else "<")
+
+    return "At 800 negatives, the figure's points (each cell's mean over its seeds): " + "; ".join(
+        f"{d} {m}: MML {r['mml']:.4f} {vs(r['mml'], r['ccl'])} CCL {r['ccl']:.4f}, "
+        f"MML {vs(r['mml'], r['bsl'])} BSL {r['bsl']:.4f}"
+        for (d, m), r in at800.iterrows()
+    )
 
 
 def _paired(tests: pd.DataFrame, opts: Options, out: Path) -> list[str]:
