@@ -174,9 +174,14 @@ def _cell_name(cell: pd.DataFrame, dataset: str, side: tuple[str, int]) -> str:
     return cell_id(cell.iloc[0]) if len(cell) else f"{dataset}-{side[0]}-N{side[1]}"
 
 
+def _seed_means(cell: pd.DataFrame, seeds: list, metric: str) -> pd.Series:
+    """``metric`` of a cell per seed of ``seeds``, in their order (a seed's several runs averaged first)."""
+    return cell.groupby("seed")[metric].mean().loc[seeds]
+
+
 def _seed_level(a_runs: pd.DataFrame, b_runs: pd.DataFrame, seeds: list, metric: str) -> dict:
-    """``stats.seed_paired`` over the common seeds (a seed's several runs averaged first), as ``seed_*`` keys."""
-    x, y = (cell.groupby("seed")[metric].mean().loc[seeds].tolist() if seeds else [] for cell in (a_runs, b_runs))
+    """``stats.seed_paired`` over the common seeds (``_seed_means``), as ``seed_*`` keys."""
+    x, y = (_seed_means(cell, seeds, metric).tolist() if seeds else [] for cell in (a_runs, b_runs))
     test = seed_paired(x, y)
     return {f"seed_{k}": test[k] for k in ("mean_diff", "ci_low", "ci_high")} | {"seed_p": test["p"]}
 
@@ -247,7 +252,7 @@ def compare(
     if used:
         return {**row, **bootstrap_diff(x, y), "p_wilcoxon": wilcoxon_p(x, y), "evidence": PER_USER}
     if seeds:  # the point estimate on the runs it names: one cell's extra seed would move it by seed noise alone
-        mean_a, mean_b = (cell.groupby("seed")[metric].mean().loc[seeds].mean() for cell in (a_runs, b_runs))
+        mean_a, mean_b = (_seed_means(cell, seeds, metric).mean() for cell in (a_runs, b_runs))
     diff = mean_a - mean_b
     point = {"mean_a": mean_a, "mean_b": mean_b, "mean_diff": diff, "evidence": POINT}
     return {**row, **point, "rel_diff_pct": 100 * diff / mean_b if mean_b else math.nan}
