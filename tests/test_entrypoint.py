@@ -145,6 +145,28 @@ def test_an_interrupt_a_library_wrapped_still_marks_the_run_killed(make_cfg, mon
     assert run.interrupt_behind(other) is None and run.interrupt_behind(KeyboardInterrupt()) is not None
 
 
+def test_a_requeue_exit_a_library_wrapped_still_exits(make_cfg, monkeypatch, tmp_path):
+    """submitit's USR2 handler requeues a preempted job, then calls ``sys.exit(-1)``; landing inside numba's
+    dispatcher that ``SystemExit`` came out as a ``SystemError``, and the grid counted a failed point instead of
+    letting the job exit to be requeued (test_requeue failed so in CI). It leaves ``train`` as the exit it is."""
+    import mmlexp.run as run
+
+    def fit(*args, **kwargs):
+        try:
+            sys.exit(-1)
+        except SystemExit as err:
+            raise SystemError("CPUDispatcher(entries_by_row) returned a result with an exception set") from err
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(run, "fit", fit)
+    cfg = make_cfg("trainer.epochs=1", "tracking.save_checkpoint=false")
+    with pytest.raises(SystemExit) as caught:
+        run.train(cfg)
+    assert caught.value.code == -1 and isinstance(caught.value.__cause__, SystemError)
+    _, found = runs(tmp_path)
+    assert [r.info.status for r in found] == ["KILLED"]
+
+
 def test_an_interrupt_wrapped_during_set_up_leaves_as_an_interrupt(make_cfg, monkeypatch, tmp_path):
     """Before the run is tracked (data set-up runs numba kernels too) a wrapped interrupt still leaves ``train`` as a
     ``KeyboardInterrupt``, so a sweep stops instead of counting a failed point; other errors pass unchanged."""

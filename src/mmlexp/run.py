@@ -86,13 +86,15 @@ def sigterm_as_interrupt():
         signal.signal(signal.SIGTERM, previous)
 
 
-def interrupt_behind(err: BaseException) -> KeyboardInterrupt | None:
-    """The ``KeyboardInterrupt`` (Ctrl-C, or a SIGTERM through ``sigterm_as_interrupt``) that ``err`` wraps, if any:
-    a signal lands wherever Python is, and numba's dispatcher turns one raised inside it into a ``SystemError``."""
+def interrupt_behind(err: BaseException) -> KeyboardInterrupt | SystemExit | None:
+    """The interrupt that ``err`` wraps, if any: a ``KeyboardInterrupt`` (Ctrl-C, or a SIGTERM through
+    ``sigterm_as_interrupt``) or the ``SystemExit`` of submitit's USR2 handler (it requeues a preempted job, then
+    exits). A signal lands wherever Python is, and numba's dispatcher turns one raised inside it into a
+    ``SystemError``."""
     seen: set[int] = set()
     cause: BaseException | None = err
     while cause is not None and id(cause) not in seen:
-        if isinstance(cause, KeyboardInterrupt):
+        if isinstance(cause, KeyboardInterrupt | SystemExit):
             return cause
         seen.add(id(cause))
         cause = cause.__cause__ or cause.__context__
@@ -101,14 +103,15 @@ def interrupt_behind(err: BaseException) -> KeyboardInterrupt | None:
 
 @contextlib.contextmanager
 def interrupts_unwrapped():
-    """An interrupt a library wrapped (``interrupt_behind``) leaves as the ``KeyboardInterrupt`` it is, wherever in
-    the run it landed (data set-up too): a sweep then counts it as an interrupt, not as a failed point."""
+    """An interrupt a library wrapped (``interrupt_behind``) leaves as the ``KeyboardInterrupt`` or ``SystemExit``
+    it is, wherever in the run it landed (data set-up too): a sweep then counts it as an interrupt, not as a failed
+    point, and a preempted submitit job exits to be requeued."""
     try:
         yield
     except Exception as err:
         if (interrupt := interrupt_behind(err)) is None:
             raise
-        raise KeyboardInterrupt(*interrupt.args) from err
+        raise type(interrupt)(*interrupt.args) from err
 
 
 def load_data(cfg: DictConfig) -> InteractionData:
