@@ -3,6 +3,7 @@ the batch of its loss or experiment, in-batch negatives by their benchmarked cos
 negatives), SimpleX's history attention, and an early-stopping run by where the stop fires on the committed
 trajectory of the same run (else its cap, flagged). Values are recomputed here from the committed CSVs."""
 
+import dataclasses
 import math
 
 import numpy as np
@@ -103,6 +104,45 @@ def test_runs_measured_on_another_cpu_are_scaled_by_what_this_cpu_measured():
     assert scaled_bsl.train_s == pytest.approx(2.5 * bsl.train_s) and scaled_bsl.eval_s == pytest.approx(3 * bsl.eval_s)
     assert "x2.50 (eval x3.00) for this CPU" in scaled_bsl.basis and "(scaled to this CPU)" in scaled_bsl.basis
     assert "for this CPU" not in bsl.basis
+
+
+def test_a_dataset_measured_nowhere_here_takes_the_ratio_of_two_named_cpus_from_another_dataset():
+    """No Yelp2018 run has finished on this CPU, but Gowalla runs were made both here and on the Xeon its runs are
+    tagged with: the Xeon's Yelp2018 runs are scaled by here / Xeon measured on Gowalla; its untagged runs (made on
+    a machine nobody named) and another CPU's stay as they were."""
+    xeon, other = "Intel Xeon (family 6, model 207)", "AMD EPYC (family 23, model 1)"
+    go = [  # gowalla: N=200 and N=400 on the Xeon (two runs at 200), the same jobs here; N=50 only on the Xeon
+        est.Speed("gowalla", "mf", 200, 256, 4e-5, 2.0, 100, cpu=xeon),
+        est.Speed("gowalla", "mf", 200, 256, 6e-5, 2.2, 100, cpu=xeon),
+        est.Speed("gowalla", "mf", 400, 256, 8e-5, 2.1, 100, cpu=xeon),
+        est.Speed("gowalla", "mf", 50, 256, 3e-5, 1.9, 100, cpu=xeon),
+        est.Speed("gowalla", "mf", 200, 256, 3e-5, 1.4, 100, cpu=HERE),
+        est.Speed("gowalla", "mf", 400, 256, 4e-5, 1.6, 100, cpu=HERE),
+        est.Speed("gowalla", "mf", 400, 256, 9e-5, 9.9, 7, running=True, cpu=HERE),  # in flight: no measure
+    ]
+    yelp = [
+        est.Speed("yelp2018", "mf", 10, 512, 5e-5, 3.0, 100, cpu=xeon),
+        est.Speed("yelp2018", "mf", 100, 512, 7e-5, 3.1, 100),  # untagged
+        est.Speed("yelp2018", "mf", 800, 512, 9e-5, 3.2, 100, cpu=other),
+    ]
+    got = est.on_this_cpu([*go, *yelp], HERE)
+    # here / Xeon: 3e-5 / median(4e-5, 6e-5) = 0.6 and 4e-5 / 8e-5 = 0.5; evals against the Xeon's median eval 2.05
+    f, fe = float(np.median([0.6, 0.5])), float(np.median([1.4 / 2.05, 1.6 / 2.05]))
+    scaled = got[len(go)]
+    assert scaled.per_interaction == pytest.approx(f * 5e-5) and scaled.eval_s == pytest.approx(fe * 3.0)
+    assert (
+        scaled.scaled
+        == f"x{f:.2f} (eval x{fe:.2f}) for this CPU, {HERE}, from {xeon}: 2 run(s) of gowalla measured on both"
+    )
+    assert got[len(go) + 1 :] == yelp[1:]  # untagged, or a CPU with no run paired here: as measured
+    assert (
+        got[:4]
+        == [  # gowalla's own runs elsewhere take gowalla's factor, as before (here against any CPU)
+            dataclasses.replace(s, per_interaction=f * s.per_interaction, eval_s=fe * s.eval_s, scaled=got[0].scaled)
+            for s in go[:4]
+        ]
+    )
+    assert got[4 : len(go)] == go[4:] and got[0].scaled.endswith("2 run(s) of gowalla measured on it")
 
 
 def test_a_trajectory_made_on_this_cpu_is_preferred_and_its_replay_is_exact():

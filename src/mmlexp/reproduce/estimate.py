@@ -23,8 +23,9 @@ eval comes from the same dataset, else another one's scaled by users x items. Ea
 
 Runs measured on another CPU (the ``cpu`` tag; committed runs made before the tag count as another) are first
 brought to this one by ``on_this_cpu``, dataset by dataset: their costs times the median ratio of the runs of that
-dataset finished here to the same jobs measured elsewhere. Without such a run the dataset's estimate stays at the
-speed it was measured at, and the status's pace line says how far the running run is from it.
+dataset finished here to the same jobs measured elsewhere. Without such a run, a dataset's runs tagged with a CPU
+that another dataset's runs pair with this one are scaled by that pair's ratio; the rest stay at the speed they were
+measured at, and the status's pace line says how far the running run is from it.
 """
 
 import dataclasses
@@ -303,36 +304,81 @@ def _key(s: Speed) -> tuple:
     return s.dataset, s.encoder, s.sampler, s.negatives, s.batch
 
 
+@dataclass(frozen=True)
+class CpuFactor:
+    """Seconds here / seconds elsewhere, per interaction (``train``) and per evaluation (``eval``): medians over
+    ``runs`` runs finished here that have a counterpart elsewhere, in ``datasets``."""
+
+    train: float
+    eval: float
+    runs: int
+    datasets: tuple[str, ...]
+
+
+def _ratios(here: list[Speed], elsewhere: list[Speed]) -> tuple[list[float], list[float]]:
+    """One dataset's runs finished here, each against the median of the same job (encoder, sampler, negatives,
+    batch) measured elsewhere, and its evaluation against the median of every evaluation elsewhere."""
+    evals = [o.eval_s for o in elsewhere if not math.isnan(o.eval_s)]
+    ratios, eval_ratios = [], []
+    for s in here:
+        if same := [o.per_interaction for o in elsewhere if _key(o) == _key(s)]:
+            ratios.append(s.per_interaction / statistics.median(same))
+            eval_ratios += [s.eval_s / statistics.median(evals)] if evals and not math.isnan(s.eval_s) else []
+    return ratios, eval_ratios
+
+
+def _cpu_factor(here: list[Speed], elsewhere: list[Speed]) -> CpuFactor | None:
+    """The median ratios (``_ratios``) over the datasets of ``here``; None where no run has a counterpart."""
+    ratios: list[float] = []
+    eval_ratios: list[float] = []
+    datasets: list[str] = []
+    for dataset in dict.fromkeys(s.dataset for s in here):
+        r, e = _ratios([s for s in here if s.dataset == dataset], [s for s in elsewhere if s.dataset == dataset])
+        ratios, eval_ratios, datasets = ratios + r, eval_ratios + e, datasets + ([dataset] if r else [])
+    if not ratios:
+        return None
+    f = statistics.median(ratios)
+    return CpuFactor(f, statistics.median(eval_ratios) if eval_ratios else f, len(ratios), tuple(datasets))
+
+
 def on_this_cpu(speeds: list[Speed], cpu: str) -> list[Speed]:
     """The speeds as this CPU (``cpu``: ``devices.cpu_name()``) would measure them. Runs measured here stand as they
     are. Per dataset, the other runs' seconds per interaction are multiplied by f, the median over that dataset's
     runs finished here of (here / elsewhere) for the same job (encoder, sampler, negatives, batch), and their eval
     seconds by the same median of the evaluations' ratio. Per dataset, because the runs without a ``cpu`` tag (made
     before it) were made in series, one dataset at a time, not all on one machine: a factor measured on one
-    dataset's runs says nothing of another's. Each scaled speed says so (``scaled``), and so does every estimate
-    resting on one. A dataset with no finished run here that has a counterpart elsewhere is left as it is."""
-    out = list(speeds)
-    for dataset in dict.fromkeys(s.dataset for s in speeds):
-        here = [s for s in speeds if cpu and s.cpu == cpu and not s.running and s.dataset == dataset]
-        elsewhere = [s for s in speeds if s.cpu != cpu and s.dataset == dataset]
-        evals = [o.eval_s for o in elsewhere if not math.isnan(o.eval_s)]  # one evaluation per dataset
-        ratios, eval_ratios = [], []
-        for s in here:
-            same = [o.per_interaction for o in elsewhere if _key(o) == _key(s)]
-            ratios += [s.per_interaction / statistics.median(same)] if same else []
-            eval_ratios += [s.eval_s / statistics.median(evals)] if evals and not math.isnan(s.eval_s) else []
-        if not ratios:
-            continue
-        f = statistics.median(ratios)
-        fe = statistics.median(eval_ratios) if eval_ratios else f
-        note = f"x{f:.2f} (eval x{fe:.2f}) for this CPU, {cpu}: {len(ratios)} run(s) of {dataset} measured on it"
-        out = [
-            dataclasses.replace(s, per_interaction=s.per_interaction * f, eval_s=s.eval_s * fe, scaled=note)
-            if s.dataset == dataset and s.cpu != cpu
-            else s
-            for s in out
-        ]
-    return out
+    dataset's runs says nothing of another's. A dataset with no finished run here that has a counterpart takes,
+    for its runs tagged with another CPU X, the ratio of here to X measured on the other datasets' runs made on
+    both: the ratio of two named CPUs is the machines', whatever the data. Its untagged runs stay as they are.
+    Each scaled speed says so (``scaled``), and so does every estimate resting on one."""
+    here = [s for s in speeds if cpu and s.cpu == cpu and not s.running]
+    elsewhere = [s for s in speeds if s.cpu != cpu]
+    by_dataset = {
+        d: f
+        for d in dict.fromkeys(s.dataset for s in speeds)
+        if (f := _cpu_factor([s for s in here if s.dataset == d], elsewhere))
+    }
+    by_cpu = {
+        x: f
+        for x in dict.fromkeys(s.cpu for s in elsewhere if s.cpu)
+        if (f := _cpu_factor(here, [s for s in elsewhere if s.cpu == x]))
+    }
+
+    def scaled(s: Speed) -> Speed:
+        if s.cpu == cpu:
+            return s
+        if f := by_dataset.get(s.dataset):
+            how = f"{cpu}: {f.runs} run(s) of {s.dataset} measured on it"
+        elif f := by_cpu.get(s.cpu):
+            how = f"{cpu}, from {s.cpu}: {f.runs} run(s) of {' and '.join(f.datasets)} measured on both"
+        else:
+            return s
+        note = f"x{f.train:.2f} (eval x{f.eval:.2f}) for this CPU, {how}"
+        return dataclasses.replace(
+            s, per_interaction=s.per_interaction * f.train, eval_s=s.eval_s * f.eval, scaled=note
+        )
+
+    return [scaled(s) for s in speeds]
 
 
 def store_speeds(stores: Stores, experiment: str) -> list[Speed]:
