@@ -185,6 +185,15 @@ def test_verdicts_on_synthetic_per_user_files(tmp_path):
     assert f"per-user test over {USERS} test users, 1 seed (1): mean difference +0.05" in md and "Holm p = " in md
     assert "[mml10s10](users/toy-mf-mml-N10-paper-seed1.csv.gz)" in md and "its 12 tests" in md
     assert "MML < BSL at 800 negatives: **NOT RESOLVED**" in md
+    # a tested "≥" / "<" line gives the per-user relative difference the README reads, beside the cells' means
+    mml, ccl = (
+        pd.read_csv(tmp_path / f"users/toy-mf-{x}-N800-paper-seed1.csv.gz")["recall@20"] for x in ("mml", "ccl")
+    )
+    rel = 100 * (mml - ccl).mean() / ccl.mean()
+    at_800 = next(line for line in md.splitlines() if line.startswith("* toy recall@20: MML ≥ CCL at 800"))
+    assert f"(each cell over its seeds {mml.mean():.4f} vs {ccl.mean():.4f}, difference " in at_800
+    assert f"; per user, seed 1: {rel:+.1f}% [95% CI " in at_800
+    assert rec.loc["MML ≥ CCL at 800 negatives", "rel_diff_pct"] == pytest.approx(rel)
     assert not [line for line in md.splitlines() if line.startswith("* ") and "NOT tested" in line]
     # a loss that keeps rising from 100 to 800 (+10%) does not level off
     up = runs.copy()

@@ -199,13 +199,16 @@ def _disagreement(row) -> str:
 def pair_line(row) -> str:
     """A claim between two losses: ``MML beats CCL at 10 negatives (paper +13.0%)``, ``MML ≥ CCL at 800 …``."""
     tested = row.evidence == evidence.PER_USER
+    ci = f" [95% CI {row.rel_ci_low:+.1f}%, {row.rel_ci_high:+.1f}%]" if tested else ""
     if row.expect == ">":
-        ci = f" [95% CI {row.rel_ci_low:+.1f}%, {row.rel_ci_high:+.1f}%]" if tested else ""
         numbers = f", ours {row.rel_diff_pct:+.1f}%{ci}"
-    else:
+    else:  # the cells' means; where tested, the per-user relative difference the verdict (and the README) reads
+        seeds = str(row.user_seeds).split()
+        per_user = f"; per user, seed{'s' if len(seeds) > 1 else ''} {', '.join(seeds)}: {row.rel_diff_pct:+.1f}%{ci}"
         numbers = (
-            f" ({row.mean_a:.4f} vs {row.mean_b:.4f}, difference {row.mean_a - row.mean_b:+.6f}, "
-            f"{100 * (row.mean_a - row.mean_b) / row.mean_b:+.2f}%)"
+            f" ({'each cell over its seeds ' if tested else ''}{row.mean_a:.4f} vs {row.mean_b:.4f}, difference "
+            f"{row.mean_a - row.mean_b:+.6f}, {100 * (row.mean_a - row.mean_b) / row.mean_b:+.2f}%"
+            f"{per_user if tested else ''})"
         )
     tail = _tested(row) if tested else _untested(row)
     return f"{row.dataset} {row.metric}: {row.claim}: **{row.verdict}**{numbers}{tail}"
