@@ -203,12 +203,14 @@ def pair_line(row) -> str:
     if row.expect == ">":
         numbers = f", ours {row.rel_diff_pct:+.1f}%{ci}"
     else:  # the cells' means; where tested, the per-user relative difference the verdict (and the README) reads
+        a, b = row.mean_a, row.mean_b
+        means = f"{a:.4f} vs {b:.4f}, difference {a - b:+.6f}, {100 * (a - b) / b:+.2f}%"
         seeds = str(row.user_seeds).split()
-        per_user = f"; per user, seed{'s' if len(seeds) > 1 else ''} {', '.join(seeds)}: {row.rel_diff_pct:+.1f}%{ci}"
+        on = f"seed{'s' if len(seeds) > 1 else ''} {', '.join(seeds)}"
         numbers = (
-            f" ({'each cell over its seeds ' if tested else ''}{row.mean_a:.4f} vs {row.mean_b:.4f}, difference "
-            f"{row.mean_a - row.mean_b:+.6f}, {100 * (row.mean_a - row.mean_b) / row.mean_b:+.2f}%"
-            f"{per_user if tested else ''})"
+            f" (each cell over its seeds {means}; per user, {on}: {row.rel_diff_pct:+.1f}%{ci})"
+            if tested
+            else f" ({means})"
         )
     tail = _tested(row) if tested else _untested(row)
     return f"{row.dataset} {row.metric}: {row.claim}: **{row.verdict}**{numbers}{tail}"
