@@ -130,6 +130,12 @@ def test_readme_claims_say_which_verdicts_are_untested(tmp_path):
     claims = pd.read_csv(path)
     claims.loc[claims.index[0], "evidence"] = "point estimate"  # in the commit: MML beats CCL at 10, tested
     claims.to_csv(path, index=False)
+    yelp_path = results / "yelp2018" / "claims.csv"  # a second planted one, in the other dataset's column
+    yelp_claims = pd.read_csv(yelp_path)
+    planted = (yelp_claims["claim"] == "MML < BSL at 800 negatives") & (yelp_claims["metric"] == "ndcg@20")
+    assert planted.sum() == 1
+    yelp_claims.loc[planted, "evidence"] = "point estimate"
+    yelp_claims.to_csv(yelp_path, index=False)
     table = docs_results.compact_claims(results, "x").splitlines()
     first = next(line for line in table if line.startswith(f"| {claims['claim'].iloc[0].split(' (paper')[0]} |"))
     gowalla, yelp = first.split(" | ")[3:5]
@@ -138,7 +144,9 @@ def test_readme_claims_say_which_verdicts_are_untested(tmp_path):
     for dataset in overview.DATASETS:
         rows = pd.read_csv(results / dataset / "claims.csv").set_index(["claim", "metric"])["evidence"]
         untested += sum(rows.get(key) == "point estimate" for key in overview.paper_claims(dataset))
-    assert sum(line.count("not tested") for line in table) == untested > 1
+    assert sum(line.count("not tested") for line in table) == untested >= 2  # the planted two, and any committed
+    second = next(line for line in table if line.startswith("| MML < BSL at 800 negatives | ndcg@20 |"))
+    assert second.split(" | ")[4].endswith("; point estimate, not tested) |")
 
 
 def test_configuration_reference_lists_every_group_option_and_key(site):
