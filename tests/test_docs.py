@@ -120,24 +120,27 @@ def test_results_pages_follow_the_csvs(tmp_path):
     assert "No Figure 3 for Yelp2018 yet" in docs_results.pages(results)["results/yelp2018/index.md"]
 
 
+def _plant_point_estimate(path, claim=None, metric=None):
+    """Mark one claims.csv row untested (the first, or the one with this claim and metric); return its claim."""
+    claims = pd.read_csv(path)
+    chosen = (claims["claim"] == claim) & (claims["metric"] == metric)
+    rows = claims.index[:1] if claim is None else claims.index[chosen]
+    assert len(rows) == 1, (path, claim, metric)
+    claims.loc[rows, "evidence"] = "point estimate"
+    claims.to_csv(path, index=False)
+    return claims.loc[rows[0], "claim"]
+
+
 def test_readme_claims_say_which_verdicts_are_untested(tmp_path):
     """A verdict from two means (no per-user file behind it) says so in the README's table; a tested one does not."""
     docs_results = scripts_module("docs_results")
     overview = importlib.import_module("mmlexp.report.overview")
     results = tmp_path / "results"
     shutil.copytree(REPO / "results", results)
-    path = results / "gowalla" / "claims.csv"
-    claims = pd.read_csv(path)
-    claims.loc[claims.index[0], "evidence"] = "point estimate"  # in the commit: MML beats CCL at 10, tested
-    claims.to_csv(path, index=False)
-    yelp_path = results / "yelp2018" / "claims.csv"  # a second planted one, in the other dataset's column
-    yelp_claims = pd.read_csv(yelp_path)
-    planted = (yelp_claims["claim"] == "MML < BSL at 800 negatives") & (yelp_claims["metric"] == "ndcg@20")
-    assert planted.sum() == 1
-    yelp_claims.loc[planted, "evidence"] = "point estimate"
-    yelp_claims.to_csv(yelp_path, index=False)
+    first_claim = _plant_point_estimate(results / "gowalla" / "claims.csv")  # in the commit: tested
+    _plant_point_estimate(results / "yelp2018" / "claims.csv", "MML < BSL at 800 negatives", "ndcg@20")
     table = docs_results.compact_claims(results, "x").splitlines()
-    first = next(line for line in table if line.startswith(f"| {claims['claim'].iloc[0].split(' (paper')[0]} |"))
+    first = next(line for line in table if line.startswith(f"| {first_claim.split(' (paper')[0]} |"))
     gowalla, yelp = first.split(" | ")[3:5]
     assert gowalla.endswith("; point estimate, not tested)") and "not tested" not in yelp
     untested = 0  # the paper's claims (both datasets) whose claims.csv row is a point estimate
