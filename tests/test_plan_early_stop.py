@@ -86,6 +86,35 @@ def test_an_early_stopping_row_is_done_for_its_patience_only(tmp_path):
     assert states == {("ccl", None): PENDING, ("mml", None): DONE, ("ccl", 3): DONE, ("mml", 3): PENDING}
 
 
+def test_a_committed_run_is_done_for_its_own_experiment_only(tmp_path):
+    """A plan of checks (its own MLflow experiment) reruns a committed cell with other settings: not done by it."""
+    (tmp_path / "gowalla").mkdir()
+    row = {
+        "experiment": "reproduce",
+        "dataset": "gowalla",
+        "encoder": "simplex",
+        "loss": "ccl",
+        "num_negatives": 100,
+        "selection": "paper",
+        "seed": 1,
+        "epochs": 100,
+        "early_stop": "N",
+        "patience": None,
+        "max_steps": None,
+    }
+    pd.DataFrame([row]).to_csv(tmp_path / "gowalla" / "runs.csv", index=False)
+    assert set(committed_runs(tmp_path, "gowalla", "reproduce-checks")) == set()
+    assert (
+        set(committed_runs(tmp_path, "gowalla", "reproduce"))
+        == set(committed_runs(tmp_path, "gowalla"))
+        == {("gowalla", "simplex", "ccl", 100, "paper", 1, 100)}
+    )
+    step = "steps:\n  - {encoder: simplex, loss: ccl, negatives: 100}\n"
+    for experiment, state in (("reproduce", DONE), ("reproduce-checks", PENDING)):
+        plan = load_plan(write(tmp_path, f"dataset: gowalla\nexperiment: {experiment}\n{step}"))
+        assert [s.state for s in plan_state(plan, Stores(tmp_path / "none"), tmp_path)] == [state]
+
+
 def test_committed_rows_keep_their_keys():
     df = pd.read_csv(RESULTS / "gowalla" / "runs.csv")
     # the seven cell columns; an early-stopping run adds its patience, so it is told apart from the full run

@@ -4,8 +4,8 @@ A dataset's plan orders its own runs; the queue interleaves the plans. It is a m
 of entries ``{plan, steps, why}``, each the runs of ``plan``'s ``steps`` in the order given (as ``--steps`` picks
 them; no ``steps``: the whole plan in its own order). ``python -m mmlexp.reproduce run queue`` runs every missing run
 of every entry, one at a time, in the queue's order; ``status queue`` prices them all. A run that two entries name
-runs once, at its first place. Restarting the queue after a stop, or on another machine with the same stores, is
-that one command.
+(one cell, seed and experiment) runs once, at its first place. Restarting the queue after a stop, or on another
+machine with the same stores, is that one command.
 """
 
 from dataclasses import replace
@@ -52,8 +52,8 @@ def parse_queue(raw: dict[str, Any], path: Path) -> list[Plan]:
     for i, entry in enumerate(entries, start=1):
         where = f"queue {path}, entry {i}"
         plan = _entry_plan(entry, path.parent, where)
-        runs = tuple(r for r in plan.runs if r.key not in seen)
-        seen.update(r.key for r in runs)
+        runs = tuple(r for r in plan.runs if (plan.experiment, r.key) not in seen)
+        seen.update((plan.experiment, r.key) for r in runs)
         if runs:
             plans.append(replace(plan, runs=runs, why=str(entry.get("why", ""))))
     return plans

@@ -1,8 +1,9 @@
 """Which runs of a plan are done, running or still to run.
 
-Done: a row of the committed ``results/<dataset>/runs.csv`` (so a fresh machine, whose stores are empty, does not
-redo what is committed) or a FINISHED run in the store. Running: a RUNNING run in the store, with the epochs it has
-logged and its recent pace. Everything else is pending (an interrupted run resumes from its checkpoint when run).
+Done: a row of the committed ``results/<dataset>/runs.csv`` of the plan's experiment (so a fresh machine, whose stores
+are empty, does not redo what is committed) or a FINISHED run of it in the store. Running: a RUNNING run in the store,
+with the epochs it has logged and its recent pace. Everything else is pending (an interrupted run resumes from its
+checkpoint when run).
 """
 
 import math
@@ -40,13 +41,16 @@ def row_key(row) -> tuple:
     return key
 
 
-def committed_runs(results_root: Path, dataset: str) -> dict[tuple, str]:
+def committed_runs(results_root: Path, dataset: str, experiment: str | None = None) -> dict[tuple, str]:
     """Keys of the runs committed in ``results/<dataset>/runs.csv`` (full runs only: no max_steps; an early-stopping
-    run counts with its patience)."""
+    run counts with its patience), of ``experiment`` only where given (a plan of checks, tracked apart, is not done
+    by the paper plan's run of the same cell)."""
     path = results_root / dataset / "runs.csv"
     if not path.is_file():
         return {}
     df = pd.read_csv(path)
+    if experiment is not None and "experiment" in df:
+        df = df[df["experiment"] == experiment]
     full = df[df["max_steps"].isna()] if "max_steps" in df else df
     return {row_key(r): "committed" for _, r in full.iterrows()}
 
@@ -80,7 +84,7 @@ def progress(stores: Stores, run_id: str) -> tuple[int, float]:
 
 def plan_state(plan: Plan, stores: Stores, results_root: Path) -> list[RunState]:
     """Every run of the plan with its state, in the plan's order."""
-    done = committed_runs(results_root, plan.dataset)
+    done = committed_runs(results_root, plan.dataset, plan.experiment)
     finished = store_runs(stores, plan.experiment, "FINISHED")
     for _, r in finished.iterrows():
         done.setdefault(row_key(r), str(r["run_id"]))
