@@ -332,6 +332,30 @@ def test_early_stopping_replayed_on_a_full_run_keeps_the_best_epoch_before_it_st
     assert pd.read_csv(tmp_path / seed_systems.REPLAY_CSV)["run_id"].tolist() == ["c", "c", "m", "m"]
 
 
+def test_early_stopping_is_replayed_on_the_metric_the_run_monitored(tmp_path):
+    # SimpleX_gowalla_m1 monitors NDCG@20: its NDCG peaks at epoch 3 and falls for 3 epochs (stop after 6, keep 3),
+    # while its Recall@20 still rises (a Recall@20 replay would never stop and keep epoch 6).
+    runs = pd.DataFrame([
+        {"run_id": "s", "dataset": "gowalla", "encoder": "simplex", "loss": "ccl", "num_negatives": 100,
+         "early_stop": "N", "selection": "paper", "seed": 1, "best_epoch": 3,
+         "overrides": "encoder=simplex loss=ccl trainer.monitor=ndcg@20 eval.longtail.groups=10"},
+        {"run_id": "m", "dataset": "gowalla", "encoder": "mf", "loss": "ccl", "num_negatives": 100,
+         "early_stop": "N", "selection": "paper", "seed": 1, "best_epoch": 6, "overrides": "loss=ccl"},
+    ])  # fmt: skip
+    recall, ndcg = [0.10, 0.20, 0.30, 0.31, 0.32, 0.33], [0.10, 0.20, 0.30, 0.29, 0.28, 0.27]
+    history = pd.concat(
+        pd.DataFrame({"run_id": r, "epoch": range(1, 7), "recall@20": recall, "ndcg@20": ndcg}) for r in ("s", "m")
+    )
+    assert [seed_systems.run_monitor(r) for r in runs.itertuples()] == ["ndcg@20", "recall@20"]
+    replays = seed_systems.early_stop_replays(runs, history).set_index(["run_id", "metric"])
+    s, m = replays.loc[("s", "ndcg@20")], replays.loc[("m", "recall@20")]
+    assert (s["monitor"], s["stop_epoch"], s["kept_epoch"], s["diff_pct"]) == ("ndcg@20", 6, 3, 0.0)
+    assert (m["monitor"], m["stop_epoch"], m["kept_epoch"], m["diff_pct"]) == ("recall@20", 6, 6, 0.0)
+    md = "\n".join(seed_systems.replay_section(runs, history, tmp_path))
+    assert "seed 1 (s): stops after epoch 6 (on NDCG@20) and keeps epoch 3, where the full run kept epoch 3" in md
+    assert "seed 1 (m): stops after epoch 6 and keeps epoch 6" in md
+
+
 # ------------------------------------------------------------------------------------------- committed results
 
 COMMITTED = sorted(p.parent for p in (REPO / "results").glob("*/runs.csv"))

@@ -40,7 +40,7 @@ SYSTEM_KEYS = ("dataset", "encoder", "loss", "early_stop")
 COLUMNS = (*evidence.COLUMNS, "paper_a", "paper_b", "paper_rel_pct", "missing")  # systems_claims.csv
 PATIENCE = 3  # the author's notebooks: early stop after 3 evaluations without a better Recall@20
 REPLAY_CSV = "early_stop_replays.csv"
-REPLAY_COLUMNS = ("dataset", "encoder", "loss", "seed", "run_id", "patience", "stop_epoch", "kept_epoch",
+REPLAY_COLUMNS = ("dataset", "encoder", "loss", "seed", "run_id", "monitor", "patience", "stop_epoch", "kept_epoch",
                   "full_epoch", "metric", "replayed", "full", "diff_pct")  # fmt: skip
 TAIL_COLUMNS = (*SYSTEM_KEYS, "system", "groups", "group", "mean", "n", "native_groups", "seeds", "run_ids")
 
@@ -239,28 +239,40 @@ def claims_section(tests: pd.DataFrame, method: list[str]) -> list[str]:
     ]
 
 
+def run_monitor(run) -> str:
+    """The metric a run's trainer monitored: its ``trainer.monitor=`` override (``runs.csv``'s overrides), else the
+    default (``selection.MONITOR``, conf/trainer/default.yaml); SimpleX_gowalla_m1 monitors NDCG@20."""
+    overrides = getattr(run, "overrides", None)
+    words = overrides.split() if isinstance(overrides, str) else []
+    named = [w.split("=", 1)[1] for w in words if w.startswith("trainer.monitor=")]
+    return named[-1] if named else selection.MONITOR
+
+
 def early_stop_replays(runs: pd.DataFrame, history: pd.DataFrame, patience: int = PATIENCE) -> pd.DataFrame:
     """Early stopping replayed on each full run of a Table 2 row (100 negatives, no early stop, selection
     ``paper``) with a per-epoch test curve: the epoch after which ``patience`` evaluations without a better
-    Recall@20 stop it (``selection.stop_epoch``, the trainer's rule), the epoch it then keeps (the first best
-    Recall@20 up to there) and each metric there, beside the run's own ``best_epoch`` (``REPLAY_COLUMNS``). Both
-    numbers come from the same weights' trajectory, so their difference is early stopping's alone."""
+    value of the run's monitor (``run_monitor``: Recall@20 unless it set another) stop it (``selection.stop_epoch``,
+    the trainer's rule), the epoch it then keeps (the first best of the monitor up to there) and each metric
+    there, beside the run's own ``best_epoch`` (``REPLAY_COLUMNS``). Both numbers come from the same weights'
+    trajectory, so their difference is early stopping's alone."""
     rows = []
     for encoder, loss in ES_ROWS:
         for dataset in dict.fromkeys(runs["dataset"]):
             full = cell_runs(runs, dataset, (encoder, loss, TABLE2_NEGATIVES, "N"))
             for run in full.itertuples():
                 curve = history[history["run_id"] == run.run_id].sort_values("epoch").set_index("epoch")
-                if curve.empty or pd.isna(run.best_epoch) or run.best_epoch not in curve.index:
+                monitor = run_monitor(run)
+                if curve.empty or pd.isna(run.best_epoch) or run.best_epoch not in curve.index or monitor not in curve:
                     continue
-                stop = selection.stop_epoch(curve[selection.MONITOR], patience) or int(curve.index.max())
-                kept = int(curve.loc[:stop, selection.MONITOR].idxmax())
+                stop = selection.stop_epoch(curve[monitor], patience) or int(curve.index.max())
+                kept = int(curve.loc[:stop, monitor].idxmax())
                 for metric in METRICS:
                     replayed, ours = float(curve.at[kept, metric]), float(curve.at[run.best_epoch, metric])
                     rows.append({"dataset": dataset, "encoder": encoder, "loss": loss, "seed": int(run.seed),
-                                 "run_id": run.run_id, "patience": patience, "stop_epoch": stop, "kept_epoch": kept,
-                                 "full_epoch": int(run.best_epoch), "metric": metric, "replayed": replayed,
-                                 "full": ours, "diff_pct": 100 * (replayed - ours) / ours})  # fmt: skip
+                                 "run_id": run.run_id, "monitor": monitor, "patience": patience, "stop_epoch": stop,
+                                 "kept_epoch": kept, "full_epoch": int(run.best_epoch), "metric": metric,
+                                 "replayed": replayed, "full": ours,
+                                 "diff_pct": 100 * (replayed - ours) / ours})  # fmt: skip
     return pd.DataFrame(rows, columns=list(REPLAY_COLUMNS))
 
 
@@ -275,6 +287,7 @@ def replay_section(runs: pd.DataFrame, history: pd.DataFrame, out: Path) -> list
         ["dataset", "encoder", "loss", "seed", "run_id"], sort=False
     ):
         r = group.iloc[0]
+        on = "" if r.monitor == selection.MONITOR else f" (on {figures.METRIC_LABELS.get(r.monitor, r.monitor)})"
         gaps = ", ".join(
             f"{figures.METRIC_LABELS.get(g.metric, g.metric)} {g.replayed:.4f} against {g.full:.4f} "
             f"({g.diff_pct:+.1f}%)"
@@ -282,15 +295,15 @@ def replay_section(runs: pd.DataFrame, history: pd.DataFrame, out: Path) -> list
         )
         lines.append(
             f"* {dataset} {figures.system_label(encoder, loss)}, seed {seed} ({_links(run_id, runs)}): stops after "
-            f"epoch {r.stop_epoch} and keeps epoch {r.kept_epoch}, where the full run kept epoch {r.full_epoch}: "
+            f"epoch {r.stop_epoch}{on} and keeps epoch {r.kept_epoch}, where the full run kept epoch {r.full_epoch}: "
             f"{gaps}."
         )
     return [
-        f"Early stopping replayed on each full run's test curve (patience {PATIENCE} on Recall@20, the trainer's "
-        "rule): the same trajectory stopped early, so the difference is early stopping's alone, with no seed or "
-        "CPU between the two numbers. A run trained with early stopping follows a trajectory of its own (another "
-        "seed, or the same seed on another CPU capability) and can stop at a very different epoch on a curve this "
-        f"flat. [{REPLAY_CSV}]({REPLAY_CSV}):",
+        f"Early stopping replayed on each full run's test curve (patience {PATIENCE} on the metric the run "
+        "monitored, Recall@20 unless the line names another: the trainer's rule): the same trajectory stopped early, "
+        "so the difference is early stopping's alone, with no seed or CPU between the two numbers. A run trained "
+        "with early stopping follows a trajectory of its own (another seed, or the same seed on another CPU "
+        f"capability) and can stop at a very different epoch on a curve this flat. [{REPLAY_CSV}]({REPLAY_CSV}):",
         "",
         *lines,
         "",
