@@ -24,10 +24,12 @@ def test_gowalla_plan_finds_the_committed_runs_done(tmp_path):
     committed = pd.read_csv(RESULTS / "gowalla" / "runs.csv")
     states = plan_state(plan, Stores(tmp_path / "no-store"), RESULTS)
     done = {
-        (s.run.loss, s.run.negatives, s.run.selection, s.run.seed, s.run.patience) for s in states if s.state == DONE
+        (s.run.encoder, s.run.loss, s.run.negatives, s.run.selection, s.run.seed, s.run.patience)
+        for s in states
+        if s.state == DONE
     }
     expected = {
-        (r.loss, r.num_negatives, r.selection, r.seed, int(r.patience) if r.early_stop == "Y" else None)
+        (r.encoder, r.loss, r.num_negatives, r.selection, r.seed, int(r.patience) if r.early_stop == "Y" else None)
         for r in committed.itertuples()
     }
     assert done == expected and len(done) == len(committed)  # every committed run (one row a run) is found done
