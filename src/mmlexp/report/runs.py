@@ -48,6 +48,14 @@ def metric_name(mlflow_key: str) -> str:
     return name.replace("_at_", "@")
 
 
+def override_value(overrides, key: str) -> str | None:
+    """The value ``key=`` takes in a run's overrides (``runs.csv``'s space-separated column), None where unset."""
+    for token in str(overrides or "").split():
+        if token.startswith(f"{key}="):
+            return token.split("=", 1)[1]
+    return None
+
+
 def client_for(tracking_uri: str):
     """An ``MlflowClient`` on an existing store (a missing SQLite file is an error, never created)."""
     from mlflow.tracking import MlflowClient

@@ -26,6 +26,7 @@ from matplotlib.figure import Figure
 
 from mmlexp.report import evidence, figures, selection
 from mmlexp.report.export import EPOCHS_COLUMN, cell_id
+from mmlexp.report.runs import override_value
 from mmlexp.report.stats import METRICS
 from mmlexp.report.status import THRESHOLD_PCT, pair_line
 from mmlexp.report.tables import DASH, TITLES, md_table, paper_numbers
@@ -242,10 +243,7 @@ def claims_section(tests: pd.DataFrame, method: list[str]) -> list[str]:
 def run_monitor(run) -> str:
     """The metric a run's trainer monitored: its ``trainer.monitor=`` override (``runs.csv``'s overrides), else the
     default (``selection.MONITOR``, conf/trainer/default.yaml); SimpleX_gowalla_m1 monitors NDCG@20."""
-    overrides = getattr(run, "overrides", None)
-    words = overrides.split() if isinstance(overrides, str) else []
-    named = [w.split("=", 1)[1] for w in words if w.startswith("trainer.monitor=")]
-    return named[-1] if named else selection.MONITOR
+    return override_value(getattr(run, "overrides", None), "trainer.monitor") or selection.MONITOR
 
 
 def early_stop_replays(runs: pd.DataFrame, history: pd.DataFrame, patience: int = PATIENCE) -> pd.DataFrame:

@@ -40,6 +40,7 @@ import numpy as np
 import pandas as pd
 from omegaconf import OmegaConf
 
+from mmlexp.report.runs import override_value
 from mmlexp.report.selection import stop_epoch
 from mmlexp.reproduce.plan import PlanError, Run
 from mmlexp.reproduce.state import PENDING, RUNNING, RunState
@@ -225,10 +226,8 @@ def _committed_batch(epochs: pd.DataFrame, overrides, dataset: str) -> int:
         rows = (epochs["interactions_per_s"] * epochs["epoch_time_s"]).median()
         if steps > 0 and rows > 0:
             return implied_batch(rows, int(round(steps)))
-    for tok in str(overrides or "").split():
-        if tok.startswith("trainer.batch_size="):
-            return int(tok.split("=", 1)[1])
-    return default_batch(dataset)
+    named = override_value(overrides, "trainer.batch_size")
+    return int(named) if named is not None else default_batch(dataset)
 
 
 def _committed(results_root: Path) -> Iterable[tuple[pd.Series, pd.DataFrame]]:
