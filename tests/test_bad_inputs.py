@@ -21,6 +21,7 @@ from mmlexp.reproduce.plan import plan_path, read_mapping
 
 WHERE = ("config", "data", "plan", "store")
 GOWALLA_STEPS = len(read_mapping(plan_path("gowalla"))["steps"])  # the shipped plan's, named by a refusal
+SHIPPED_PLANS = ", ".join(sorted(p.stem for p in plan_path("gowalla").parent.glob("*.yaml")))  # listed by a refusal
 READ_ONLY = "/proc/sys/mmlexp-test"  # a folder nobody may create, root included (a read-only mount)
 MML_SEARCH = ("-m", "hparams_search=mml_optuna", "hydra.sweeper.n_trials=2")
 
@@ -387,7 +388,7 @@ PLANS = [
         "unknown-plan",
         "plan",
         ("status", "nosuchplan"),
-        "plan 'nosuchplan': no such plan; available: gowalla, queue, quick, yelp2018",
+        f"plan 'nosuchplan': no such plan; available: {SHIPPED_PLANS}",
         command="reproduce",
     ),
     plan_case("plan-not-yaml", "dataset: [sample\n", "plan {tmp}/in/plan.yaml: not valid YAML"),
