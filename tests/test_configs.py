@@ -51,6 +51,8 @@ def test_every_encoder_instantiates(make_cfg, encoder):
 def test_simplex_paper_settings_are_picked_by_dataset(make_cfg):
     cfg = make_cfg("encoder=simplex", "dataset=gowalla")
     assert cfg.encoder.aggregator == "user_attention" and cfg.encoder.gamma == 0.8 and cfg.trainer.l2 == 1e-7
+    assert cfg.encoder.pad_in_softmax_quirk is True  # the reference's softmax, as SimpleX_gowalla_m1 ran
+    assert make_cfg("encoder=simplex").encoder.pad_in_softmax_quirk is False  # elsewhere a proper mask
     cfg = make_cfg("encoder=simplex", "dataset=yelp2018", "encoder.gamma=0.5")
     assert cfg.encoder.aggregator == "mean" and cfg.encoder.gamma == 0.5 and cfg.encoder.max_history == 500
     assert cfg.encoder.share_history_table is True and cfg.trainer.l2 == 1e-8

@@ -16,7 +16,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 from scipy import stats
 
-from mmlexp.report import evidence, overview, seed_systems
+from mmlexp.report import evidence, overview, seed_systems, selection
 from mmlexp.report.__main__ import main
 from mmlexp.report.export import cell_id, write_gzip
 from mmlexp.report.status import explanation_section, off_cells
@@ -346,7 +346,7 @@ def test_early_stopping_is_replayed_on_the_metric_the_run_monitored(tmp_path):
     history = pd.concat(
         pd.DataFrame({"run_id": r, "epoch": range(1, 7), "recall@20": recall, "ndcg@20": ndcg}) for r in ("s", "m")
     )
-    assert [seed_systems.run_monitor(r) for r in runs.itertuples()] == ["ndcg@20", "recall@20"]
+    assert [selection.run_monitor(r) for r in runs.itertuples()] == ["ndcg@20", "recall@20"]
     replays = seed_systems.early_stop_replays(runs, history).set_index(["run_id", "metric"])
     s, m = replays.loc[("s", "ndcg@20")], replays.loc[("m", "recall@20")]
     assert (s["monitor"], s["stop_epoch"], s["kept_epoch"], s["diff_pct"]) == ("ndcg@20", 6, 3, 0.0)

@@ -377,7 +377,8 @@ def _selection(runs: pd.DataFrame, every: pd.DataFrame, tests: pd.DataFrame, out
         "",
         "Each run's test metrics at three epochs: the one it **selected** (its `best/` numbers: chosen on test "
         "under `paper`, on a held-out slice of train under `valid`), the **test-best** one (highest test "
-        "Recall@20: what the paper's protocol reports for that model) and the **last** one (no selection). For a "
+        "value of the metric the run monitored, Recall@20 unless it set another: what the paper's protocol reports "
+        "for that model) and the **last** one (no selection). For a "
         "`valid` run, test-best − selected is what choosing the epoch on test flatters that same model by (a "
         "`valid` run also trains on less data, so set against a `paper` run it mixes both). "
         "Data: [selection.csv](selection.csv).",

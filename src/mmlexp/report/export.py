@@ -157,7 +157,7 @@ def stage(runs: pd.DataFrame, tracking_uri: str | None, source: Path, out: Path)
     copied from ``source`` (the folder of a committed runs.csv); return the runs as read back from out/runs.csv."""
     if tracking_uri is not None:
         export_runs(runs, tracking_uri, out)
-        keep_committed(source, out)
+        keep_committed(source, out, tracking_uri)
     else:
         runs.to_csv(out / "runs.csv", index=False)
         (out / EPOCHS_DIR).mkdir()
@@ -172,15 +172,17 @@ def stage(runs: pd.DataFrame, tracking_uri: str | None, source: Path, out: Path)
     return read_runs(out / "runs.csv")
 
 
-def keep_committed(source: Path, out: Path) -> None:
+def keep_committed(source: Path, out: Path, tracking_uri: str) -> None:
     """Export into a folder that already holds results: its committed runs that the store does not have (a store
     of another machine, or one that is gone) stay, with their per-epoch and per-user files; a (cell, seed, epochs)
-    that the store ran again keeps the latest run. Nothing committed is lost by exporting a newer store."""
+    that the store ran again keeps the latest run. Nothing committed is lost by exporting a newer store, but a run
+    the store itself deleted (MLflow's soft delete: taken out of the tables on purpose) leaves."""
     committed = source / "runs.csv"
     if not committed.is_file() or source.resolve() == out.resolve():
         return
     old, new = read_runs(committed), read_runs(out / "runs.csv")
     extra = old[~old["run_id"].isin(set(new["run_id"]))]
+    extra = extra[~extra["run_id"].isin(tracked.deleted_runs(tracking_uri, extra["run_id"]))]
     for rel in extra[EPOCHS_COLUMN]:
         if not (source / rel).is_file():
             raise ReportError(f"{committed}: no per-epoch CSV {source / rel} (the committed results are incomplete)")

@@ -164,6 +164,21 @@ def _search(client, experiment_ids: Iterable[str], filter_string: str) -> list:
             return runs
 
 
+def deleted_runs(tracking_uri: str, run_ids: Iterable[str]) -> set[str]:
+    """The ``run_ids`` that the store holds as deleted (MLflow's soft delete, undone by ``restore_run``); a run the
+    store does not hold (another machine's) is not."""
+    from mlflow.exceptions import MlflowException
+
+    client, out = client_for(tracking_uri), set()
+    for run_id in run_ids:
+        try:
+            if client.get_run(run_id).info.lifecycle_stage == "deleted":
+                out.add(run_id)
+        except MlflowException:
+            continue
+    return out
+
+
 def fetch_runs(tracking_uri: str, experiments: list[str] | str | None = None, filter_string: str = "") -> pd.DataFrame:
     """One row per FINISHED training run of ``experiments`` (names; None: every active experiment), sweep parent
     runs left out. ``filter_string`` is an MLflow search filter (``"params.trainer.epochs = '100'"``), AND-ed

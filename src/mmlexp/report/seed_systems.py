@@ -26,7 +26,6 @@ from matplotlib.figure import Figure
 
 from mmlexp.report import evidence, figures, selection
 from mmlexp.report.export import EPOCHS_COLUMN, cell_id
-from mmlexp.report.runs import override_value
 from mmlexp.report.stats import METRICS
 from mmlexp.report.status import THRESHOLD_PCT, pair_line
 from mmlexp.report.tables import DASH, TITLES, md_table, paper_numbers
@@ -240,26 +239,20 @@ def claims_section(tests: pd.DataFrame, method: list[str]) -> list[str]:
     ]
 
 
-def run_monitor(run) -> str:
-    """The metric a run's trainer monitored: its ``trainer.monitor=`` override (``runs.csv``'s overrides), else the
-    default (``selection.MONITOR``, conf/trainer/default.yaml); SimpleX_gowalla_m1 monitors NDCG@20."""
-    return override_value(getattr(run, "overrides", None), "trainer.monitor") or selection.MONITOR
-
-
 def early_stop_replays(runs: pd.DataFrame, history: pd.DataFrame, patience: int = PATIENCE) -> pd.DataFrame:
     """Early stopping replayed on each full run of a Table 2 row (100 negatives, no early stop, selection
-    ``paper``) with a per-epoch test curve: the epoch after which ``patience`` evaluations without a better
-    value of the run's monitor (``run_monitor``: Recall@20 unless it set another) stop it (``selection.stop_epoch``,
-    the trainer's rule), the epoch it then keeps (the first best of the monitor up to there) and each metric
-    there, beside the run's own ``best_epoch`` (``REPLAY_COLUMNS``). Both numbers come from the same weights'
-    trajectory, so their difference is early stopping's alone."""
+    ``paper``) with a per-epoch test curve: the epoch after which ``patience`` evaluations without a better value
+    of the run's monitor (``selection.run_monitor``: Recall@20 unless it set another) stop it
+    (``selection.stop_epoch``, the trainer's rule), the epoch it then keeps (the first best of the monitor up to
+    there) and each metric there, beside the run's own ``best_epoch`` (``REPLAY_COLUMNS``). Both numbers come from
+    the same weights' trajectory, so their difference is early stopping's alone."""
     rows = []
     for encoder, loss in ES_ROWS:
         for dataset in dict.fromkeys(runs["dataset"]):
             full = cell_runs(runs, dataset, (encoder, loss, TABLE2_NEGATIVES, "N"))
             for run in full.itertuples():
                 curve = history[history["run_id"] == run.run_id].sort_values("epoch").set_index("epoch")
-                monitor = run_monitor(run)
+                monitor = selection.run_monitor(run)
                 if curve.empty or pd.isna(run.best_epoch) or run.best_epoch not in curve.index or monitor not in curve:
                     continue
                 stop = selection.stop_epoch(curve[monitor], patience) or int(curve.index.max())

@@ -4,8 +4,8 @@ For a run and a metric, three epochs:
 
 * **selected**: the run's own ``best_epoch`` (chosen on test under ``eval.selection=paper``, on the held-out slice
   of train under ``valid``); its value is the run's ``best/`` metric;
-* **test-best**: the epoch where the monitor (Recall@20) peaks on test, i.e. what the paper's protocol would report
-  for this run;
+* **test-best**: the epoch where the run's monitor (``run_monitor``: Recall@20 unless it set another) peaks on
+  test, i.e. what the paper's protocol would report for this run;
 * **last**: the final epoch, no selection at all.
 
 ``test-best − selected`` is 0 for a ``paper`` run and, for a ``valid`` run, exactly what picking the epoch on test
@@ -21,6 +21,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from mmlexp.report import figures
+from mmlexp.report.runs import override_value
 from mmlexp.report.stats import METRICS
 from mmlexp.report.tables import fmt, md_table
 
@@ -55,14 +56,20 @@ def stop_epoch(scores: Iterable[float], patience: int) -> int | None:
     return None
 
 
-def selection_gaps(
-    runs: pd.DataFrame, history: pd.DataFrame, metrics: Sequence[str] = METRICS, monitor: str = MONITOR
-) -> pd.DataFrame:
+def run_monitor(run) -> str:
+    """The metric a run's trainer monitored: its ``trainer.monitor=`` override (``runs.csv``'s overrides), else the
+    default (``MONITOR``, conf/trainer/default.yaml); SimpleX_gowalla_m1 monitors NDCG@20."""
+    return override_value(getattr(run, "overrides", None), "trainer.monitor") or MONITOR
+
+
+def selection_gaps(runs: pd.DataFrame, history: pd.DataFrame, metrics: Sequence[str] = METRICS) -> pd.DataFrame:
     """One row per run and metric (``COLUMNS``) from ``history`` (``metric_history`` frame: run_id, epoch, the
-    metrics). The test-best epoch is the first epoch with the highest ``monitor`` on test (the trainer keeps the
-    first of equal values); a run without per-epoch ``monitor`` values is left out."""
+    metrics). The test-best epoch is the first epoch with the highest value of the run's own monitor on test
+    (``run_monitor``; the trainer keeps the first of equal values); a run without per-epoch values of it is left
+    out."""
     rows = []
     for run in runs.itertuples(index=False):
+        monitor = run_monitor(run)
         h = history[history["run_id"] == run.run_id].dropna(subset=[monitor]).sort_values("epoch")
         if h.empty:
             continue
