@@ -76,7 +76,7 @@ def test_an_early_stopping_row_is_done_for_its_patience_only(tmp_path):
          "epochs": 100, "early_stop": "N", "patience": None, "max_steps": None},
     ]  # fmt: skip
     pd.DataFrame(rows).to_csv(tmp_path / "gowalla" / "runs.csv", index=False)
-    assert set(committed_runs(tmp_path, "gowalla")) == {
+    assert set(committed_runs(tmp_path / "gowalla")) == {
         ("gowalla", "mf", "ccl", 100, "paper", 1, 100, 3),
         ("gowalla", "mf", "mml", 100, "paper", 1, 100),
     }
@@ -103,16 +103,22 @@ def test_a_committed_run_is_done_for_its_own_experiment_only(tmp_path):
         "max_steps": None,
     }
     pd.DataFrame([row]).to_csv(tmp_path / "gowalla" / "runs.csv", index=False)
-    assert set(committed_runs(tmp_path, "gowalla", "reproduce-checks")) == set()
+    assert set(committed_runs(tmp_path / "gowalla", "reproduce-checks")) == set()
     assert (
-        set(committed_runs(tmp_path, "gowalla", "reproduce"))
-        == set(committed_runs(tmp_path, "gowalla"))
+        set(committed_runs(tmp_path / "gowalla", "reproduce"))
+        == set(committed_runs(tmp_path / "gowalla"))
         == {("gowalla", "simplex", "ccl", 100, "paper", 1, 100)}
     )
     step = "steps:\n  - {encoder: simplex, loss: ccl, negatives: 100}\n"
     for experiment, state in (("reproduce", DONE), ("reproduce-checks", PENDING)):
         plan = load_plan(write(tmp_path, f"dataset: gowalla\nexperiment: {experiment}\n{step}"))
         assert [s.state for s in plan_state(plan, Stores(tmp_path / "none"), tmp_path)] == [state]
+    # the plan of checks' own report folder (reproduce report checks -> results/checks/) holds its committed run
+    (tmp_path / "checks").mkdir()
+    pd.DataFrame([{**row, "experiment": "reproduce-checks"}]).to_csv(tmp_path / "checks" / "runs.csv", index=False)
+    checks = tmp_path / "checks.yaml"
+    checks.write_text(f"dataset: gowalla\nexperiment: reproduce-checks\n{step}")
+    assert [s.state for s in plan_state(load_plan(str(checks)), Stores(tmp_path / "none"), tmp_path)] == [DONE]
 
 
 def test_committed_rows_keep_their_keys():

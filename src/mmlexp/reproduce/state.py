@@ -1,9 +1,9 @@
 """Which runs of a plan are done, running or still to run.
 
-Done: a row of the committed ``results/<dataset>/runs.csv`` of the plan's experiment (so a fresh machine, whose stores
-are empty, does not redo what is committed) or a FINISHED run of it in the store. Running: a RUNNING run in the store,
-with the epochs it has logged and its recent pace. Everything else is pending (an interrupted run resumes from its
-checkpoint when run).
+Done: a row of the committed ``results/<dataset>/runs.csv`` (or ``results/<plan>/runs.csv``) of the plan's
+experiment (so a fresh machine, whose stores are empty, does not redo what is committed) or a FINISHED run of it in
+the store. Running: a RUNNING run in the store, with the epochs it has logged and its recent pace. Everything else
+is pending (an interrupted run resumes from its checkpoint when run).
 """
 
 import math
@@ -41,11 +41,11 @@ def row_key(row) -> tuple:
     return key
 
 
-def committed_runs(results_root: Path, dataset: str, experiment: str | None = None) -> dict[tuple, str]:
-    """Keys of the runs committed in ``results/<dataset>/runs.csv`` (full runs only: no max_steps; an early-stopping
-    run counts with its patience), of ``experiment`` only where given (a plan of checks, tracked apart, is not done
-    by the paper plan's run of the same cell)."""
-    path = results_root / dataset / "runs.csv"
+def committed_runs(folder: Path, experiment: str | None = None) -> dict[tuple, str]:
+    """Keys of the runs committed in ``folder/runs.csv`` (full runs only: no max_steps; an early-stopping run counts
+    with its patience), of ``experiment`` only where given (a plan of checks, tracked apart, is not done by the
+    paper plan's run of the same cell)."""
+    path = folder / "runs.csv"
     if not path.is_file():
         return {}
     df = pd.read_csv(path)
@@ -83,8 +83,12 @@ def progress(stores: Stores, run_id: str) -> tuple[int, float]:
 
 
 def plan_state(plan: Plan, stores: Stores, results_root: Path) -> list[RunState]:
-    """Every run of the plan with its state, in the plan's order."""
-    done = committed_runs(results_root, plan.dataset, plan.experiment)
+    """Every run of the plan with its state, in the plan's order. Committed runs are read from the dataset's
+    folder and from the plan's own report folder (``reproduce report PLAN`` writes ``results/<plan>/``: a plan of
+    checks), of the plan's experiment."""
+    done = {}
+    for folder in dict.fromkeys((plan.dataset, plan.name)):
+        done.update(committed_runs(results_root / folder, plan.experiment))
     finished = store_runs(stores, plan.experiment, "FINISHED")
     for _, r in finished.iterrows():
         done.setdefault(row_key(r), str(r["run_id"]))
