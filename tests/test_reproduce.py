@@ -172,6 +172,40 @@ def test_runner_runs_what_is_missing_once(tmp_path, capsys):
     out = capsys.readouterr().out
     assert out.count(" done (") == 2 and "==" not in out
     assert len([r for r in client.search_runs([exp.experiment_id]) if r.data.tags.get("sweep.role") != "parent"]) == 2
+    # a run taken out of the tables (MLflow's soft delete) is missing again: it trains again, though the grid
+    # ledger remembers its point finished
+    (mml,) = [r for r in trained if r.data.tags["choice.loss"] == "mml"]
+    client.delete_run(mml.info.run_id)
+    assert main(args) == 0
+    again = [r for r in client.search_runs([exp.experiment_id]) if r.data.tags.get("sweep.role") != "parent"]
+    assert sorted(r.data.tags["choice.loss"] for r in again) == ["ccl", "mml"] and mml.info.run_id not in {
+        r.info.run_id for r in again
+    }
+    assert all(r.info.status == "FINISHED" for r in again)
+
+
+@pytest.mark.parametrize(("status", "fresh"), [("FAILED", False), ("KILLED", False), (None, True)])
+def test_a_run_that_started_resumes_and_any_other_starts_afresh(tmp_path, monkeypatch, status, fresh):
+    """An interrupted run (FAILED or KILLED in the store: its checkpoint may be there) goes to the same grid, which
+    resumes it; a run with no trace in the store gets a new grid generation (``hydra.sweeper.fresh=true``)."""
+    import mmlexp.reproduce.__main__ as runner
+
+    plan = write(
+        tmp_path, "dataset: sample\nexperiment: plan-test\nrun: {epochs: 1}\nsteps:\n  - {loss: mml, negatives: 10}\n"
+    )
+    runs = tmp_path / "stores"
+    if status:
+        runs.mkdir()
+        client = MlflowClient(f"sqlite:///{runs}/mlflow.db")
+        exp = client.create_experiment("plan-test", artifact_location=str(tmp_path / "art"))
+        run = client.create_run(exp, tags={"dataset": "sample", "choice.encoder": "mf", "choice.loss": "mml"})
+        for key, value in {"num_negatives": 10, "seed": 1, "trainer.epochs": 1}.items():
+            client.log_param(run.info.run_id, key, value)
+        client.set_terminated(run.info.run_id, status)
+    calls = []
+    monkeypatch.setattr(runner.subprocess, "call", lambda cmd, cwd: calls.append(cmd) or 0)
+    assert main(["run", plan, "--runs", str(runs), "--results", str(tmp_path / "results"), "--threads", "1"]) == 0
+    assert len(calls) == 1 and ("hydra.sweeper.fresh=true" in calls[0]) == fresh
 
 
 def test_the_queue_holds_every_planned_run_once():

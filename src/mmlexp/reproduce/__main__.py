@@ -118,15 +118,20 @@ def line(s: RunState, est: Estimate | None, seconds: float) -> str:
     )
 
 
-def command(run: Run, plan: Plan, stores: Stores, threads: int) -> list[str]:
+def command(run: Run, plan: Plan, stores: Stores, threads: int, fresh: bool = False) -> list[str]:
+    """The run's ``python -m mmlexp -m`` command; ``fresh``: a new generation of its one-point grid, so that a grid
+    ledger that remembers the point finished (by a run since deleted from the store) does not skip it."""
     return [
         sys.executable, "-m", "mmlexp", "-m", *run.overrides(), f"trainer.num_threads={threads}",
-        f"tracking.experiment={plan.experiment}", *stores.overrides(),
+        f"tracking.experiment={plan.experiment}", *stores.overrides(), *(["hydra.sweeper.fresh=true"] if fresh else []),
     ]  # fmt: skip
 
 
 def run_missing(plan: Plan, stores: Stores, results: Path, threads: int) -> int:
-    """Run the plan's pending runs one at a time (state re-read before each); 1 if any failed."""
+    """Run the plan's pending runs one at a time (state re-read before each); 1 if any failed. A run that started
+    before and did not finish resumes from its checkpoint; any other starts afresh (``command``'s ``fresh``)."""
+    from mmlexp.reproduce.state import started_runs
+
     stores.root.mkdir(parents=True, exist_ok=True)
     failed = []
     for run in [s.run for s in plan_state(plan, stores, results) if s.state != DONE]:
@@ -134,7 +139,8 @@ def run_missing(plan: Plan, stores: Stores, results: Path, threads: int) -> int:
         if state.state == DONE:
             continue
         print(f"== {plan.dataset} {run.label} (step {run.step}): {state.state}", flush=True)
-        if subprocess.call(command(run, plan, stores, threads), cwd=stores.root) != 0:
+        fresh = run.key not in started_runs(stores, plan.experiment)
+        if subprocess.call(command(run, plan, stores, threads, fresh), cwd=stores.root) != 0:
             failed.append(run.label)
     if failed:
         print(f"mmlexp.reproduce: {len(failed)} run(s) failed: {', '.join(failed)}; run again to retry them")

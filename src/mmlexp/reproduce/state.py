@@ -71,6 +71,13 @@ def store_runs(stores: Stores, experiment: str, status: str) -> pd.DataFrame:
     return pd.DataFrame(rows).dropna(subset=["num_negatives", "seed", "epochs"]) if rows else pd.DataFrame()
 
 
+def started_runs(stores: Stores, experiment: str) -> set[tuple]:
+    """Keys of the store's runs of ``experiment`` that started and did not finish (RUNNING, FAILED, KILLED): a
+    checkpoint of theirs may be there to resume."""
+    frames = [store_runs(stores, experiment, status) for status in ("RUNNING", "FAILED", "KILLED")]
+    return {row_key(r) for frame in frames for _, r in frame.iterrows()}
+
+
 def progress(stores: Stores, run_id: str) -> tuple[int, float]:
     """(epochs logged, median seconds of the last epochs) of a run in the store."""
     from mlflow.tracking import MlflowClient
