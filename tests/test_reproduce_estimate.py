@@ -22,8 +22,10 @@ GOWALLA_ROWS = est.SIZES["gowalla"][0]
 
 
 def committed(dataset: str) -> pd.DataFrame:
-    runs = pd.read_csv(RESULTS / dataset / "runs.csv")
-    return runs[runs["max_steps"].isna()]
+    """The full runs of ``dataset`` committed in every results folder (``results/gowalla/``, and a plan of checks'
+    ``results/gowalla_checks/``), as ``estimate.committed_speeds`` reads them."""
+    runs = pd.concat([pd.read_csv(f) for f in sorted(RESULTS.glob("*/runs.csv"))], ignore_index=True)
+    return runs[(runs["dataset"] == dataset) & runs["max_steps"].isna()].reset_index(drop=True)
 
 
 def cost_per_interaction(rows: pd.DataFrame) -> list[float]:
@@ -179,7 +181,8 @@ def test_an_early_stopping_run_stops_where_the_committed_trajectory_says():
     assert {r.loss for r in seed1} == {"ccl", "mml"}
     for r in seed1:
         csv = committed("gowalla").query(
-            f"loss == '{r.loss}' and num_negatives == 100 and selection == 'paper' and early_stop == 'N' and seed == 1"
+            f"encoder == 'mf' and loss == '{r.loss}' and num_negatives == 100 and selection == 'paper'"
+            " and early_stop == 'N' and seed == 1"
         )
         recall = pd.read_csv(RESULTS / "gowalla" / csv.iloc[0].epochs_csv).sort_values("epoch")["recall@20"]
         got = est.estimate(r, est.committed_speeds(RESULTS), trajectories)
