@@ -184,10 +184,12 @@ def test_runner_runs_what_is_missing_once(tmp_path, capsys):
     assert all(r.info.status == "FINISHED" for r in again)
 
 
-@pytest.mark.parametrize(("status", "fresh"), [("FAILED", False), ("KILLED", False), (None, True)])
-def test_a_run_that_started_resumes_and_any_other_starts_afresh(tmp_path, monkeypatch, status, fresh):
+@pytest.mark.parametrize(("status", "fresh"), [("FAILED", False), ("KILLED", False), (None, False), ("FINISHED", True)])
+def test_only_a_withdrawn_run_starts_afresh(tmp_path, monkeypatch, status, fresh):
     """An interrupted run (FAILED or KILLED in the store: its checkpoint may be there) goes to the same grid, which
-    resumes it; a run with no trace in the store gets a new grid generation (``hydra.sweeper.fresh=true``)."""
+    resumes it, as does a run never started (the grid's ledger lets one worker claim it); a run whose finished run
+    was deleted from the store gets a new grid generation (``hydra.sweeper.fresh=true``): the ledger holds the
+    point finished."""
     import mmlexp.reproduce.__main__ as runner
 
     plan = write(
@@ -202,6 +204,8 @@ def test_a_run_that_started_resumes_and_any_other_starts_afresh(tmp_path, monkey
         for key, value in {"num_negatives": 10, "seed": 1, "trainer.epochs": 1}.items():
             client.log_param(run.info.run_id, key, value)
         client.set_terminated(run.info.run_id, status)
+        if status == "FINISHED":
+            client.delete_run(run.info.run_id)
     calls = []
     monkeypatch.setattr(runner.subprocess, "call", lambda cmd, cwd: calls.append(cmd) or 0)
     assert main(["run", plan, "--runs", str(runs), "--results", str(tmp_path / "results"), "--threads", "1"]) == 0
