@@ -131,7 +131,7 @@ def run_missing(plan: Plan, stores: Stores, results: Path, threads: int) -> int:
     """Run the plan's pending runs one at a time (state re-read before each); 1 if any failed. A run that started
     before and did not finish resumes from its checkpoint; a run whose finished run was deleted from the store
     starts afresh (``command``'s ``fresh``); any other goes to its grid, whose ledger lets one worker claim it."""
-    from mmlexp.reproduce.state import started_runs, withdrawn_runs
+    from mmlexp.reproduce.state import interrupted_runs, withdrawn_runs
 
     stores.root.mkdir(parents=True, exist_ok=True)
     failed = []
@@ -140,7 +140,8 @@ def run_missing(plan: Plan, stores: Stores, results: Path, threads: int) -> int:
         if state.state == DONE:
             continue
         print(f"== {plan.dataset} {run.label} (step {run.step}): {state.state}", flush=True)
-        fresh = run.key in withdrawn_runs(stores, plan.experiment) - started_runs(stores, plan.experiment)
+        withdrawn = state.state == PENDING and run.key in withdrawn_runs(stores, plan.experiment)
+        fresh = withdrawn and run.key not in interrupted_runs(stores, plan.experiment)
         if subprocess.call(command(run, plan, stores, threads, fresh), cwd=stores.root) != 0:
             failed.append(run.label)
     if failed:

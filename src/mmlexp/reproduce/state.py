@@ -72,10 +72,10 @@ def store_runs(stores: Stores, experiment: str, status: str, deleted: bool = Fal
     return pd.DataFrame(rows).dropna(subset=["num_negatives", "seed", "epochs"]) if rows else pd.DataFrame()
 
 
-def started_runs(stores: Stores, experiment: str) -> set[tuple]:
-    """Keys of the store's runs of ``experiment`` that started and did not finish (RUNNING, FAILED, KILLED): a
-    checkpoint of theirs may be there to resume."""
-    frames = [store_runs(stores, experiment, status) for status in ("RUNNING", "FAILED", "KILLED")]
+def interrupted_runs(stores: Stores, experiment: str) -> set[tuple]:
+    """Keys of the store's runs of ``experiment`` that ended without finishing (FAILED, KILLED): a checkpoint of
+    theirs may be there to resume. (A RUNNING one is ``plan_state``'s RUNNING.)"""
+    frames = [store_runs(stores, experiment, status) for status in ("FAILED", "KILLED")]
     return {row_key(r) for frame in frames for _, r in frame.iterrows()}
 
 
