@@ -28,6 +28,7 @@ CLAIMS_START = "<!-- claims:start -->"
 CLAIMS_END = "<!-- claims:end -->"
 FIGURE3 = "figure3_negatives.png"
 HEADER = ["claim", "metric", "verdict", "ours", "evidence", "runs"]
+EXPLAINED = "[explanations.md](explanations.md)"  # the hand-written explanations: a file of results/, not a page
 
 
 def label(dataset: str) -> str:
@@ -99,7 +100,7 @@ def report_section(results: Path, dataset: str) -> str:
     first, _, rest = text.partition("\n")
     body = demote(rest.strip()).replace("](report.md)", "](#report)").replace("](epochs/)", "](#runs)")
     # the hand-written explanations are a Markdown file of results/, not a page: the report quotes each one anyway
-    body = body.replace("[explanations.md](explanations.md)", "`explanations.md`")
+    body = body.replace(EXPLAINED, "`explanations.md`")
     return "## Reproduction report {#report}\n\n" + body
 
 
@@ -107,6 +108,8 @@ def dataset_page(results: Path, dataset: str) -> str:
     """``results/<dataset>/index.md``: verdicts, Figure 3, the status table, then the full report."""
     status = readme.status_table(results / dataset, dataset, results / dataset).replace("](./report.md)", "](#report)")
     status = status.replace("](./", "](")
+    systems = readme.systems_table(results / dataset, dataset, results / dataset).replace("](./", "](")
+    systems = systems.replace("](../README.md)", "](../index.md)").replace(EXPLAINED, "`explanations.md`")
     parts = [
         f"# Results: {label(dataset)}",
         generated_note(dataset),
@@ -119,6 +122,7 @@ def dataset_page(results: Path, dataset: str) -> str:
         figure3(results, dataset, ""),
         "## Reproduction status",
         status,
+        systems,
         report_section(results, dataset),
     ]
     return "\n\n".join(parts) + "\n"

@@ -1,7 +1,11 @@
 """The README "Reproduction status" table, generated from a committed results folder (cells.csv, runs.csv).
 
-``python -m mmlexp.report.readme --results results/gowalla`` rewrites the lines between the markers of README.md;
-``--check`` only compares (exit 1 when the README is out of date). Cells without runs yet read ``pending``."""
+Per dataset two tables: the MF cells of the paper's Table 3 and Figure 3 (``status_table``, from cells.csv), then the
+seed papers' other systems (``systems_table``, from the report's table2.csv and ssm_table2.csv): the MML paper's
+Table 2 (MF and SimpleX, with and without early stopping) and the SSM paper's Table 2 (LightGCN and MF with sampled
+softmax).  ``python -m mmlexp.report.readme --results results/gowalla`` rewrites the lines between the markers of
+README.md; ``--check`` only compares (exit 1 when the README is out of date). Cells without runs yet read
+``pending``."""
 
 import argparse
 import os
@@ -11,9 +15,10 @@ from pathlib import Path
 import pandas as pd
 
 from mmlexp.report.build import paper_numbers
-from mmlexp.report.figures import loss_label, loss_rank
+from mmlexp.report.export import cell_id
+from mmlexp.report.figures import ENCODER_LABELS, loss_label, loss_rank, system_label
 from mmlexp.report.runs import ReportError
-from mmlexp.report.status import THRESHOLD_PCT
+from mmlexp.report.status import EXPLANATIONS, THRESHOLD_PCT, read_explanations
 
 START, END = "<!-- reproduction-status:start -->", "<!-- reproduction-status:end -->"
 # The runs of the reproduction issue (MF, no early stop, 100 epochs): (loss, negatives, selection)
@@ -38,6 +43,10 @@ CELLS_COLUMNS = (
     "epochs",
 )
 METRICS = ("recall@20", "ndcg@20")
+# The seed papers' other systems: (paper table, its name in the README); the rows are the paper's own (resources/paper)
+SYSTEM_TABLES = (("table2", "MML paper Table 2"), ("ssm_table2", "SSM paper Table 2"))
+SYSTEM_COLUMNS = ("encoder", "loss", "early_stop", "num_negatives", "selection", "dataset", "metric", "mean",
+                  "ci_half", "seeds", "run_ids")  # fmt: skip
 DATASET_LABELS = {"gowalla": "Gowalla", "yelp2018": "Yelp2018"}
 
 
@@ -139,6 +148,89 @@ def _ours(row) -> str:
     return f"{row['mean']:.4f}" + (f" ± {half:.4f}" if pd.notna(half) else "")
 
 
+def systems_table(results: Path, dataset: str, link_base: Path) -> str:
+    """Markdown: one row per system of the seed papers' other tables on ``dataset`` (``SYSTEM_TABLES``, every row of
+    the paper's, run or not): ours (selection ``paper``) vs the paper's number and Δ % per metric, the epoch each run
+    kept, seeds, run links; ⚠ beyond ``THRESHOLD_PCT``, and whether ``explanations.md`` explains the cell."""
+    runs = _read(results / "runs.csv", ("run_id", "epochs_csv"), "runs.csv")
+    kept = dict(zip(runs["run_id"], runs["best_epoch"], strict=True)) if "best_epoch" in runs else {}
+    where = dict(zip(runs["run_id"], runs["epochs_csv"], strict=True))
+    notes = {cell for cell, text in read_explanations(results / EXPLANATIONS).items() if text}
+    rel = os.path.relpath(results, link_base).replace(os.sep, "/")
+    rows, done, off, unexplained = [], 0, 0, 0
+    for name, label in SYSTEM_TABLES:
+        ours = _read(results / f"{name}.csv", SYSTEM_COLUMNS, f"{name}.csv")
+        ours = ours[(ours["dataset"] == dataset) & (ours["selection"] == "paper") & ours["mean"].notna()]
+        paper = paper_numbers(name)
+        paper = paper[paper["dataset"] == dataset]
+        for system in _systems(paper):
+            sub = ours[_matches(ours, system)].set_index("metric")
+            ref = paper[_matches(paper, system)].set_index("metric")["paper"]
+            cell = cell_id({"dataset": dataset, **system, "selection": "paper"})
+            title = f"{system_label(system['encoder'], system['loss'], system['early_stop'])} ({label})"
+            row, flagged = _system_row(sub, ref, title, kept, where, rel)
+            done, off, unexplained = done + (len(sub) > 0), off + flagged, unexplained + (flagged and cell not in notes)
+            rows.append(row)
+    header = ["system (paper table)", "Recall@20 ours", "paper", "Δ %", "NDCG@20 ours", "paper", "Δ %",
+              "epoch kept", "seeds", "runs (per-epoch CSV)"]  # fmt: skip
+    missing = f"; {unexplained} of them not explained yet" if unexplained else ""
+    explained = f"[{EXPLANATIONS}]({rel}/{EXPLANATIONS})" if (results / EXPLANATIONS).is_file() else EXPLANATIONS
+    claims = os.path.relpath(results.parent / "README.md", link_base).replace(os.sep, "/")
+    lines = [
+        f"The seed papers' other systems: {done} of {len(rows)} have finished runs; {off} more than "
+        f"{THRESHOLD_PCT:g}% (relative) from the paper on a metric (⚠, explained in {explained}{missing}). "
+        "MML paper Table 2: 100 negatives, 100 epochs, early stop "
+        "= patience 3 on Recall@20 (the author's notebooks); SSM paper Table 2: sampled softmax over in-batch "
+        "negatives, early stop after 15 evaluations without a better Recall@20, at most 1000 epochs "
+        f"(`+experiment=ssm_paper`). Their claims, tested: [the claims page]({claims}).",
+        "",
+        "| " + " | ".join(header) + " |",
+        "|" + "|".join("---" for _ in header) + "|",
+    ]
+    return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in rows])
+
+
+def _systems(paper: pd.DataFrame) -> list[dict]:
+    """The paper table's systems (encoder, loss, early_stop, num_negatives), by encoder, loss, then no early stop
+    before early stop."""
+    keys = paper[["encoder", "loss", "early_stop", "num_negatives"]].drop_duplicates()
+    order = list(ENCODER_LABELS)
+    keys = keys.assign(_e=[order.index(e) if e in order else len(order) for e in keys["encoder"]])
+    keys = keys.assign(_l=[loss_rank(x) for x in keys["loss"]]).sort_values(["_e", "encoder", "_l", "early_stop"])
+    return [{k: (int(r[k]) if k == "num_negatives" else r[k]) for k in keys.columns[:4]} for _, r in keys.iterrows()]
+
+
+def _matches(df: pd.DataFrame, system: dict) -> pd.Series:
+    return (
+        (df["encoder"] == system["encoder"])
+        & (df["loss"] == system["loss"])
+        & (df["early_stop"] == system["early_stop"])
+        & (df["num_negatives"].astype(int) == system["num_negatives"])
+    )
+
+
+def _system_row(sub: pd.DataFrame, paper: pd.Series, label: str, kept: dict, where: dict, rel: str):
+    """One systems row and whether it is flagged ⚠ (a metric more than ``THRESHOLD_PCT`` from the paper)."""
+    row, flagged = [label], False
+    for metric in METRICS:
+        ours = sub.loc[metric] if metric in sub.index else None
+        ref = paper.get(metric)
+        row += [_ours(ours), f"{ref:.4f}" if ref is not None else "—"]
+        if ours is not None and ref is not None:
+            delta = 100 * (ours["mean"] - ref) / ref
+            flagged |= abs(delta) > THRESHOLD_PCT
+            row.append(f"{delta:+.1f}" + (" ⚠" if abs(delta) > THRESHOLD_PCT else ""))
+        else:
+            row.append("—")
+    if not len(sub):
+        return row + ["—", "—", "pending"], False
+    first = sub.iloc[0]
+    ids = str(first["run_ids"]).split()
+    epochs = ", ".join(str(int(kept[rid])) if pd.notna(kept.get(rid)) else "—" for rid in ids)
+    links = " ".join(f"[{rid[:8]}]({rel}/{where[rid]})" if rid in where else rid[:8] for rid in ids)
+    return row + [epochs, str(first["seeds"]).replace(" ", ","), links], flagged
+
+
 def splice(text: str, table: str) -> str:
     """``text`` with the lines between the START and END markers replaced by ``table``."""
     if text.count(START) != 1 or text.count(END) != 1 or text.index(START) > text.index(END):
@@ -149,11 +241,15 @@ def splice(text: str, table: str) -> str:
 
 
 def tables(folders: list[Path], dataset: str | None, link_base: Path) -> str:
-    """One folder: its table; several: a ``#### <Dataset>`` heading and table per folder (dataset = folder name)."""
+    """One folder: its two tables; several: a ``#### <Dataset>`` heading and the tables per folder (dataset = the
+    folder's name)."""
+
+    def both(folder: Path, name: str) -> str:
+        return f"{status_table(folder, name, link_base)}\n\n{systems_table(folder, name, link_base)}"
+
     if len(folders) == 1:
-        return status_table(folders[0], dataset or folders[0].name, link_base)
-    parts = [f"#### {DATASET_LABELS.get(f.name, f.name)}\n\n{status_table(f, f.name, link_base)}" for f in folders]
-    return "\n\n".join(parts)
+        return both(folders[0], dataset or folders[0].name)
+    return "\n\n".join(f"#### {DATASET_LABELS.get(f.name, f.name)}\n\n{both(f, f.name)}" for f in folders)
 
 
 def main(argv: list[str] | None = None) -> int:
