@@ -1,6 +1,7 @@
 """Reproduction plans (mmlexp.reproduce): the shipped plans, bad plans, the time estimate, and the runner on a
 tiny plan over `sample` (runs what is missing once; a second call runs nothing)."""
 
+import dataclasses
 import math
 from pathlib import Path
 
@@ -210,6 +211,35 @@ def test_only_a_withdrawn_run_starts_afresh(tmp_path, monkeypatch, status, fresh
     monkeypatch.setattr(runner.subprocess, "call", lambda cmd, cwd: calls.append(cmd) or 0)
     assert main(["run", plan, "--runs", str(runs), "--results", str(tmp_path / "results"), "--threads", "1"]) == 0
     assert len(calls) == 1 and ("hydra.sweeper.fresh=true" in calls[0]) == fresh
+
+
+def test_an_interrupted_run_is_pending_from_where_it_stopped(tmp_path, capsys):
+    """A KILLED run of a plan's key that logged 3 of its 10 epochs: the run is pending, carries that run's id and
+    its 3 epochs (it resumes from its checkpoint), and its time left is 3 epochs' less than a fresh start's; the
+    status line says where it resumes."""
+    plan_path = write(
+        tmp_path, "dataset: sample\nexperiment: plan-test\nrun: {epochs: 10}\nsteps:\n  - {loss: mml, negatives: 10}\n"
+    )
+    runs = tmp_path / "stores"
+    runs.mkdir()
+    client = MlflowClient(f"sqlite:///{runs}/mlflow.db")
+    exp = client.create_experiment("plan-test", artifact_location=str(tmp_path / "art"))
+    run = client.create_run(exp, tags={"dataset": "sample", "choice.encoder": "mf", "choice.loss": "mml"})
+    rid = run.info.run_id
+    for key, value in {"num_negatives": 10, "seed": 1, "trainer.epochs": 10}.items():
+        client.log_param(rid, key, value)
+    for epoch in (1, 2, 3):
+        client.log_metric(rid, "epoch_time_s", 10.0 + epoch, step=epoch)
+        client.log_metric(rid, "eval_time_s", 1.0, step=epoch)
+    client.set_terminated(rid, "KILLED")
+    plan = load_plan(plan_path)
+    (state,) = plan_state(plan, Stores(runs), tmp_path / "results")
+    assert (state.state, state.source, state.epoch, state.pace_s) == (PENDING, rid, 3, 13.0)  # median of 12, 13, 14
+    fresh = dataclasses.replace(state, source="", epoch=0, pace_s=math.nan)
+    estimate = est.estimate(state.run, [])
+    assert math.isclose(est.remaining_s(fresh, estimate) - est.remaining_s(state, estimate), 3 * estimate.epoch_s)
+    assert main(["status", plan_path, "--runs", str(runs), "--results", str(tmp_path / "results")]) == 0
+    assert f"pending, resumes after epoch 3/10 (interrupted run {rid[:8]})" in capsys.readouterr().out
 
 
 def test_the_queue_holds_every_planned_run_once():

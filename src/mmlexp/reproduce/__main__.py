@@ -112,8 +112,9 @@ def line(s: RunState, est: Estimate | None, seconds: float) -> str:
     epochs = f"; {est.epochs_basis}" if est.epochs_basis else ""
     if s.state == RUNNING:
         return f"{label} running, epoch {s.epoch}/{s.run.epochs}, {left} left{epochs}"
+    resumes = f"resumes after epoch {s.epoch}/{s.run.epochs} (interrupted run {s.source[:8]}), " if s.epoch else ""
     return (
-        f"{label} pending, {left} ({est.epoch_s:.0f} s/epoch = train {est.train_s:.0f} s"
+        f"{label} pending, {resumes}{left} ({est.epoch_s:.0f} s/epoch = train {est.train_s:.0f} s"
         f" + eval {est.eval_s:.1f} s; {est.basis}{epochs})"
     )
 
@@ -131,7 +132,7 @@ def run_missing(plan: Plan, stores: Stores, results: Path, threads: int) -> int:
     """Run the plan's pending runs one at a time (state re-read before each); 1 if any failed. A run that started
     before and did not finish resumes from its checkpoint; a run whose finished run was deleted from the store
     starts afresh (``command``'s ``fresh``); any other goes to its grid, whose ledger lets one worker claim it."""
-    from mmlexp.reproduce.state import interrupted_runs, withdrawn_runs
+    from mmlexp.reproduce.state import withdrawn_runs
 
     stores.root.mkdir(parents=True, exist_ok=True)
     failed = []
@@ -141,7 +142,7 @@ def run_missing(plan: Plan, stores: Stores, results: Path, threads: int) -> int:
             continue
         print(f"== {plan.dataset} {run.label} (step {run.step}): {state.state}", flush=True)
         withdrawn = state.state == PENDING and run.key in withdrawn_runs(stores, plan.experiment)
-        fresh = withdrawn and run.key not in interrupted_runs(stores, plan.experiment)
+        fresh = withdrawn and not state.source  # (a pending run's source: the interrupted run it resumes)
         if subprocess.call(command(run, plan, stores, threads, fresh), cwd=stores.root) != 0:
             failed.append(run.label)
     if failed:

@@ -3,7 +3,8 @@
 Done: a row of the committed ``results/<dataset>/runs.csv`` (or ``results/<plan>/runs.csv``) of the plan's
 experiment (so a fresh machine, whose stores are empty, does not redo what is committed) or a FINISHED run of it in
 the store. Running: a RUNNING run in the store, with the epochs it has logged and its recent pace. Everything else
-is pending (an interrupted run resumes from its checkpoint when run).
+is pending; a pending run whose last run was interrupted (FAILED or KILLED in the store) resumes from its checkpoint
+when run, so it carries that run's id and the epochs it logged.
 """
 
 import math
@@ -25,9 +26,9 @@ PACE_EPOCHS = 5  # a running run's pace: the median of its last epochs (training
 class RunState:
     run: Run
     state: str
-    source: str = ""  # "committed", the MLflow run id, or ""
-    epoch: int = 0  # epochs logged so far (running)
-    pace_s: float = math.nan  # seconds per recent epoch (running)
+    source: str = ""  # "committed", the MLflow run id (done, running, or the interrupted run a pending one resumes)
+    epoch: int = 0  # epochs logged so far (running, or the interrupted run a pending one resumes)
+    pace_s: float = math.nan  # seconds per recent epoch (running, or interrupted)
 
 
 def row_key(row) -> tuple:
@@ -72,11 +73,13 @@ def store_runs(stores: Stores, experiment: str, status: str, deleted: bool = Fal
     return pd.DataFrame(rows).dropna(subset=["num_negatives", "seed", "epochs"]) if rows else pd.DataFrame()
 
 
-def interrupted_runs(stores: Stores, experiment: str) -> set[tuple]:
-    """Keys of the store's runs of ``experiment`` that ended without finishing (FAILED, KILLED): a checkpoint of
-    theirs may be there to resume. (A RUNNING one is ``plan_state``'s RUNNING.)"""
+def interrupted_runs(stores: Stores, experiment: str) -> dict[tuple, str]:
+    """Keys of the store's runs of ``experiment`` that ended without finishing (FAILED, KILLED), each with the id of
+    its latest such run: a checkpoint of theirs may be there to resume. (A RUNNING one is ``plan_state``'s
+    RUNNING.)"""
     frames = [store_runs(stores, experiment, status) for status in ("FAILED", "KILLED")]
-    return {row_key(r) for frame in frames for _, r in frame.iterrows()}
+    rows = sorted((r for frame in frames for _, r in frame.iterrows()), key=lambda r: str(r["start_time"]))
+    return {row_key(r): str(r["run_id"]) for r in rows}  # a key's latest run last: it wins
 
 
 def withdrawn_runs(stores: Stores, experiment: str) -> set[tuple]:
@@ -107,6 +110,7 @@ def plan_state(plan: Plan, stores: Stores, results_root: Path) -> list[RunState]
     for _, r in finished.iterrows():
         done.setdefault(row_key(r), str(r["run_id"]))
     running = {row_key(r): str(r["run_id"]) for _, r in store_runs(stores, plan.experiment, "RUNNING").iterrows()}
+    interrupted = interrupted_runs(stores, plan.experiment)
     states = []
     for run in plan.runs:
         if run.key in done:
@@ -114,6 +118,9 @@ def plan_state(plan: Plan, stores: Stores, results_root: Path) -> list[RunState]
         elif run.key in running:
             epoch, pace = progress(stores, running[run.key])
             states.append(RunState(run, RUNNING, running[run.key], epoch, pace))
+        elif run.key in interrupted:  # pending, and it will resume from what the interrupted run logged
+            epoch, pace = progress(stores, interrupted[run.key])
+            states.append(RunState(run, PENDING, interrupted[run.key], epoch, pace))
         else:
             states.append(RunState(run, PENDING))
     return states
