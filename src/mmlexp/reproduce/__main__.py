@@ -129,9 +129,11 @@ def command(run: Run, plan: Plan, stores: Stores, threads: int, fresh: bool = Fa
 
 
 def run_missing(plan: Plan, stores: Stores, results: Path, threads: int) -> int:
-    """Run the plan's pending runs one at a time (state re-read before each); 1 if any failed. A run that started
+    """Run the plan's pending runs one at a time (state re-read before each); 1 if any failed. A run whose exact
+    config finished in another experiment of the store is copied, not trained (``twins``); a run that started
     before and did not finish resumes from its checkpoint; a run whose finished run was deleted from the store
     starts afresh (``command``'s ``fresh``); any other goes to its grid, whose ledger lets one worker claim it."""
+    from mmlexp.reproduce import twins
     from mmlexp.reproduce.state import withdrawn_runs
 
     stores.root.mkdir(parents=True, exist_ok=True)
@@ -141,6 +143,10 @@ def run_missing(plan: Plan, stores: Stores, results: Path, threads: int) -> int:
         if state.state == DONE:
             continue
         print(f"== {plan.dataset} {run.label} (step {run.step}): {state.state}", flush=True)
+        if state.state == PENDING and (twin := twins.find_twin(run, plan, stores, threads)) is not None:
+            copy = twins.copy_run(stores, twin, plan.experiment)
+            print(f"   copied run {twin.info.run_id} (the same config, finished in another experiment) as {copy}")
+            continue
         withdrawn = state.state == PENDING and run.key in withdrawn_runs(stores, plan.experiment)
         fresh = withdrawn and not state.source  # (a pending run's source: the interrupted run it resumes)
         if subprocess.call(command(run, plan, stores, threads, fresh), cwd=stores.root) != 0:
