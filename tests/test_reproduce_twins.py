@@ -65,6 +65,8 @@ def test_the_same_config_is_copied_not_trained(checked, tmp_path, monkeypatch, c
         copy.data.tags["mmlexp.copy_of"] == twin.info.run_id and copy.data.tags["mmlexp.copy_of_experiment"] == "checks"
     )
     assert copy.data.params == twin.data.params and copy.data.metrics == twin.data.metrics
+    assert copy.data.tags["sweep.overrides"] == twin.data.tags["sweep.overrides"]  # how it was trained
+    assert "sweep.id" not in copy.data.tags and "mlflow.parentRunId" not in copy.data.tags  # the twin's grid
     for key in ("recall_at_20", "ndcg_at_20", "epoch_time_s"):
         history = [(m.step, m.value) for m in client.get_metric_history(twin.info.run_id, key)]
         assert [(m.step, m.value) for m in client.get_metric_history(copy.info.run_id, key)] == history

@@ -19,7 +19,9 @@ from mmlexp.reproduce.plan import Plan, Run
 from mmlexp.reproduce.stores import Stores
 
 IGNORED = ("tracking.",)  # parameter prefixes that say where a run is tracked, not what it trains
+# the twin's grid and process, not the copy's (its sweep.overrides stay: how it was trained, its experiment named)
 DROPPED_TAGS = ("mlflow.parentRunId", "mmlexp.host", "mmlexp.pid", "mmlexp.pid_started", "mmlexp.heartbeat")
+GRID_TAGS = ("sweep.id", "sweep.dir", "sweep.job_num", "grid.")
 BATCH = 1000  # MLflow's limit of metrics in one log_batch
 
 
@@ -72,7 +74,7 @@ def copy_run(stores: Stores, twin, experiment: str) -> str:
     location = stores.artifacts.resolve().as_uri()  # as the tracker creates an experiment
     exp_id = found.experiment_id if found else client.create_experiment(experiment, artifact_location=location)
     source = client.get_experiment(twin.info.experiment_id).name
-    tags = {k: v for k, v in twin.data.tags.items() if k not in DROPPED_TAGS and not k.startswith("sweep.")}
+    tags = {k: v for k, v in twin.data.tags.items() if k not in DROPPED_TAGS and not k.startswith(GRID_TAGS)}
     tags |= {"mmlexp.copy_of": twin.info.run_id, "mmlexp.copy_of_experiment": source}
     copy = client.create_run(exp_id, start_time=twin.info.start_time, tags=tags, run_name=twin.info.run_name)
     rid = copy.info.run_id
