@@ -121,24 +121,37 @@ def _curve_order(cell: tuple) -> tuple:
 def _cell_row(sub: pd.DataFrame, paper: pd.Series, cell: tuple, where: dict, rel: str) -> tuple[list[str], bool]:
     """One table row (ours, paper, Δ % per metric; epochs, seeds, run links) and whether it is flagged ⚠."""
     loss, n, selection = cell
-    row, flagged = [f"{loss_label(loss)}, N={n}" + (", selection valid" if selection != "paper" else "")], False
-    for metric in METRICS:
-        ours = sub.loc[metric] if metric in sub.index else None
-        ref = paper.get((loss, metric)) if n == 100 else None
-        row += [_ours(ours), f"{ref:.4f}" if ref is not None else "—"]
-        if ours is not None and ref is not None:
-            delta = 100 * (ours["mean"] - ref) / ref
-            off_paper = selection == "paper" and abs(delta) > THRESHOLD_PCT
-            flagged |= off_paper
-            row.append(f"{delta:+.1f}" + (" ⚠" if off_paper else ""))
-        else:
-            row.append("—")
+    refs = {metric: paper.get((loss, metric)) if n == 100 else None for metric in METRICS}
+    cells, flagged = _metric_cells(sub, refs, can_flag=selection == "paper")
+    row = [f"{loss_label(loss)}, N={n}" + (", selection valid" if selection != "paper" else ""), *cells]
     if not len(sub):
         return row + ["—", "—", "pending"], False
     first = sub.iloc[0]
-    ids = str(first["run_ids"]).split()
-    links = " ".join(f"[{rid[:8]}]({rel}/{where[rid]})" if rid in where else rid[:8] for rid in ids)
+    links = _run_links(str(first["run_ids"]).split(), where, rel)
     return row + [str(first["epochs"]), str(first["seeds"]).replace(" ", ","), links], flagged
+
+
+def _metric_cells(sub: pd.DataFrame, refs: dict, can_flag: bool) -> tuple[list[str], bool]:
+    """Ours, the paper's number and Δ % (relative) for each metric, and whether a Δ beyond ``THRESHOLD_PCT`` flags
+    the row ⚠ (only where ``can_flag``: a row set against the paper's protocol)."""
+    cells, flagged = [], False
+    for metric in METRICS:
+        ours = sub.loc[metric] if metric in sub.index else None
+        ref = refs.get(metric)
+        cells += [_ours(ours), f"{ref:.4f}" if ref is not None else "—"]
+        if ours is not None and ref is not None:
+            delta = 100 * (ours["mean"] - ref) / ref
+            off = can_flag and abs(delta) > THRESHOLD_PCT
+            flagged |= off
+            cells.append(f"{delta:+.1f}" + (" ⚠" if off else ""))
+        else:
+            cells.append("—")
+    return cells, flagged
+
+
+def _run_links(ids: list[str], where: dict, rel: str) -> str:
+    """Each run's short id, linked to its per-epoch CSV where ``runs.csv`` has one."""
+    return " ".join(f"[{rid[:8]}]({rel}/{where[rid]})" if rid in where else rid[:8] for rid in ids)
 
 
 def _ours(row) -> str:
@@ -211,24 +224,14 @@ def _matches(df: pd.DataFrame, system: dict) -> pd.Series:
 
 def _system_row(sub: pd.DataFrame, paper: pd.Series, label: str, kept: dict, where: dict, rel: str):
     """One systems row and whether it is flagged ⚠ (a metric more than ``THRESHOLD_PCT`` from the paper)."""
-    row, flagged = [label], False
-    for metric in METRICS:
-        ours = sub.loc[metric] if metric in sub.index else None
-        ref = paper.get(metric)
-        row += [_ours(ours), f"{ref:.4f}" if ref is not None else "—"]
-        if ours is not None and ref is not None:
-            delta = 100 * (ours["mean"] - ref) / ref
-            flagged |= abs(delta) > THRESHOLD_PCT
-            row.append(f"{delta:+.1f}" + (" ⚠" if abs(delta) > THRESHOLD_PCT else ""))
-        else:
-            row.append("—")
+    cells, flagged = _metric_cells(sub, {metric: paper.get(metric) for metric in METRICS}, can_flag=True)
+    row = [label, *cells]
     if not len(sub):
         return row + ["—", "—", "pending"], False
     first = sub.iloc[0]
     ids = str(first["run_ids"]).split()
     epochs = ", ".join(str(int(kept[rid])) if pd.notna(kept.get(rid)) else "—" for rid in ids)
-    links = " ".join(f"[{rid[:8]}]({rel}/{where[rid]})" if rid in where else rid[:8] for rid in ids)
-    return row + [epochs, str(first["seeds"]).replace(" ", ","), links], flagged
+    return row + [epochs, str(first["seeds"]).replace(" ", ","), _run_links(ids, where, rel)], flagged
 
 
 def splice(text: str, table: str) -> str:
