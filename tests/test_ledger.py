@@ -55,6 +55,19 @@ def test_finished_points_are_never_handed_out_again_and_failed_ones_are_retried_
     assert [(p.idx, p.attempts) for p in again.claim(3)] == [(1, 2)]
 
 
+def test_reopen_hands_out_only_the_finished_points_named(tmp_path):
+    """Points whose runs were withdrawn from the store: named finished ones are pending again (and claimed next),
+    a point still running or never run is left as it is."""
+    led = ledger(tmp_path)
+    for p in led.claim(2):
+        led.finish(p.idx, FINISHED)
+    led.reopen([0, 2])  # 2 is pending already
+    assert led.states() == {0: PENDING, 1: FINISHED, 2: PENDING}
+    assert [p.idx for p in led.claim(3)] == [0, 2]
+    led.reopen([0])  # running now: not touched
+    assert led.states()[0] == RUNNING
+
+
 def test_a_dead_workers_point_is_taken_over_on_this_host(tmp_path):
     gone = ledger(tmp_path, pid=dead_pid())
     assert [p.idx for p in gone.claim(1)] == [0]

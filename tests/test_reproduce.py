@@ -173,8 +173,8 @@ def test_runner_runs_what_is_missing_once(tmp_path, capsys):
     out = capsys.readouterr().out
     assert out.count(" done (") == 2 and "==" not in out
     assert len([r for r in client.search_runs([exp.experiment_id]) if r.data.tags.get("sweep.role") != "parent"]) == 2
-    # a run taken out of the tables (MLflow's soft delete) is missing again: it trains again, though the grid
-    # ledger remembers its point finished
+    # a run taken out of the tables (MLflow's soft delete) is missing again: it trains again (its grid's ledger
+    # holds the point finished; the grid asks the store and runs it again, mmlexp.sweep.grid)
     (mml,) = [r for r in trained if r.data.tags["choice.loss"] == "mml"]
     client.delete_run(mml.info.run_id)
     assert main(args) == 0
@@ -183,34 +183,6 @@ def test_runner_runs_what_is_missing_once(tmp_path, capsys):
         r.info.run_id for r in again
     }
     assert all(r.info.status == "FINISHED" for r in again)
-
-
-@pytest.mark.parametrize(("status", "fresh"), [("FAILED", False), ("KILLED", False), (None, False), ("FINISHED", True)])
-def test_only_a_withdrawn_run_starts_afresh(tmp_path, monkeypatch, status, fresh):
-    """An interrupted run (FAILED or KILLED in the store: its checkpoint may be there) goes to the same grid, which
-    resumes it, as does a run never started (the grid's ledger lets one worker claim it); a run whose finished run
-    was deleted from the store gets a new grid generation (``hydra.sweeper.fresh=true``): the ledger holds the
-    point finished."""
-    import mmlexp.reproduce.__main__ as runner
-
-    plan = write(
-        tmp_path, "dataset: sample\nexperiment: plan-test\nrun: {epochs: 1}\nsteps:\n  - {loss: mml, negatives: 10}\n"
-    )
-    runs = tmp_path / "stores"
-    if status:
-        runs.mkdir()
-        client = MlflowClient(f"sqlite:///{runs}/mlflow.db")
-        exp = client.create_experiment("plan-test", artifact_location=str(tmp_path / "art"))
-        run = client.create_run(exp, tags={"dataset": "sample", "choice.encoder": "mf", "choice.loss": "mml"})
-        for key, value in {"num_negatives": 10, "seed": 1, "trainer.epochs": 1}.items():
-            client.log_param(run.info.run_id, key, value)
-        client.set_terminated(run.info.run_id, status)
-        if status == "FINISHED":
-            client.delete_run(run.info.run_id)
-    calls = []
-    monkeypatch.setattr(runner.subprocess, "call", lambda cmd, cwd: calls.append(cmd) or 0)
-    assert main(["run", plan, "--runs", str(runs), "--results", str(tmp_path / "results"), "--threads", "1"]) == 0
-    assert len(calls) == 1 and ("hydra.sweeper.fresh=true" in calls[0]) == fresh
 
 
 def test_an_interrupted_run_is_pending_from_where_it_stopped(tmp_path, capsys):

@@ -132,6 +132,28 @@ def test_grid_jobs_are_child_runs_of_one_parent_run(tmp_path):
     assert sweep_dir.parent.parent.name == "multirun" and (sweep_dir / "0" / "best.pt").exists()
 
 
+def test_a_grid_point_whose_run_was_deleted_trains_again(tmp_path):
+    """Re-running a grid skips its finished points, except one whose run was deleted from the store (withdrawn in
+    the MLflow UI): that point trains again, in a fresh run directory (the old one moved aside, not resumed)."""
+    sweep_cli(tmp_path, "loss=mml,ccl")
+    (parent,), children = mlflow_runs(tmp_path)
+    by_loss = {r.data.tags["choice.loss"]: r for r in children}
+    MlflowClient(f"sqlite:///{tmp_path}/mlflow.db").delete_run(by_loss["mml"].info.run_id)
+    proc = sweep_cli(tmp_path, "loss=mml,ccl")
+    assert "Grid points [0]: their runs were deleted from the MLflow store" in proc.stderr + proc.stdout
+    (again,), now = mlflow_runs(tmp_path)
+    assert again.info.run_id == parent.info.run_id  # the same grid, its parent reopened
+    losses = sorted(r.data.tags["choice.loss"] for r in now)
+    assert losses == ["ccl", "mml"] and all(r.info.status == "FINISHED" for r in now)
+    new_mml = next(r for r in now if r.data.tags["choice.loss"] == "mml")
+    assert new_mml.info.run_id != by_loss["mml"].info.run_id and "resumed_from" not in new_mml.data.tags
+    assert next(r for r in now if r.data.tags["choice.loss"] == "ccl").info.run_id == by_loss["ccl"].info.run_id
+    sweep_dir = Path(tmp_path, parent.data.tags["sweep.dir"])
+    assert (sweep_dir / "0" / "best.pt").exists() and len(list(sweep_dir.glob("0.withdrawn-*"))) == 1
+    proc = sweep_cli(tmp_path, "loss=mml,ccl")  # nothing withdrawn now: nothing trains
+    assert len(mlflow_runs(tmp_path)[1]) == 2 and "deleted from the MLflow store" not in proc.stderr + proc.stdout
+
+
 def test_a_failed_job_fails_the_grid_parent(tmp_path):
     # a diverging job fails after its child run started
     proc = sweep_cli(

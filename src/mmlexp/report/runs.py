@@ -146,8 +146,8 @@ def run_row(run, experiment: str) -> dict:
     return row
 
 
-def _search(client, experiment_ids: Iterable[str], filter_string: str, deleted: bool = False) -> list:
-    """Every run of the experiments that matches the filter: the active ones, or the deleted ones."""
+def _search(client, experiment_ids: Iterable[str], filter_string: str) -> list:
+    """Every active run of the experiments that matches the filter (deleted ones left out)."""
     from mlflow.entities import ViewType
 
     runs, token = [], None
@@ -155,7 +155,7 @@ def _search(client, experiment_ids: Iterable[str], filter_string: str, deleted: 
         page = client.search_runs(
             list(experiment_ids),
             filter_string=filter_string,
-            run_view_type=ViewType.DELETED_ONLY if deleted else ViewType.ACTIVE_ONLY,
+            run_view_type=ViewType.ACTIVE_ONLY,
             max_results=1000,
             page_token=token,
         )

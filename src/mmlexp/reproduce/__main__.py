@@ -119,22 +119,20 @@ def line(s: RunState, est: Estimate | None, seconds: float) -> str:
     )
 
 
-def command(run: Run, plan: Plan, stores: Stores, threads: int, fresh: bool = False) -> list[str]:
-    """The run's ``python -m mmlexp -m`` command; ``fresh``: a new generation of its one-point grid, so that a grid
-    ledger that remembers the point finished (by a run since deleted from the store) does not skip it."""
+def command(run: Run, plan: Plan, stores: Stores, threads: int) -> list[str]:
+    """The run's ``python -m mmlexp -m`` command: a one-point grid, whose ledger lets one worker claim it, resumes an
+    interrupted run from its checkpoint and trains again a run deleted from the store (``mmlexp.sweep.grid``)."""
     return [
         sys.executable, "-m", "mmlexp", "-m", *run.overrides(), f"trainer.num_threads={threads}",
-        f"tracking.experiment={plan.experiment}", *stores.overrides(), *(["hydra.sweeper.fresh=true"] if fresh else []),
+        f"tracking.experiment={plan.experiment}", *stores.overrides(),
     ]  # fmt: skip
 
 
 def run_missing(plan: Plan, stores: Stores, results: Path, threads: int) -> int:
     """Run the plan's pending runs one at a time (state re-read before each); 1 if any failed. A run whose exact
-    config finished in another experiment of the store is copied, not trained (``twins``); a run that started
-    before and did not finish resumes from its checkpoint; a run whose finished run was deleted from the store
-    starts afresh (``command``'s ``fresh``); any other goes to its grid, whose ledger lets one worker claim it."""
+    config finished in another experiment of the store is copied, not trained (``twins``); any other goes to its
+    grid (``command``)."""
     from mmlexp.reproduce import twins
-    from mmlexp.reproduce.state import withdrawn_runs
 
     stores.root.mkdir(parents=True, exist_ok=True)
     failed = []
@@ -147,9 +145,7 @@ def run_missing(plan: Plan, stores: Stores, results: Path, threads: int) -> int:
             copy = twins.copy_run(stores, twin, plan.experiment)
             print(f"   copied run {twin.info.run_id} (the same config, finished in another experiment) as {copy}")
             continue
-        withdrawn = state.state == PENDING and run.key in withdrawn_runs(stores, plan.experiment)
-        fresh = withdrawn and not state.source  # (a pending run's source: the interrupted run it resumes)
-        if subprocess.call(command(run, plan, stores, threads, fresh), cwd=stores.root) != 0:
+        if subprocess.call(command(run, plan, stores, threads), cwd=stores.root) != 0:
             failed.append(run.label)
     if failed:
         print(f"mmlexp.reproduce: {len(failed)} run(s) failed: {', '.join(failed)}; run again to retry them")

@@ -56,9 +56,8 @@ def committed_runs(folder: Path, experiment: str | None = None) -> dict[tuple, s
     return {row_key(r): "committed" for _, r in full.iterrows()}
 
 
-def store_runs(stores: Stores, experiment: str, status: str, deleted: bool = False) -> pd.DataFrame:
-    """The store's training runs of ``experiment`` with ``status`` (run_row columns; ``deleted``: those taken out
-    by MLflow's soft delete instead of the active ones); empty without a store."""
+def store_runs(stores: Stores, experiment: str, status: str) -> pd.DataFrame:
+    """The store's training runs of ``experiment`` with ``status`` (run_row columns); empty without a store."""
     from mmlexp.report.runs import ReportError, _search, client_for, resolve_experiments, run_row
 
     if not stores.exists():
@@ -68,7 +67,7 @@ def store_runs(stores: Stores, experiment: str, status: str, deleted: bool = Fal
         ids = resolve_experiments(client, experiment)
     except ReportError:  # the experiment has no run yet
         return pd.DataFrame()
-    found = _search(client, ids.values(), f"attributes.status = '{status}'", deleted)
+    found = _search(client, ids.values(), f"attributes.status = '{status}'")
     rows = [run_row(r, experiment) for r in found if r.data.tags.get("sweep.role") != "parent"]
     return pd.DataFrame(rows).dropna(subset=["num_negatives", "seed", "epochs"]) if rows else pd.DataFrame()
 
@@ -80,12 +79,6 @@ def interrupted_runs(stores: Stores, experiment: str) -> dict[tuple, str]:
     frames = [store_runs(stores, experiment, status) for status in ("FAILED", "KILLED")]
     rows = sorted((r for frame in frames for _, r in frame.iterrows()), key=lambda r: str(r["start_time"]))
     return {row_key(r): str(r["run_id"]) for r in rows}  # a key's latest run last: it wins
-
-
-def withdrawn_runs(stores: Stores, experiment: str) -> set[tuple]:
-    """Keys of the store's FINISHED runs of ``experiment`` that were deleted (taken out of the tables): their grid
-    ledger still holds the point finished."""
-    return {row_key(r) for _, r in store_runs(stores, experiment, "FINISHED", deleted=True).iterrows()}
 
 
 def progress(stores: Stores, run_id: str) -> tuple[int, float]:

@@ -5,8 +5,9 @@ shareable between workers and checked before it starts.
   before anything is written (no ledger rows, no MLflow run, no ``multirun/`` folder).
 * The points live in a ledger (``mmlexp.sweep.ledger``) in ``storage``, the Optuna searches' RDB storage.
   Re-running the same command skips the FINISHED points, runs the rest and reopens the one parent MLflow run;
-  ``hydra.sweeper.fresh=true`` starts the grid over.  Several workers started with the same command on one
-  storage split the points; a point whose worker died is taken over.
+  a finished point whose runs were all deleted from the MLflow store (a run withdrawn in the UI) runs again, in a
+  fresh run directory; ``hydra.sweeper.fresh=true`` starts the grid over.  Several workers started with the same
+  command on one storage split the points; a point whose worker died is taken over.
 * Each point runs in a fixed directory, ``<first sweep dir>/<point index>``, so an interrupted point resumes
   from its last checkpoint (``trainer.resume=auto``).
 * A point that fails (an error, a diverged run) is recorded and the grid carries on; the sweep exits 1 at the
@@ -108,6 +109,8 @@ class GridSweeper(BasicSweeper):
         here = Path(str(self.cfg.hydra.sweep.dir)).resolve()
         grid = ledger.open_grid(fp, points, str(here), command_line()[:MAX_TAG], fresh=bool(self.fresh))
         sweep_dir = Path(grid["sweep_dir"])
+        if tracking:
+            self._rerun_withdrawn(ledger, sweep_dir, str(tracking), str(experiment))
         states = ledger.states()
         done = sum(s == FINISHED for s in states.values())
         log.info(
@@ -130,6 +133,23 @@ class GridSweeper(BasicSweeper):
                 file=sys.stderr,
             )
             sys.exit(1)
+
+    def _rerun_withdrawn(self, ledger: Ledger, sweep_dir: Path, tracking: str, experiment: str) -> None:
+        """Finished points whose runs were all deleted from the store (MLflow's soft delete) are pending again; each
+        one's run directory is moved aside, so that it trains afresh instead of resuming the finished checkpoint."""
+        finished = [i for i, s in ledger.states().items() if s == FINISHED]
+        try:
+            again = withdrawn_points(tracking, experiment, ledger.grid[0], sweep_dir, finished) if finished else []
+        except Exception as err:  # the store was checked before; a failing query leaves the grid as it is
+            log.warning(f"Grid {ledger.grid[0][:12]}: could not ask the store for withdrawn runs ({err})")
+            return
+        for idx in again:
+            run_dir = sweep_dir / str(idx)
+            if run_dir.exists():
+                run_dir.rename(sweep_dir / f"{idx}.withdrawn-{time.strftime('%Y%m%d-%H%M%S')}")
+        if again:
+            ledger.reopen(again)
+            log.info(f"Grid points {again}: their runs were deleted from the MLflow store; they train again")
 
     def _parent(self, ledger: Ledger, grid: dict, sweep_dir: Path, points: list[list[str]], arguments: list[str]):
         """The grid's one parent MLflow run: reopened when the ledger knows it; two workers that start together
@@ -229,3 +249,25 @@ class GridSweeper(BasicSweeper):
 
             summarise(parent, self.cfg)
         parent.finish("FAILED" if status == "FINISHED" and (failed or finished < n_points) else status)
+
+
+def withdrawn_points(tracking_uri: str, experiment: str, sweep_id: str, sweep_dir: Path, finished: list[int]):
+    """The ``finished`` points of the grid ``sweep_id`` (its generation in ``sweep_dir``) that have a deleted run in
+    the store and no active one."""
+    from mlflow.entities import ViewType
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri)
+    exp = client.get_experiment_by_name(experiment)
+    if exp is None:
+        return []
+
+    def points(view) -> set[str]:
+        runs = client.search_runs(
+            [exp.experiment_id], f"tags.`sweep.id` = '{sweep_id}'", run_view_type=view, max_results=50000
+        )
+        here = [r.data.tags for r in runs if r.data.tags.get("sweep.dir") == str(sweep_dir)]
+        return {t["grid.point"] for t in here if "grid.point" in t and t.get("sweep.role") != "parent"}
+
+    deleted, active = points(ViewType.DELETED_ONLY), points(ViewType.ACTIVE_ONLY)
+    return [i for i in finished if str(i) in deleted and str(i) not in active]

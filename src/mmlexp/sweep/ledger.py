@@ -8,7 +8,8 @@ store, so re-running the same command finds it again.  Workers claim points with
     running (worker dead: its pid gone on this host, or no heartbeat for grace_period s) --reclaim--> running
 
 A new invocation turns ``failed`` points back to ``pending`` (they run again); ``finished`` points are
-never run again.  ``fresh=True`` starts a new generation of the grid: every point pending, a new parent run.
+not run again, unless their runs were deleted from the MLflow store (``reopen``: the grid sweeper asks the
+store).  ``fresh=True`` starts a new generation of the grid: every point pending, a new parent run.
 """
 
 import hashlib
@@ -238,6 +239,12 @@ class Ledger:
     def finish(self, idx: int, state: str, message: str | None = None) -> None:
         faults.hit("ledger")  # fault injection (tests/faults): a no-op unless MMLEXP_FAULT is set
         self._update_mine([points.c.idx == idx], state=state, message=message)
+
+    def reopen(self, idxs: list[int]) -> None:
+        """Finished points to run again (their runs were withdrawn from the store): pending."""
+        with self.engine.begin() as db:
+            where = [*self._where(), points.c.idx.in_(idxs), points.c.state == FINISHED]
+            db.execute(points.update().where(*where).values(state=PENDING))
 
     def release(self, idxs: list[int]) -> None:
         """Points this worker claimed but will not run (Ctrl-C): pending again at once."""
