@@ -55,17 +55,20 @@ def test_finished_points_are_never_handed_out_again_and_failed_ones_are_retried_
     assert [(p.idx, p.attempts) for p in again.claim(3)] == [(1, 2)]
 
 
-def test_reopen_hands_out_only_the_finished_points_named(tmp_path):
-    """Points whose runs were withdrawn from the store: named finished ones are pending again (and claimed next),
-    a point still running or never run is left as it is."""
-    led = ledger(tmp_path)
+def test_a_withdrawn_point_is_taken_back_by_one_worker_then_released(tmp_path):
+    """A finished point whose runs were withdrawn: the first worker to take it back holds it (running, its pid) while
+    it clears the run directory, a second one cannot; released, it is pending and claimed next. A point not
+    finished (pending, running) cannot be taken back."""
+    led, other = ledger(tmp_path), ledger(tmp_path, pid=1)
     for p in led.claim(2):
         led.finish(p.idx, FINISHED)
-    led.reopen([0, 2])  # 2 is pending already
-    assert led.states() == {0: PENDING, 1: FINISHED, 2: PENDING}
-    assert [p.idx for p in led.claim(3)] == [0, 2]
-    led.reopen([0])  # running now: not touched
-    assert led.states()[0] == RUNNING
+    assert led.take_back(0) and not other.take_back(0)
+    assert led.states() == {0: RUNNING, 1: FINISHED, 2: PENDING}
+    assert not led.take_back(2)  # pending: not finished
+    assert [p.idx for p in other.claim(3)] == [2]  # point 0 is held by a live worker: not handed out
+    assert not led.take_back(2)  # running
+    led.release([0])
+    assert led.states()[0] == PENDING and [p.idx for p in led.claim(3)] == [0]
 
 
 def test_a_dead_workers_point_is_taken_over_on_this_host(tmp_path):

@@ -109,7 +109,7 @@ class GridSweeper(BasicSweeper):
         here = Path(str(self.cfg.hydra.sweep.dir)).resolve()
         grid = ledger.open_grid(fp, points, str(here), command_line()[:MAX_TAG], fresh=bool(self.fresh))
         sweep_dir = Path(grid["sweep_dir"])
-        if tracking:
+        if tracking and OmegaConf.select(self.cfg, "tracking.enabled"):
             self._rerun_withdrawn(ledger, sweep_dir, str(tracking), str(experiment))
         states = ledger.states()
         done = sum(s == FINISHED for s in states.values())
@@ -143,12 +143,13 @@ class GridSweeper(BasicSweeper):
         except Exception as err:  # the store was checked before; a failing query leaves the grid as it is
             log.warning(f"Grid {ledger.grid[0][:12]}: could not ask the store for withdrawn runs ({err})")
             return
+        again = [idx for idx in again if ledger.take_back(idx)]  # another worker may have taken one back first
         for idx in again:
             run_dir = sweep_dir / str(idx)
             if run_dir.exists():
                 run_dir.rename(sweep_dir / f"{idx}.withdrawn-{time.strftime('%Y%m%d-%H%M%S')}")
+        ledger.release(again)
         if again:
-            ledger.reopen(again)
             log.info(f"Grid points {again}: their runs were deleted from the MLflow store; they train again")
 
     def _parent(self, ledger: Ledger, grid: dict, sweep_dir: Path, points: list[list[str]], arguments: list[str]):

@@ -8,7 +8,7 @@ store, so re-running the same command finds it again.  Workers claim points with
     running (worker dead: its pid gone on this host, or no heartbeat for grace_period s) --reclaim--> running
 
 A new invocation turns ``failed`` points back to ``pending`` (they run again); ``finished`` points are
-not run again, unless their runs were deleted from the MLflow store (``reopen``: the grid sweeper asks the
+not run again, unless their runs were deleted from the MLflow store (``take_back``: the grid sweeper asks the
 store).  ``fresh=True`` starts a new generation of the grid: every point pending, a new parent run.
 """
 
@@ -240,11 +240,13 @@ class Ledger:
         faults.hit("ledger")  # fault injection (tests/faults): a no-op unless MMLEXP_FAULT is set
         self._update_mine([points.c.idx == idx], state=state, message=message)
 
-    def reopen(self, idxs: list[int]) -> None:
-        """Finished points to run again (their runs were withdrawn from the store): pending."""
+    def take_back(self, idx: int) -> bool:
+        """A finished point to run again (its runs were withdrawn from the store): running by this worker, so that
+        one worker alone clears its run directory, then ``release`` makes it pending.  False: not finished now."""
+        mine = dict(state=RUNNING, host=self.host, pid=self.pid, pid_started=self.pid_started, heartbeat=time.time())
         with self.engine.begin() as db:
-            where = [*self._where(), points.c.idx.in_(idxs), points.c.state == FINISHED]
-            db.execute(points.update().where(*where).values(state=PENDING))
+            where = [*self._where(), points.c.idx == idx, points.c.state == FINISHED]
+            return db.execute(points.update().where(*where).values(**mine)).rowcount == 1
 
     def release(self, idxs: list[int]) -> None:
         """Points this worker claimed but will not run (Ctrl-C): pending again at once."""
