@@ -154,6 +154,15 @@ def test_a_grid_point_whose_run_was_deleted_trains_again(tmp_path):
     assert len(mlflow_runs(tmp_path)[1]) == 2 and "deleted from the MLflow store" not in proc.stderr + proc.stdout
 
 
+def test_a_grid_without_tracking_asks_no_store_when_it_is_run_again(tmp_path):
+    """With tracking off, re-running a finished grid skips its points without opening (so creating) an MLflow
+    store to look for withdrawn runs."""
+    sweep_cli(tmp_path, "tracking.enabled=false", "loss=mml,ccl")
+    proc = sweep_cli(tmp_path, "tracking.enabled=false", "loss=mml,ccl")
+    assert "2 finished, 0 to run" in proc.stderr + proc.stdout
+    assert not (tmp_path / "mlflow.db").exists()
+
+
 def test_a_failed_job_fails_the_grid_parent(tmp_path):
     # a diverging job fails after its child run started
     proc = sweep_cli(
