@@ -34,11 +34,11 @@ def planned_params(run: Run, plan: Plan, threads: int) -> dict[str, str]:
     """The parameters ``run`` would log when the runner starts it with ``threads`` (``trained_params`` only)."""
     from hydra import compose, initialize_config_dir
 
-    from mmlexp.reproduce.estimate import _config_dir
+    from mmlexp.__main__ import CONFIG_DIR
     from mmlexp.tracking import flatten
 
     overrides = [*run.overrides(), f"trainer.num_threads={threads}", f"tracking.experiment={plan.experiment}"]
-    with initialize_config_dir(config_dir=str(_config_dir())):
+    with initialize_config_dir(config_dir=CONFIG_DIR):
         cfg = compose("config", overrides=overrides)
     return trained_params(flatten(OmegaConf.to_container(cfg, resolve=True)))  # type: ignore[arg-type]
 
