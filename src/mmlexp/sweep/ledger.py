@@ -206,20 +206,16 @@ class Ledger:
                 break
             if row["state"] == RUNNING and not self._dead(row, now):
                 continue
-            mine = dict(
-                state=RUNNING,
-                host=self.host,
-                pid=self.pid,
-                pid_started=self.pid_started,
-                heartbeat=now,
-                attempts=row["attempts"] + 1,
-                message=None,
-            )
+            mine = self._held(now) | dict(attempts=row["attempts"] + 1, message=None)
             same = [points.c.idx == row["idx"], points.c.state == row["state"], points.c.attempts == row["attempts"]]
             with self.engine.begin() as db:
                 if db.execute(points.update().where(*self._where(), *same).values(**mine)).rowcount == 1:
                     claimed.append(Point(row["idx"], json.loads(row["overrides"]), row["attempts"] + 1))
         return claimed
+
+    def _held(self, now: float) -> dict[str, Any]:
+        """A point's row values while this worker holds it (running, its host and pid, a fresh heartbeat)."""
+        return dict(state=RUNNING, host=self.host, pid=self.pid, pid_started=self.pid_started, heartbeat=now)
 
     def _dead(self, row: Any, now: float) -> bool:
         if row["host"] == self.host and row["pid"] is not None:
@@ -243,10 +239,9 @@ class Ledger:
     def take_back(self, idx: int) -> bool:
         """A finished point to run again (its runs were withdrawn from the store): running by this worker, so that
         one worker alone clears its run directory, then ``release`` makes it pending.  False: not finished now."""
-        mine = dict(state=RUNNING, host=self.host, pid=self.pid, pid_started=self.pid_started, heartbeat=time.time())
         with self.engine.begin() as db:
             where = [*self._where(), points.c.idx == idx, points.c.state == FINISHED]
-            return db.execute(points.update().where(*where).values(**mine)).rowcount == 1
+            return db.execute(points.update().where(*where).values(**self._held(time.time()))).rowcount == 1
 
     def release(self, idxs: list[int]) -> None:
         """Points this worker claimed but will not run (Ctrl-C): pending again at once."""
