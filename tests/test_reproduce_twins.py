@@ -82,6 +82,20 @@ def test_the_same_config_is_copied_not_trained(checked, tmp_path, monkeypatch, c
     assert calls == [] and len(training(runs, "paper")[1]) == 1
 
 
+def test_the_status_prices_a_twin_at_no_training(checked, tmp_path, capsys):
+    """``status`` names the run a pending run will copy and counts no time for it; at other threads it has none."""
+    paper = plan(tmp_path, "paper")
+    _, (twin,) = training(checked, "checks")
+    args = ["status", paper, "--runs", str(checked), "--results", str(tmp_path / "results")]
+    assert main([*args, "--threads", "1"]) == 0
+    out = capsys.readouterr().out
+    assert f"pending, copies finished run {twin.info.run_id[:8]}" in out and "time left: ~0 s for 1 run(s)" in out
+    assert main([*args, "--threads", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "copies finished run" not in out and "time left: ~0 s" not in out
+    assert training(checked, "paper")[1] == []  # the status copied nothing
+
+
 @pytest.mark.parametrize("change", ["another config", "a deleted twin", "other threads"])
 def test_a_run_that_is_not_a_twin_is_trained(checked, tmp_path, monkeypatch, change):
     """A learning rate of its own, a twin taken out by MLflow's soft delete, or another thread count (it moves the

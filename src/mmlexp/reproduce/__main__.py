@@ -108,6 +108,8 @@ def line(s: RunState, est: Estimate | None, seconds: float) -> str:
     label = f"{s.run.label:28s}"
     if s.state == DONE or est is None:
         return f"{label} done ({s.source})"
+    if s.twin:
+        return f"{label} pending, copies finished run {s.twin[:8]} (its config, in another experiment): no training"
     left = f"{'up to ' if est.capped else ''}~{human(seconds)}"
     epochs = f"; {est.epochs_basis}" if est.epochs_basis else ""
     if s.state == RUNNING:
@@ -156,7 +158,7 @@ def has_runs(stores: Stores, plan: Plan) -> bool:
     """Whether the store holds finished runs of the plan's dataset (else the report rebuilds from the CSVs)."""
     from mmlexp.reproduce.state import store_runs
 
-    finished = store_runs(stores, plan.experiment, "FINISHED")
+    finished = store_runs(stores, plan.experiment)
     return bool(len(finished)) and plan.dataset in set(finished["dataset"])
 
 
@@ -193,17 +195,19 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "report":
         named = {plan.name: plan for plan in plans}  # a queue names a plan in several entries: one report each
         return max([write_report(plan, stores, args.results) for plan in named.values()])
-    if not describe_all(plans, stores, args.results):
+    if not describe_all(plans, stores, args.results, args.threads):
         return 2
     if args.command == "status":
         return 0
     return max([run_missing(plan, stores, args.results, args.threads) for plan in plans])
 
 
-def describe_all(plans: list[Plan], stores: Stores, results: Path) -> bool:
-    """``describe`` each plan; for a queue, each entry under its number and reason (an entry whose runs are all done
-    in one line), then the queue's total. False (reported) for a plan whose runs cannot be configured."""
+def describe_all(plans: list[Plan], stores: Stores, results: Path, threads: int = 2) -> bool:
+    """``describe`` each plan (a pending run with a twin, which the runner copies at ``threads``, costs nothing);
+    for a queue, each entry under its number and reason (an entry whose runs are all done in one line), then the
+    queue's total. False (reported) for a plan whose runs cannot be configured."""
     from mmlexp.devices import cpu_name
+    from mmlexp.reproduce.twins import with_twins
 
     committed, trajectories = committed_measurements(results)
     cpu = cpu_name()
@@ -215,7 +219,7 @@ def describe_all(plans: list[Plan], stores: Stores, results: Path) -> bool:
     for i, plan in enumerate(plans, start=1):
         speeds = speeds_of[plan.experiment]
         try:
-            states = plan_state(plan, stores, results)
+            states = with_twins(plan_state(plan, stores, results), plan, stores, threads)
             steps = ", ".join(str(k) for k in dict.fromkeys(r.step for r in plan.runs))
             if queue and all(s.state == DONE for s in states):
                 print(f"entry {i}: {plan.name} steps {steps}, all {len(states)} run(s) done ({plan.why})")

@@ -501,7 +501,9 @@ def seconds_left(state: RunState, speeds: list[Speed], trajectories: Iterable[Tr
 
 def remaining_s(state: RunState, est: Estimate) -> float:
     """The seconds a pending or running run still needs, given its estimate (a pending run that resumes an
-    interrupted one: the epochs that run has not logged)."""
+    interrupted one: the epochs that run has not logged; one with a twin: none, it is copied)."""
+    if state.twin:
+        return 0.0
     if state.state == PENDING:
         return max(0, est.epochs - state.epoch) * est.epoch_s + OVERHEAD_S
     pace = state.pace_s if not math.isnan(state.pace_s) else est.epoch_s

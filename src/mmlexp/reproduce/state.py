@@ -29,6 +29,7 @@ class RunState:
     source: str = ""  # "committed", the MLflow run id (done, running, or the interrupted run a pending one resumes)
     epoch: int = 0  # epochs logged so far (running, or the interrupted run a pending one resumes)
     pace_s: float = math.nan  # seconds per recent epoch (running, or interrupted)
+    twin: str = ""  # a pending run's twin (``mmlexp.reproduce.twins``): the finished run the runner copies
 
 
 def row_key(row) -> tuple:
@@ -56,8 +57,9 @@ def committed_runs(folder: Path, experiment: str | None = None) -> dict[tuple, s
     return {row_key(r): "committed" for _, r in full.iterrows()}
 
 
-def store_runs(stores: Stores, experiment: str, status: str) -> pd.DataFrame:
-    """The store's training runs of ``experiment`` with ``status`` (run_row columns); empty without a store."""
+def store_runs(stores: Stores, experiment: str, statuses: tuple[str, ...] = ("FINISHED",)) -> pd.DataFrame:
+    """The store's training runs of ``experiment`` whose status is one of ``statuses`` (run_row columns and
+    ``status``), read in one search; empty without a store."""
     from mmlexp.report.runs import ReportError, _search, client_for, resolve_experiments, run_row
 
     if not stores.exists():
@@ -67,18 +69,24 @@ def store_runs(stores: Stores, experiment: str, status: str) -> pd.DataFrame:
         ids = resolve_experiments(client, experiment)
     except ReportError:  # the experiment has no run yet
         return pd.DataFrame()
-    found = _search(client, ids.values(), f"attributes.status = '{status}'")
-    rows = [run_row(r, experiment) for r in found if r.data.tags.get("sweep.role") != "parent"]
+    one = f"attributes.status = '{statuses[0]}'" if len(statuses) == 1 else ""  # MLflow's filters have no "or"
+    found = [r for r in _search(client, ids.values(), one) if r.info.status in statuses]
+    rows = [
+        run_row(r, experiment) | {"status": r.info.status} for r in found if r.data.tags.get("sweep.role") != "parent"
+    ]
     return pd.DataFrame(rows).dropna(subset=["num_negatives", "seed", "epochs"]) if rows else pd.DataFrame()
 
 
-def interrupted_runs(stores: Stores, experiment: str) -> dict[tuple, str]:
-    """Keys of the store's runs of ``experiment`` that ended without finishing (FAILED, KILLED), each with the id of
-    its latest such run: a checkpoint of theirs may be there to resume. (A RUNNING one is ``plan_state``'s
-    RUNNING.)"""
-    frames = [store_runs(stores, experiment, status) for status in ("FAILED", "KILLED")]
-    rows = sorted((r for frame in frames for _, r in frame.iterrows()), key=lambda r: str(r["start_time"]))
+def interrupted_runs(runs: pd.DataFrame) -> dict[tuple, str]:
+    """Keys of the ``runs`` (``store_runs``) that ended without finishing (FAILED, KILLED), each with the id of its
+    latest such run: a checkpoint of theirs may be there to resume. (A RUNNING one is ``plan_state``'s RUNNING.)"""
+    ended = _with_status(runs, "FAILED", "KILLED")
+    rows = sorted((r for _, r in ended.iterrows()), key=lambda r: str(r["start_time"]))
     return {row_key(r): str(r["run_id"]) for r in rows}  # a key's latest run last: it wins
+
+
+def _with_status(runs: pd.DataFrame, *statuses: str) -> pd.DataFrame:
+    return runs[runs["status"].isin(statuses)] if len(runs) else runs
 
 
 def progress(stores: Stores, run_id: str) -> tuple[int, float]:
@@ -99,11 +107,11 @@ def plan_state(plan: Plan, stores: Stores, results_root: Path) -> list[RunState]
     done = {}
     for folder in dict.fromkeys((plan.dataset, plan.name)):
         done.update(committed_runs(results_root / folder, plan.experiment))
-    finished = store_runs(stores, plan.experiment, "FINISHED")
-    for _, r in finished.iterrows():
+    store = store_runs(stores, plan.experiment, ("FINISHED", "RUNNING", "FAILED", "KILLED"))
+    for _, r in _with_status(store, "FINISHED").iterrows():
         done.setdefault(row_key(r), str(r["run_id"]))
-    running = {row_key(r): str(r["run_id"]) for _, r in store_runs(stores, plan.experiment, "RUNNING").iterrows()}
-    interrupted = interrupted_runs(stores, plan.experiment)
+    running = {row_key(r): str(r["run_id"]) for _, r in _with_status(store, "RUNNING").iterrows()}
+    interrupted = interrupted_runs(store)
     states = []
     for run in plan.runs:
         if run.key in done:

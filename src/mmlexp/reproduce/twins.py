@@ -11,11 +11,13 @@ weights), ends FINISHED at the twin's times, and says where it came from: ``mmle
 """
 
 import tempfile
+from dataclasses import replace
 from pathlib import Path
 
 from omegaconf import OmegaConf
 
 from mmlexp.reproduce.plan import Plan, Run
+from mmlexp.reproduce.state import PENDING, RunState
 from mmlexp.reproduce.stores import Stores
 
 IGNORED = ("tracking.",)  # parameter prefixes that say where a run is tracked, not what it trains
@@ -61,6 +63,16 @@ def find_twin(run: Run, plan: Plan, stores: Stores, threads: int):
     wanted = planned_params(run, plan, threads)
     twins = [r for r in candidates if trained_params(r.data.params) == wanted]
     return max(twins, key=lambda r: r.info.end_time or 0) if twins else None
+
+
+def with_twins(states: list[RunState], plan: Plan, stores: Stores, threads: int) -> list[RunState]:
+    """``states`` with each pending run's twin (``find_twin`` at ``threads``), the run the runner will copy."""
+    return [
+        replace(s, twin=twin.info.run_id)
+        if s.state == PENDING and (twin := find_twin(s.run, plan, stores, threads)) is not None
+        else s
+        for s in states
+    ]
 
 
 def copy_run(stores: Stores, twin, experiment: str) -> str:
