@@ -5,6 +5,7 @@ trajectory of the same run (else its cap, flagged). Values are recomputed here f
 
 import dataclasses
 import math
+import statistics
 
 import numpy as np
 import pandas as pd
@@ -164,6 +165,23 @@ def test_simplex_prices_its_history_attention_only_when_gamma_uses_it():
     gowalla = est.job_of(run("ccl", encoder="simplex"))  # SimpleX_gowalla_m1: gamma 0.8
     yelp = est.job_of(Run("yelp2018", "simplex", "ccl", 100, "paper", 1, 100, 1))  # SimpleX_yelp18_m1: gamma 1
     assert (gowalla.kind, yelp.kind) == ("history", "sampled")
+
+
+def test_simplex_without_its_history_is_not_priced_from_runs_that_ran_it():
+    """Yelp2018's SimpleX (gamma 1) costs what MF costs, not what the committed Gowalla SimpleX runs (gamma 0.8, the
+    history attention) measured: only those price a SimpleX run that runs the attention."""
+    speeds = est.committed_speeds(RESULTS)
+    gowalla_simplex = [s for s in speeds if s.encoder == "simplex"]
+    assert gowalla_simplex and all(s.history and s.dataset == "gowalla" for s in gowalla_simplex)
+    assert not any(s.history for s in speeds if s.encoder == "mf")
+    yelp = est.estimate(Run("yelp2018", "simplex", "ccl", 100, "paper", 1, 100, 1), speeds)
+    mf = est.estimate(Run("yelp2018", "mf", "ccl", 100, "paper", 1, 100, 1), speeds)
+    ratio, _ = est.RELATIVE_COST[("simplex", "sampled")]
+    assert yelp.train_s == pytest.approx(ratio * mf.train_s) and "gamma = 1" in yelp.basis
+    history_cost = statistics.median(s.per_interaction for s in gowalla_simplex)
+    assert yelp.train_s < 0.5 * history_cost * est.SIZES["yelp2018"][0]  # the attention's price is not charged
+    gowalla = est.estimate(run("ccl", encoder="simplex"), speeds)
+    assert "measured" in gowalla.basis and "gamma = 1" not in gowalla.basis
 
 
 def first_stop(recall: pd.Series, patience: int) -> int:

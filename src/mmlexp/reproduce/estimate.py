@@ -6,7 +6,8 @@ measured runs (committed ``results/*/epochs/*.csv`` and the store). What c depen
 from its composed config: encoder, sampler, negatives and batch size (``dataset_loss`` gives BSL a batch of 1024,
 ``+experiment=ssm_paper`` 2048). c is taken from, in order of preference:
 
-1. runs of the same dataset, encoder, sampler, negatives and batch (c measured directly);
+1. runs of the same dataset, encoder, sampler, negatives and batch (c measured directly); SimpleX with its history
+   attention (gamma < 1) and without it are two encoders here: a run is priced only from runs that did as it does;
 2. the same at other negatives: c(N) = a + b N fitted over them (sampled negatives only: in-batch negatives follow
    the batch, and cost one [B, B] product, not B x N gathered rows);
 3. runs of another dataset: c(N) = a + b N fitted there, taken as it is (the cost of one interaction barely
@@ -88,6 +89,7 @@ class Speed:
     running: bool = False  # a run still in flight (the store's RUNNING runs)
     cpu: str = ""  # the run's ``cpu`` tag (``devices.cpu_tags``); "" where unknown (runs made before the tag)
     scaled: str = ""  # set by ``on_this_cpu``: how this speed was brought to this CPU
+    history: bool = False  # SimpleX's history attention ran (gamma < 1): ``Job.history``
 
 
 @dataclass(frozen=True)
@@ -209,13 +211,22 @@ def implied_batch(rows: float, steps: int) -> int:
     return int(lo)
 
 
-def _speed(dataset, encoder, negatives, batch, epochs: pd.DataFrame, sampler="uniform") -> Speed | None:
+def _speed(dataset, encoder, negatives, batch, epochs: pd.DataFrame, sampler="uniform", history=False) -> Speed | None:
     if "interactions_per_s" not in epochs or len(epochs) < MIN_EPOCHS:
         return None
     per = (1.0 / epochs["interactions_per_s"].dropna()).median()
     ev = epochs["eval_time_s"].dropna().median() if "eval_time_s" in epochs else math.nan
     return Speed(str(dataset), str(encoder), int(negatives), int(batch), float(per), float(ev), len(epochs),
-                 str(sampler))  # fmt: skip
+                 str(sampler), history=bool(history))  # fmt: skip
+
+
+def _ran_history(dataset: str, encoder: str, overrides) -> bool:
+    """Whether a committed run ran SimpleX's history attention (``Job.history``): the ``encoder.gamma`` its
+    overrides name, else its dataset's default for the encoder (``conf/dataset_encoder``)."""
+    gamma = override_value(overrides, "encoder.gamma")
+    if gamma is not None:
+        return float(gamma) < 1.0
+    return _composed_job(str(dataset), str(encoder), "ccl", "paper", ()).history
 
 
 def _committed_batch(epochs: pd.DataFrame, overrides, dataset: str) -> int:
@@ -246,7 +257,8 @@ def committed_measurements(results_root: Path) -> tuple[list[Speed], list[Trajec
         batch = _committed_batch(epochs, r.get("overrides"), r["dataset"])
         sampler = r.get("sampler") if isinstance(r.get("sampler"), str) else "uniform"
         cpu = r.get("cpu") if isinstance(r.get("cpu"), str) else ""  # "" for a run made before the tag
-        sp = _speed(r["dataset"], r["encoder"], r["num_negatives"], batch, epochs, sampler)
+        history = _ran_history(r["dataset"], r["encoder"], r.get("overrides"))
+        sp = _speed(r["dataset"], r["encoder"], r["num_negatives"], batch, epochs, sampler, history)
         speeds += [dataclasses.replace(sp, cpu=cpu)] if sp else []
         if r.get("early_stop") != "Y" and pd.isna(r.get("max_steps")):
             cell = (r["dataset"], r["encoder"], r["loss"], int(r["num_negatives"]), r["selection"], int(r["seed"]))
@@ -293,7 +305,10 @@ def tracked_speeds(tracking_uri: str, experiment: str | None = None, statuses=("
                 for key in ("interactions_per_s", "eval_time_s")
             }
             batch = run.data.params.get("trainer.batch_size") or default_batch(r["dataset"])
-            sp = _speed(r["dataset"], r["encoder"], r["num_negatives"], int(batch), pd.DataFrame(hist), r["sampler"])
+            gamma = run.data.params.get("encoder.gamma")  # logged by an encoder that has one
+            history = gamma not in (None, "None") and float(gamma) < 1.0
+            sp = _speed(r["dataset"], r["encoder"], r["num_negatives"], int(batch), pd.DataFrame(hist), r["sampler"],
+                        history)  # fmt: skip
             cpu = run.data.tags.get("cpu", "")
             out += [dataclasses.replace(sp, running=status == "RUNNING", cpu=cpu)] if sp else []
     return out
@@ -409,7 +424,11 @@ def _is_in_batch(sampler: str) -> bool:
 
 def measured_cost(job: Job, speeds: list[Speed]) -> tuple[float, str] | None:
     """Seconds per interaction from runs of the job's encoder and sampler kind (1-3 of the module docstring)."""
-    same = [s for s in speeds if s.encoder == job.encoder and _is_in_batch(s.sampler) == _is_in_batch(job.sampler)]
+    same = [
+        s
+        for s in speeds
+        if (s.encoder, s.history, _is_in_batch(s.sampler)) == (job.encoder, job.history, _is_in_batch(job.sampler))
+    ]
     exact = [s for s in same if (s.dataset, s.negatives, s.batch) == (job.dataset, job.negatives, job.batch)]
     if exact:
         return statistics.median(s.per_interaction for s in exact), f"measured: {_describe(exact)}"
