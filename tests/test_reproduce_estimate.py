@@ -48,7 +48,8 @@ def test_the_batch_is_read_back_from_the_steps_an_epoch(rows, batch):
 def test_committed_runs_keep_the_batch_they_trained_with():
     """BSL trains with batch 1024 (conf/dataset_loss): its speeds are not pooled with the batch-256 runs'."""
     runs, speeds = committed("gowalla"), [s for s in est.committed_speeds(RESULTS) if s.dataset == "gowalla"]
-    assert sorted(s.batch for s in speeds) == sorted(1024 if loss == "bsl" else 256 for loss in runs["loss"])
+    batch = {"bsl": 1024, "ssm": 2048}  # conf/dataset_loss's BSL batch, +experiment=ssm_paper's; 256 otherwise
+    assert sorted(s.batch for s in speeds) == sorted(batch.get(loss, 256) for loss in runs["loss"])
     assert est.job_of(run("bsl")).batch == 1024 and est.job_of(run("ccl")).batch == 256
 
 
@@ -62,7 +63,7 @@ def test_a_sampled_run_is_fitted_over_runs_of_its_own_batch():
 
 
 def test_in_batch_negatives_cost_their_benchmarked_ratio_of_mf_not_2047_gathered_rows():
-    speeds = est.committed_speeds(RESULTS)
+    speeds = [s for s in est.committed_speeds(RESULTS) if s.sampler != "in_batch"]  # as before any SSM run
     ssm = run("ssm", negatives=2047, encoder="lightgcn", epochs=1000, patience=15, extra=["+experiment=ssm_paper"])
     job = est.job_of(ssm)
     assert (job.sampler, job.batch, job.negatives, job.kind) == ("in_batch", 2048, 2047, "in_batch")
@@ -76,6 +77,16 @@ def test_in_batch_negatives_cost_their_benchmarked_ratio_of_mf_not_2047_gathered
     measured = est.Speed("gowalla", "lightgcn", 2047, 2048, 2e-5, 4.0, 20, "in_batch")
     took_over = est.estimate(ssm, [*speeds, measured])  # once a run of it is measured, its speed is used
     assert took_over.train_s == pytest.approx(GOWALLA_ROWS * 2e-5) and took_over.basis.startswith("measured")
+
+
+def test_a_committed_in_batch_run_prices_its_own_kind():
+    """Once an SSM-setting run is committed, its per-epoch CSV prices the runs of its encoder and batch."""
+    lightgcn = committed("gowalla").query("encoder == 'lightgcn' and loss == 'ssm'")
+    assert len(lightgcn) == 1  # results/gowalla/runs.csv: plan step 9
+    ssm = run("ssm", negatives=2047, encoder="lightgcn", epochs=1000, patience=15, extra=["+experiment=ssm_paper"])
+    got = est.estimate(ssm, est.committed_speeds(RESULTS))
+    expected = GOWALLA_ROWS * float(np.median(cost_per_interaction(lightgcn)))
+    assert got.train_s == pytest.approx(expected) and got.basis.startswith("measured") and "batch 2048" in got.basis
 
 
 HERE = "AMD EPYC (family 23, model 49)"
