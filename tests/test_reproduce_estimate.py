@@ -230,7 +230,7 @@ def test_status_says_which_early_stopping_runs_are_priced_at_their_cap(tmp_path,
     plan.write_text(
         "dataset: gowalla\nsteps:\n"
         "  - {loss: bsl, negatives: 100, patience: 3}\n"  # no early-stopping BSL run is committed: priced here
-        "  - {loss: ssm, encoder: mf, negatives: 2047, epochs: 1000, patience: 15,"
+        "  - {loss: ssm, encoder: mf, negatives: 2047, epochs: 1000, patience: 15, seed: 7,"  # seed 1 is committed
         " overrides: ['+experiment=ssm_paper']}\n"
     )
     assert main(["status", str(plan), "--runs", str(tmp_path / "runs"), "--results", str(RESULTS)]) == 0
