@@ -96,6 +96,15 @@ def test_the_status_prices_a_twin_at_no_training(checked, tmp_path, capsys):
     assert training(checked, "paper")[1] == []  # the status copied nothing
 
 
+def test_a_refused_config_has_no_twin_and_the_status_names_it(checked, tmp_path, capsys):
+    """With candidates in the store, a step whose config does not compose is still named by the status (exit 2),
+    not a traceback from the twin search."""
+    paper = plan(tmp_path, "paper", ", trainer.batchsize=64")
+    assert twins.find_twin(load_plan(paper).runs[0], load_plan(paper), Stores(checked), 1) is None
+    args = ["status", paper, "--runs", str(checked), "--results", str(tmp_path / "results"), "--threads", "1"]
+    assert main(args) == 2 and "Could not override 'trainer.batchsize'" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("change", ["another config", "a deleted twin", "other threads"])
 def test_a_run_that_is_not_a_twin_is_trained(checked, tmp_path, monkeypatch, change):
     """A learning rate of its own, a twin taken out by MLflow's soft delete, or another thread count (it moves the

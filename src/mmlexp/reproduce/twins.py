@@ -60,7 +60,10 @@ def find_twin(run: Run, plan: Plan, stores: Stores, threads: int):
     candidates = [r for r in _search(client, others, query) if r.data.tags.get("sweep.role") != "parent"]
     if not candidates:
         return None
-    wanted = planned_params(run, plan, threads)
+    try:
+        wanted = planned_params(run, plan, threads)
+    except Exception:  # a config that does not compose has no twin: the estimate names its refusal (job_of)
+        return None
     twins = [r for r in candidates if trained_params(r.data.params) == wanted]
     return max(twins, key=lambda r: r.info.end_time or 0) if twins else None
 
