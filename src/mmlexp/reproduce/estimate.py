@@ -156,6 +156,11 @@ def default_batch(dataset: str) -> int:
     return 256
 
 
+def runs_history(gamma) -> bool:
+    """Whether SimpleX's history attention runs at this ``encoder.gamma`` (below 1; None or "None": no gamma)."""
+    return gamma not in (None, "None") and float(gamma) < 1.0
+
+
 def job_of_config(cfg, choices: dict) -> Job:
     """The ``Job`` of a composed config; ``choices`` are its group options (``hydra.runtime.choices``)."""
     sampler = str(choices.get("sampler", "uniform"))
@@ -166,7 +171,7 @@ def job_of_config(cfg, choices: dict) -> Job:
     selection = str(OmegaConf.select(cfg, "eval.selection") or "paper")
     return Job(
         str(cfg.dataset.name), str(choices.get("encoder", "mf")), sampler, negatives, batch, selection,
-        history=gamma is not None and float(gamma) < 1.0,
+        history=runs_history(gamma),
         monitor=f"valid/{monitor}" if selection == "valid" else monitor,
     )  # fmt: skip
 
@@ -225,7 +230,7 @@ def _ran_history(dataset: str, encoder: str, overrides) -> bool:
     overrides name, else its dataset's default for the encoder (``conf/dataset_encoder``)."""
     gamma = override_value(overrides, "encoder.gamma")
     if gamma is not None:
-        return float(gamma) < 1.0
+        return runs_history(gamma)
     return _composed_job(str(dataset), str(encoder), "ccl", "paper", ()).history
 
 
@@ -305,8 +310,7 @@ def tracked_speeds(tracking_uri: str, experiment: str | None = None, statuses=("
                 for key in ("interactions_per_s", "eval_time_s")
             }
             batch = run.data.params.get("trainer.batch_size") or default_batch(r["dataset"])
-            gamma = run.data.params.get("encoder.gamma")  # logged by an encoder that has one
-            history = gamma not in (None, "None") and float(gamma) < 1.0
+            history = runs_history(run.data.params.get("encoder.gamma"))  # logged by an encoder that has one
             sp = _speed(r["dataset"], r["encoder"], r["num_negatives"], int(batch), pd.DataFrame(hist), r["sampler"],
                         history)  # fmt: skip
             cpu = run.data.tags.get("cpu", "")
